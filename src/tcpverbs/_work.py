@@ -1,0 +1,36 @@
+"""Work requests as the engine sees them: validated, with memory already resolved.
+
+Internal: built by :mod:`tcpverbs.qp` at post time, consumed by :mod:`tcpverbs.engine`.
+A WR whose memory could not be resolved still enters the queue, carrying ``error``, so
+that its error completion comes out in queue order like on hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RecvWork", "SendWork"]
+
+Segment = memoryview | bytes
+
+
+@dataclass(slots=True, eq=False)
+class SendWork:
+    wr_id: int
+    opcode: int  # ibv_wr_opcode
+    wc_opcode: int  # ibv_wc_opcode its completion reports
+    signaled: bool
+    solicited: bool
+    segments: list[Segment]
+    length: int
+    imm: int = 0
+    error: tuple[int, str] | None = None  # (ibv_wc_status, why) found at post time
+    seq: int = 0  # rc: request number; stream: stream offset just past this WR
+
+
+@dataclass(slots=True, eq=False)
+class RecvWork:
+    wr_id: int
+    segments: list[memoryview]
+    capacity: int
+    error: tuple[int, str] | None = None

@@ -1,0 +1,234 @@
+"""Completion queues, work completions and completion channels.
+
+Completions are stored as plain tuples and turned into :class:`WC` objects only when
+polled.  A CQ holds at most ``cqe`` completions; one more is a CQ overrun, as on
+hardware: the completion is counted, an ``IBV_EVENT_CQ_ERR`` async event is raised and
+the next :meth:`CQ.poll` raises ``EOVERFLOW`` saying how many were lost — never silent.
+Because a work request's queue slot is freed only when its completion is polled, a CQ
+with at least as many entries as the queues that feed it cannot overrun.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._base import VerbsObject
+from .device import MAX_CQE
+from .enums import ibv_event_type, ibv_wc_opcode, ibv_wc_status
+from .errors import TcpverbsError
+
+if TYPE_CHECKING:
+    from .context import Context
+    from .qp import QP
+
+__all__ = ["CQ", "WC", "CompChannel"]
+
+
+@dataclass(slots=True)
+class WC:
+    """``struct ibv_wc``."""
+
+    wr_id: int = 0
+    status: int = ibv_wc_status.IBV_WC_SUCCESS
+    opcode: int = ibv_wc_opcode.IBV_WC_SEND
+    vendor_err: int = 0
+    byte_len: int = 0
+    qp_num: int = 0
+    src_qp: int = 0
+    imm_data: int = 0
+    wc_flags: int = 0
+    pkey_index: int = 0
+    slid: int = 0
+    sl: int = 0
+    dlid_path_bits: int = 0
+
+    def __str__(self) -> str:
+        status = ibv_wc_status(self.status).name
+        try:
+            opcode = ibv_wc_opcode(self.opcode).name
+        except ValueError:
+            opcode = str(self.opcode)
+        return (
+            f"WC(wr_id={self.wr_id}, {status}, {opcode}, byte_len={self.byte_len}, "
+            f"qp_num={self.qp_num}, imm_data={self.imm_data}, wc_flags={self.wc_flags})"
+        )
+
+
+# What the engine queues: (qp, is_send, wr_id, status, opcode, vendor_err, byte_len,
+# imm_data, wc_flags).  The QP reference lets poll() free the WR's queue slot.
+Completion = tuple[Any, bool, int, int, int, int, int, int, int]
+
+
+class CompChannel(VerbsObject):
+    """``ibv_create_comp_channel``: where armed CQs report new completions.
+
+    ``fd`` is an eventfd that becomes readable when an event is pending, so it can sit in
+    the application's own ``select``/``epoll`` loop.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.ctx = ctx
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._events: deque[CQ] = deque()
+        self._lock = threading.Lock()
+
+    def _notify(self, cq: CQ) -> None:
+        with self._lock:
+            self._events.append(cq)
+        os.eventfd_write(self.fd, 1)
+
+    def get_cq_event(self, cq: CQ | None = None, timeout: float | None = None) -> CQ:
+        """Block until an armed CQ of this channel got a completion; return that CQ.
+
+        Each event must be acknowledged with ``cq.ack_events(n)``.  With *cq*, an event
+        for another CQ raises ``EINVAL`` (as pyverbs checks).  *timeout* seconds without an
+        event raise ``ETIMEDOUT``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_open()
+            with self._lock:
+                if self._events:
+                    got = self._events.popleft()
+                    if not self._events:
+                        self._drain()
+                    break
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if not ready and deadline is not None and time.monotonic() >= deadline:
+                raise TcpverbsError(errno.ETIMEDOUT, "no completion event within the timeout")
+        got._events_unacked += 1
+        if cq is not None and got is not cq:
+            raise TcpverbsError(errno.EINVAL, "completion event belongs to another CQ")
+        return got
+
+    def _drain(self) -> None:
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+
+    def _release(self) -> None:
+        os.close(self.fd)
+
+
+class CQ(VerbsObject):
+    """``ibv_create_cq``: ``CQ(ctx, cqe, cq_context=None, channel=None, comp_vector=0)``."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        cqe: int,
+        cq_context: object = None,
+        channel: CompChannel | None = None,
+        comp_vector: int = 0,
+    ) -> None:
+        if not isinstance(cqe, int) or not 1 <= cqe <= MAX_CQE:
+            raise TcpverbsError(errno.EINVAL, f"cqe must be in 1..{MAX_CQE}, got {cqe!r}")
+        if channel is not None and channel.ctx is not ctx:
+            raise TcpverbsError(errno.EINVAL, "completion channel belongs to another context")
+        if comp_vector != 0:
+            raise TcpverbsError(errno.EINVAL, "tcpverbs contexts have one completion vector (0)")
+        parents: tuple[VerbsObject, ...] = (ctx,) if channel is None else (ctx, channel)
+        super().__init__(*parents)
+        self.ctx = ctx
+        self.cqe = cqe
+        self.cq_context = cq_context
+        self.channel = channel
+        self._entries: deque[Completion] = deque()
+        self._lock = threading.Lock()
+        self._armed = False
+        self._solicited_only = False
+        self._lost = 0
+        self._events_unacked = 0
+        self._qps: dict[int, QP] = {}
+
+    # -- application side --------------------------------------------------------
+    def poll(self, num_entries: int = 1) -> tuple[int, list[WC]]:
+        """``ibv_poll_cq``: up to *num_entries* completions, oldest first.
+
+        An empty CQ first lets its QPs make progress (a non-blocking receive), so a
+        thread that spins on ``poll`` drives its own traffic.
+        """
+        self._check_open()
+        if num_entries < 1:
+            raise TcpverbsError(errno.EINVAL, f"num_entries must be >= 1, got {num_entries}")
+        if not self._entries:
+            for qp in list(self._qps.values()):
+                qp._progress()
+            if not self._entries:
+                time.sleep(0)  # let the progress thread take the GIL when we spin
+        with self._lock:
+            if self._lost:
+                lost, self._lost = self._lost, 0
+                raise TcpverbsError(
+                    errno.EOVERFLOW, f"CQ overrun: {lost} completions did not fit in {self.cqe}"
+                )
+            n = min(num_entries, len(self._entries))
+            taken = [self._entries.popleft() for _ in range(n)]
+        wcs = []
+        for qp, is_send, wr_id, status, opcode, vendor_err, byte_len, imm, flags in taken:
+            qp._slot_freed(is_send)
+            wcs.append(WC(wr_id, status, opcode, vendor_err, byte_len, qp.qp_num, 0, imm, flags))
+        return n, wcs
+
+    def req_notify(self, solicited_only: bool = False) -> None:
+        """``ibv_req_notify_cq``: one event on the channel for the next completion."""
+        self._check_open()
+        if self.channel is None:
+            raise TcpverbsError(errno.EINVAL, "CQ was created without a completion channel")
+        with self._lock:
+            self._armed = True
+            self._solicited_only = bool(solicited_only)
+
+    def ack_events(self, num_events: int) -> None:
+        """``ibv_ack_cq_events``."""
+        if num_events < 0 or num_events > self._events_unacked:
+            raise TcpverbsError(
+                errno.EINVAL,
+                f"acknowledging {num_events} events, {self._events_unacked} were received",
+            )
+        self._events_unacked -= num_events
+
+    # -- engine side -------------------------------------------------------------
+    def _push(self, completion: Completion, solicited: bool = False) -> None:
+        notify = False
+        with self._lock:
+            if self._closed:
+                return
+            if len(self._entries) >= self.cqe:
+                self._lost += 1
+                overrun = self._lost == 1
+            else:
+                self._entries.append(completion)
+                overrun = False
+            if self._armed and (
+                not self._solicited_only or solicited or completion[3] != 0
+            ):
+                self._armed = False
+                notify = True
+        if overrun:
+            self.ctx._async_event(ibv_event_type.IBV_EVENT_CQ_ERR, self, "CQ overrun")
+        if notify and self.channel is not None:
+            self.channel._notify(self)
+
+    def _discard_qp(self, qp: QP) -> None:
+        """Drop unpolled completions of *qp* (the QP moved to RESET)."""
+        with self._lock:
+            kept = [c for c in self._entries if c[0] is not qp]
+            self._entries.clear()
+            self._entries.extend(kept)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"<CQ cqe={self.cqe} pending={len(self._entries)}>"

@@ -1,0 +1,152 @@
+"""The progress thread: one epoll loop per context, woken by an eventfd.
+
+Handlers run under their QP's lock (taken by the handler).  An exception escaping a
+handler is a bug; it is not allowed to kill the thread (every other QP of the context
+would hang): the handler's QP is moved to ERR with the error as the reason instead.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["Engine", "Handler", "Timer"]
+
+
+class Handler(Protocol):
+    def on_events(self, events: int) -> None: ...
+
+    def on_crash(self, exc: BaseException) -> None: ...
+
+
+class Timer:
+    __slots__ = ("callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Engine:
+    """Runs handlers when their sockets are ready and timers when they are due."""
+
+    def __init__(self, name: str) -> None:
+        self._epoll = select.epoll()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake_fd, select.EPOLLIN)
+        self._handlers: dict[int, Handler] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.wakeups = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- registration (any thread) ------------------------------------------------
+    def register(self, fd: int, handler: Handler, events: int) -> None:
+        with self._lock:
+            self._handlers[fd] = handler
+            self._epoll.register(fd, events)
+
+    def modify(self, fd: int, events: int) -> None:
+        with self._lock:
+            if fd in self._handlers:
+                self._epoll.modify(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        with self._lock:
+            if self._handlers.pop(fd, None) is not None:
+                try:
+                    self._epoll.unregister(fd)
+                except (OSError, ValueError):
+                    pass
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + delay, callback)
+        with self._lock:
+            heapq.heappush(self._timers, (timer.deadline, next(self._seq), timer))
+            first = self._timers[0][2] is timer
+        if first:
+            self._wake()
+        return timer
+
+    def on_engine_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _wake(self) -> None:
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:  # closed during shutdown
+            pass
+
+    # -- the loop ---------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._closed:
+            timeout = self._next_timeout()
+            try:
+                events = self._epoll.poll(timeout)
+            except OSError:  # epoll closed under us: shutting down
+                return
+            self.wakeups += 1
+            for fd, mask in events:
+                if fd == self._wake_fd:
+                    try:
+                        os.eventfd_read(self._wake_fd)
+                    except BlockingIOError:
+                        pass
+                    continue
+                handler = self._handlers.get(fd)
+                if handler is not None:
+                    self._dispatch(handler, lambda h=handler, m=mask: h.on_events(m))
+            self._run_timers()
+
+    def _dispatch(self, handler: Handler | None, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - see module docstring
+            if handler is not None:
+                handler.on_crash(exc)
+
+    def _next_timeout(self) -> float:
+        with self._lock:
+            while self._timers and self._timers[0][2].cancelled:
+                heapq.heappop(self._timers)
+            if not self._timers:
+                return -1
+            return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        due: list[Timer] = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                timer = heapq.heappop(self._timers)[2]
+                if not timer.cancelled:
+                    due.append(timer)
+        for timer in due:
+            owner = getattr(timer.callback, "__self__", None)
+            self._dispatch(owner if hasattr(owner, "on_crash") else None, timer.callback)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake()
+        if not self.on_engine_thread():
+            self._thread.join(timeout=5)
+        with self._lock:
+            self._handlers.clear()
+            self._timers.clear()
+        self._epoll.close()
+        os.close(self._wake_fd)

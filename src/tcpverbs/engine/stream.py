@@ -1,0 +1,159 @@
+"""The ``stream`` transport: the TCP payload *is* the application's data (the paper's design).
+
+SEND pushes the WR's bytes into the stream.  Posted receives are filled from the stream
+in order with ``recvmsg_into`` straight into their SGEs; a receive completes as soon as
+data has landed in it, with ``byte_len`` = the bytes that landed.  A signaled SEND
+completes when TCP has acknowledged its last byte: the bytes we wrote minus what the
+kernel still holds unacknowledged (``SIOCOUTQ``).  Acknowledgements raise no epoll
+event, so while sends await them the transport checks on a short, backing-off timer
+(and on every ``CQ.poll``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import socket
+import struct
+import termios
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .._work import SendWork
+from ..enums import ibv_wc_status
+from ..errors import TcpverbsError, from_oserror
+from .loop import Timer
+from .transport import Transport
+
+if TYPE_CHECKING:
+    from ..qp import QP
+
+__all__ = ["StreamTransport"]
+
+_OK = ibv_wc_status.IBV_WC_SUCCESS
+_OUTQ = struct.Struct("i")
+ACK_POLL_FIRST = 0.0002  # seconds
+ACK_POLL_MAX = 0.02
+
+
+class StreamTransport(Transport):
+    established = True
+
+    def __init__(self, qp: QP, sock: socket.socket) -> None:
+        super().__init__(qp, sock)
+        self._unacked: deque[SendWork] = deque()
+        self._queued = 0  # stream offset just past the last byte queued
+        self._ack_timer: Timer | None = None
+        self._ack_delay = ACK_POLL_FIRST
+        self._want_read = bool(qp._rq)
+
+    def start(self) -> None:
+        super().start()
+        self._pump()
+
+    # -- QP interface ------------------------------------------------------------------
+    def send_posted(self) -> None:
+        self._pump()
+
+    def recv_posted(self) -> None:
+        self._receive()
+
+    def progress(self) -> None:
+        self._receive()
+        if self._unacked and not self._closed:
+            self._check_acked()
+
+    def on_readable(self) -> None:
+        self._receive()
+
+    def take_unfinished(self) -> list[SendWork]:
+        unfinished = list(self._unacked)
+        self._unacked.clear()
+        return unfinished
+
+    def _cancel_timers(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+
+    # -- send ------------------------------------------------------------------------------
+    def _pump(self) -> None:
+        qp = self.qp
+        if self._closed or qp._state is not qp._state.IBV_QPS_RTS:
+            return
+        sq, unacked = qp._sq, self._unacked
+        while sq:
+            work = sq[0]
+            if work.error is not None:
+                if unacked:  # earlier WRs complete first
+                    break
+                sq.popleft()
+                status, why = work.error
+                qp._complete_send(work, status)
+                self._fail(TcpverbsError(errno.EFAULT, why))
+                return
+            sq.popleft()
+            self._tx.extend(work.segments)
+            self._queued += work.length
+            work.seq = self._queued
+            unacked.append(work)
+            self.stats["wrs_sent"] += 1
+        if self._flush() and unacked:
+            self._check_acked()
+
+    def _check_acked(self) -> None:
+        try:
+            outq = _OUTQ.unpack(fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0" * 4))[0]
+        except OSError as exc:
+            self._fail(from_oserror(exc, "reading the send queue"), notify_peer=False)
+            return
+        acked = self.stats["bytes_sent"] - outq
+        unacked, qp = self._unacked, self.qp
+        while unacked and unacked[0].seq <= acked:
+            qp._complete_send(unacked.popleft(), _OK)
+            self._ack_delay = ACK_POLL_FIRST
+        if qp._sq and not unacked:
+            self._pump()
+        if unacked and (self._ack_timer is None or self._ack_timer.cancelled):
+            self._ack_timer = self.engine.call_later(self._ack_delay, self._on_ack_timer)
+            self._ack_delay = min(self._ack_delay * 2, ACK_POLL_MAX)
+
+    def _on_ack_timer(self) -> None:
+        with self.qp._lock:
+            if self._ack_timer is not None:
+                self._ack_timer.cancelled = True  # fired; a new one may be armed below
+            if not self._closed and self._unacked:
+                self._check_acked()
+
+    # -- receive ----------------------------------------------------------------------------
+    def _receive(self) -> None:
+        qp = self.qp
+        rq = qp._rq
+        while rq and not self._closed:
+            work = rq[0]
+            if work.error is not None:
+                rq.popleft()
+                status, why = work.error
+                qp._complete_recv(work, status)
+                self._fail(TcpverbsError(errno.EFAULT, why))
+                return
+            if not work.capacity:  # nothing can land in it: complete empty, in order
+                rq.popleft()
+                qp._complete_recv(work, _OK, 0)
+                continue
+            try:
+                n = self.sock.recvmsg_into(work.segments)[0]
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._fail(from_oserror(exc, "receiving"), notify_peer=False)
+                return
+            self.stats["recv_calls"] += 1
+            if n == 0:
+                self._fail(self._closed_by_peer("(end of stream)"), notify_peer=False)
+                return
+            rq.popleft()
+            self.stats["bytes_received"] += n
+            self.stats["wrs_received"] += 1
+            qp._complete_recv(work, _OK, n)
+        if not self._closed:
+            self._set_interest(read=bool(rq))

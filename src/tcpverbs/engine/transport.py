@@ -1,0 +1,220 @@
+"""What every transport shares: the socket, the transmit queue, interest, teardown.
+
+A transport is created at the INIT → RTR handoff and lives until the QP leaves the
+connected states.  Every method is called with the QP's lock held (the engine's
+callbacks take it themselves), so a transport needs no locking of its own.
+
+Transmit: ``_tx`` is a queue of byte segments — frame headers the transport built and
+memoryviews of registered memory — written with ``sendmsg`` (many segments per call, no
+copies).  A partial write leaves the remainder queued and asks epoll for EPOLLOUT.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+from collections import deque
+from itertools import islice
+from typing import TYPE_CHECKING
+
+from .._work import Segment, SendWork
+from ..errors import ConnectionBrokenError, TcpverbsError, from_oserror
+from .loop import Engine, Timer
+
+if TYPE_CHECKING:
+    from ..qp import QP
+
+__all__ = ["Transport"]
+
+IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+DRAIN_TIMEOUT = 5.0  # seconds a closed connection waits for the peer's FIN
+_ERR = select.EPOLLERR | select.EPOLLHUP
+
+
+class Transport:
+    """Base class; :mod:`.rc` and :mod:`.stream` implement the wire modes."""
+
+    established = False
+
+    def __init__(self, qp: QP, sock: socket.socket) -> None:
+        self.qp = qp
+        self.sock = sock
+        self.fd = sock.fileno()
+        sock.setblocking(False)
+        self.engine: Engine = qp.ctx._progress_engine
+        self._tx: deque[Segment] = deque()
+        self._closed = False
+        self._want_read = True
+        self._want_write = False
+        self._registered_events = 0
+        self.stats = {
+            "bytes_sent": 0, "bytes_received": 0, "sendmsg_calls": 0, "recv_calls": 0,
+            "wrs_sent": 0, "wrs_received": 0,
+        }
+
+    # -- interface used by the QP ---------------------------------------------------
+    def start(self) -> None:
+        self._registered_events = self._events()
+        self.engine.register(self.fd, self, self._registered_events)
+
+    def send_posted(self) -> None:
+        """New WRs are in ``qp._sq`` (and the QP is in RTS)."""
+        raise NotImplementedError
+
+    def recv_posted(self) -> None:
+        """New WRs are in ``qp._rq``."""
+        raise NotImplementedError
+
+    def progress(self) -> None:
+        """Make whatever progress is possible without blocking."""
+        raise NotImplementedError
+
+    def take_unfinished(self) -> list[SendWork]:
+        """Send WRs handed to the wire whose outcome is not known yet (to be flushed)."""
+        raise NotImplementedError
+
+    def statistics(self) -> dict[str, int]:
+        return dict(self.stats)
+
+    def close(self, reason: TcpverbsError | None) -> None:
+        """Tear the connection down.  With *reason*, tell the peer why first (best effort)
+        and close gracefully; without, close at once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel_timers()
+        self.engine.unregister(self.fd)
+        if reason is None:
+            self.sock.close()
+            return
+        self._say_goodbye(reason)
+        _Drainer(self.engine, self.sock).start()
+
+    # -- engine callbacks -------------------------------------------------------------
+    def on_events(self, events: int) -> None:
+        with self.qp._lock:
+            if self._closed:
+                return
+            if events & select.EPOLLERR:
+                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNRESET
+                self._fail(from_oserror(OSError(err, os.strerror(err)), "connection failed"))
+                return
+            if events & select.EPOLLOUT:
+                self._flush()
+            if events & (select.EPOLLIN | select.EPOLLHUP) and not self._closed:
+                self.on_readable()
+
+    def on_crash(self, exc: BaseException) -> None:
+        self.qp._enter_error(
+            TcpverbsError(errno.EIO, f"internal error in the progress engine: {exc!r}")
+        )
+
+    def on_readable(self) -> None:
+        raise NotImplementedError
+
+    # -- helpers for subclasses -------------------------------------------------------
+    def _fail(self, exc: TcpverbsError, *, setup: bool = False, notify_peer: bool = True) -> None:
+        self.qp._enter_error(exc, setup=setup, notify_peer=notify_peer)
+
+    def _say_goodbye(self, reason: TcpverbsError) -> None:
+        """Last bytes before a graceful close (rc sends TERMINATE)."""
+
+    def _cancel_timers(self) -> None:
+        """Subclasses cancel their timers here."""
+
+    def _events(self) -> int:
+        return (select.EPOLLIN if self._want_read else 0) | (
+            select.EPOLLOUT if self._want_write else 0
+        ) | _ERR
+
+    def _set_interest(self, *, read: bool | None = None, write: bool | None = None) -> None:
+        if read is not None:
+            self._want_read = read
+        if write is not None:
+            self._want_write = write
+        events = self._events()
+        if events != self._registered_events and not self._closed:
+            self._registered_events = events
+            self.engine.modify(self.fd, events)
+
+    def _flush(self) -> bool:
+        """Write queued segments; True when the queue is empty.  Errors fail the QP."""
+        tx = self._tx
+        stats = self.stats
+        while tx:
+            try:
+                sent = self.sock.sendmsg(list(islice(tx, IOV_MAX)), (), socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                self._set_interest(write=True)
+                return False
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                self._fail(from_oserror(exc, "sending"), notify_peer=False)
+                return False
+            stats["sendmsg_calls"] += 1
+            stats["bytes_sent"] += sent
+            while sent:
+                head = tx[0]
+                size = len(head)
+                if sent >= size:
+                    tx.popleft()
+                    sent -= size
+                else:
+                    tx[0] = memoryview(head)[sent:]
+                    sent = 0
+        if self._want_write:
+            self._set_interest(write=False)
+        return True
+
+    def _closed_by_peer(self, during: str) -> ConnectionBrokenError:
+        return ConnectionBrokenError(errno.ECONNRESET, f"peer closed the connection {during}")
+
+
+class _Drainer:
+    """Reads and discards until the peer's FIN (or a timeout), then closes.
+
+    Closing a socket with unread data makes the kernel send RST, which can destroy the
+    TERMINATE we just wrote before the peer reads it; half-closing and draining avoids
+    that.  Memory is bounded: one fixed buffer, whatever the peer sends.
+    """
+
+    _buf = bytearray(65536)
+
+    def __init__(self, engine: Engine, sock: socket.socket) -> None:
+        self.engine = engine
+        self.sock = sock
+        self.timer: Timer | None = None
+
+    def start(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.sock.close()
+            return
+        self.engine.register(self.sock.fileno(), self, select.EPOLLIN | _ERR)
+        self.timer = self.engine.call_later(DRAIN_TIMEOUT, self._done)
+
+    def on_events(self, events: int) -> None:
+        while True:
+            try:
+                n = self.sock.recv_into(self._buf)
+            except BlockingIOError:
+                return
+            except OSError:
+                n = 0
+            if n == 0:
+                self._done()
+                return
+
+    def on_crash(self, exc: BaseException) -> None:
+        self._done()
+
+    def _done(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.sock.fileno() >= 0:
+            self.engine.unregister(self.sock.fileno())
+            self.sock.close()

@@ -1,0 +1,88 @@
+"""The exception tree.
+
+Every error tcpverbs raises is a :class:`TcpverbsError`, which is an :class:`OSError`
+carrying ``errno`` (as pyverbs' ``PyverbsRDMAError`` carries ``error_code``), so code may
+catch by errno or by cause:
+
+* :class:`PostError` — ``post_send`` / ``post_recv`` refused a work request; tells which
+  one of a chained list (``bad_wr``, ``bad_wr_index``).  Nothing from that WR on was posted.
+* :class:`ClosedResourceError` — the object (or an ancestor) was closed *by you*.
+* :class:`RemoteProtocolError` — the peer broke the wire protocol (bad hello, malformed
+  frame).  Raised by the sans-IO :mod:`tcpverbs.wire` layer; the engine turns it into
+  QP ERR plus an async event.
+* :class:`ConnectionBrokenError` — the TCP connection failed or was closed by the peer.
+
+OS errors from socket calls are translated in one place, :func:`from_oserror`.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from typing import Any
+
+__all__ = [
+    "ClosedResourceError",
+    "ConnectionBrokenError",
+    "PostError",
+    "RemoteProtocolError",
+    "TcpverbsError",
+    "from_oserror",
+]
+
+
+class TcpverbsError(OSError):
+    """Base class: a verbs call failed.  ``errno`` says why, ``strerror`` says it in words."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(err, message)
+
+    @property
+    def error_code(self) -> int:
+        """pyverbs spelling of :attr:`errno`."""
+        return int(self.errno or 0)
+
+    def __str__(self) -> str:
+        name = _errno.errorcode.get(self.errno or 0, str(self.errno))
+        return f"[{name}] {self.strerror}"
+
+
+class PostError(TcpverbsError):
+    """A work request was refused by ``post_send`` / ``post_recv``.
+
+    Like ``ibv_post_send``'s ``bad_wr`` out-parameter: WRs of the chain before
+    ``bad_wr_index`` were posted, this one and the ones after it were not.
+    """
+
+    def __init__(self, err: int, message: str, bad_wr: Any, bad_wr_index: int) -> None:
+        super().__init__(err, f"{message} (work request #{bad_wr_index} of the posted list)")
+        self.bad_wr = bad_wr
+        self.bad_wr_index = bad_wr_index
+
+
+class ClosedResourceError(TcpverbsError):
+    """The object was closed by this process (``close()`` or its parent's)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(_errno.EBADF, f"{what} is closed")
+
+
+class RemoteProtocolError(TcpverbsError):
+    """The peer sent something the wire protocol does not allow."""
+
+    def __init__(self, message: str, err: int = _errno.EPROTO) -> None:
+        super().__init__(err, message)
+
+
+class ConnectionBrokenError(TcpverbsError):
+    """The TCP connection under a QP failed or was closed by the peer."""
+
+
+def from_oserror(exc: OSError, doing: str) -> TcpverbsError:
+    """Translate an OS-level socket error into our tree; use with ``raise ... from exc``."""
+    err = exc.errno if exc.errno is not None else _errno.EIO
+    reason = exc.strerror or os.strerror(err)
+    if err in (_errno.ECONNRESET, _errno.EPIPE, _errno.ECONNABORTED, _errno.ETIMEDOUT,
+               _errno.EHOSTUNREACH, _errno.ENETUNREACH, _errno.ENOTCONN):
+        return ConnectionBrokenError(err, f"{doing}: {reason}")
+    return TcpverbsError(err, f"{doing}: {reason}")

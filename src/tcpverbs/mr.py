@@ -1,0 +1,144 @@
+"""Memory regions: registered memory that work requests read from and land in.
+
+An MR is either memory the library allocates (``mmap``: page-aligned, zeroed) or a
+caller's writable buffer registered in place — a ``bytearray``, ``mmap``, numpy array,
+or anything exporting the writable buffer protocol — without copying.  While registered,
+the buffer's export is held, so a ``bytearray`` cannot be resized under a transfer.
+
+Addresses are absolute, as in libibverbs: ``mr.buf`` is the integer address of the first
+byte, and an :class:`~tcpverbs.SGE` names ``addr`` in ``[mr.buf, mr.buf + mr.length)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+from typing import TYPE_CHECKING
+
+from ._base import VerbsObject
+from .enums import ibv_access_flags
+from .errors import TcpverbsError
+
+if TYPE_CHECKING:
+    from collections.abc import Buffer
+
+    from .pd import PD
+
+__all__ = ["MR"]
+
+_A = ibv_access_flags
+_SUPPORTED_ACCESS = (
+    _A.IBV_ACCESS_LOCAL_WRITE
+    | _A.IBV_ACCESS_REMOTE_WRITE
+    | _A.IBV_ACCESS_REMOTE_READ
+    | _A.IBV_ACCESS_REMOTE_ATOMIC
+    | _A.IBV_ACCESS_RELAXED_ORDERING
+)
+
+
+def _check_access(access: int) -> ibv_access_flags:
+    flags = ibv_access_flags(access) if access >= 0 else None
+    if flags is None or flags & ~_SUPPORTED_ACCESS:
+        raise TcpverbsError(errno.EINVAL, f"unsupported MR access flags 0x{access:x}")
+    needs_local_write = _A.IBV_ACCESS_REMOTE_WRITE | _A.IBV_ACCESS_REMOTE_ATOMIC
+    if flags & needs_local_write and not flags & _A.IBV_ACCESS_LOCAL_WRITE:
+        raise TcpverbsError(
+            errno.EINVAL,
+            "REMOTE_WRITE and REMOTE_ATOMIC access require LOCAL_WRITE (see ibv_reg_mr(3))",
+        )
+    return flags
+
+
+class MR(VerbsObject):
+    """``ibv_reg_mr``.  ``MR(pd, length, access)`` or ``MR(pd, length, access, address=buf)``."""
+
+    def __init__(
+        self, pd: PD, length: int, access: int, address: Buffer | None = None
+    ) -> None:
+        self.access = _check_access(access)
+        if not isinstance(length, int) or length <= 0:
+            raise TcpverbsError(errno.EINVAL, f"MR length must be a positive int, got {length!r}")
+        self._mmap: mmap.mmap | None = None
+        if address is None:
+            self._mmap = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            view = memoryview(self._mmap)
+        else:
+            view = _writable_bytes(address, length)
+        self._view: memoryview = view[:length]
+        # Holding a ctypes object over the buffer pins the export and gives the address.
+        self._anchor = (ctypes.c_char * length).from_buffer(self._view)
+        self.buf: int = ctypes.addressof(self._anchor)
+        self.length = length
+        self.pd = pd
+        super().__init__(pd)
+        self.lkey = self.rkey = pd.ctx._new_key(self)
+        pd._mrs_by_lkey[self.lkey] = self
+
+    @property
+    def view(self) -> memoryview:
+        """The registered bytes as a writable memoryview (no copy)."""
+        self._check_open()
+        return self._view
+
+    def read(self, length: int, offset: int) -> bytes:
+        """Copy ``length`` bytes starting at ``offset`` out of the MR."""
+        self._check_open()
+        self._check_range(length, offset)
+        return bytes(self._view[offset : offset + length])
+
+    def write(self, data: Buffer | str, length: int, offset: int = 0) -> None:
+        """Copy the first ``length`` bytes of ``data`` into the MR at ``offset``."""
+        self._check_open()
+        raw = data.encode() if isinstance(data, str) else memoryview(data).cast("B")
+        if length > len(raw):
+            raise TcpverbsError(errno.EINVAL, f"length {length} exceeds data of {len(raw)} bytes")
+        self._check_range(length, offset)
+        self._view[offset : offset + length] = raw[:length]
+
+    def _check_range(self, length: int, offset: int) -> None:
+        if length < 0 or offset < 0 or offset + length > self.length:
+            raise TcpverbsError(
+                errno.EINVAL,
+                f"range [{offset}, {offset + length}) is outside the MR of {self.length} bytes",
+            )
+
+    def _slice(self, addr: int, length: int) -> memoryview | None:
+        """The view of ``[addr, addr+length)`` if it lies inside this MR, else None."""
+        start = addr - self.buf
+        if start < 0 or length < 0 or start + length > self.length:
+            return None
+        return self._view[start : start + length]
+
+    def _release(self) -> None:
+        self.pd._mrs_by_lkey.pop(self.lkey, None)
+        self.pd.ctx._drop_key(self.lkey)
+        # Views already handed to queued work requests keep the memory alive until they
+        # are dropped; the MR itself lets go of its references now.
+        del self._anchor
+        self._view = memoryview(b"")
+        self._mmap = None
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "<MR closed>"
+        return f"<MR buf=0x{self.buf:x} length={self.length} lkey=0x{self.lkey:08x}>"
+
+
+def _writable_bytes(buffer: Buffer, length: int) -> memoryview:
+    try:
+        view = memoryview(buffer)
+    except TypeError:
+        raise TcpverbsError(
+            errno.EINVAL, f"address must be a buffer object, not {type(buffer).__name__}"
+        ) from None
+    if view.readonly:
+        raise TcpverbsError(errno.EACCES, "cannot register a read-only buffer")
+    if not view.c_contiguous:
+        raise TcpverbsError(errno.EINVAL, "cannot register a non-contiguous buffer")
+    view = view.cast("B")
+    if length > view.nbytes:
+        raise TcpverbsError(
+            errno.EINVAL, f"length {length} exceeds the buffer's {view.nbytes} bytes"
+        )
+    return view

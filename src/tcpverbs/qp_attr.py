@@ -1,0 +1,93 @@
+"""Queue pair attribute holders (``ibv_qp_cap``, ``ibv_qp_init_attr``, ``ibv_qp_attr``, ``ibv_ah_attr``)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from .enums import ibv_mtu, ibv_qp_state, ibv_qp_type
+
+if TYPE_CHECKING:
+    from .cq import CQ
+    from .device import GID
+
+__all__ = ["AHAttr", "GlobalRoute", "QPAttr", "QPCap", "QPInitAttr", "WireName"]
+
+WireName = Literal["rc", "stream"]
+
+
+@dataclass(slots=True)
+class QPCap:
+    max_send_wr: int = 1
+    max_recv_wr: int = 10
+    max_send_sge: int = 1
+    max_recv_sge: int = 1
+    max_inline_data: int = 0
+
+
+@dataclass(slots=True)
+class QPInitAttr:
+    """``ibv_qp_init_attr`` plus ``wire``: ``"rc"`` (framed, default) or ``"stream"``."""
+
+    qp_type: int = ibv_qp_type.IBV_QPT_RC
+    qp_context: object = None
+    scq: CQ | None = None
+    rcq: CQ | None = None
+    srq: object = None
+    cap: QPCap = field(default_factory=QPCap)
+    sq_sig_all: int = 1
+    wire: WireName = "rc"
+
+
+@dataclass(slots=True)
+class GlobalRoute:
+    dgid: GID | None = None
+    flow_label: int = 0
+    sgid_index: int = 0
+    hop_limit: int = 1
+    traffic_class: int = 0
+
+
+@dataclass(slots=True)
+class AHAttr:
+    gr: GlobalRoute | None = None
+    is_global: int = 0
+    dlid: int = 0
+    sl: int = 0
+    src_path_bits: int = 0
+    static_rate: int = 0
+    port_num: int = 1
+
+
+@dataclass(slots=True)
+class QPAttr:
+    """``ibv_qp_attr`` plus ``sock``: the connected TCP socket handed over in INIT→RTR."""
+
+    qp_state: int = ibv_qp_state.IBV_QPS_INIT
+    cur_qp_state: int = ibv_qp_state.IBV_QPS_RESET
+    path_mtu: int = ibv_mtu.IBV_MTU_1024
+    path_mig_state: int = 0
+    qkey: int = 0
+    rq_psn: int = 0
+    sq_psn: int = 0
+    dest_qp_num: int = 0
+    qp_access_flags: int = 0
+    cap: QPCap = field(default_factory=QPCap)
+    ah_attr: AHAttr = field(default_factory=AHAttr)
+    alt_ah_attr: AHAttr = field(default_factory=AHAttr)
+    pkey_index: int = 0
+    alt_pkey_index: int = 0
+    en_sqd_async_notify: int = 0
+    sq_draining: int = 0
+    max_rd_atomic: int = 1
+    max_dest_rd_atomic: int = 1
+    min_rnr_timer: int = 12
+    port_num: int = 1
+    timeout: int = 14
+    retry_cnt: int = 7
+    rnr_retry: int = 7
+    alt_port_num: int = 0
+    alt_timeout: int = 0
+    rate_limit: int = 0
+    sock: socket.socket | int | None = None

@@ -1,0 +1,158 @@
+"""The rc frame codec: round trips, input split at every byte, and hostile input."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcpverbs.errors import RemoteProtocolError
+from tcpverbs.wire.frames import (
+    FLAG_SOLICITED,
+    MAX_REASON,
+    FrameDecoder,
+    Header,
+    Opcode,
+    encode_header,
+)
+
+U32 = st.integers(0, 2**32 - 1)
+U64 = st.integers(0, 2**64 - 1)
+MAX_PAYLOAD = 1 << 20
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> tuple[Header, bytes]:
+    op = draw(st.sampled_from(list(Opcode)))
+    h = Header(op, flags=draw(st.sampled_from([0, FLAG_SOLICITED])))
+    payload = b""
+    if op in (Opcode.SEND, Opcode.SEND_IMM, Opcode.WRITE, Opcode.WRITE_IMM, Opcode.READ_RESP):
+        payload = draw(st.binary(max_size=300))
+        h.payload_len = len(payload)
+    if op in (Opcode.SEND_IMM, Opcode.WRITE_IMM):
+        h.imm = draw(U32)
+    if op in (Opcode.WRITE, Opcode.WRITE_IMM, Opcode.READ_REQ,
+              Opcode.ATOMIC_CMP_SWP, Opcode.ATOMIC_FETCH_ADD):
+        h.rkey, h.addr = draw(U32), draw(U64)
+    if op is Opcode.READ_REQ:
+        h.length = draw(U32)
+    if op in (Opcode.ATOMIC_CMP_SWP, Opcode.ATOMIC_FETCH_ADD, Opcode.ATOMIC_RESP):
+        h.compare_add = draw(U64)
+    if op in (Opcode.ATOMIC_CMP_SWP, Opcode.ATOMIC_FETCH_ADD):
+        h.swap = draw(U64)
+    if op in (Opcode.ACK, Opcode.TERMINATE):
+        h.msn = draw(U32)
+    if op is Opcode.TERMINATE:
+        h.status = draw(st.integers(0, 255))
+        h.reason = draw(st.binary(max_size=64))
+    return h, payload
+
+
+def decode_all(data: bytes, chunk_sizes: list[int] | None = None) -> list[tuple[Header, bytes]]:
+    """Drive a decoder over *data* delivered in chunks; collect (header, payload)."""
+    dec = FrameDecoder(MAX_PAYLOAD)
+    out: list[tuple[Header, bytes]] = []
+    payload = bytearray()
+    pos = 0
+    sizes = iter(chunk_sizes or [])
+    while pos < len(data):
+        n = next(sizes, len(data) - pos) or 1
+        chunk = memoryview(data)[pos : pos + n]
+        pos += len(chunk)
+        while chunk:
+            if dec.payload_remaining:
+                k = min(dec.payload_remaining, len(chunk))
+                payload += chunk[:k]
+                dec.payload_consumed(k)
+                chunk = chunk[k:]
+                if not dec.payload_remaining:
+                    out[-1] = (out[-1][0], bytes(payload))
+                continue
+            header, used = dec.receive(chunk)
+            chunk = chunk[used:]
+            if header is not None:
+                payload.clear()
+                out.append((header, b""))
+            elif used == 0:
+                break
+    assert dec.at_boundary
+    return out
+
+
+@given(st.lists(frames(), max_size=8))
+def test_round_trip(items: list[tuple[Header, bytes]]) -> None:
+    wire = b"".join(encode_header(h) + p for h, p in items)
+    assert decode_all(wire) == items
+
+
+@settings(max_examples=60)
+@given(st.lists(frames(), min_size=1, max_size=4))
+def test_split_at_every_byte(items: list[tuple[Header, bytes]]) -> None:
+    wire = b"".join(encode_header(h) + p for h, p in items)
+    for cut in range(len(wire) + 1):
+        assert decode_all(wire, [cut, len(wire)]) == items
+    assert decode_all(wire, [1] * len(wire)) == items
+
+
+@given(st.binary(max_size=200))
+def test_fuzz_never_crashes_or_overallocates(junk: bytes) -> None:
+    dec = FrameDecoder(4096)
+    view = memoryview(junk)
+    try:
+        while view:
+            if dec.payload_remaining:
+                k = min(dec.payload_remaining, len(view))
+                dec.payload_consumed(k)
+                view = view[k:]
+                continue
+            header, used = dec.receive(view)
+            view = view[used:]
+            if header is None and used == 0:
+                break
+            if header is not None:
+                assert header.payload_len <= 4096
+                assert len(header.reason) <= MAX_REASON
+    except RemoteProtocolError:
+        pass
+    assert len(dec._buf) <= 64 + MAX_REASON
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (bytes([0x7F, 0, 0, 0, 0, 0, 0, 0]), "unknown frame opcode"),
+        (struct.pack("!BBHI", Opcode.SEND, 0x80, 0, 0), "unknown flags"),
+        (struct.pack("!BBHI", Opcode.SEND, 0, 7, 0), "unknown flags"),
+        (struct.pack("!BBHII", Opcode.ACK, 0, 0, 8, 1) + b"\0" * 4, "unexpected bytes"),
+        (struct.pack("!BBHI", Opcode.SEND_IMM, 0, 0, 2) + b"\0" * 4, "shorter than its header"),
+        (struct.pack("!BBHI", Opcode.SEND, 0, 0, 4097), "exceeds the limit"),
+        (struct.pack("!BBHIIB3x", Opcode.TERMINATE, 0, 0, 8 + MAX_REASON + 1, 0, 0),
+         "too long"),
+    ],
+)
+def test_malformed_headers_are_rejected(raw: bytes, message: str) -> None:
+    dec = FrameDecoder(4096)
+    with pytest.raises(RemoteProtocolError, match=message) as info:
+        dec.receive(memoryview(raw))
+    assert info.value.errno == 71  # EPROTO
+    with pytest.raises(RemoteProtocolError):
+        dec.receive(memoryview(b"\x01"))  # unusable after an error
+
+
+def test_payload_state_is_enforced() -> None:
+    dec = FrameDecoder(100)
+    header, used = dec.receive(memoryview(encode_header(Header(Opcode.SEND, payload_len=5))))
+    assert header is not None and header.payload_len == 5 and dec.in_payload
+    with pytest.raises(ValueError, match="payload state"):
+        dec.receive(memoryview(b"abc"))
+    with pytest.raises(ValueError, match="expected"):
+        dec.payload_consumed(6)
+    dec.payload_consumed(5)
+    assert dec.at_boundary
+
+
+def test_encode_refuses_payload_on_control_frames() -> None:
+    with pytest.raises(ValueError, match="carry no payload"):
+        encode_header(Header(Opcode.ACK, payload_len=3))
