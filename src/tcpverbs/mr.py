@@ -38,9 +38,9 @@ _SUPPORTED_ACCESS = (
 
 
 def _check_access(access: int) -> ibv_access_flags:
-    flags = ibv_access_flags(access) if access >= 0 else None
-    if flags is None or flags & ~_SUPPORTED_ACCESS:
-        raise TcpverbsError(errno.EINVAL, f"unsupported MR access flags 0x{access:x}")
+    if not isinstance(access, int) or access < 0 or access & ~int(_SUPPORTED_ACCESS):
+        raise TcpverbsError(errno.EINVAL, f"unsupported MR access flags {access!r}")
+    flags = ibv_access_flags(access)
     needs_local_write = _A.IBV_ACCESS_REMOTE_WRITE | _A.IBV_ACCESS_REMOTE_ATOMIC
     if flags & needs_local_write and not flags & _A.IBV_ACCESS_LOCAL_WRITE:
         raise TcpverbsError(

@@ -173,9 +173,10 @@ class QP(VerbsObject):
     def modify(self, attr: QPAttr, attr_mask: int) -> None:
         """``ibv_modify_qp``.  Invalid transitions or attributes raise EINVAL, change nothing."""
         self._check_open()
+        unknown = int(attr_mask) & ~int(_SETTABLE)  # ints: IntFlag's ~ drops unknown bits
+        if unknown:
+            raise TcpverbsError(errno.EINVAL, f"unsupported attribute mask bits 0x{unknown:x}")
         mask = M(attr_mask)
-        if mask & ~_SETTABLE:
-            raise TcpverbsError(errno.EINVAL, f"unsupported attribute mask bits {mask & ~_SETTABLE!r}")
         with self._lock:
             cur = self._state
             if mask & M.IBV_QP_CUR_STATE and attr.cur_qp_state != cur:

@@ -24,6 +24,8 @@ class Handler(Protocol):
 
     def on_crash(self, exc: BaseException) -> None: ...
 
+    def on_engine_close(self) -> None: ...
+
 
 class Timer:
     __slots__ = ("callback", "cancelled", "deadline")
@@ -146,7 +148,10 @@ class Engine:
         if not self.on_engine_thread():
             self._thread.join(timeout=5)
         with self._lock:
+            leftovers = list(self._handlers.values())
             self._handlers.clear()
             self._timers.clear()
+        for handler in leftovers:
+            handler.on_engine_close()
         self._epoll.close()
         os.close(self._wake_fd)

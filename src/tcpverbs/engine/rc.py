@@ -156,6 +156,10 @@ class RcTransport(Transport):
             self._flush()
 
     def _receive_loop(self) -> None:
+        if self._pending is not None:
+            if not self.qp._rq:
+                return
+            self._start_receive(self._pending)  # a receive is there now: resume
         while not self._closed:
             if self._rx_start == self._rx_end:
                 self._rx_start = self._rx_end = 0
@@ -237,14 +241,14 @@ class RcTransport(Transport):
                 if hello is not None:
                     self._on_hello(hello)
                 continue
+            if self._pending is not None:  # a SEND waits for post_recv: stop here
+                break
             remaining = decoder.payload_remaining
             if remaining:
                 chunk = data[pos : pos + min(remaining, end - pos)]
                 self._place(chunk)
                 pos += len(chunk)
                 continue
-            if self._pending is not None:
-                break
             header, used = decoder.receive(data[pos:])
             pos += used
             if header is not None:

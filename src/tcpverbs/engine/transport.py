@@ -114,6 +114,12 @@ class Transport:
     def on_readable(self) -> None:
         raise NotImplementedError
 
+    def on_engine_close(self) -> None:
+        """The context is closing; its QPs (and so this transport) are closed already."""
+        if not self._closed:
+            self._closed = True
+            self.sock.close()
+
     # -- helpers for subclasses -------------------------------------------------------
     def _fail(self, exc: TcpverbsError, *, setup: bool = False, notify_peer: bool = True) -> None:
         self.qp._enter_error(exc, setup=setup, notify_peer=notify_peer)
@@ -210,6 +216,9 @@ class _Drainer:
                 return
 
     def on_crash(self, exc: BaseException) -> None:
+        self._done()
+
+    def on_engine_close(self) -> None:
         self._done()
 
     def _done(self) -> None:

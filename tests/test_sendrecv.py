@@ -1,0 +1,369 @@
+"""Two-sided operations over loopback, in both wire modes (issue #2 §5-§6)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import pytest
+
+import tcpverbs as v
+from tcpverbs.testing import Endpoint, poll_until
+
+from .conftest import LOCAL_WRITE, PairFactory
+
+W = v.ibv_wc_status
+OP = v.ibv_wr_opcode
+F = v.ibv_send_flags
+
+
+def mr_with(end: Endpoint, data: bytes | int) -> v.MR:
+    size = data if isinstance(data, int) else len(data)
+    mr = v.MR(end.pd, max(size, 1), LOCAL_WRITE)
+    if not isinstance(data, int) and data:
+        mr.write(data, len(data))
+    return mr
+
+
+def send(end: Endpoint, mr: v.MR, length: int, wr_id: int = 1, offset: int = 0,
+         opcode: int = OP.IBV_WR_SEND, imm: int = 0, flags: int = F.IBV_SEND_SIGNALED) -> None:
+    end.qp.post_send(v.SendWR(wr_id, opcode, 1, imm, [v.SGE(mr.buf + offset, length, mr.lkey)],
+                              flags))
+
+
+def recv(end: Endpoint, mr: v.MR, length: int, wr_id: int = 1, offset: int = 0) -> None:
+    end.qp.post_recv(v.RecvWR(wr_id, 1, [v.SGE(mr.buf + offset, length, mr.lkey)]))
+
+
+def no_completion(cq: v.CQ, seconds: float = 0.3) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cq.poll()[0]:
+            return False
+    return True
+
+
+def test_send_both_ways(pair: PairFactory, wire: str) -> None:
+    a, b = pair(wire)
+    for src, dst in ((a, b), (b, a)):
+        payload = os.urandom(5000)
+        smr, rmr = mr_with(src, payload), mr_with(dst, 5000)
+        recv(dst, rmr, 5000, wr_id=11)
+        send(src, smr, 5000, wr_id=22)
+        (swc,) = poll_until(src.scq)
+        assert (swc.wr_id, swc.status, swc.opcode) == (22, W.IBV_WC_SUCCESS, v.ibv_wc_opcode.IBV_WC_SEND)
+        assert swc.qp_num == src.qp.qp_num
+        got = 0
+        while got < 5000:  # stream mode may deliver in pieces; rc delivers one message
+            (rwc,) = poll_until(dst.rcq)
+            assert rwc.status == W.IBV_WC_SUCCESS and rwc.opcode == v.ibv_wc_opcode.IBV_WC_RECV
+            got += rwc.byte_len
+            if got < 5000:
+                assert wire == "stream"
+                recv(dst, rmr, 5000 - got, offset=got)
+        assert rmr.read(5000, 0) == payload
+
+
+def test_rc_keeps_message_boundaries_and_imm(pair: PairFactory) -> None:
+    a, b = pair("rc")
+    smr, rmr = mr_with(a, bytes(range(256)) * 4), mr_with(b, 4096)
+    for i in range(4):
+        recv(b, rmr, 1024, wr_id=i, offset=i * 1024)
+    for i, n in enumerate((1, 100, 0, 1024)):
+        send(a, smr, n, wr_id=i, opcode=OP.IBV_WR_SEND_WITH_IMM, imm=0xDEAD0000 + i)
+    wcs = poll_until(b.rcq, 4)
+    assert [w.byte_len for w in wcs] == [1, 100, 0, 1024]
+    assert [w.imm_data for w in wcs] == [0xDEAD0000 + i for i in range(4)]
+    assert all(w.wc_flags & v.ibv_wc_flags.IBV_WC_WITH_IMM for w in wcs)
+    assert rmr.read(100, 1024) == bytes(range(100))
+    assert [w.wr_id for w in poll_until(a.scq, 4)] == [0, 1, 2, 3]
+
+
+def test_plain_send_has_no_imm_flag(pair: PairFactory) -> None:
+    a, b = pair("rc")
+    smr, rmr = mr_with(a, b"x"), mr_with(b, 8)
+    recv(b, rmr, 8)
+    send(a, smr, 1)
+    (wc,) = poll_until(b.rcq)
+    assert wc.wc_flags == 0 and wc.imm_data == 0
+
+
+def test_gather_and_scatter_across_sges(pair: PairFactory) -> None:
+    a, b = pair("rc")
+    smr = mr_with(a, b"AAAA....BBBBBB..CC")
+    rmr = mr_with(b, 64)
+    b.qp.post_recv(v.RecvWR(1, 3, [v.SGE(rmr.buf, 3, rmr.lkey), v.SGE(rmr.buf + 10, 5, rmr.lkey),
+                                   v.SGE(rmr.buf + 20, 30, rmr.lkey)]))
+    a.qp.post_send(v.SendWR(1, OP.IBV_WR_SEND, 3, 0, [
+        v.SGE(smr.buf, 4, smr.lkey), v.SGE(smr.buf + 8, 6, smr.lkey),
+        v.SGE(smr.buf + 16, 2, smr.lkey)]))
+    (wc,) = poll_until(b.rcq)
+    assert wc.byte_len == 12
+    assert rmr.read(3, 0) == b"AAA" and rmr.read(5, 10) == b"ABBBB" and rmr.read(4, 20) == b"BBCC"
+
+
+def test_inline_buffer_may_be_reused_at_once(pair: PairFactory, wire: str) -> None:
+    a, b = pair(wire)
+    smr, rmr = mr_with(a, b"inline!!"), mr_with(b, 64)
+    recv(b, rmr, 64)
+    send(a, smr, 8, flags=F.IBV_SEND_SIGNALED | F.IBV_SEND_INLINE)
+    smr.write(b"XXXXXXXX", 8)  # reuse immediately after post_send returned
+    (wc,) = poll_until(b.rcq)
+    assert rmr.read(wc.byte_len, 0) == b"inline!!"
+    with pytest.raises(v.PostError, match="max_inline_data") as info:
+        send(a, smr, 65, flags=F.IBV_SEND_INLINE)
+    assert info.value.errno == errno.EINVAL
+
+
+def test_unsignaled_sends_complete_silently(pair: PairFactory, wire: str) -> None:
+    a, b = pair(wire, sq_sig_all=0)
+    smr, rmr = mr_with(a, b"z" * 40), mr_with(b, 40)
+    for i in range(4):
+        recv(b, rmr, 10, wr_id=i, offset=i * 10)
+    for i in range(4):
+        send(a, smr, 10, wr_id=i, offset=i * 10, flags=F.IBV_SEND_SIGNALED if i == 3 else 0)
+    assert [w.wr_id for w in poll_until(a.scq)] == [3]
+    assert no_completion(a.scq, 0.1)
+    assert a.qp.statistics()["sq_outstanding"] == 1 or a.qp.statistics()["sq_outstanding"] == 0
+
+
+def test_sq_sig_all_signals_everything(pair: PairFactory) -> None:
+    a, b = pair("rc", sq_sig_all=1)
+    smr, rmr = mr_with(a, b"q" * 4), mr_with(b, 4)
+    for i in range(2):
+        recv(b, rmr, 2, wr_id=i, offset=i * 2)
+        send(a, smr, 2, wr_id=i, flags=0)
+    assert [w.wr_id for w in poll_until(a.scq, 2)] == [0, 1]
+
+
+def test_chained_post_list_and_enomem_reports_failing_wr(pair: PairFactory) -> None:
+    a, b = pair("rc", cap=v.QPCap(3, 3, 1, 1, 0))
+    smr, rmr = mr_with(a, b"abc"), mr_with(b, 3)
+    wrs = [v.RecvWR(i, 1, [v.SGE(rmr.buf + i, 1, rmr.lkey)]) for i in range(4)]
+    for first, second in zip(wrs, wrs[1:], strict=False):
+        first.next_wr = second
+    with pytest.raises(v.PostError) as info:
+        b.qp.post_recv(wrs[0])
+    assert info.value.errno == errno.ENOMEM and info.value.bad_wr_index == 3
+    assert info.value.bad_wr is wrs[3]
+    chain = v.SendWR(0, OP.IBV_WR_SEND, 1, 0, [v.SGE(smr.buf, 1, smr.lkey)],
+                     next_wr=v.SendWR(1, OP.IBV_WR_SEND, 1, 0, [v.SGE(smr.buf + 1, 1, smr.lkey)],
+                                      next_wr=v.SendWR(2, OP.IBV_WR_SEND, 1, 0,
+                                                       [v.SGE(smr.buf + 2, 1, smr.lkey)])))
+    a.qp.post_send(chain)
+    assert [w.byte_len for w in poll_until(b.rcq, 3)] == [1, 1, 1]
+    assert rmr.read(3, 0) == b"abc"
+    assert [w.wr_id for w in poll_until(a.scq, 3)] == [0, 1, 2]
+    # slots come back once completions are polled
+    b.qp.post_recv(v.RecvWR(9, 1, [v.SGE(rmr.buf, 1, rmr.lkey)]))
+
+
+def test_send_queue_full_is_enomem(pair: PairFactory) -> None:
+    a, _ = pair("rc", cap=v.QPCap(2, 2, 1, 1, 0))
+    smr = mr_with(a, 8)
+    send(a, smr, 1, wr_id=1)
+    send(a, smr, 1, wr_id=2)
+    with pytest.raises(v.PostError) as info:
+        send(a, smr, 1, wr_id=3)
+    assert info.value.errno == errno.ENOMEM and "poll the CQ" in str(info.value)
+
+
+def test_too_many_sges_is_einval(pair: PairFactory) -> None:
+    a, b = pair("rc", cap=v.QPCap(4, 4, 1, 1, 0))
+    smr = mr_with(a, 8)
+    sges = [v.SGE(smr.buf, 1, smr.lkey)] * 2
+    with pytest.raises(v.PostError) as info:
+        a.qp.post_send(v.SendWR(1, OP.IBV_WR_SEND, 2, 0, sges))
+    assert info.value.errno == errno.EINVAL
+    with pytest.raises(v.PostError) as info:
+        b.qp.post_recv(v.RecvWR(1, 2, sges))
+    assert info.value.errno == errno.EINVAL
+    with pytest.raises(v.PostError, match="SGEs given"):
+        a.qp.post_send(v.SendWR(1, OP.IBV_WR_SEND, 1, 0, []))
+
+
+def test_unsupported_opcodes(pair: PairFactory, wire: str) -> None:
+    a, _ = pair(wire)
+    smr = mr_with(a, 8)
+    with pytest.raises(v.PostError) as info:
+        send(a, smr, 8, opcode=OP.IBV_WR_SEND_WITH_IMM if wire == "stream" else OP.IBV_WR_BIND_MW)
+    assert info.value.errno == (errno.EINVAL if wire == "stream" else errno.EOPNOTSUPP)
+
+
+def test_send_waits_for_a_receive_and_completes_only_when_placed(pair: PairFactory) -> None:
+    a, b = pair("rc")
+    smr, rmr = mr_with(a, b"late"), mr_with(b, 4)
+    send(a, smr, 4)
+    assert no_completion(a.scq)  # not acknowledged: nothing placed at the peer yet
+    assert no_completion(b.rcq, 0.05)
+    recv(b, rmr, 4)
+    assert poll_until(b.rcq)[0].byte_len == 4
+    assert poll_until(a.scq)[0].status == W.IBV_WC_SUCCESS
+    assert rmr.read(4, 0) == b"late"
+
+
+def test_many_messages_and_a_large_one(pair: PairFactory, wire: str) -> None:
+    a, b = pair(wire, cap=v.QPCap(256, 256, 1, 1, 0))
+    size = 8 << 20
+    payload = os.urandom(size)
+    smr, rmr = mr_with(a, payload), mr_with(b, size)
+    if wire == "rc":
+        recv(b, rmr, size)
+        send(a, smr, size)
+        assert poll_until(b.rcq, timeout=30)[0].byte_len == size
+    else:
+        send(a, smr, size)
+        got = 0
+        while got < size:
+            recv(b, rmr, size - got, offset=got)
+            got += poll_until(b.rcq, timeout=30)[0].byte_len
+    assert poll_until(a.scq, timeout=30)[0].status == W.IBV_WC_SUCCESS
+    assert rmr.read(size, 0) == payload
+    small = mr_with(b, 200 * 64)
+    for i in range(200):
+        recv(b, small, 64, wr_id=i, offset=i * 64)
+    for i in range(200):
+        send(a, smr, 64, wr_id=i, offset=i * 64, flags=0 if i % 50 != 49 else F.IBV_SEND_SIGNALED)
+    if wire == "rc":
+        wcs = poll_until(b.rcq, 200)
+        assert [w.wr_id for w in wcs] == list(range(200))
+        assert small.read(200 * 64, 0) == payload[: 200 * 64]
+    poll_until(a.scq, 4 if wire == "rc" else 4)
+
+
+def test_receive_too_small_is_loc_len_err_and_rem_inv_req_at_sender(pair: PairFactory) -> None:
+    a, b = pair("rc")
+    smr, rmr = mr_with(a, 100), mr_with(b, 100)
+    recv(b, rmr, 10, wr_id=1)
+    recv(b, rmr, 10, wr_id=2)
+    send(a, smr, 50, wr_id=7)
+    send(a, smr, 5, wr_id=8)
+    (rwc1, rwc2) = poll_until(b.rcq, 2)
+    assert (rwc1.wr_id, rwc1.status) == (1, W.IBV_WC_LOC_LEN_ERR)
+    assert (rwc2.wr_id, rwc2.status) == (2, W.IBV_WC_WR_FLUSH_ERR)
+    (swc1, swc2) = poll_until(a.scq, 2)
+    assert (swc1.wr_id, swc1.status) == (7, W.IBV_WC_REM_INV_REQ_ERR)
+    assert (swc2.wr_id, swc2.status) == (8, W.IBV_WC_WR_FLUSH_ERR)
+    assert a.qp.qp_state == b.qp.qp_state == v.ibv_qp_state.IBV_QPS_ERR
+    assert a.qp.error is not None and "does not fit" in str(a.qp.error)
+
+
+def test_bad_lkey_is_loc_prot_err_after_earlier_wrs_complete(pair: PairFactory, wire: str) -> None:
+    a, b = pair(wire)
+    smr, rmr = mr_with(a, b"good"), mr_with(b, 64)
+    recv(b, rmr, 64)
+    send(a, smr, 4, wr_id=1)
+    a.qp.post_send(v.SendWR(2, OP.IBV_WR_SEND, 1, 0, [v.SGE(smr.buf, 4, smr.lkey ^ 0x5A5A)]))
+    send(a, smr, 4, wr_id=3)
+    wcs = poll_until(a.scq, 3)
+    assert [(w.wr_id, w.status) for w in wcs] == [
+        (1, W.IBV_WC_SUCCESS), (2, W.IBV_WC_LOC_PROT_ERR), (3, W.IBV_WC_WR_FLUSH_ERR)]
+    assert a.qp.qp_state == v.ibv_qp_state.IBV_QPS_ERR
+    assert poll_until(b.rcq)[0].status == W.IBV_WC_SUCCESS
+
+
+def test_out_of_range_sge_and_missing_local_write(pair: PairFactory, wire: str) -> None:
+    a, b = pair(wire)
+    smr = mr_with(a, 16)
+    ro = v.MR(b.pd, 16, 0)  # no LOCAL_WRITE: cannot be a receive buffer
+    b.qp.post_recv(v.RecvWR(5, 1, [v.SGE(ro.buf, 16, ro.lkey)]))
+    a.qp.post_send(v.SendWR(6, OP.IBV_WR_SEND, 1, 0, [v.SGE(smr.buf + 8, 16, smr.lkey)]))
+    (swc,) = poll_until(a.scq)
+    assert swc.status == W.IBV_WC_LOC_PROT_ERR
+
+
+def test_receive_without_local_write_fails_when_used(pair: PairFactory, wire: str) -> None:
+    a, b = pair(wire)
+    smr = mr_with(a, b"data")
+    ro = v.MR(b.pd, 16, 0)
+    b.qp.post_recv(v.RecvWR(5, 1, [v.SGE(ro.buf, 16, ro.lkey)]))
+    send(a, smr, 4)
+    (rwc,) = poll_until(b.rcq)
+    assert (rwc.wr_id, rwc.status) == (5, W.IBV_WC_LOC_PROT_ERR)
+    assert b.qp.qp_state == v.ibv_qp_state.IBV_QPS_ERR
+    (swc,) = poll_until(a.scq)
+    assert swc.status in (W.IBV_WC_REM_OP_ERR, W.IBV_WC_WR_FLUSH_ERR, W.IBV_WC_SUCCESS)
+    if wire == "rc":
+        assert swc.status == W.IBV_WC_REM_OP_ERR
+
+
+def test_mr_of_another_pd_is_not_reachable(ctx: v.Context, pair: PairFactory) -> None:
+    a, b = pair("rc")
+    foreign = v.MR(v.PD(ctx), 16, LOCAL_WRITE)
+    a.qp.post_send(v.SendWR(1, OP.IBV_WR_SEND, 1, 0, [v.SGE(foreign.buf, 4, foreign.lkey)]))
+    assert poll_until(a.scq)[0].status == W.IBV_WC_LOC_PROT_ERR
+
+
+def test_peer_close_flushes_everything_outstanding(pair: PairFactory, wire: str) -> None:
+    a, b = pair(wire)
+    rmr = mr_with(a, 64)
+    for i in range(3):
+        recv(a, rmr, 8, wr_id=i, offset=i * 8)
+    b.qp.close()
+    wcs = poll_until(a.rcq, 3)
+    assert [(w.wr_id, w.status) for w in wcs] == [(i, W.IBV_WC_WR_FLUSH_ERR) for i in range(3)]
+    assert a.qp.qp_state == v.ibv_qp_state.IBV_QPS_ERR
+    assert isinstance(a.qp.error, v.ConnectionBrokenError)
+    # posting to a QP in ERR completes with a flush
+    recv(a, rmr, 8, wr_id=9)
+    send(a, rmr, 8, wr_id=10, flags=0)
+    assert [(w.wr_id, w.status) for w in poll_until(a.rcq)] == [(9, W.IBV_WC_WR_FLUSH_ERR)]
+    assert [(w.wr_id, w.status) for w in poll_until(a.scq)] == [(10, W.IBV_WC_WR_FLUSH_ERR)]
+
+
+def test_cq_overrun_is_reported(ctx: v.Context) -> None:
+    from tcpverbs.testing import qp_pair
+
+    a, b = qp_pair(ctx, "rc", cqe=2)
+    rmr = mr_with(a, 64)
+    for i in range(3):
+        recv(a, rmr, 8, wr_id=i)
+    b.qp.close()
+    deadline = time.monotonic() + 5
+    with pytest.raises(v.TcpverbsError) as info:
+        while time.monotonic() < deadline:
+            if a.qp.qp_state == v.ibv_qp_state.IBV_QPS_ERR:
+                a.rcq.poll(1)
+    assert info.value.errno == errno.EOVERFLOW and "1 completions" in str(info.value)
+    event = ctx.get_async_event(timeout=1)
+    while event.event_type != v.ibv_event_type.IBV_EVENT_CQ_ERR:
+        event = ctx.get_async_event(timeout=1)
+
+
+def test_completion_channel_events(ctx: v.Context) -> None:
+    from tcpverbs.testing import make_endpoint, tcp_socket_pair
+
+    ch = v.CompChannel(ctx)
+    cq = v.CQ(ctx, 16, channel=ch)
+    a = make_endpoint(ctx)
+    pd = v.PD(ctx)
+    b = Endpoint(pd, cq, cq, v.QP(pd, v.QPInitAttr(scq=cq, rcq=cq), v.QPAttr()))
+    sa, sb = tcp_socket_pair()
+    for end, sock in ((a, sa), (b, sb)):
+        end.qp.to_rtr(v.QPAttr(sock=sock))
+        end.qp.to_rts(v.QPAttr())
+    smr, rmr = mr_with(a, b"ping"), mr_with(b, 8)
+    recv(b, rmr, 8)
+    cq.req_notify()
+    send(a, smr, 4)
+    assert ch.get_cq_event(cq, timeout=5) is cq
+    cq.ack_events(1)
+    assert poll_until(cq)[0].byte_len == 4
+    # one-shot: no new event without re-arming
+    recv(b, rmr, 8)
+    send(a, smr, 4)
+    poll_until(cq)
+    with pytest.raises(v.TcpverbsError):
+        ch.get_cq_event(cq, timeout=0.1)
+    # solicited-only: an unsolicited message does not wake, a solicited one does
+    cq.req_notify(solicited_only=True)
+    recv(b, rmr, 8)
+    send(a, smr, 4)
+    poll_until(cq)
+    with pytest.raises(v.TcpverbsError):
+        ch.get_cq_event(cq, timeout=0.1)
+    recv(b, rmr, 8)
+    send(a, smr, 4, flags=F.IBV_SEND_SIGNALED | F.IBV_SEND_SOLICITED)
+    assert ch.get_cq_event(cq, timeout=5) is cq
+    cq.ack_events(1)
