@@ -243,9 +243,7 @@ def test_ib_width_speed(mbps: int | None, expected: tuple[int, int]) -> None:
         ("lowerlayerdown", True, ibv_port_state.IBV_PORT_DOWN),
     ],
 )
-def test_port_state_from_operstate(
-    operstate: str, if_up: bool, expected: ibv_port_state
-) -> None:
+def test_port_state_from_operstate(operstate: str, if_up: bool, expected: ibv_port_state) -> None:
     assert port_state_from_operstate(operstate, if_up) is expected
 
 
@@ -412,7 +410,11 @@ def test_device_in_network_namespace(veth_netns: _Netns) -> None:
     environ = dict(os.environ, PYTHONPATH=str(SRC))
     out = subprocess.run(
         ["ip", "netns", "exec", env.ns, sys.executable, "-c", _NETNS_PROBE],
-        check=True, capture_output=True, text=True, timeout=60, env=environ,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environ,
     ).stdout
     devices = {d["name"]: d for d in json.loads(out)}
     dev = devices[f"tcpv_{env.ns_if}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
 
 import numpy as np
@@ -101,8 +102,9 @@ def test_registered_bytearray_cannot_be_resized(ctx: v.Context) -> None:
         (4, A.IBV_ACCESS_LOCAL_WRITE, 12345, errno.EINVAL),
     ],
 )
-def test_bad_mr_arguments(ctx: v.Context, length: int, access: int, address: object,
-                          err: int) -> None:
+def test_bad_mr_arguments(
+    ctx: v.Context, length: int, access: int, address: object, err: int
+) -> None:
     with pytest.raises(v.TcpverbsError) as info:
         v.MR(v.PD(ctx), length, access, address=address)  # type: ignore[arg-type]
     assert info.value.errno == err
@@ -112,7 +114,7 @@ def test_keys_are_unpredictable_and_unique(ctx: v.Context) -> None:
     pd = v.PD(ctx)
     keys = [v.MR(pd, 64, 0).lkey for _ in range(64)]
     assert len(set(keys)) == 64 and 0 not in keys
-    steps = {b - a for a, b in zip(keys, keys[1:], strict=False)}
+    steps = {b - a for a, b in itertools.pairwise(keys)}
     assert len(steps) > 32  # not a counter
 
 

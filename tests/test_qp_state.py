@@ -63,8 +63,10 @@ def test_invalid_transitions_change_nothing(qp: v.QP) -> None:
     with pytest.raises(v.TcpverbsError, match="requires attribute mask"):
         qp.modify(v.QPAttr(qp_state=S.IBV_QPS_INIT), M.IBV_QP_STATE)
     with pytest.raises(v.TcpverbsError, match="cur_qp_state"):
-        qp.modify(v.QPAttr(qp_state=S.IBV_QPS_INIT, cur_qp_state=S.IBV_QPS_RTS),
-                  M.IBV_QP_STATE | M.IBV_QP_CUR_STATE)
+        qp.modify(
+            v.QPAttr(qp_state=S.IBV_QPS_INIT, cur_qp_state=S.IBV_QPS_RTS),
+            M.IBV_QP_STATE | M.IBV_QP_CUR_STATE,
+        )
     with pytest.raises(v.TcpverbsError, match="port_num"):
         qp.to_init(v.QPAttr(port_num=2))
     assert qp.qp_state == S.IBV_QPS_RESET
@@ -79,7 +81,7 @@ def test_invalid_transitions_change_nothing(qp: v.QP) -> None:
 
 def test_rtr_needs_a_connected_tcp_socket(qp: v.QP) -> None:
     qp.to_init(v.QPAttr())
-    with pytest.raises(v.TcpverbsError, match="QPAttr.sock") as info:
+    with pytest.raises(v.TcpverbsError, match=r"QPAttr\.sock") as info:
         qp.to_rtr(v.QPAttr())
     assert info.value.errno == errno.EINVAL
     unconnected = socket.socket()

@@ -33,8 +33,13 @@ def frames(draw: st.DrawFn) -> tuple[Header, bytes]:
         h.payload_len = len(payload)
     if op in (Opcode.SEND_IMM, Opcode.WRITE_IMM):
         h.imm = draw(U32)
-    if op in (Opcode.WRITE, Opcode.WRITE_IMM, Opcode.READ_REQ,
-              Opcode.ATOMIC_CMP_SWP, Opcode.ATOMIC_FETCH_ADD):
+    if op in (
+        Opcode.WRITE,
+        Opcode.WRITE_IMM,
+        Opcode.READ_REQ,
+        Opcode.ATOMIC_CMP_SWP,
+        Opcode.ATOMIC_FETCH_ADD,
+    ):
         h.rkey, h.addr = draw(U32), draw(U64)
     if op is Opcode.READ_REQ:
         h.length = draw(U32)
@@ -128,8 +133,7 @@ def test_fuzz_never_crashes_or_overallocates(junk: bytes) -> None:
         (struct.pack("!BBHII", Opcode.ACK, 0, 0, 8, 1) + b"\0" * 4, "unexpected bytes"),
         (struct.pack("!BBHI", Opcode.SEND_IMM, 0, 0, 2) + b"\0" * 4, "shorter than its header"),
         (struct.pack("!BBHI", Opcode.SEND, 0, 0, 4097), "exceeds the limit"),
-        (struct.pack("!BBHIIB3x", Opcode.TERMINATE, 0, 0, 8 + MAX_REASON + 1, 0, 0),
-         "too long"),
+        (struct.pack("!BBHIIB3x", Opcode.TERMINATE, 0, 0, 8 + MAX_REASON + 1, 0, 0), "too long"),
     ],
 )
 def test_malformed_headers_are_rejected(raw: bytes, message: str) -> None:
@@ -143,7 +147,7 @@ def test_malformed_headers_are_rejected(raw: bytes, message: str) -> None:
 
 def test_payload_state_is_enforced() -> None:
     dec = FrameDecoder(100)
-    header, used = dec.receive(memoryview(encode_header(Header(Opcode.SEND, payload_len=5))))
+    header, _ = dec.receive(memoryview(encode_header(Header(Opcode.SEND, payload_len=5))))
     assert header is not None and header.payload_len == 5 and dec.in_payload
     with pytest.raises(ValueError, match="payload state"):
         dec.receive(memoryview(b"abc"))

@@ -21,8 +21,13 @@ def feed(dec: HelloDecoder, data: bytes, step: int) -> Hello | None:
     return hello
 
 
-@given(st.integers(0, 2**24), st.integers(1, 2**16), st.integers(1, 2**16),
-       st.integers(1, 2**31), st.integers(1, HELLO_SIZE))
+@given(
+    st.integers(0, 2**24),
+    st.integers(1, 2**16),
+    st.integers(1, 2**16),
+    st.integers(1, 2**31),
+    st.integers(1, HELLO_SIZE),
+)
 def test_hello_round_trip_in_any_split(qpn: int, sw: int, rw: int, msg: int, step: int) -> None:
     hello = Hello(qpn, sw, rw, msg, 4, 8)
     assert feed(HelloDecoder(), hello.encode(), step) == hello
@@ -89,12 +94,19 @@ def test_wire_layer_never_imports_socket() -> None:
     import ast
     import pathlib
 
-    import tcpverbs.wire as wire
+    from tcpverbs import wire
 
     for path in pathlib.Path(wire.__file__).parent.glob("*.py"):
         tree = ast.parse(path.read_text())
-        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
-                 for a in n.names}
-        names |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
-                  if isinstance(n, ast.ImportFrom) and n.level == 0}
+        names = {
+            a.name.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Import)
+            for a in n.names
+        }
+        names |= {
+            (n.module or "").split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.level == 0
+        }
         assert not names & {"socket", "select", "selectors", "asyncio"}, path

@@ -43,8 +43,15 @@ _VL_STR = {1: "1", 2: "2", 3: "4", 4: "8", 5: "15"}
 _PHYS_STATE_STR = {3: "DISABLED", 5: "LINK_UP"}
 _WIDTH_STR = {1: "1", 2: "4", 4: "8", 8: "12", 16: "2"}
 _SPEED_STR = {
-    1: "2.5 Gbps", 2: "5.0 Gbps", 4: "10.0 Gbps", 8: "10.0 Gbps", 16: "14.0 Gbps",
-    32: "25.0 Gbps", 64: "50.0 Gbps", 128: "100.0 Gbps", 256: "200.0 Gbps",
+    1: "2.5 Gbps",
+    2: "5.0 Gbps",
+    4: "10.0 Gbps",
+    8: "10.0 Gbps",
+    16: "14.0 Gbps",
+    32: "25.0 Gbps",
+    64: "50.0 Gbps",
+    128: "100.0 Gbps",
+    256: "200.0 Gbps",
 }
 
 
@@ -179,7 +186,7 @@ def _cmd_devinfo(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     # Lazy: the demo pulls in the whole data path; `devices` / `devinfo` should not.
-    from .demo import main as demo_main  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
+    from .demo import main as demo_main  # type: ignore[import-not-found, unused-ignore]
 
     return int(demo_main(args))
 

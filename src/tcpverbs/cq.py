@@ -210,9 +210,7 @@ class CQ(VerbsObject):
             else:
                 self._entries.append(completion)
                 overrun = False
-            if self._armed and (
-                not self._solicited_only or solicited or completion[3] != 0
-            ):
+            if self._armed and (not self._solicited_only or solicited or completion[3] != 0):
                 self._armed = False
                 notify = True
         if overrun:

@@ -49,8 +49,10 @@ def _transfer(src: Endpoint, dst: Endpoint, size: int, count: int, imm: bool) ->
 def _report(label: str, size: int, count: int, seconds: float) -> None:
     total = size * count
     rate = total * 8 / seconds / 1e9 if seconds > 0 else float("inf")
-    print(f"  {label:<34} {count:>4} x {size:>8} B  {seconds * 1e3:8.2f} ms  {rate:7.2f} Gbit/s"
-          "  verified")
+    print(
+        f"  {label:<34} {count:>4} x {size:>8} B  {seconds * 1e3:8.2f} ms  {rate:7.2f} Gbit/s"
+        "  verified"
+    )
 
 
 def _stream_to_plain_socket(ctx: Context, size: int) -> None:
@@ -69,8 +71,10 @@ def _stream_to_plain_socket(ctx: Context, size: int) -> None:
     theirs.sendall(b"hello from a plain socket")
     end.qp.post_recv(RecvWR(2, 1, [SGE(mr.buf, size, mr.lkey)]))
     wc = poll_until(end.rcq, 1)[0]
-    print(f"  stream QP -> plain socket: {len(got)} B arrived as raw TCP payload; "
-          f"plain socket -> QP: {mr.read(wc.byte_len, 0)!r}")
+    print(
+        f"  stream QP -> plain socket: {len(got)} B arrived as raw TCP payload; "
+        f"plain socket -> QP: {mr.read(wc.byte_len, 0)!r}"
+    )
     theirs.close()
     end.qp.close()
 
@@ -81,8 +85,10 @@ def main(args: argparse.Namespace | None = None) -> int:
     with Context(name="tcpv_lo") as ctx:
         attr = ctx.query_device()
         port = ctx.query_port(1)
-        print(f"device {ctx.name.decode()}: node_guid {attr.node_guid:016x}, "
-              f"port 1 {port.state.name}, gid[0] {ctx.query_gid(1, 0)}")
+        print(
+            f"device {ctx.name.decode()}: node_guid {attr.node_guid:016x}, "
+            f"port 1 {port.state.name}, gid[0] {ctx.query_gid(1, 0)}"
+        )
         for wire in ("rc", "stream"):
             a, b = qp_pair(ctx, wire, QPCap(count, count, 1, 1, 0))
             print(f"{wire}: QP {a.qp.qp_num} <-> QP {b.qp.qp_num} over one loopback TCP connection")
@@ -91,8 +97,10 @@ def main(args: argparse.Namespace | None = None) -> int:
             label = "SEND_WITH_IMM b -> a" if imm else "SEND  b -> a"
             _report(f"{wire} {label}", size, count, _transfer(b, a, size, count, imm))
             stats = a.qp.statistics()
-            print(f"  QP a: {stats['bytes_sent']} B sent in {stats['sendmsg_calls']} sendmsg, "
-                  f"{stats['bytes_received']} B received in {stats['recv_calls']} recv calls")
+            print(
+                f"  QP a: {stats['bytes_sent']} B sent in {stats['sendmsg_calls']} sendmsg, "
+                f"{stats['bytes_received']} B received in {stats['recv_calls']} recv calls"
+            )
             a.qp.close()
             b.qp.close()
         _stream_to_plain_socket(ctx, size)

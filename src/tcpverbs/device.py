@@ -151,7 +151,14 @@ _IB_WIDTH_LANES: Final[dict[int, int]] = {1: 1, 16: 2, 2: 4, 4: 8, 8: 12}
 #: (SDR, DDR, QDR, FDR10, FDR, EDR, HDR, NDR).  XDR (256) does not fit the 8-bit
 #: ``active_speed`` and is never chosen.
 _IB_SPEED_GBPS: Final[dict[int, float]] = {
-    1: 2.5, 2: 5.0, 4: 10.0, 8: 10.0, 16: 14.0, 32: 25.0, 64: 50.0, 128: 100.0,
+    1: 2.5,
+    2: 5.0,
+    4: 10.0,
+    8: 10.0,
+    16: 14.0,
+    32: 25.0,
+    64: 50.0,
+    128: 100.0,
 }
 #: When the link speed is unknown (loopback, veth, most virtual NICs): 4x EDR, 100 Gb/s.
 #: (The kernel's ib_get_eth_speed() falls back to 1x SDR, but a virtual interface is not
@@ -328,8 +335,7 @@ class Device:
 
     def __repr__(self) -> str:
         return (
-            f"<Device {self.name.decode()} ifname={self.ifname!r} "
-            f"node_guid={self.node_guid:016x}>"
+            f"<Device {self.name.decode()} ifname={self.ifname!r} node_guid={self.node_guid:016x}>"
         )
 
     def __eq__(self, other: object) -> bool:

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-class ibv_wr_opcode(IntEnum):  # noqa: N801 - libibverbs name
+class ibv_wr_opcode(IntEnum):
     IBV_WR_RDMA_WRITE = 0
     IBV_WR_RDMA_WRITE_WITH_IMM = 1
     IBV_WR_SEND = 2
@@ -47,7 +47,7 @@ class ibv_wr_opcode(IntEnum):  # noqa: N801 - libibverbs name
     IBV_WR_ATOMIC_WRITE = 15
 
 
-class ibv_send_flags(IntFlag):  # noqa: N801
+class ibv_send_flags(IntFlag):
     IBV_SEND_FENCE = 1 << 0
     IBV_SEND_SIGNALED = 1 << 1
     IBV_SEND_SOLICITED = 1 << 2
@@ -55,7 +55,7 @@ class ibv_send_flags(IntFlag):  # noqa: N801
     IBV_SEND_IP_CSUM = 1 << 4
 
 
-class ibv_wc_status(IntEnum):  # noqa: N801
+class ibv_wc_status(IntEnum):
     IBV_WC_SUCCESS = 0
     IBV_WC_LOC_LEN_ERR = 1
     IBV_WC_LOC_QP_OP_ERR = 2
@@ -82,7 +82,7 @@ class ibv_wc_status(IntEnum):  # noqa: N801
     IBV_WC_TM_RNDV_INCOMPLETE = 23
 
 
-class ibv_wc_opcode(IntEnum):  # noqa: N801
+class ibv_wc_opcode(IntEnum):
     IBV_WC_SEND = 0
     IBV_WC_RDMA_WRITE = 1
     IBV_WC_RDMA_READ = 2
@@ -105,7 +105,7 @@ class ibv_wc_opcode(IntEnum):  # noqa: N801
     IBV_WC_DRIVER3 = (1 << 7) + 9
 
 
-class ibv_wc_flags(IntFlag):  # noqa: N801
+class ibv_wc_flags(IntFlag):
     IBV_WC_GRH = 1 << 0
     IBV_WC_WITH_IMM = 1 << 1
     IBV_WC_IP_CSUM_OK = 1 << 2
@@ -115,7 +115,7 @@ class ibv_wc_flags(IntFlag):  # noqa: N801
     IBV_WC_TM_DATA_VALID = 1 << 6
 
 
-class ibv_qp_state(IntEnum):  # noqa: N801
+class ibv_qp_state(IntEnum):
     IBV_QPS_RESET = 0
     IBV_QPS_INIT = 1
     IBV_QPS_RTR = 2
@@ -126,7 +126,7 @@ class ibv_qp_state(IntEnum):  # noqa: N801
     IBV_QPS_UNKNOWN = 7
 
 
-class ibv_qp_type(IntEnum):  # noqa: N801
+class ibv_qp_type(IntEnum):
     IBV_QPT_RC = 2
     IBV_QPT_UC = 3
     IBV_QPT_UD = 4
@@ -136,7 +136,7 @@ class ibv_qp_type(IntEnum):  # noqa: N801
     IBV_QPT_DRIVER = 0xFF
 
 
-class ibv_qp_attr_mask(IntFlag):  # noqa: N801
+class ibv_qp_attr_mask(IntFlag):
     IBV_QP_STATE = 1 << 0
     IBV_QP_CUR_STATE = 1 << 1
     IBV_QP_EN_SQD_ASYNC_NOTIFY = 1 << 2
@@ -161,7 +161,7 @@ class ibv_qp_attr_mask(IntFlag):  # noqa: N801
     IBV_QP_RATE_LIMIT = 1 << 25
 
 
-class ibv_access_flags(IntFlag):  # noqa: N801
+class ibv_access_flags(IntFlag):
     IBV_ACCESS_LOCAL_WRITE = 1 << 0
     IBV_ACCESS_REMOTE_WRITE = 1 << 1
     IBV_ACCESS_REMOTE_READ = 1 << 2
@@ -175,7 +175,7 @@ class ibv_access_flags(IntFlag):  # noqa: N801
     IBV_ACCESS_RELAXED_ORDERING = 1 << 20
 
 
-class ibv_mtu(IntEnum):  # noqa: N801
+class ibv_mtu(IntEnum):
     IBV_MTU_256 = 1
     IBV_MTU_512 = 2
     IBV_MTU_1024 = 3
@@ -183,7 +183,7 @@ class ibv_mtu(IntEnum):  # noqa: N801
     IBV_MTU_4096 = 5
 
 
-class ibv_port_state(IntEnum):  # noqa: N801
+class ibv_port_state(IntEnum):
     IBV_PORT_NOP = 0
     IBV_PORT_DOWN = 1
     IBV_PORT_INIT = 2
@@ -192,13 +192,13 @@ class ibv_port_state(IntEnum):  # noqa: N801
     IBV_PORT_ACTIVE_DEFER = 5
 
 
-class ibv_atomic_cap(IntEnum):  # noqa: N801
+class ibv_atomic_cap(IntEnum):
     IBV_ATOMIC_NONE = 0
     IBV_ATOMIC_HCA = 1
     IBV_ATOMIC_GLOB = 2
 
 
-class ibv_node_type(IntEnum):  # noqa: N801
+class ibv_node_type(IntEnum):
     IBV_NODE_UNKNOWN = -1
     IBV_NODE_CA = 1
     IBV_NODE_SWITCH = 2
@@ -209,7 +209,7 @@ class ibv_node_type(IntEnum):  # noqa: N801
     IBV_NODE_UNSPECIFIED = 7
 
 
-class ibv_transport_type(IntEnum):  # noqa: N801
+class ibv_transport_type(IntEnum):
     IBV_TRANSPORT_UNKNOWN = -1
     IBV_TRANSPORT_IB = 0
     IBV_TRANSPORT_IWARP = 1
@@ -218,13 +218,13 @@ class ibv_transport_type(IntEnum):  # noqa: N801
     IBV_TRANSPORT_UNSPECIFIED = 4
 
 
-class ibv_link_layer(IntEnum):  # noqa: N801
+class ibv_link_layer(IntEnum):
     IBV_LINK_LAYER_UNSPECIFIED = 0
     IBV_LINK_LAYER_INFINIBAND = 1
     IBV_LINK_LAYER_ETHERNET = 2
 
 
-class ibv_event_type(IntEnum):  # noqa: N801
+class ibv_event_type(IntEnum):
     IBV_EVENT_CQ_ERR = 0
     IBV_EVENT_QP_FATAL = 1
     IBV_EVENT_QP_REQ_ERR = 2

@@ -82,7 +82,14 @@ def from_oserror(exc: OSError, doing: str) -> TcpverbsError:
     """Translate an OS-level socket error into our tree; use with ``raise ... from exc``."""
     err = exc.errno if exc.errno is not None else _errno.EIO
     reason = exc.strerror or os.strerror(err)
-    if err in (_errno.ECONNRESET, _errno.EPIPE, _errno.ECONNABORTED, _errno.ETIMEDOUT,
-               _errno.EHOSTUNREACH, _errno.ENETUNREACH, _errno.ENOTCONN):
+    if err in (
+        _errno.ECONNRESET,
+        _errno.EPIPE,
+        _errno.ECONNABORTED,
+        _errno.ETIMEDOUT,
+        _errno.EHOSTUNREACH,
+        _errno.ENETUNREACH,
+        _errno.ENOTCONN,
+    ):
         return ConnectionBrokenError(err, f"{doing}: {reason}")
     return TcpverbsError(err, f"{doing}: {reason}")

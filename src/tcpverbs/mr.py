@@ -21,7 +21,7 @@ from .enums import ibv_access_flags
 from .errors import TcpverbsError
 
 if TYPE_CHECKING:
-    from collections.abc import Buffer
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
     from .pd import PD
 
@@ -54,7 +54,7 @@ class MR(VerbsObject):
     """``ibv_reg_mr``.  ``MR(pd, length, access)`` or ``MR(pd, length, access, address=buf)``."""
 
     def __init__(
-        self, pd: PD, length: int, access: int, address: Buffer | None = None
+        self, pd: PD, length: int, access: int, address: WriteableBuffer | None = None
     ) -> None:
         self.access = _check_access(access)
         if not isinstance(length, int) or length <= 0:
@@ -87,7 +87,7 @@ class MR(VerbsObject):
         self._check_range(length, offset)
         return bytes(self._view[offset : offset + length])
 
-    def write(self, data: Buffer | str, length: int, offset: int = 0) -> None:
+    def write(self, data: ReadableBuffer | str, length: int, offset: int = 0) -> None:
         """Copy the first ``length`` bytes of ``data`` into the MR at ``offset``."""
         self._check_open()
         raw = data.encode() if isinstance(data, str) else memoryview(data).cast("B")
@@ -125,7 +125,7 @@ class MR(VerbsObject):
         return f"<MR buf=0x{self.buf:x} length={self.length} lkey=0x{self.lkey:08x}>"
 
 
-def _writable_bytes(buffer: Buffer, length: int) -> memoryview:
+def _writable_bytes(buffer: WriteableBuffer, length: int) -> memoryview:
     try:
         view = memoryview(buffer)
     except TypeError:

@@ -70,10 +70,22 @@ _REQUIRED: dict[tuple[S, S], M] = {
     (S.IBV_QPS_RTS, S.IBV_QPS_RTS): M(0),
 }
 _SETTABLE = (
-    M.IBV_QP_STATE | M.IBV_QP_CUR_STATE | M.IBV_QP_ACCESS_FLAGS | M.IBV_QP_PKEY_INDEX
-    | M.IBV_QP_PORT | M.IBV_QP_AV | M.IBV_QP_PATH_MTU | M.IBV_QP_TIMEOUT | M.IBV_QP_RETRY_CNT
-    | M.IBV_QP_RNR_RETRY | M.IBV_QP_RQ_PSN | M.IBV_QP_MAX_QP_RD_ATOMIC | M.IBV_QP_MIN_RNR_TIMER
-    | M.IBV_QP_SQ_PSN | M.IBV_QP_MAX_DEST_RD_ATOMIC | M.IBV_QP_DEST_QPN
+    M.IBV_QP_STATE
+    | M.IBV_QP_CUR_STATE
+    | M.IBV_QP_ACCESS_FLAGS
+    | M.IBV_QP_PKEY_INDEX
+    | M.IBV_QP_PORT
+    | M.IBV_QP_AV
+    | M.IBV_QP_PATH_MTU
+    | M.IBV_QP_TIMEOUT
+    | M.IBV_QP_RETRY_CNT
+    | M.IBV_QP_RNR_RETRY
+    | M.IBV_QP_RQ_PSN
+    | M.IBV_QP_MAX_QP_RD_ATOMIC
+    | M.IBV_QP_MIN_RNR_TIMER
+    | M.IBV_QP_SQ_PSN
+    | M.IBV_QP_MAX_DEST_RD_ATOMIC
+    | M.IBV_QP_DEST_QPN
 )
 # mask bit -> QPAttr fields it carries
 _FIELDS: dict[M, tuple[str, ...]] = {
@@ -94,13 +106,20 @@ _FIELDS: dict[M, tuple[str, ...]] = {
 }
 _INIT_MASK = M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_ACCESS_FLAGS
 _RTR_MASK = (
-    M.IBV_QP_STATE | M.IBV_QP_PATH_MTU | M.IBV_QP_RQ_PSN | M.IBV_QP_MAX_DEST_RD_ATOMIC
+    M.IBV_QP_STATE
+    | M.IBV_QP_PATH_MTU
+    | M.IBV_QP_RQ_PSN
+    | M.IBV_QP_MAX_DEST_RD_ATOMIC
     | M.IBV_QP_MIN_RNR_TIMER
 )
 _RTR_AV_MASK = M.IBV_QP_AV | M.IBV_QP_DEST_QPN
 _RTS_MASK = (
-    M.IBV_QP_STATE | M.IBV_QP_SQ_PSN | M.IBV_QP_TIMEOUT | M.IBV_QP_RETRY_CNT
-    | M.IBV_QP_RNR_RETRY | M.IBV_QP_MAX_QP_RD_ATOMIC
+    M.IBV_QP_STATE
+    | M.IBV_QP_SQ_PSN
+    | M.IBV_QP_TIMEOUT
+    | M.IBV_QP_RETRY_CNT
+    | M.IBV_QP_RNR_RETRY
+    | M.IBV_QP_MAX_QP_RD_ATOMIC
 )
 
 _SEND_OPCODES = {
@@ -220,12 +239,20 @@ class QP(VerbsObject):
         if mask & M.IBV_QP_PORT and attr.port_num != 1:
             raise TcpverbsError(errno.EINVAL, f"port_num {attr.port_num}: the device has port 1")
         if mask & M.IBV_QP_PKEY_INDEX and attr.pkey_index != 0:
-            raise TcpverbsError(errno.EINVAL, f"pkey_index {attr.pkey_index}: the table has one entry")
+            raise TcpverbsError(
+                errno.EINVAL, f"pkey_index {attr.pkey_index}: the table has one entry"
+            )
         if mask & M.IBV_QP_ACCESS_FLAGS:
-            allowed = (ibv_access_flags.IBV_ACCESS_LOCAL_WRITE | ibv_access_flags.IBV_ACCESS_REMOTE_WRITE
-                       | ibv_access_flags.IBV_ACCESS_REMOTE_READ | ibv_access_flags.IBV_ACCESS_REMOTE_ATOMIC)
+            allowed = (
+                ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
+                | ibv_access_flags.IBV_ACCESS_REMOTE_WRITE
+                | ibv_access_flags.IBV_ACCESS_REMOTE_READ
+                | ibv_access_flags.IBV_ACCESS_REMOTE_ATOMIC
+            )
             if attr.qp_access_flags & ~allowed:
-                raise TcpverbsError(errno.EINVAL, f"unsupported qp_access_flags 0x{attr.qp_access_flags:x}")
+                raise TcpverbsError(
+                    errno.EINVAL, f"unsupported qp_access_flags 0x{attr.qp_access_flags:x}"
+                )
         if mask & M.IBV_QP_PATH_MTU and not 1 <= attr.path_mtu <= 5:
             raise TcpverbsError(errno.EINVAL, f"path_mtu {attr.path_mtu} is not an ibv_mtu")
         if mask & M.IBV_QP_RNR_RETRY and not 0 <= attr.rnr_retry <= 7:
@@ -233,14 +260,16 @@ class QP(VerbsObject):
         if mask & M.IBV_QP_RETRY_CNT and not 0 <= attr.retry_cnt <= 7:
             raise TcpverbsError(errno.EINVAL, f"retry_cnt {attr.retry_cnt} is outside 0..7")
         if mask & M.IBV_QP_MIN_RNR_TIMER and not 0 <= attr.min_rnr_timer <= 31:
-            raise TcpverbsError(errno.EINVAL, f"min_rnr_timer {attr.min_rnr_timer} is outside 0..31")
-        if (S(attr.qp_state), self._state) == (S.IBV_QPS_RTR, S.IBV_QPS_INIT) and mask & M.IBV_QP_STATE:
-            if attr.sock is None:
-                raise TcpverbsError(
-                    errno.EINVAL,
-                    "INIT -> RTR needs a connection: set QPAttr.sock to a connected TCP socket "
-                    "(connecting by GID and QP number is not supported yet)",
-                )
+            raise TcpverbsError(
+                errno.EINVAL, f"min_rnr_timer {attr.min_rnr_timer} is outside 0..31"
+            )
+        to_rtr = (S(attr.qp_state), self._state) == (S.IBV_QPS_RTR, S.IBV_QPS_INIT)
+        if to_rtr and mask & M.IBV_QP_STATE and attr.sock is None:
+            raise TcpverbsError(
+                errno.EINVAL,
+                "INIT -> RTR needs a connection: set QPAttr.sock to a connected TCP socket "
+                "(connecting by GID and QP number is not supported yet)",
+            )
 
     def query(self, attr_mask: int = 0) -> tuple[QPAttr, QPInitAttr]:
         """``ibv_query_qp``: current attributes (all of them, whatever the mask)."""
@@ -278,32 +307,49 @@ class QP(VerbsObject):
         if state not in (S.IBV_QPS_RTS, S.IBV_QPS_ERR):
             raise PostError(errno.EINVAL, f"post_send on a QP in {state.name}", wr, index)
         wc_opcode = _SEND_OPCODES.get(wr.opcode)  # type: ignore[call-overload]
-        if wc_opcode is None or (
-            self.wire == "stream" and wr.opcode != ibv_wr_opcode.IBV_WR_SEND
-        ):
-            raise PostError(errno.EINVAL if self.wire == "stream" else errno.EOPNOTSUPP,
-                            f"opcode {_opname(wr.opcode)} is not supported on a "
-                            f"{self.wire} QP", wr, index)
+        if wc_opcode is None or (self.wire == "stream" and wr.opcode != ibv_wr_opcode.IBV_WR_SEND):
+            raise PostError(
+                errno.EINVAL if self.wire == "stream" else errno.EOPNOTSUPP,
+                f"opcode {_opname(wr.opcode)} is not supported on a {self.wire} QP",
+                wr,
+                index,
+            )
         sges = _sge_list(wr.sg_list, wr.num_sge, self.cap.max_send_sge, wr, index)
         flags = wr.send_flags
         inline = bool(flags & ibv_send_flags.IBV_SEND_INLINE)
         length = sum(s.length for s in sges)
         if inline and length > self.cap.max_inline_data:
-            raise PostError(errno.EINVAL, f"inline send of {length} bytes exceeds "
-                            f"max_inline_data {self.cap.max_inline_data}", wr, index)
+            raise PostError(
+                errno.EINVAL,
+                f"inline send of {length} bytes exceeds max_inline_data {self.cap.max_inline_data}",
+                wr,
+                index,
+            )
         if self._sq_used >= self.cap.max_send_wr:
-            raise PostError(errno.ENOMEM, f"send queue full ({self.cap.max_send_wr} WRs "
-                            "outstanding; poll the CQ)", wr, index)
+            raise PostError(
+                errno.ENOMEM,
+                f"send queue full ({self.cap.max_send_wr} WRs outstanding; poll the CQ)",
+                wr,
+                index,
+            )
         segments, error = self._resolve(sges, writable=False, inline=inline)
         if error is None and length > MAX_MSG_SZ:
-            error = (ibv_wc_status.IBV_WC_LOC_LEN_ERR, f"message of {length} bytes exceeds max_msg_sz")
+            error = (
+                ibv_wc_status.IBV_WC_LOC_LEN_ERR,
+                f"message of {length} bytes exceeds max_msg_sz",
+            )
         if inline and error is None:
             segments = [b"".join(segments)]  # the caller may reuse the buffer on return
         work = SendWork(
-            wr.wr_id, int(wr.opcode), wc_opcode,
+            wr.wr_id,
+            int(wr.opcode),
+            wc_opcode,
             signaled=self.sq_sig_all or bool(flags & ibv_send_flags.IBV_SEND_SIGNALED),
             solicited=bool(flags & ibv_send_flags.IBV_SEND_SOLICITED),
-            segments=segments, length=length, imm=wr.imm_data & 0xFFFFFFFF, error=error,
+            segments=segments,
+            length=length,
+            imm=wr.imm_data & 0xFFFFFFFF,
+            error=error,
         )
         self._sq_used += 1
         if state is S.IBV_QPS_ERR:
@@ -320,8 +366,12 @@ class QP(VerbsObject):
             raise PostError(errno.EINVAL, "post_recv on a QP in IBV_QPS_RESET", wr, index)
         sges = _sge_list(wr.sg_list, wr.num_sge, self.cap.max_recv_sge, wr, index)
         if self._rq_used >= self.cap.max_recv_wr:
-            raise PostError(errno.ENOMEM, f"receive queue full ({self.cap.max_recv_wr} WRs "
-                            "outstanding; poll the CQ)", wr, index)
+            raise PostError(
+                errno.ENOMEM,
+                f"receive queue full ({self.cap.max_recv_wr} WRs outstanding; poll the CQ)",
+                wr,
+                index,
+            )
         segments, error = self._resolve(sges, writable=True, inline=False)
         views = [s for s in segments if isinstance(s, memoryview)]
         work = RecvWork(wr.wr_id, views, sum(len(v) for v in views), error)
@@ -339,19 +389,31 @@ class QP(VerbsObject):
         for i, sge in enumerate(sges):
             mr = self.pd._mr_for_lkey(sge.lkey)
             if mr is None and inline:  # ibv_post_send ignores lkey for inline data
-                mr = next((m for m in self.pd._mrs_by_lkey.values()
-                           if m._slice(sge.addr, sge.length) is not None), None)
+                mr = next(
+                    (
+                        m
+                        for m in self.pd._mrs_by_lkey.values()
+                        if m._slice(sge.addr, sge.length) is not None
+                    ),
+                    None,
+                )
             if mr is None:
-                return views, (ibv_wc_status.IBV_WC_LOC_PROT_ERR,
-                               f"SGE {i}: lkey 0x{sge.lkey:x} is not an MR of this QP's PD")
+                return views, (
+                    ibv_wc_status.IBV_WC_LOC_PROT_ERR,
+                    f"SGE {i}: lkey 0x{sge.lkey:x} is not an MR of this QP's PD",
+                )
             if writable and not mr.access & _LOCAL_WRITE:
-                return views, (ibv_wc_status.IBV_WC_LOC_PROT_ERR,
-                               f"SGE {i}: MR 0x{sge.lkey:x} lacks IBV_ACCESS_LOCAL_WRITE")
+                return views, (
+                    ibv_wc_status.IBV_WC_LOC_PROT_ERR,
+                    f"SGE {i}: MR 0x{sge.lkey:x} lacks IBV_ACCESS_LOCAL_WRITE",
+                )
             view = mr._slice(sge.addr, sge.length)
             if view is None:
-                return views, (ibv_wc_status.IBV_WC_LOC_PROT_ERR,
-                               f"SGE {i}: [0x{sge.addr:x}, +{sge.length}) is outside MR "
-                               f"[0x{mr.buf:x}, +{mr.length})")
+                return views, (
+                    ibv_wc_status.IBV_WC_LOC_PROT_ERR,
+                    f"SGE {i}: [0x{sge.addr:x}, +{sge.length}) is outside MR "
+                    f"[0x{mr.buf:x}, +{mr.length})",
+                )
             if sge.length:
                 views.append(view)
         return views, None
@@ -361,16 +423,44 @@ class QP(VerbsObject):
         if status == _OK and not work.signaled:
             self._sq_used -= 1
             return
-        self.scq._push((self, True, work.wr_id, status, work.wc_opcode, vendor_err,
-                        work.length if status == _OK else 0, 0, 0))
+        self.scq._push(
+            (
+                self,
+                True,
+                work.wr_id,
+                status,
+                work.wc_opcode,
+                vendor_err,
+                work.length if status == _OK else 0,
+                0,
+                0,
+            )
+        )
 
     def _complete_recv(
-        self, work: RecvWork, status: int, byte_len: int = 0, imm: int | None = None,
-        solicited: bool = False, vendor_err: int = 0,
+        self,
+        work: RecvWork,
+        status: int,
+        byte_len: int = 0,
+        imm: int | None = None,
+        solicited: bool = False,
+        vendor_err: int = 0,
     ) -> None:
         flags = ibv_wc_flags.IBV_WC_WITH_IMM if imm is not None else 0
-        self.rcq._push((self, False, work.wr_id, status, ibv_wc_opcode.IBV_WC_RECV, vendor_err,
-                        byte_len, imm or 0, flags), solicited)
+        self.rcq._push(
+            (
+                self,
+                False,
+                work.wr_id,
+                status,
+                ibv_wc_opcode.IBV_WC_RECV,
+                vendor_err,
+                byte_len,
+                imm or 0,
+                flags,
+            ),
+            solicited,
+        )
 
     def _slot_freed(self, is_send: bool) -> None:
         with self._lock:
@@ -379,8 +469,9 @@ class QP(VerbsObject):
             else:
                 self._rq_used = max(0, self._rq_used - 1)
 
-    def _enter_error(self, exc: TcpverbsError, *, setup: bool = False,
-                     notify_peer: bool = True) -> None:
+    def _enter_error(
+        self, exc: TcpverbsError, *, setup: bool = False, notify_peer: bool = True
+    ) -> None:
         """Move to ERR: close the connection and flush every outstanding WR, in order."""
         with self._lock:
             if self._state is S.IBV_QPS_ERR:
@@ -461,8 +552,9 @@ def _opname(opcode: int) -> str:
 
 def _sge_list(sg: list[SGE], num_sge: int, limit: int, wr: object, index: int) -> list[SGE]:
     if num_sge > limit:
-        raise PostError(errno.EINVAL, f"num_sge {num_sge} exceeds the QP's max SGE {limit}",
-                        wr, index)
+        raise PostError(
+            errno.EINVAL, f"num_sge {num_sge} exceeds the QP's max SGE {limit}", wr, index
+        )
     if num_sge < 0 or num_sge > len(sg):
         raise PostError(errno.EINVAL, f"num_sge {num_sge} but {len(sg)} SGEs given", wr, index)
     return sg[:num_sge]
@@ -470,7 +562,9 @@ def _sge_list(sg: list[SGE], num_sge: int, limit: int, wr: object, index: int) -
 
 def _check_init_attr(pd: PD, attr: QPInitAttr) -> tuple[CQ, CQ]:
     if attr.qp_type != ibv_qp_type.IBV_QPT_RC:
-        raise TcpverbsError(errno.EOPNOTSUPP, f"qp_type {attr.qp_type}: only IBV_QPT_RC is supported")
+        raise TcpverbsError(
+            errno.EOPNOTSUPP, f"qp_type {attr.qp_type}: only IBV_QPT_RC is supported"
+        )
     if attr.wire not in ("rc", "stream"):
         raise TcpverbsError(errno.EINVAL, f"wire must be 'rc' or 'stream', not {attr.wire!r}")
     if attr.srq is not None:
@@ -483,9 +577,13 @@ def _check_init_attr(pd: PD, attr: QPInitAttr) -> tuple[CQ, CQ]:
         if cq.ctx is not pd.ctx:
             raise TcpverbsError(errno.EINVAL, "CQ belongs to another context than the PD")
     cap = attr.cap
-    limits = {"max_send_wr": (1, MAX_QP_WR), "max_recv_wr": (1, MAX_QP_WR),
-              "max_send_sge": (0, MAX_SGE), "max_recv_sge": (0, MAX_SGE),
-              "max_inline_data": (0, MAX_INLINE_DATA)}
+    limits = {
+        "max_send_wr": (1, MAX_QP_WR),
+        "max_recv_wr": (1, MAX_QP_WR),
+        "max_send_sge": (0, MAX_SGE),
+        "max_recv_sge": (0, MAX_SGE),
+        "max_inline_data": (0, MAX_INLINE_DATA),
+    }
     for name, (low, high) in limits.items():
         value = getattr(cap, name)
         if not isinstance(value, int) or not low <= value <= high:
@@ -506,11 +604,15 @@ def _take_socket(sock: socket.socket | int | None) -> socket.socket:
     elif isinstance(sock, socket.socket):
         owned = sock
     else:
-        raise TcpverbsError(errno.EINVAL, f"QPAttr.sock must be a socket or fd, not {type(sock).__name__}")
+        raise TcpverbsError(
+            errno.EINVAL, f"QPAttr.sock must be a socket or fd, not {type(sock).__name__}"
+        )
     if owned.type != socket.SOCK_STREAM or owned.family not in (socket.AF_INET, socket.AF_INET6):
         if isinstance(sock, int):
             owned.detach()
-        raise TcpverbsError(errno.EINVAL, "QPAttr.sock must be a TCP (SOCK_STREAM, AF_INET/6) socket")
+        raise TcpverbsError(
+            errno.EINVAL, "QPAttr.sock must be a TCP (SOCK_STREAM, AF_INET/6) socket"
+        )
     try:
         owned.getpeername()
     except OSError as exc:

@@ -1,4 +1,7 @@
-"""Queue pair attribute holders (``ibv_qp_cap``, ``ibv_qp_init_attr``, ``ibv_qp_attr``, ``ibv_ah_attr``)."""
+"""Queue pair attribute holders.
+
+``ibv_qp_cap``, ``ibv_qp_init_attr``, ``ibv_qp_attr`` and ``ibv_ah_attr``, as in pyverbs.
+"""
 
 from __future__ import annotations
 

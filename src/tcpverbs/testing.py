@@ -52,21 +52,29 @@ def tcp_socket_pair(host: str = "127.0.0.1") -> tuple[socket.socket, socket.sock
 
 
 def make_endpoint(
-    ctx: Context, wire: WireName = "rc", cap: QPCap | None = None, sq_sig_all: int = 1,
+    ctx: Context,
+    wire: WireName = "rc",
+    cap: QPCap | None = None,
+    sq_sig_all: int = 1,
     cqe: int = 4096,
 ) -> Endpoint:
     pd = PD(ctx)
     scq = CQ(ctx, cqe)
     rcq = CQ(ctx, cqe)
-    init = QPInitAttr(scq=scq, rcq=rcq, cap=cap or QPCap(64, 64, 4, 4, 64),
-                      sq_sig_all=sq_sig_all, wire=wire)
+    init = QPInitAttr(
+        scq=scq, rcq=rcq, cap=cap or QPCap(64, 64, 4, 4, 64), sq_sig_all=sq_sig_all, wire=wire
+    )
     qp = QP(pd, init, QPAttr(qp_access_flags=ALL_ACCESS))
     return Endpoint(pd, scq, rcq, qp)
 
 
 def qp_pair(
-    ctx: Context, wire: WireName = "rc", cap: QPCap | None = None, sq_sig_all: int = 1,
-    ctx_b: Context | None = None, cqe: int = 4096,
+    ctx: Context,
+    wire: WireName = "rc",
+    cap: QPCap | None = None,
+    sq_sig_all: int = 1,
+    ctx_b: Context | None = None,
+    cqe: int = 4096,
 ) -> tuple[Endpoint, Endpoint]:
     """Two QPs in RTS connected to each other over loopback TCP."""
     a = make_endpoint(ctx, wire, cap, sq_sig_all, cqe)
@@ -80,7 +88,6 @@ def qp_pair(
 
 def poll_until(cq: CQ, count: int = 1, timeout: float = 10.0) -> list[WC]:
     """Poll *cq* until *count* completions arrived; ``ETIMEDOUT`` after *timeout* seconds."""
-
 
     deadline = time.monotonic() + timeout
     got: list[WC] = []

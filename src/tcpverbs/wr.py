@@ -1,4 +1,7 @@
-"""Work requests and scatter/gather elements (``struct ibv_send_wr``, ``ibv_recv_wr``, ``ibv_sge``)."""
+"""Work requests and scatter/gather elements.
+
+``struct ibv_send_wr``, ``ibv_recv_wr`` and ``ibv_sge``, as in pyverbs.
+"""
 
 from __future__ import annotations
 

@@ -58,7 +58,10 @@ class Listener:
         return host, port
 
     def accept(
-        self, pd: PD, init_attr: QPInitAttr, qp_attr: QPAttr | None = None,
+        self,
+        pd: PD,
+        init_attr: QPInitAttr,
+        qp_attr: QPAttr | None = None,
         timeout: float | None = None,
     ) -> QP:
         """Wait for one connection and return a new QP in RTS using it.
@@ -92,7 +95,11 @@ class Listener:
 
 
 def connect(
-    host: str, port: int, pd: PD, init_attr: QPInitAttr, qp_attr: QPAttr | None = None,
+    host: str,
+    port: int,
+    pd: PD,
+    init_attr: QPInitAttr,
+    qp_attr: QPAttr | None = None,
     timeout: float | None = 10.0,
 ) -> QP:
     """Connect to a :class:`Listener` (or any TCP server, for ``stream``) and return a QP in RTS."""

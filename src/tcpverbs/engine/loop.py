@@ -110,15 +110,11 @@ class Engine:
                     continue
                 handler = self._handlers.get(fd)
                 if handler is not None:
-                    self._dispatch(handler, lambda h=handler, m=mask: h.on_events(m))
+                    try:
+                        handler.on_events(mask)
+                    except Exception as exc:  # see the module docstring
+                        handler.on_crash(exc)
             self._run_timers()
-
-    def _dispatch(self, handler: Handler | None, call: Callable[[], None]) -> None:
-        try:
-            call()
-        except Exception as exc:  # noqa: BLE001 - see module docstring
-            if handler is not None:
-                handler.on_crash(exc)
 
     def _next_timeout(self) -> float:
         with self._lock:
@@ -137,8 +133,12 @@ class Engine:
                 if not timer.cancelled:
                     due.append(timer)
         for timer in due:
-            owner = getattr(timer.callback, "__self__", None)
-            self._dispatch(owner if hasattr(owner, "on_crash") else None, timer.callback)
+            try:
+                timer.callback()
+            except Exception as exc:  # the timer's owner pays, not the whole engine
+                on_crash = getattr(getattr(timer.callback, "__self__", None), "on_crash", None)
+                if on_crash is not None:
+                    on_crash(exc)
 
     def close(self) -> None:
         if self._closed:

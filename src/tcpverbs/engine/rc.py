@@ -64,8 +64,14 @@ class RcTransport(Transport):
     def start(self) -> None:
         super().start()
         qp = self.qp
-        hello = Hello(qp.qp_num, qp.cap.max_send_wr, qp.cap.max_recv_wr, MAX_MSG_SZ,
-                      qp._attr.max_rd_atomic, qp._attr.max_dest_rd_atomic)
+        hello = Hello(
+            qp.qp_num,
+            qp.cap.max_send_wr,
+            qp.cap.max_recv_wr,
+            MAX_MSG_SZ,
+            qp._attr.max_rd_atomic,
+            qp._attr.max_dest_rd_atomic,
+        )
         self._tx.append(hello.encode())
         self._hello_timer = self.engine.call_later(HELLO_TIMEOUT, self._hello_timeout)
         self._flush()
@@ -73,9 +79,14 @@ class RcTransport(Transport):
     def _hello_timeout(self) -> None:
         with self.qp._lock:
             if not self.established and not self._closed:
-                self._fail(TcpverbsError(errno.ETIMEDOUT, f"no tcpverbs hello from the peer "
-                           f"within {HELLO_TIMEOUT:g} s (is it a tcpverbs rc endpoint?)"),
-                           setup=True)
+                self._fail(
+                    TcpverbsError(
+                        errno.ETIMEDOUT,
+                        f"no tcpverbs hello from the peer "
+                        f"within {HELLO_TIMEOUT:g} s (is it a tcpverbs rc endpoint?)",
+                    ),
+                    setup=True,
+                )
 
     def _on_hello(self, hello: Hello) -> None:
         local = Hello(self.qp.qp_num, 0, 0, 0)
@@ -132,8 +143,12 @@ class RcTransport(Transport):
             sq.popleft()
             work.seq = proto.next_request()
             imm = work.opcode == ibv_wr_opcode.IBV_WR_SEND_WITH_IMM
-            header = Header(Opcode.SEND_IMM if imm else Opcode.SEND,
-                            FLAG_SOLICITED if work.solicited else 0, work.length, imm=work.imm)
+            header = Header(
+                Opcode.SEND_IMM if imm else Opcode.SEND,
+                FLAG_SOLICITED if work.solicited else 0,
+                work.length,
+                imm=work.imm,
+            )
             tx.append(encode_header(header))
             tx.extend(work.segments)
             inflight.append(work)
@@ -286,8 +301,10 @@ class RcTransport(Transport):
                         status = W.IBV_WC_REM_OP_ERR
                     self.qp._complete_send(work, status)
                     break
-        self._fail(ConnectionBrokenError(errno.ECONNABORTED,
-                                         f"peer QP went to error: {reason}"), notify_peer=False)
+        self._fail(
+            ConnectionBrokenError(errno.ECONNABORTED, f"peer QP went to error: {reason}"),
+            notify_peer=False,
+        )
 
     def _start_receive(self, h: Header) -> None:
         qp = self.qp
@@ -303,12 +320,18 @@ class RcTransport(Transport):
         if work.error is not None:
             status, why = work.error
             qp._complete_recv(work, status)
-            self._terminate(msn, W.IBV_WC_REM_OP_ERR, f"receive WR at the peer failed: {why}",
-                            TcpverbsError(errno.EFAULT, why))
+            self._terminate(
+                msn,
+                W.IBV_WC_REM_OP_ERR,
+                f"receive WR at the peer failed: {why}",
+                TcpverbsError(errno.EFAULT, why),
+            )
             return
         if h.payload_len > work.capacity:
-            why = (f"message of {h.payload_len} bytes does not fit the posted receive "
-                   f"of {work.capacity} bytes")
+            why = (
+                f"message of {h.payload_len} bytes does not fit the posted receive "
+                f"of {work.capacity} bytes"
+            )
             qp._complete_recv(work, W.IBV_WC_LOC_LEN_ERR)
             self._terminate(msn, W.IBV_WC_REM_INV_REQ_ERR, why, TcpverbsError(errno.EMSGSIZE, why))
             return
@@ -358,7 +381,10 @@ class RcTransport(Transport):
         self.proto.request_done()
         self.stats["wrs_received"] += 1
         self.qp._complete_recv(
-            work, _OK, h.payload_len, h.imm if h.opcode is Opcode.SEND_IMM else None,
+            work,
+            _OK,
+            h.payload_len,
+            h.imm if h.opcode is Opcode.SEND_IMM else None,
             bool(h.flags & FLAG_SOLICITED),
         )
 
@@ -377,8 +403,11 @@ class RcTransport(Transport):
         ack = self.proto.take_ack()  # what we did carry out still counts
         if ack is not None:
             self._tx.append(ack)
-        self._tx.append(encode_header(Header(Opcode.TERMINATE, msn=msn, status=status,
-                                             reason=why.encode()[:1024])))
+        self._tx.append(
+            encode_header(
+                Header(Opcode.TERMINATE, msn=msn, status=status, reason=why.encode()[:1024])
+            )
+        )
         try:
             self.sock.sendmsg(list(self._tx)[:64], (), socket.MSG_NOSIGNAL)
         except OSError:

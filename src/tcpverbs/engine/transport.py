@@ -50,8 +50,12 @@ class Transport:
         self._want_write = False
         self._registered_events = 0
         self.stats = {
-            "bytes_sent": 0, "bytes_received": 0, "sendmsg_calls": 0, "recv_calls": 0,
-            "wrs_sent": 0, "wrs_received": 0,
+            "bytes_sent": 0,
+            "bytes_received": 0,
+            "sendmsg_calls": 0,
+            "recv_calls": 0,
+            "wrs_sent": 0,
+            "wrs_received": 0,
         }
 
     # -- interface used by the QP ---------------------------------------------------
@@ -131,9 +135,11 @@ class Transport:
         """Subclasses cancel their timers here."""
 
     def _events(self) -> int:
-        return (select.EPOLLIN if self._want_read else 0) | (
-            select.EPOLLOUT if self._want_write else 0
-        ) | _ERR
+        return (
+            (select.EPOLLIN if self._want_read else 0)
+            | (select.EPOLLOUT if self._want_write else 0)
+            | _ERR
+        )
 
     def _set_interest(self, *, read: bool | None = None, write: bool | None = None) -> None:
         if read is not None:

@@ -114,9 +114,9 @@ def encode_header(h: Header) -> bytes:
     ext_len = layout.ext.size
     if h.opcode is Opcode.TERMINATE:
         reason = h.reason[:MAX_REASON]
-        return layout.full.pack(
-            h.opcode, h.flags, 0, ext_len + len(reason), h.msn, h.status
-        ) + reason
+        return (
+            layout.full.pack(h.opcode, h.flags, 0, ext_len + len(reason), h.msn, h.status) + reason
+        )
     if h.payload_len and not layout.has_payload:
         raise ValueError(f"{h.opcode.name} frames carry no payload")
     values = [getattr(h, name) for name in layout.fields]

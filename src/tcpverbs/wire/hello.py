@@ -48,8 +48,17 @@ class Hello:
 
     def encode(self) -> bytes:
         return _HELLO.pack(
-            MAGIC, self.version, self.mode, 0, self.qp_num, self.max_send_wr,
-            self.max_recv_wr, self.max_msg_sz, self.max_rd_atomic, self.max_dest_rd_atomic, 0,
+            MAGIC,
+            self.version,
+            self.mode,
+            0,
+            self.qp_num,
+            self.max_send_wr,
+            self.max_recv_wr,
+            self.max_msg_sz,
+            self.max_rd_atomic,
+            self.max_dest_rd_atomic,
+            0,
         )
 
     def check_peer(self, peer: Hello) -> None:

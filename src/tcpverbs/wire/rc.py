@@ -28,7 +28,7 @@ _MSN_MOD = 1 << 32
 
 
 class RcProtocol:
-    __slots__ = ("acked", "received", "sent", "_ack_sent")
+    __slots__ = ("_ack_sent", "acked", "received", "sent")
 
     def __init__(self) -> None:
         self.sent = 0  # requests we have issued (requester side)
