@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .._work import RecvWork, SendWork
 from ..device import MAX_MSG_SZ
 from ..enums import ibv_wc_status, ibv_wr_opcode
-from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError, from_oserror
+from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
 from ..wire.frames import FLAG_SOLICITED, NO_MSN, FrameDecoder, Header, Opcode, encode_header
 from ..wire.hello import Hello, HelloDecoder
 from ..wire.rc import RcProtocol
@@ -201,7 +201,7 @@ class RcTransport(Transport):
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            self._fail(from_oserror(exc, "receiving"), notify_peer=False)
+            self._broken(exc, "receiving")
             return False
         self.stats["recv_calls"] += 1
         if n == 0:
@@ -226,7 +226,7 @@ class RcTransport(Transport):
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            self._fail(from_oserror(exc, "receiving"), notify_peer=False)
+            self._broken(exc, "receiving")
             return False
         self.stats["recv_calls"] += 1
         if n == 0:

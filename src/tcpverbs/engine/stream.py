@@ -145,7 +145,7 @@ class StreamTransport(Transport):
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                self._fail(from_oserror(exc, "receiving"), notify_peer=False)
+                self._broken(exc, "receiving")
                 return
             self.stats["recv_calls"] += 1
             if n == 0:

@@ -103,7 +103,7 @@ class Transport:
                 return
             if events & select.EPOLLERR:
                 err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNRESET
-                self._fail(from_oserror(OSError(err, os.strerror(err)), "connection failed"))
+                self._broken(OSError(err, os.strerror(err)), "connection failed")
                 return
             if events & select.EPOLLOUT:
                 self._flush()
@@ -164,7 +164,7 @@ class Transport:
             except InterruptedError:
                 continue
             except OSError as exc:
-                self._fail(from_oserror(exc, "sending"), notify_peer=False)
+                self._broken(exc, "sending")
                 return False
             stats["sendmsg_calls"] += 1
             stats["bytes_sent"] += sent
@@ -180,6 +180,12 @@ class Transport:
         if self._want_write:
             self._set_interest(write=False)
         return True
+
+    def _broken(self, exc: OSError, doing: str) -> None:
+        """The socket failed: ERR without a goodbye (nobody would read it)."""
+        if not self.established:
+            doing += " during the hello (is the peer a tcpverbs rc endpoint?)"
+        self._fail(from_oserror(exc, doing), setup=not self.established, notify_peer=False)
 
     def _closed_by_peer(self, during: str) -> ConnectionBrokenError:
         return ConnectionBrokenError(errno.ECONNRESET, f"peer closed the connection {during}")

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, and pytest (unit, loopback, multi-process, netns).
+# Installs what the tests need; tests whose kernel feature or tool is missing skip with a reason.
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+
+# Tools for the multi-host and interop tests (iproute2 for netns/veth/netem, socat, nc).
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v socat >/dev/null || need+=(socat)
+command -v nc >/dev/null || need+=(netcat-openbsd)
+if [ "${#need[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${need[*]} for the network tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" \
+        >/dev/null) || echo "could not install ${need[*]}; those tests will skip"
+fi
+# netem lives in a kernel module that may need loading.
+if [ "$(id -u)" = 0 ] && command -v modprobe >/dev/null; then
+    modprobe -q sch_netem 2>/dev/null || true
+fi
+
+echo "== ruff" && ruff check src tests examples
+echo "== ruff format --check" && ruff format --check src tests examples
+echo "== mypy" && mypy
+echo "== pytest"
+exec python -m pytest "$@"

@@ -1,0 +1,30 @@
+"""The runnable examples and the demo (the README's main job) keep working."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["examples/pingpong.py", "--loopback", "--iters", "50", "--port", "0"],
+            "50 round trips of 64 B",
+        ),
+        (["examples/stream_client.py", "--loopback"], "server answered: b'GET / HTTP/1.0"),
+        (["-m", "tcpverbs.cli", "demo", "--size", "1000", "--count", "3"], "demo OK"),
+    ],
+)
+def test_runs(args: list[str], expected: str) -> None:
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert expected in done.stdout
