@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -160,7 +159,8 @@ def _print_devinfo(dev: Device, port: int | None, verbose: bool) -> None:
                     gid = query_gid(dev, port_num, index)
                 except TcpverbsError:  # the address went away while we were printing
                     break
-                text = socket.inet_ntop(socket.AF_INET6, gid.raw)
+                ip = gid.ip  # IPv4-mapped GIDs print as ::ffff:a.b.c.d, like inet_ntop
+                text = f"::ffff:{ip}" if ip.version == 4 else str(ip)
                 out(f"\t\t\tGID[{index:3d}]:\t\t{text}")
         out("")
 

@@ -24,7 +24,6 @@ The connection is made at INIT → RTR by handing over a connected socket
 from __future__ import annotations
 
 import errno
-import socket
 import threading
 from collections import deque
 from typing import TYPE_CHECKING
@@ -49,6 +48,8 @@ from .qp_attr import QPAttr, QPCap, QPInitAttr
 from .wr import SGE, RecvWR, SendWR
 
 if TYPE_CHECKING:
+    import socket
+
     from .cq import CQ
     from .engine.transport import Transport
     from .pd import PD
@@ -222,7 +223,9 @@ class QP(VerbsObject):
                 )
             self._check_attrs(attr, mask)
             if (cur, new) == (S.IBV_QPS_INIT, S.IBV_QPS_RTR):
-                sock = _take_socket(attr.sock)  # validated before anything changes
+                from .cm.sockets import take_socket
+
+                sock = take_socket(attr.sock)  # validated before anything changes
             for bit, names in _FIELDS.items():
                 if mask & bit:
                     for name in names:
@@ -589,36 +592,3 @@ def _check_init_attr(pd: PD, attr: QPInitAttr) -> tuple[CQ, CQ]:
         if not isinstance(value, int) or not low <= value <= high:
             raise TcpverbsError(errno.EINVAL, f"cap.{name}={value!r} is outside {low}..{high}")
     return scq, rcq
-
-
-def _take_socket(sock: socket.socket | int | None) -> socket.socket:
-    """Validate the handed-over connection and take ownership of it."""
-    if sock is None:  # _check_attrs already refused this; keeps mypy honest
-        raise TcpverbsError(errno.EINVAL, "no socket to hand over")
-    if isinstance(sock, int):
-        try:
-            probe = socket.socket(fileno=sock)
-        except OSError as exc:
-            raise TcpverbsError(errno.EINVAL, f"fd {sock} is not a socket: {exc.strerror}") from exc
-        owned = probe
-    elif isinstance(sock, socket.socket):
-        owned = sock
-    else:
-        raise TcpverbsError(
-            errno.EINVAL, f"QPAttr.sock must be a socket or fd, not {type(sock).__name__}"
-        )
-    if owned.type != socket.SOCK_STREAM or owned.family not in (socket.AF_INET, socket.AF_INET6):
-        if isinstance(sock, int):
-            owned.detach()
-        raise TcpverbsError(
-            errno.EINVAL, "QPAttr.sock must be a TCP (SOCK_STREAM, AF_INET/6) socket"
-        )
-    try:
-        owned.getpeername()
-    except OSError as exc:
-        if isinstance(sock, int):
-            owned.detach()
-        raise TcpverbsError(errno.EINVAL, "QPAttr.sock is not connected") from exc
-    # From here on the library owns the descriptor; the caller's object lets go of it.
-    fd = owned.detach()
-    return socket.socket(owned.family, socket.SOCK_STREAM, 0, fileno=fd)

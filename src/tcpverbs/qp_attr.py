@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from .enums import ibv_mtu, ibv_qp_state, ibv_qp_type
 
 if TYPE_CHECKING:
+    import socket
+
     from .cq import CQ
     from .device import GID
 
