@@ -328,13 +328,7 @@ class QP(VerbsObject):
                 wr,
                 index,
             )
-        if self._sq_used >= self.cap.max_send_wr:
-            raise PostError(
-                errno.ENOMEM,
-                f"send queue full ({self.cap.max_send_wr} WRs outstanding; poll the CQ)",
-                wr,
-                index,
-            )
+        _check_room(self._sq_used, self.cap.max_send_wr, "send", wr, index)
         segments, error = self._resolve(sges, writable=False, inline=inline)
         if error is None and length > MAX_MSG_SZ:
             error = (
@@ -368,13 +362,7 @@ class QP(VerbsObject):
         if state is S.IBV_QPS_RESET:
             raise PostError(errno.EINVAL, "post_recv on a QP in IBV_QPS_RESET", wr, index)
         sges = _sge_list(wr.sg_list, wr.num_sge, self.cap.max_recv_sge, wr, index)
-        if self._rq_used >= self.cap.max_recv_wr:
-            raise PostError(
-                errno.ENOMEM,
-                f"receive queue full ({self.cap.max_recv_wr} WRs outstanding; poll the CQ)",
-                wr,
-                index,
-            )
+        _check_room(self._rq_used, self.cap.max_recv_wr, "receive", wr, index)
         segments, error = self._resolve(sges, writable=True, inline=False)
         views = [s for s in segments if isinstance(s, memoryview)]
         work = RecvWork(wr.wr_id, views, sum(len(v) for v in views), error)
@@ -551,6 +539,13 @@ def _opname(opcode: int) -> str:
         return ibv_wr_opcode(opcode).name
     except ValueError:
         return str(opcode)
+
+
+def _check_room(used: int, limit: int, queue: str, wr: object, index: int) -> None:
+    if used >= limit:
+        raise PostError(
+            errno.ENOMEM, f"{queue} queue full ({limit} WRs outstanding; poll the CQ)", wr, index
+        )
 
 
 def _sge_list(sg: list[SGE], num_sge: int, limit: int, wr: object, index: int) -> list[SGE]:

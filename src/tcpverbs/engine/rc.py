@@ -196,20 +196,9 @@ class RcTransport(Transport):
                 self._rx_start, self._rx_end = 0, rest
 
     def _recv_staging(self) -> bool:
-        try:
-            n = self.sock.recv_into(self._sv[self._rx_end :])
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            self._broken(exc, "receiving")
-            return False
-        self.stats["recv_calls"] += 1
-        if n == 0:
-            self._peer_closed()
-            return False
-        self.stats["bytes_received"] += n
+        n = self._recv(lambda: self.sock.recv_into(self._sv[self._rx_end :]))
         self._rx_end += n
-        return True
+        return n > 0
 
     def _recv_direct(self) -> bool:
         """Receive payload straight into the destination views (no staging copy)."""
@@ -221,20 +210,10 @@ class RcTransport(Transport):
             part = view if len(view) <= need else view[:need]
             views.append(part)
             need -= len(part)
-        try:
-            n = self.sock.recvmsg_into(views)[0]
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            self._broken(exc, "receiving")
-            return False
-        self.stats["recv_calls"] += 1
-        if n == 0:
-            self._peer_closed()
-            return False
-        self.stats["bytes_received"] += n
-        self._advance_target(n)
-        return True
+        n = self._recv_into(views)
+        if n:
+            self._advance_target(n)
+        return n > 0
 
     def _peer_closed(self) -> None:
         if not self.established:

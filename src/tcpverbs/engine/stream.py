@@ -140,19 +140,10 @@ class StreamTransport(Transport):
                 rq.popleft()
                 qp._complete_recv(work, _OK, 0)
                 continue
-            try:
-                n = self.sock.recvmsg_into(work.segments)[0]
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self._broken(exc, "receiving")
-                return
-            self.stats["recv_calls"] += 1
-            if n == 0:
-                self._fail(self._closed_by_peer("(end of stream)"), notify_peer=False)
-                return
+            n = self._recv_into(work.segments)
+            if not n:
+                break  # would block, or the QP failed (then _closed is set)
             rq.popleft()
-            self.stats["bytes_received"] += n
             self.stats["wrs_received"] += 1
             qp._complete_recv(work, _OK, n)
         if not self._closed:

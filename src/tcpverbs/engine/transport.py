@@ -16,6 +16,7 @@ import os
 import select
 import socket
 from collections import deque
+from collections.abc import Callable
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -180,6 +181,31 @@ class Transport:
         if self._want_write:
             self._set_interest(write=False)
         return True
+
+    def _recv(self, receive: Callable[[], int]) -> int:
+        """Run one receive call; 0 when nothing arrived (would block, error or EOF —
+        the last two already handled)."""
+        try:
+            n = receive()
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self._broken(exc, "receiving")
+            return 0
+        self.stats["recv_calls"] += 1
+        if n == 0:
+            self._peer_closed()
+            return 0
+        self.stats["bytes_received"] += n
+        return n
+
+    def _recv_into(self, views: list[memoryview]) -> int:
+        """Scatter straight into *views* (registered memory): no copy in Python."""
+        return self._recv(lambda: self.sock.recvmsg_into(views)[0])
+
+    def _peer_closed(self) -> None:
+        """The peer ended the stream (EOF)."""
+        self._fail(self._closed_by_peer("(end of stream)"), notify_peer=False)
 
     def _broken(self, exc: OSError, doing: str) -> None:
         """The socket failed: ERR without a goodbye (nobody would read it)."""
