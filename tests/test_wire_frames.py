@@ -47,8 +47,17 @@ def frames(draw: st.DrawFn) -> tuple[Header, bytes]:
         h.compare_add = draw(U64)
     if op in (Opcode.ATOMIC_CMP_SWP, Opcode.ATOMIC_FETCH_ADD):
         h.swap = draw(U64)
-    if op in (Opcode.ACK, Opcode.TERMINATE):
+    if op in (
+        Opcode.ACK,
+        Opcode.TERMINATE,
+        Opcode.RNR_NAK,
+        Opcode.RESYNC,
+        Opcode.READ_RESP,
+        Opcode.ATOMIC_RESP,
+    ):
         h.msn = draw(U32)
+    if op is Opcode.RNR_NAK:
+        h.timer = draw(st.integers(0, 255))
     if op is Opcode.TERMINATE:
         h.status = draw(st.integers(0, 255))
         h.reason = draw(st.binary(max_size=64))

@@ -29,7 +29,7 @@ def feed(dec: HelloDecoder, data: bytes, step: int) -> Hello | None:
     st.integers(1, HELLO_SIZE),
 )
 def test_hello_round_trip_in_any_split(qpn: int, sw: int, rw: int, msg: int, step: int) -> None:
-    hello = Hello(qpn, sw, rw, msg, 4, 8)
+    hello = Hello(qpn, sw, rw, msg, 4, 8, dest_qp_num=qpn ^ 0xABCDEF)
     assert feed(HelloDecoder(), hello.encode(), step) == hello
 
 
@@ -56,7 +56,7 @@ def test_version_and_mode_mismatch() -> None:
 
 def test_unknown_wire_mode_in_hello() -> None:
     raw = bytearray(Hello(1, 1, 1, 1).encode())
-    raw[10] = 77
+    raw[10] = 77  # the mode byte
     with pytest.raises(RemoteProtocolError, match="unknown wire mode"):
         HelloDecoder().receive(memoryview(bytes(raw)))
 

@@ -31,7 +31,16 @@ from enum import IntEnum
 
 from ..errors import RemoteProtocolError
 
-__all__ = ["FLAG_SOLICITED", "MAX_REASON", "FrameDecoder", "Header", "Opcode", "encode_header"]
+__all__ = [
+    "FLAG_SOLICITED",
+    "MAX_REASON",
+    "NO_MSN",
+    "REQUESTS",
+    "FrameDecoder",
+    "Header",
+    "Opcode",
+    "encode_header",
+]
 
 
 class Opcode(IntEnum):
@@ -46,6 +55,22 @@ class Opcode(IntEnum):
     ATOMIC_RESP = 9
     ACK = 16
     TERMINATE = 17
+    RNR_NAK = 18
+    RESYNC = 19
+
+
+# Frames that are requests: numbered implicitly, carried out in order by the responder.
+REQUESTS = frozenset(
+    {
+        Opcode.SEND,
+        Opcode.SEND_IMM,
+        Opcode.WRITE,
+        Opcode.WRITE_IMM,
+        Opcode.READ_REQ,
+        Opcode.ATOMIC_CMP_SWP,
+        Opcode.ATOMIC_FETCH_ADD,
+    }
+)
 
 
 FLAG_SOLICITED = 0x01
@@ -62,12 +87,14 @@ _LAYOUTS: dict[Opcode, tuple[tuple[str, ...], str, bool]] = {
     Opcode.WRITE: (("rkey", "addr"), "IQ", True),
     Opcode.WRITE_IMM: (("rkey", "addr", "imm"), "IQI", True),
     Opcode.READ_REQ: (("rkey", "addr", "length"), "IQI", False),
-    Opcode.READ_RESP: ((), "", True),
+    Opcode.READ_RESP: (("msn",), "I", True),
     Opcode.ATOMIC_CMP_SWP: (("rkey", "addr", "compare_add", "swap"), "IQQQ", False),
     Opcode.ATOMIC_FETCH_ADD: (("rkey", "addr", "compare_add", "swap"), "IQQQ", False),
-    Opcode.ATOMIC_RESP: (("compare_add",), "Q", False),
+    Opcode.ATOMIC_RESP: (("msn", "compare_add"), "IQ", False),
     Opcode.ACK: (("msn",), "I", False),
     Opcode.TERMINATE: (("msn", "status"), "IB3x", True),
+    Opcode.RNR_NAK: (("msn", "timer"), "IB3x", False),
+    Opcode.RESYNC: (("msn",), "I", False),
 }
 
 
@@ -101,6 +128,7 @@ class Header:
     swap: int = 0
     msn: int = 0
     status: int = 0
+    timer: int = 0
     reason: bytes = b""
 
 

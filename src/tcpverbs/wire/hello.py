@@ -1,11 +1,15 @@
 """The connection hello exchanged by ``rc`` QPs right after the socket handoff.
 
 Both ends send their hello at once and then read the peer's, so neither waits for the
-other (two QPs driven by one thread connect fine).  Layout (big-endian, 32 bytes)::
+other (two QPs driven by one thread connect fine).  Layout (big-endian, 36 bytes)::
 
     magic "TCPVERBS" | version u16 | wire mode u8 | flags u8 | qp_num u32 |
-    max_send_wr u32 | max_recv_wr u32 | max_msg_sz u32 |
+    dest_qp_num u32 | max_send_wr u32 | max_recv_wr u32 | max_msg_sz u32 |
     max_rd_atomic u8 | max_dest_rd_atomic u8 | reserved u16
+
+``dest_qp_num`` is the QP the sender wants to reach (0 after a socket handoff, where the
+socket itself says who the peer is): a context's connection listener uses it to find the
+QP an incoming connection belongs to.
 
 The magic is checked byte by byte as it arrives, so a peer that is not tcpverbs (an HTTP
 server, netcat) is rejected at its first wrong byte instead of after a timeout.
@@ -24,7 +28,7 @@ __all__ = ["HELLO_SIZE", "MAGIC", "PROTOCOL_VERSION", "Hello", "HelloDecoder", "
 
 MAGIC = b"TCPVERBS"
 PROTOCOL_VERSION = 1
-_HELLO = struct.Struct("!8sHBBIIIIBBH")
+_HELLO = struct.Struct("!8sHBBIIIIIBBH")
 HELLO_SIZE = _HELLO.size
 
 
@@ -45,6 +49,7 @@ class Hello:
     max_dest_rd_atomic: int = 0
     mode: WireMode = WireMode.RC
     version: int = PROTOCOL_VERSION
+    dest_qp_num: int = 0
 
     def encode(self) -> bytes:
         return _HELLO.pack(
@@ -53,6 +58,7 @@ class Hello:
             self.mode,
             0,
             self.qp_num,
+            self.dest_qp_num,
             self.max_send_wr,
             self.max_recv_wr,
             self.max_msg_sz,
@@ -98,9 +104,9 @@ class HelloDecoder:
             )
         if len(self._buf) < HELLO_SIZE:
             return None, take
-        (_, version, mode, _flags, qpn, sw, rw, msg, rd, drd, _) = _HELLO.unpack(self._buf)
+        (_, version, mode, _flags, qpn, dqpn, sw, rw, msg, rd, drd, _) = _HELLO.unpack(self._buf)
         try:
             wire_mode = WireMode(mode)
         except ValueError:
             raise RemoteProtocolError(f"peer hello names unknown wire mode {mode}") from None
-        return Hello(qpn, sw, rw, msg, rd, drd, wire_mode, version), take
+        return Hello(qpn, sw, rw, msg, rd, drd, wire_mode, version, dqpn), take
