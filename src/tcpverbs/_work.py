@@ -26,6 +26,13 @@ class SendWork:
     imm: int = 0
     error: tuple[int, str] | None = None  # (ibv_wc_status, why) found at post time
     seq: int = 0  # rc: request number; stream: stream offset just past this WR
+    rkey: int = 0  # RDMA and atomic target
+    remote_addr: int = 0
+    compare_add: int = 0
+    swap: int = 0
+    fence: bool = False  # wait for earlier READs and atomics
+    needs_response: bool = False  # READ / atomic: completes on its response, not an ACK
+    rnr_tries: int = 0
 
 
 @dataclass(slots=True, eq=False)

@@ -123,10 +123,18 @@ _RTS_MASK = (
     | M.IBV_QP_MAX_QP_RD_ATOMIC
 )
 
-_SEND_OPCODES = {
-    ibv_wr_opcode.IBV_WR_SEND: ibv_wc_opcode.IBV_WC_SEND,
-    ibv_wr_opcode.IBV_WR_SEND_WITH_IMM: ibv_wc_opcode.IBV_WC_SEND,
+WR = ibv_wr_opcode
+_WC_OPCODE = {
+    WR.IBV_WR_SEND: ibv_wc_opcode.IBV_WC_SEND,
+    WR.IBV_WR_SEND_WITH_IMM: ibv_wc_opcode.IBV_WC_SEND,
+    WR.IBV_WR_RDMA_WRITE: ibv_wc_opcode.IBV_WC_RDMA_WRITE,
+    WR.IBV_WR_RDMA_WRITE_WITH_IMM: ibv_wc_opcode.IBV_WC_RDMA_WRITE,
+    WR.IBV_WR_RDMA_READ: ibv_wc_opcode.IBV_WC_RDMA_READ,
+    WR.IBV_WR_ATOMIC_CMP_AND_SWP: ibv_wc_opcode.IBV_WC_COMP_SWAP,
+    WR.IBV_WR_ATOMIC_FETCH_AND_ADD: ibv_wc_opcode.IBV_WC_FETCH_ADD,
 }
+_ATOMICS = (WR.IBV_WR_ATOMIC_CMP_AND_SWP, WR.IBV_WR_ATOMIC_FETCH_AND_ADD)
+_WRITES_LOCAL = (WR.IBV_WR_RDMA_READ, *_ATOMICS)  # their local SGEs receive data
 
 
 class QP(VerbsObject):
@@ -158,6 +166,7 @@ class QP(VerbsObject):
         self._sq_used = 0
         self._rq_used = 0
         self._transport: Transport | None = None
+        self._stats: dict[str, int] = {}
         self.error: TcpverbsError | None = None
         self._setup_error: TcpverbsError | None = None
         for cq in (scq, rcq):
@@ -309,8 +318,8 @@ class QP(VerbsObject):
             raise PostError(err.error_code, f"connection set-up failed: {err.strerror}", wr, index)
         if state not in (S.IBV_QPS_RTS, S.IBV_QPS_ERR):
             raise PostError(errno.EINVAL, f"post_send on a QP in {state.name}", wr, index)
-        wc_opcode = _SEND_OPCODES.get(wr.opcode)  # type: ignore[call-overload]
-        if wc_opcode is None or (self.wire == "stream" and wr.opcode != ibv_wr_opcode.IBV_WR_SEND):
+        wc_opcode = _WC_OPCODE.get(wr.opcode)  # type: ignore[call-overload]
+        if wc_opcode is None or (self.wire == "stream" and wr.opcode != WR.IBV_WR_SEND):
             raise PostError(
                 errno.EINVAL if self.wire == "stream" else errno.EOPNOTSUPP,
                 f"opcode {_opname(wr.opcode)} is not supported on a {self.wire} QP",
@@ -328,8 +337,18 @@ class QP(VerbsObject):
                 wr,
                 index,
             )
+        writes_local = wr.opcode in _WRITES_LOCAL
+        if inline and writes_local:
+            raise PostError(errno.EINVAL, f"{_opname(wr.opcode)} cannot be inline", wr, index)
+        if wr.opcode in _ATOMICS and (len(sges) != 1 or length != 8):
+            raise PostError(
+                errno.EINVAL,
+                f"atomics take one 8-byte local SGE, got {len(sges)} SGEs of {length} bytes",
+                wr,
+                index,
+            )
         _check_room(self._sq_used, self.cap.max_send_wr, "send", wr, index)
-        segments, error = self._resolve(sges, writable=False, inline=inline)
+        segments, error = self._resolve(sges, writable=writes_local, inline=inline)
         if error is None and length > MAX_MSG_SZ:
             error = (
                 ibv_wc_status.IBV_WC_LOC_LEN_ERR,
@@ -347,6 +366,12 @@ class QP(VerbsObject):
             length=length,
             imm=wr.imm_data & 0xFFFFFFFF,
             error=error,
+            rkey=wr.rkey & 0xFFFFFFFF,
+            remote_addr=wr.remote_addr & 0xFFFFFFFFFFFFFFFF,
+            compare_add=wr.compare_add & 0xFFFFFFFFFFFFFFFF,
+            swap=wr.swap & 0xFFFFFFFFFFFFFFFF,
+            fence=bool(flags & ibv_send_flags.IBV_SEND_FENCE),
+            needs_response=writes_local,
         )
         self._sq_used += 1
         if state is S.IBV_QPS_ERR:
@@ -436,6 +461,7 @@ class QP(VerbsObject):
         imm: int | None = None,
         solicited: bool = False,
         vendor_err: int = 0,
+        opcode: int = ibv_wc_opcode.IBV_WC_RECV,
     ) -> None:
         flags = ibv_wc_flags.IBV_WC_WITH_IMM if imm is not None else 0
         self.rcq._push(
@@ -444,7 +470,7 @@ class QP(VerbsObject):
                 False,
                 work.wr_id,
                 status,
-                ibv_wc_opcode.IBV_WC_RECV,
+                opcode,
                 vendor_err,
                 byte_len,
                 imm or 0,
@@ -461,7 +487,12 @@ class QP(VerbsObject):
                 self._rq_used = max(0, self._rq_used - 1)
 
     def _enter_error(
-        self, exc: TcpverbsError, *, setup: bool = False, notify_peer: bool = True
+        self,
+        exc: TcpverbsError,
+        *,
+        setup: bool = False,
+        notify_peer: bool = True,
+        event: ibv_event_type = ibv_event_type.IBV_EVENT_QP_FATAL,
     ) -> None:
         """Move to ERR: close the connection and flush every outstanding WR, in order."""
         with self._lock:
@@ -481,7 +512,7 @@ class QP(VerbsObject):
             for rwork in self._rq:
                 self._complete_recv(rwork, _FLUSH)
             self._rq.clear()
-        self.ctx._async_event(ibv_event_type.IBV_EVENT_QP_FATAL, self, exc.strerror or str(exc))
+        self.ctx._async_event(event, self, exc.strerror or str(exc))
 
     def _reset(self) -> None:
         transport, self._transport = self._transport, None
@@ -525,10 +556,11 @@ class QP(VerbsObject):
     def statistics(self) -> dict[str, int]:
         """Counters of this QP's traffic (see the transport for their meaning)."""
         with self._lock:
-            stats = {"sq_outstanding": self._sq_used, "rq_outstanding": self._rq_used}
-            if self._transport is not None:
-                stats.update(self._transport.statistics())
-            return stats
+            return {
+                "sq_outstanding": self._sq_used,
+                "rq_outstanding": self._rq_used,
+                **self._stats,
+            }
 
     def __repr__(self) -> str:
         return f"<QP {self.qp_num} {self.wire} {self._state.name}>"

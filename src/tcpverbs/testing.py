@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .context import Context
 from .cq import CQ, WC
@@ -75,14 +75,19 @@ def qp_pair(
     sq_sig_all: int = 1,
     ctx_b: Context | None = None,
     cqe: int = 4096,
+    attr: QPAttr | None = None,
 ) -> tuple[Endpoint, Endpoint]:
-    """Two QPs in RTS connected to each other over loopback TCP."""
+    """Two QPs in RTS connected to each other over loopback TCP.
+
+    *attr* (optional) supplies the RTR/RTS attributes of both: ``max_rd_atomic``,
+    ``max_dest_rd_atomic``, ``min_rnr_timer``, ``rnr_retry``...
+    """
     a = make_endpoint(ctx, wire, cap, sq_sig_all, cqe)
     b = make_endpoint(ctx_b or ctx, wire, cap, sq_sig_all, cqe)
     sa, sb = tcp_socket_pair()
     for end, sock in ((a, sa), (b, sb)):
-        end.qp.to_rtr(QPAttr(sock=sock))
-        end.qp.to_rts(QPAttr())
+        end.qp.to_rtr(replace(attr or QPAttr(), sock=sock))
+        end.qp.to_rts(replace(attr or QPAttr(), sock=None))
     return a, b
 
 

@@ -28,11 +28,12 @@ class Handler(Protocol):
 
 
 class Timer:
-    __slots__ = ("callback", "cancelled", "deadline")
+    __slots__ = ("callback", "cancelled", "deadline", "owner")
 
-    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+    def __init__(self, deadline: float, callback: Callable[[], None], owner: Handler) -> None:
         self.deadline = deadline
         self.callback = callback
+        self.owner = owner  # pays for an exception in the callback
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -74,8 +75,8 @@ class Engine:
                 except (OSError, ValueError):
                     pass
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(time.monotonic() + delay, callback)
+    def call_later(self, delay: float, callback: Callable[[], None], owner: Handler) -> Timer:
+        timer = Timer(time.monotonic() + delay, callback, owner)
         with self._lock:
             heapq.heappush(self._timers, (timer.deadline, next(self._seq), timer))
             first = self._timers[0][2] is timer
@@ -136,9 +137,7 @@ class Engine:
             try:
                 timer.callback()
             except Exception as exc:  # the timer's owner pays, not the whole engine
-                on_crash = getattr(getattr(timer.callback, "__self__", None), "on_crash", None)
-                if on_crash is not None:
-                    on_crash(exc)
+                timer.owner.on_crash(exc)
 
     def close(self) -> None:
         if self._closed:

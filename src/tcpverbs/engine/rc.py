@@ -1,45 +1,90 @@
-"""The ``rc`` transport: framed messages with acknowledgements (design.md §2).
+"""The ``rc`` transport: Reliable Connection semantics between two tcpverbs QPs.
 
-Receive path: bytes are read in bulk into a staging buffer and parsed there; a frame's
-payload is copied from staging into the receive WR's memory, or — when the staging buffer
-is empty and much payload remains — received with ``recvmsg_into`` straight into the
-destination views.  When a SEND arrives and no receive is posted, reading stops (TCP's
-window then pushes back on the sender) until ``post_recv``; nothing is dropped.
+Requester: posted WRs become frames (header + payload views) queued together, so a burst
+leaves in one ``sendmsg``.  A WR moves to ``_inflight`` when queued.  SEND and WRITE
+complete when the peer's cumulative ACK covers them; READ and atomics complete when
+their response has been placed (a response also acknowledges every earlier request).
+At most ``min(max_rd_atomic, peer's max_dest_rd_atomic)`` READs/atomics are in flight;
+``IBV_SEND_FENCE`` waits for earlier ones.
 
-Send path: a request's header and its payload views are queued together, so a burst of
-posted WRs leaves in one ``sendmsg``.  A WR moves to ``_inflight`` when queued and
-completes when the peer's cumulative ACK covers it.
+Responder: frames are read in bulk into a staging buffer and parsed there.  Payload is
+copied from staging into its destination (a receive WR's buffers or, for a WRITE, the
+target MR), or — when staging is empty and much payload remains — received with
+``recvmsg_into`` straight into the destination.  One-sided requests are carried out here,
+in the engine, without the target application.  A SEND or WRITE_IMM that finds no
+receive posted gets an RNR NAK (see :mod:`tcpverbs.wire.rc`); reading never stops.
+
+Errors at the responder travel back in a TERMINATE frame naming the failed request and
+the status its requester reports; both QPs go to ERR.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import sys
+import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
 from .._work import RecvWork, SendWork
 from ..device import MAX_MSG_SZ
-from ..enums import ibv_wc_status, ibv_wr_opcode
+from ..enums import ibv_access_flags, ibv_event_type, ibv_wc_opcode, ibv_wc_status, ibv_wr_opcode
 from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
-from ..wire.frames import FLAG_SOLICITED, NO_MSN, FrameDecoder, Header, Opcode, encode_header
+from ..wire.frames import (
+    FLAG_SOLICITED,
+    MAX_REASON,
+    NO_MSN,
+    REQUESTS,
+    FrameDecoder,
+    Header,
+    Opcode,
+    encode_header,
+)
 from ..wire.hello import Hello, HelloDecoder
-from ..wire.rc import RcProtocol
+from ..wire.rc import RNR_TIMER_MS, RcProtocol
 from .loop import Timer
 from .transport import Transport
 
 if TYPE_CHECKING:
+    from ..mr import MR
     from ..qp import QP
 
 __all__ = ["HELLO_TIMEOUT", "RcTransport"]
 
 HELLO_TIMEOUT = 10.0  # seconds to wait for the peer's hello
 STAGING_SIZE = 256 * 1024
-DIRECT_MIN = 16 * 1024  # payload left at least this big goes straight into the MR
+DIRECT_MIN = 16 * 1024  # payload left at least this big goes straight to its destination
+TX_BACKLOG = 4096  # queued segments above which we stop reading new requests
 
 W = ibv_wc_status
+WR = ibv_wr_opcode
+A = ibv_access_flags
 _OK = W.IBV_WC_SUCCESS
 _LOCAL_ERRNO = {W.IBV_WC_LOC_PROT_ERR: errno.EFAULT, W.IBV_WC_LOC_LEN_ERR: errno.EMSGSIZE}
+_REQUEST_OPCODE = {
+    WR.IBV_WR_SEND: Opcode.SEND,
+    WR.IBV_WR_SEND_WITH_IMM: Opcode.SEND_IMM,
+    WR.IBV_WR_RDMA_WRITE: Opcode.WRITE,
+    WR.IBV_WR_RDMA_WRITE_WITH_IMM: Opcode.WRITE_IMM,
+    WR.IBV_WR_RDMA_READ: Opcode.READ_REQ,
+    WR.IBV_WR_ATOMIC_CMP_AND_SWP: Opcode.ATOMIC_CMP_SWP,
+    WR.IBV_WR_ATOMIC_FETCH_AND_ADD: Opcode.ATOMIC_FETCH_ADD,
+}
+_MASK64 = (1 << 64) - 1
+
+# Atomics are atomic with respect to each other through every QP of the process, as an
+# HCA's atomics are with respect to each other (not to the CPU's plain loads and stores).
+_ATOMIC_LOCK = threading.Lock()
+
+
+class _RemoteError(Exception):
+    """A peer request that cannot be carried out: the status its requester reports."""
+
+    def __init__(self, status: ibv_wc_status, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
 
 
 class RcTransport(Transport):
@@ -51,14 +96,22 @@ class RcTransport(Transport):
         self._hello = HelloDecoder()
         self.peer: Hello | None = None
         self._hello_timer: Timer | None = None
+        # requester
         self._inflight: deque[SendWork] = deque()
+        self._rd_outstanding = 0  # READs/atomics sent and not yet answered
+        self._rnr_timer: Timer | None = None
+        # responder / receive side
         self._staging = bytearray(STAGING_SIZE)
         self._sv = memoryview(self._staging)
         self._rx_start = self._rx_end = 0
-        self._pending: Header | None = None  # a SEND waiting for a posted receive
         self._target: deque[memoryview] = deque()  # where the current payload lands
-        self._target_work: RecvWork | None = None
-        self._target_header: Header | None = None
+        self._target_mr: MR | None = None  # a WRITE's target, re-checked while placing
+        self._on_placed: tuple[Header, RecvWork | SendWork | None] | None = None
+        self._discard = False  # current payload is thrown away
+        self._read_paused = False  # stopped reading until our own backlog drains
+        self._goodbye: tuple[int, int, str] | None = None
+        for key in ("rnr_naks_sent", "rnr_naks_received", "remote_ops"):
+            self.stats.setdefault(key, 0)
 
     # -- set-up ---------------------------------------------------------------------
     def start(self) -> None:
@@ -71,9 +124,10 @@ class RcTransport(Transport):
             MAX_MSG_SZ,
             qp._attr.max_rd_atomic,
             qp._attr.max_dest_rd_atomic,
+            dest_qp_num=qp._attr.dest_qp_num,
         )
         self._tx.append(hello.encode())
-        self._hello_timer = self.engine.call_later(HELLO_TIMEOUT, self._hello_timeout)
+        self._hello_timer = self.engine.call_later(HELLO_TIMEOUT, self._hello_timeout, self)
         self._flush()
 
     def _hello_timeout(self) -> None:
@@ -82,15 +136,14 @@ class RcTransport(Transport):
                 self._fail(
                     TcpverbsError(
                         errno.ETIMEDOUT,
-                        f"no tcpverbs hello from the peer "
-                        f"within {HELLO_TIMEOUT:g} s (is it a tcpverbs rc endpoint?)",
+                        f"no tcpverbs hello from the peer within {HELLO_TIMEOUT:g} s "
+                        "(is it a tcpverbs rc endpoint?)",
                     ),
                     setup=True,
                 )
 
     def _on_hello(self, hello: Hello) -> None:
-        local = Hello(self.qp.qp_num, 0, 0, 0)
-        local.check_peer(hello)  # raises RemoteProtocolError
+        Hello(self.qp.qp_num, 0, 0, 0).check_peer(hello)  # raises RemoteProtocolError
         self.peer = hello
         self.established = True
         if self._hello_timer is not None:
@@ -98,16 +151,16 @@ class RcTransport(Transport):
         self._pump()
 
     def _cancel_timers(self) -> None:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
+        for timer in (self._hello_timer, self._rnr_timer):
+            if timer is not None:
+                timer.cancel()
 
     # -- QP interface ------------------------------------------------------------------
     def send_posted(self) -> None:
         self._pump()
 
     def recv_posted(self) -> None:
-        if self._pending is not None:
-            self._process()
+        """Nothing to resume: a refused SEND comes back after the RNR timer."""
 
     def progress(self) -> None:
         self._process()
@@ -120,13 +173,19 @@ class RcTransport(Transport):
         self._inflight.clear()
         return unfinished
 
-    # -- send side ------------------------------------------------------------------------
+    # -- requester ------------------------------------------------------------------------
+    @property
+    def _rd_limit(self) -> int:
+        peer_limit = self.peer.max_dest_rd_atomic if self.peer is not None else 1
+        return max(1, min(self.qp._attr.max_rd_atomic, peer_limit or 1))
+
     def _pump(self) -> None:
         """Queue posted WRs as frames (in order) and write them."""
-        if not self.established or self._closed:
+        if not self.established or self._closed or self._rnr_timer is not None:
+            self._flush()
             return
         qp = self.qp
-        if qp._state not in (qp._state.IBV_QPS_RTS,):
+        if qp._state is not qp._state.IBV_QPS_RTS:
             self._flush()
             return
         sq, tx, inflight, proto = qp._sq, self._tx, self._inflight, self.proto
@@ -140,27 +199,131 @@ class RcTransport(Transport):
                 qp._complete_send(work, status)
                 self._fail(TcpverbsError(_LOCAL_ERRNO.get(W(status), errno.EIO), why))
                 return
+            if work.fence and self._rd_outstanding:
+                break
+            if work.needs_response and self._rd_outstanding >= self._rd_limit:
+                break
             sq.popleft()
             work.seq = proto.next_request()
-            imm = work.opcode == ibv_wr_opcode.IBV_WR_SEND_WITH_IMM
-            header = Header(
-                Opcode.SEND_IMM if imm else Opcode.SEND,
-                FLAG_SOLICITED if work.solicited else 0,
-                work.length,
-                imm=work.imm,
-            )
-            tx.append(encode_header(header))
-            tx.extend(work.segments)
+            tx.append(encode_header(self._request_header(work)))
+            if not work.needs_response:
+                tx.extend(work.segments)  # READ and atomic segments receive the answer
             inflight.append(work)
+            if work.needs_response:
+                self._rd_outstanding += 1
             self.stats["wrs_sent"] += 1
         self._flush()
 
-    # -- receive side -----------------------------------------------------------------
+    @staticmethod
+    def _request_header(work: SendWork) -> Header:
+        op = _REQUEST_OPCODE[WR(work.opcode)]
+        flags = FLAG_SOLICITED if work.solicited else 0
+        if op is Opcode.READ_REQ:
+            return Header(op, flags, rkey=work.rkey, addr=work.remote_addr, length=work.length)
+        if op is Opcode.ATOMIC_CMP_SWP or op is Opcode.ATOMIC_FETCH_ADD:
+            return Header(
+                op,
+                flags,
+                rkey=work.rkey,
+                addr=work.remote_addr,
+                compare_add=work.compare_add,
+                swap=work.swap,
+            )
+        return Header(op, flags, work.length, imm=work.imm, rkey=work.rkey, addr=work.remote_addr)
+
+    def _ack_through(self, msn: int, *, answering: bool = False) -> None:
+        """The peer carried out every request up to *msn*: complete them in order.
+
+        With *answering*, *msn* itself is a READ/atomic whose answer is being handled and
+        stays at the head of ``_inflight``.
+        """
+        upto = (msn - 1) % (1 << 32) if answering else msn
+        done = self.proto.on_ack(upto)
+        inflight, qp = self._inflight, self.qp
+        for _ in range(done):
+            work = inflight.popleft()
+            if work.needs_response:
+                raise RemoteProtocolError(
+                    f"peer acknowledged request {work.seq} ({WR(work.opcode).name}) "
+                    "without answering it"
+                )
+            qp._complete_send(work, _OK)
+        if answering and (not inflight or inflight[0].seq != msn):
+            raise RemoteProtocolError(f"peer answered request {msn}, which is not the next one")
+
+    def _on_response_done(self, work: SendWork) -> None:
+        self._inflight.popleft()
+        self.proto.on_ack(work.seq)
+        self._rd_outstanding -= 1
+        self.qp._complete_send(work, _OK)
+        self._pump()
+
+    def _on_read_response(self, h: Header) -> None:
+        self._ack_through(h.msn, answering=True)
+        work = self._inflight[0]
+        if work.opcode != WR.IBV_WR_RDMA_READ or h.payload_len != work.length:
+            raise RemoteProtocolError(
+                f"peer sent {h.payload_len} READ bytes for request {h.msn}, "
+                f"which is {WR(work.opcode).name} of {work.length} bytes"
+            )
+        self._expect_payload(h, work, work.segments)  # type: ignore[arg-type]
+
+    def _on_atomic_response(self, h: Header) -> None:
+        self._ack_through(h.msn, answering=True)
+        work = self._inflight[0]
+        if work.opcode not in (WR.IBV_WR_ATOMIC_CMP_AND_SWP, WR.IBV_WR_ATOMIC_FETCH_AND_ADD):
+            raise RemoteProtocolError(f"peer answered request {h.msn} as an atomic")
+        (view,) = work.segments
+        view[:8] = h.compare_add.to_bytes(8, sys.byteorder)  # type: ignore[index]
+        self._on_response_done(work)
+
+    def _on_rnr_nak(self, h: Header) -> None:
+        self._ack_through(h.msn, answering=True)
+        work = self._inflight[0]
+        if work.opcode not in (
+            WR.IBV_WR_SEND,
+            WR.IBV_WR_SEND_WITH_IMM,
+            WR.IBV_WR_RDMA_WRITE_WITH_IMM,
+        ):
+            raise RemoteProtocolError(f"RNR NAK for request {h.msn}, which needs no receive")
+        self.stats["rnr_naks_received"] += 1
+        work.rnr_tries += 1
+        retries = self.qp._attr.rnr_retry
+        if retries != 7 and work.rnr_tries > retries:
+            self._inflight.popleft()
+            self.qp._complete_send(work, W.IBV_WC_RNR_RETRY_EXC_ERR)
+            self._fail(
+                TcpverbsError(
+                    errno.ETIMEDOUT,
+                    f"peer had no receive posted for request {h.msn} after "
+                    f"{retries} retries (rnr_retry)",
+                )
+            )
+            return
+        # go back N: everything from the refused request on is sent again, in order
+        sq = self.qp._sq
+        while self._inflight:
+            sq.appendleft(self._inflight.pop())
+        self._rd_outstanding = 0
+        resume_at = self.proto.rewind()
+        delay = RNR_TIMER_MS[h.timer & 31] / 1000
+        self._rnr_timer = self.engine.call_later(delay, lambda: self._rnr_resume(resume_at), self)
+
+    def _rnr_resume(self, msn: int) -> None:
+        with self.qp._lock:
+            self._rnr_timer = None
+            if self._closed:
+                return
+            self._tx.append(encode_header(Header(Opcode.RESYNC, msn=msn)))
+            self._pump()
+
+    # -- receive side -------------------------------------------------------------------
     def _process(self) -> None:
         """Read and handle everything available; then send the ACK owed (once)."""
         try:
             self._receive_loop()
         except RemoteProtocolError as exc:
+            self._goodbye = (NO_MSN, W.IBV_WC_REM_OP_ERR, f"protocol error: {exc.strerror}")
             self._fail(exc, setup=not self.established)
             return
         if self._closed:
@@ -168,19 +331,17 @@ class RcTransport(Transport):
         ack = self.proto.take_ack()
         if ack is not None:
             self._tx.append(ack)
-            self._flush()
+        self._flush()
 
     def _receive_loop(self) -> None:
-        if self._pending is not None:
-            if not self.qp._rq:
-                return
-            self._start_receive(self._pending)  # a receive is there now: resume
         while not self._closed:
             if self._rx_start == self._rx_end:
                 self._rx_start = self._rx_end = 0
-                if self._pending is not None:
+                if len(self._tx) > TX_BACKLOG:  # a peer that does not read our answers
+                    self._read_paused = True
+                    self._set_interest(read=False)
                     return
-                if self._target_work is not None and self.decoder.payload_remaining >= DIRECT_MIN:
+                if self._target and self.decoder.payload_remaining >= DIRECT_MIN:
                     if not self._recv_direct():
                         return
                     continue
@@ -188,12 +349,15 @@ class RcTransport(Transport):
                     return
             used = self._consume(self._sv[self._rx_start : self._rx_end])
             self._rx_start += used
-            if self._pending is not None or self._closed:
-                return
             if self._rx_end == len(self._staging) and self._rx_start:  # keep a partial header
                 rest = self._rx_end - self._rx_start
                 self._sv[:rest] = self._sv[self._rx_start : self._rx_end]
                 self._rx_start, self._rx_end = 0, rest
+
+    def _tx_drained(self) -> None:
+        if self._read_paused and len(self._tx) < TX_BACKLOG // 2:
+            self._read_paused = False
+            self._set_interest(read=True)
 
     def _recv_staging(self) -> bool:
         n = self._recv(lambda: self.sock.recv_into(self._sv[self._rx_end :]))
@@ -210,9 +374,11 @@ class RcTransport(Transport):
             part = view if len(view) <= need else view[:need]
             views.append(part)
             need -= len(part)
+        if not self._target_still_valid():
+            return True
         n = self._recv_into(views)
         if n:
-            self._advance_target(n)
+            self._advance(n)
         return n > 0
 
     def _peer_closed(self) -> None:
@@ -225,7 +391,7 @@ class RcTransport(Transport):
             self._fail(self._closed_by_peer("in the middle of a frame"), notify_peer=False)
 
     def _consume(self, data: memoryview) -> int:
-        """Handle frames in *data*; return the bytes used (stops at a pending SEND)."""
+        """Handle the frames in *data*; return the bytes used."""
         pos, end = 0, len(data)
         decoder = self.decoder
         while pos < end and not self._closed:
@@ -235,8 +401,6 @@ class RcTransport(Transport):
                 if hello is not None:
                     self._on_hello(hello)
                 continue
-            if self._pending is not None:  # a SEND waits for post_recv: stop here
-                break
             remaining = decoder.payload_remaining
             if remaining:
                 chunk = data[pos : pos + min(remaining, end - pos)]
@@ -251,22 +415,28 @@ class RcTransport(Transport):
 
     def _on_header(self, h: Header) -> None:
         op = h.opcode
-        if op is Opcode.SEND or op is Opcode.SEND_IMM:
-            self._start_receive(h)
+        if op in REQUESTS:
+            if self.proto.discarding:
+                self._expect_payload(h, None, None)  # dropped until the RESYNC
+                return
+            try:
+                self._execute(h)
+            except _RemoteError as exc:
+                self._refuse(h, exc)
         elif op is Opcode.ACK:
-            self._on_ack(h.msn)
-        elif op is Opcode.TERMINATE:
+            self._ack_through(h.msn)
+            if self.qp._sq:
+                self._pump()
+        elif op is Opcode.READ_RESP:
+            self._on_read_response(h)
+        elif op is Opcode.ATOMIC_RESP:
+            self._on_atomic_response(h)
+        elif op is Opcode.RNR_NAK:
+            self._on_rnr_nak(h)
+        elif op is Opcode.RESYNC:
+            self.proto.on_resync(h.msn)
+        else:  # TERMINATE
             self._on_terminate(h)
-        else:
-            raise RemoteProtocolError(f"{op.name} frames are not supported by this tcpverbs")
-
-    def _on_ack(self, msn: int) -> None:
-        done = self.proto.on_ack(msn)
-        inflight, qp = self._inflight, self.qp
-        for _ in range(done):
-            qp._complete_send(inflight.popleft(), _OK)
-        if qp._sq:
-            self._pump()
 
     def _on_terminate(self, h: Header) -> None:
         reason = h.reason.decode("utf-8", "replace")
@@ -285,59 +455,162 @@ class RcTransport(Transport):
             notify_peer=False,
         )
 
-    def _start_receive(self, h: Header) -> None:
+    # -- responder: carrying out the peer's requests --------------------------------------
+    def _execute(self, h: Header) -> None:
+        op = h.opcode
+        if op is Opcode.SEND or op is Opcode.SEND_IMM:
+            work = self._take_receive(h)
+            if work is None:
+                return
+            if h.payload_len > work.capacity:
+                why = (
+                    f"message of {h.payload_len} bytes does not fit the posted receive "
+                    f"of {work.capacity} bytes"
+                )
+                self.qp._complete_recv(work, W.IBV_WC_LOC_LEN_ERR)
+                self._terminate(h, W.IBV_WC_REM_INV_REQ_ERR, why, errno.EMSGSIZE)
+                return
+            self._expect_payload(h, work, work.segments)
+        elif op is Opcode.WRITE or op is Opcode.WRITE_IMM:
+            view, mr = self._remote(h.rkey, h.addr, h.payload_len, A.IBV_ACCESS_REMOTE_WRITE)
+            work = self._take_receive(h) if op is Opcode.WRITE_IMM else None
+            if op is Opcode.WRITE_IMM and work is None:
+                return
+            self._target_mr = mr
+            self._expect_payload(h, work, [view] if h.payload_len else [])
+        elif op is Opcode.READ_REQ:
+            view, _ = self._remote(h.rkey, h.addr, h.length, A.IBV_ACCESS_REMOTE_READ)
+            msn = self.proto.request_done()
+            self._tx.append(encode_header(Header(Opcode.READ_RESP, msn=msn, payload_len=h.length)))
+            if h.length:
+                self._tx.append(view)  # the kernel reads the target memory; no copy here
+            self.stats["remote_ops"] += 1
+        else:
+            old = self._atomic(h)
+            msn = self.proto.request_done()
+            self._tx.append(encode_header(Header(Opcode.ATOMIC_RESP, msn=msn, compare_add=old)))
+            self.stats["remote_ops"] += 1
+
+    def _remote(
+        self, rkey: int, addr: int, length: int, need: ibv_access_flags
+    ) -> tuple[memoryview, MR | None]:
+        """The target memory of a one-sided request, or a REM_ACCESS_ERR."""
+        if length == 0:
+            return memoryview(b""), None  # zero-length transfers touch no memory
+        qp = self.qp
+        mr = qp.ctx._keys.get(rkey)
+        if mr is None or mr.closed or mr.pd is not qp.pd:
+            raise _RemoteError(
+                W.IBV_WC_REM_ACCESS_ERR, f"rkey 0x{rkey:08x} is not a valid MR of the target QP"
+            )
+        if not mr.access & need:
+            raise _RemoteError(
+                W.IBV_WC_REM_ACCESS_ERR,
+                f"target MR 0x{rkey:08x} was registered without {need.name}",
+            )
+        if not qp._attr.qp_access_flags & need:
+            raise _RemoteError(
+                W.IBV_WC_REM_ACCESS_ERR, f"target QP's qp_access_flags do not allow {need.name}"
+            )
+        view = mr._slice(addr, length)
+        if view is None:
+            raise _RemoteError(
+                W.IBV_WC_REM_ACCESS_ERR,
+                f"[0x{addr:x}, +{length}) is outside target MR [0x{mr.buf:x}, +{mr.length})",
+            )
+        return view, mr
+
+    def _atomic(self, h: Header) -> int:
+        if h.addr % 8:
+            raise _RemoteError(
+                W.IBV_WC_REM_INV_REQ_ERR, f"atomic target 0x{h.addr:x} is not 8-byte aligned"
+            )
+        view, _ = self._remote(h.rkey, h.addr, 8, A.IBV_ACCESS_REMOTE_ATOMIC)
+        order = sys.byteorder
+        with _ATOMIC_LOCK:
+            old = int.from_bytes(view, order)
+            if h.opcode is Opcode.ATOMIC_FETCH_ADD:
+                view[:] = ((old + h.compare_add) & _MASK64).to_bytes(8, order)
+            elif old == h.compare_add:
+                view[:] = h.swap.to_bytes(8, order)
+        return old
+
+    def _take_receive(self, h: Header) -> RecvWork | None:
+        """The receive WR a SEND / WRITE_IMM consumes; None after refusing (RNR or error)."""
         qp = self.qp
         if not qp._rq:
-            self._pending = h  # back-pressure until post_recv
-            self._set_interest(read=False)
-            return
-        if self._pending is not None:
-            self._pending = None
-            self._set_interest(read=True)
+            ack = self.proto.refuse()
+            if ack:
+                self._tx.append(ack)
+            timer = qp._attr.min_rnr_timer
+            self._tx.append(
+                encode_header(Header(Opcode.RNR_NAK, msn=self.proto.next_msn, timer=timer))
+            )
+            self.stats["rnr_naks_sent"] += 1
+            self._expect_payload(h, None, None)  # drop it; the requester will send it again
+            return None
         work = qp._rq.popleft()
-        msn = (self.proto.received + 1) & 0xFFFFFFFF
         if work.error is not None:
             status, why = work.error
             qp._complete_recv(work, status)
             self._terminate(
-                msn,
-                W.IBV_WC_REM_OP_ERR,
-                f"receive WR at the peer failed: {why}",
-                TcpverbsError(errno.EFAULT, why),
+                h, W.IBV_WC_REM_OP_ERR, f"receive WR at the peer failed: {why}", errno.EFAULT
             )
-            return
-        if h.payload_len > work.capacity:
-            why = (
-                f"message of {h.payload_len} bytes does not fit the posted receive "
-                f"of {work.capacity} bytes"
-            )
-            qp._complete_recv(work, W.IBV_WC_LOC_LEN_ERR)
-            self._terminate(msn, W.IBV_WC_REM_INV_REQ_ERR, why, TcpverbsError(errno.EMSGSIZE, why))
-            return
+            return None
+        return work
+
+    def _refuse(self, h: Header, exc: _RemoteError) -> None:
+        event = (
+            ibv_event_type.IBV_EVENT_QP_ACCESS_ERR
+            if exc.status == W.IBV_WC_REM_ACCESS_ERR
+            else ibv_event_type.IBV_EVENT_QP_REQ_ERR
+        )
+        self._terminate(h, exc.status, exc.why, errno.EACCES, event)
+
+    # -- payload placement ---------------------------------------------------------------
+    def _expect_payload(
+        self, h: Header, owner: RecvWork | SendWork | None, views: list[memoryview] | None
+    ) -> None:
+        """The payload of *h* goes to *views* (None: discard it); then it is finished."""
         self._target.clear()
-        self._target.extend(work.segments)
-        self._target_work = work
-        self._target_header = h
-        if h.payload_len == 0:
-            self._finish_receive()
+        self._discard = views is None
+        if views:
+            self._target.extend(views)
+        self._on_placed = (h, owner)
+        if not self.decoder.payload_remaining:
+            self._finish_payload()
+
+    def _target_still_valid(self) -> bool:
+        mr = self._target_mr
+        if mr is None or not mr.closed:
+            return True
+        # deregistered while its WRITE was landing: remote access ends at once
+        h, _ = self._on_placed or (Header(Opcode.WRITE), None)
+        self._target.clear()
+        self._discard = True
+        self._target_mr = None
+        self._refuse(h, _RemoteError(W.IBV_WC_REM_ACCESS_ERR, "target MR was deregistered"))
+        return False
 
     def _place(self, chunk: memoryview) -> None:
         """Copy payload bytes that arrived in the staging buffer to their destination."""
-        target, off, n = self._target, 0, len(chunk)
-        while off < n:
-            view = target[0]
-            k = min(len(view), n - off)
-            view[:k] = chunk[off : off + k]
-            off += k
-            if k == len(view):
-                target.popleft()
-            else:
-                target[0] = view[k:]
+        n = len(chunk)
+        if not self._discard and self._target_still_valid():
+            target, off = self._target, 0
+            while off < n:
+                view = target[0]
+                k = min(len(view), n - off)
+                view[:k] = chunk[off : off + k]
+                off += k
+                if k == len(view):
+                    target.popleft()
+                else:
+                    target[0] = view[k:]
         self.decoder.payload_consumed(n)
-        if not self.decoder.payload_remaining:
-            self._finish_receive()
+        if not self.decoder.payload_remaining and not self._closed:
+            self._finish_payload()
 
-    def _advance_target(self, n: int) -> None:
+    def _advance(self, n: int) -> None:
         """*n* payload bytes were received in place; move past them."""
         target = self._target
         self.decoder.payload_consumed(n)
@@ -350,45 +623,66 @@ class RcTransport(Transport):
                 target[0] = target[0][n:]
                 n = 0
         if not self.decoder.payload_remaining:
-            self._finish_receive()
+            self._finish_payload()
 
-    def _finish_receive(self) -> None:
-        work, h = self._target_work, self._target_header
-        assert work is not None and h is not None
-        self._target_work = self._target_header = None
+    def _finish_payload(self) -> None:
+        placed, self._on_placed = self._on_placed, None
         self._target.clear()
+        self._target_mr = None
+        if placed is None or self._discard:
+            self._discard = False
+            return
+        h, owner = placed
+        op = h.opcode
+        if op is Opcode.READ_RESP:
+            assert isinstance(owner, SendWork)
+            self._on_response_done(owner)
+            return
         self.proto.request_done()
+        if op is Opcode.WRITE:
+            self.stats["remote_ops"] += 1
+            return
+        assert isinstance(owner, RecvWork)
         self.stats["wrs_received"] += 1
         self.qp._complete_recv(
-            work,
+            owner,
             _OK,
             h.payload_len,
-            h.imm if h.opcode is Opcode.SEND_IMM else None,
+            h.imm if op is not Opcode.SEND else None,
             bool(h.flags & FLAG_SOLICITED),
+            opcode=ibv_wc_opcode.IBV_WC_RECV_RDMA_WITH_IMM
+            if op is Opcode.WRITE_IMM
+            else ibv_wc_opcode.IBV_WC_RECV,
         )
 
     # -- errors -------------------------------------------------------------------------------
-    def _terminate(self, msn: int, status: int, why: str, exc: TcpverbsError) -> None:
-        """A request of the peer failed here: tell it which and why, then go to ERR."""
-        self._goodbye = (msn, status, why)
-        self._fail(exc)
-
-    _goodbye: tuple[int, int, str] | None = None
+    def _terminate(
+        self,
+        h: Header,
+        status: int,
+        why: str,
+        err: int,
+        event: ibv_event_type = ibv_event_type.IBV_EVENT_QP_FATAL,
+    ) -> None:
+        """The peer's request *h* failed here: tell it which and why, then go to ERR."""
+        self._goodbye = (self.proto.next_msn, status, why)
+        self._fail(TcpverbsError(err, f"{h.opcode.name} from the peer failed: {why}"), event=event)
 
     def _say_goodbye(self, reason: TcpverbsError) -> None:
         if not self.established:
             return
-        msn, status, why = self._goodbye or (NO_MSN, W.IBV_WC_REM_ABORT_ERR, reason.strerror or "")
+        msn, status, why = self._goodbye or (
+            NO_MSN,
+            W.IBV_WC_REM_ABORT_ERR,
+            reason.strerror or "",
+        )
         ack = self.proto.take_ack()  # what we did carry out still counts
         if ack is not None:
             self._tx.append(ack)
         self._tx.append(
             encode_header(
-                Header(Opcode.TERMINATE, msn=msn, status=status, reason=why.encode()[:1024])
+                Header(Opcode.TERMINATE, msn=msn, status=status, reason=why.encode()[:MAX_REASON])
             )
         )
-        try:
-            self.sock.sendmsg(list(self._tx)[:64], (), socket.MSG_NOSIGNAL)
-        except OSError:
-            pass
+        self._flush()  # best effort: what does not fit now is lost with the connection
         self._tx.clear()

@@ -21,6 +21,7 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 from .._work import Segment, SendWork
+from ..enums import ibv_event_type
 from ..errors import ConnectionBrokenError, TcpverbsError, from_oserror
 from .loop import Engine, Timer
 
@@ -30,6 +31,14 @@ if TYPE_CHECKING:
 __all__ = ["Transport"]
 
 IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+STAT_KEYS = (
+    "bytes_sent",
+    "bytes_received",
+    "sendmsg_calls",
+    "recv_calls",
+    "wrs_sent",
+    "wrs_received",
+)
 DRAIN_TIMEOUT = 5.0  # seconds a closed connection waits for the peer's FIN
 _ERR = select.EPOLLERR | select.EPOLLHUP
 
@@ -50,14 +59,9 @@ class Transport:
         self._want_read = True
         self._want_write = False
         self._registered_events = 0
-        self.stats = {
-            "bytes_sent": 0,
-            "bytes_received": 0,
-            "sendmsg_calls": 0,
-            "recv_calls": 0,
-            "wrs_sent": 0,
-            "wrs_received": 0,
-        }
+        self.stats = qp._stats  # counters live on the QP: they outlast a connection
+        for key in STAT_KEYS:
+            self.stats.setdefault(key, 0)
 
     # -- interface used by the QP ---------------------------------------------------
     def start(self) -> None:
@@ -79,9 +83,6 @@ class Transport:
     def take_unfinished(self) -> list[SendWork]:
         """Send WRs handed to the wire whose outcome is not known yet (to be flushed)."""
         raise NotImplementedError
-
-    def statistics(self) -> dict[str, int]:
-        return dict(self.stats)
 
     def close(self, reason: TcpverbsError | None) -> None:
         """Tear the connection down.  With *reason*, tell the peer why first (best effort)
@@ -126,8 +127,15 @@ class Transport:
             self.sock.close()
 
     # -- helpers for subclasses -------------------------------------------------------
-    def _fail(self, exc: TcpverbsError, *, setup: bool = False, notify_peer: bool = True) -> None:
-        self.qp._enter_error(exc, setup=setup, notify_peer=notify_peer)
+    def _fail(
+        self,
+        exc: TcpverbsError,
+        *,
+        setup: bool = False,
+        notify_peer: bool = True,
+        event: ibv_event_type = ibv_event_type.IBV_EVENT_QP_FATAL,
+    ) -> None:
+        self.qp._enter_error(exc, setup=setup, notify_peer=notify_peer, event=event)
 
     def _say_goodbye(self, reason: TcpverbsError) -> None:
         """Last bytes before a graceful close (rc sends TERMINATE)."""
@@ -161,6 +169,7 @@ class Transport:
                 sent = self.sock.sendmsg(list(islice(tx, IOV_MAX)), (), socket.MSG_NOSIGNAL)
             except BlockingIOError:
                 self._set_interest(write=True)
+                self._tx_drained()
                 return False
             except InterruptedError:
                 continue
@@ -180,7 +189,11 @@ class Transport:
                     sent = 0
         if self._want_write:
             self._set_interest(write=False)
+        self._tx_drained()
         return True
+
+    def _tx_drained(self) -> None:
+        """Hook: the transmit queue shrank (rc resumes reading here)."""
 
     def _recv(self, receive: Callable[[], int]) -> int:
         """Run one receive call; 0 when nothing arrived (would block, error or EOF —
@@ -239,7 +252,7 @@ class _Drainer:
             self.sock.close()
             return
         self.engine.register(self.sock.fileno(), self, select.EPOLLIN | _ERR)
-        self.timer = self.engine.call_later(DRAIN_TIMEOUT, self._done)
+        self.timer = self.engine.call_later(DRAIN_TIMEOUT, self._done, self)
 
     def on_events(self, events: int) -> None:
         while True:
