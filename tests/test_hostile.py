@@ -1,0 +1,203 @@
+"""A misbehaving peer on a real socket: crafted, truncated and abusive frames (issue #3 §3).
+
+The peer here is a plain socket that speaks just enough of the protocol (the hello) to get
+past set-up, then sends whatever the test wants.  Every case must end with the QP in ERR
+with a clear reason, the connection closed, the process fine and memory bounded.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import tcpverbs as v
+from tcpverbs.engine import rc as rc_engine
+from tcpverbs.testing import ALL_ACCESS, Endpoint, make_endpoint, poll_until, tcp_socket_pair
+from tcpverbs.wire import HELLO_SIZE, Hello
+from tcpverbs.wire.frames import FrameDecoder, Header, Opcode, encode_header
+
+W = v.ibv_wc_status
+
+
+class RawPeer:
+    """The far end of a QP's connection, driven byte by byte by the test."""
+
+    def __init__(self, ctx: v.Context) -> None:
+        self.end: Endpoint = make_endpoint(ctx)
+        mine, self.sock = tcp_socket_pair()
+        self.end.qp.to_rtr(v.QPAttr(sock=mine))
+        self.end.qp.to_rts(v.QPAttr())
+        self.sock.settimeout(5)
+        self.sock.sendall(Hello(4242, 64, 64, 1 << 20, 16, 16).encode())
+        got = b""
+        while len(got) < HELLO_SIZE:
+            got += self.sock.recv(HELLO_SIZE - len(got))
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(frames))
+
+    def frames_until_close(self) -> list[Header]:
+        """Everything the QP sent us until it closed the connection."""
+        data = b""
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        dec, out, view = FrameDecoder(1 << 20), [], memoryview(data)
+        while view:
+            if dec.payload_remaining:
+                k = min(dec.payload_remaining, len(view))
+                dec.payload_consumed(k)
+                view = view[k:]
+                continue
+            header, used = dec.receive(view)
+            view = view[used:]
+            if header is not None:
+                out.append(header)
+        return out
+
+    def wait_err(self) -> v.TcpverbsError:
+        deadline = time.monotonic() + 5
+        while self.end.qp.qp_state != v.ibv_qp_state.IBV_QPS_ERR:
+            assert time.monotonic() < deadline, "QP did not go to ERR"
+            time.sleep(0.005)  # the progress thread does the work
+        assert self.end.qp.error is not None
+        return self.end.qp.error
+
+
+PeerFactory = Callable[[], RawPeer]
+
+
+@pytest.fixture
+def raw_peer(ctx: v.Context) -> Iterator[PeerFactory]:
+    peers: list[RawPeer] = []
+
+    def make() -> RawPeer:
+        peers.append(RawPeer(ctx))
+        return peers[-1]
+
+    yield make
+    for peer in peers:
+        peer.sock.close()
+
+
+def raw(opcode: int, rest: bytes = b"", length: int | None = None, flags: int = 0) -> bytes:
+    return struct.pack("!BBHI", opcode, flags, 0, len(rest) if length is None else length) + rest
+
+
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        ([raw(0x42)], "unknown frame opcode 0x42"),
+        ([raw(Opcode.SEND, length=0xFFFF_FFFF)], "exceeds the limit"),
+        ([raw(Opcode.ACK, length=9) + b"\0" * 9], "unexpected bytes"),
+        ([encode_header(Header(Opcode.ACK, msn=5))], "only 0 were sent"),
+        (
+            [encode_header(Header(Opcode.READ_RESP, msn=1, payload_len=4)) + b"abcd"],
+            "not the next one",
+        ),
+        ([encode_header(Header(Opcode.ATOMIC_RESP, msn=1))], "not the next one"),
+        ([encode_header(Header(Opcode.RNR_NAK, msn=1))], "not the next one"),
+        ([encode_header(Header(Opcode.RESYNC, msn=77))], "request 1 is next"),
+        ([raw(Opcode.SEND, flags=0x80)], "unknown flags"),
+    ],
+)
+def test_malformed_frames_fail_the_qp_cleanly(
+    raw_peer: PeerFactory, frames: list[bytes], message: str
+) -> None:
+    peer = raw_peer()
+    mr = v.MR(peer.end.pd, 64, ALL_ACCESS)
+    peer.end.qp.post_recv(v.RecvWR(1, 1, [v.SGE(mr.buf, 64, mr.lkey)]))
+    peer.send(*frames)
+    err = peer.wait_err()
+    assert isinstance(err, v.RemoteProtocolError) and err.errno == errno.EPROTO
+    assert message in str(err)
+    assert poll_until(peer.end.rcq)[0].status == W.IBV_WC_WR_FLUSH_ERR
+    terminate = peer.frames_until_close()[-1]  # we are told why, then disconnected
+    assert terminate.opcode is Opcode.TERMINATE and b"protocol error" in terminate.reason
+
+
+def test_connection_cut_mid_frame(raw_peer: PeerFactory) -> None:
+    peer = raw_peer()
+    peer.send(encode_header(Header(Opcode.SEND, payload_len=100)) + b"only part")
+    peer.sock.close()
+    err = peer.wait_err()
+    assert isinstance(err, v.ConnectionBrokenError) and "middle of a frame" in str(err)
+
+
+def test_oversized_send_is_loc_len_err_here_and_rem_inv_req_there(raw_peer: PeerFactory) -> None:
+    peer = raw_peer()
+    mr = v.MR(peer.end.pd, 64, ALL_ACCESS)
+    peer.end.qp.post_recv(v.RecvWR(1, 1, [v.SGE(mr.buf, 16, mr.lkey)]))
+    peer.send(encode_header(Header(Opcode.SEND, payload_len=1000)) + b"x" * 1000)
+    (wc,) = poll_until(peer.end.rcq)
+    assert wc.status == W.IBV_WC_LOC_LEN_ERR
+    terminate = peer.frames_until_close()[-1]
+    assert (terminate.opcode, terminate.msn, terminate.status) == (
+        Opcode.TERMINATE,
+        1,
+        W.IBV_WC_REM_INV_REQ_ERR,
+    )
+    assert mr.read(16, 0) == bytes(16)  # nothing was written past or into the buffer
+
+
+@pytest.mark.parametrize("op", [Opcode.WRITE, Opcode.READ_REQ, Opcode.ATOMIC_FETCH_ADD])
+def test_wrong_keys_are_refused(raw_peer: PeerFactory, op: Opcode) -> None:
+    peer = raw_peer()
+    mr = v.MR(peer.end.pd, 64, ALL_ACCESS)
+    for rkey in range(1, 50):  # guessing keys gets nowhere
+        assert rkey != mr.rkey
+    header = Header(
+        op, rkey=mr.rkey ^ 1, addr=mr.buf, length=8, payload_len=8 if op is Opcode.WRITE else 0
+    )
+    peer.send(encode_header(header) + (b"12345678" if op is Opcode.WRITE else b""))
+    terminate = peer.frames_until_close()[-1]
+    assert (terminate.opcode, terminate.status) == (Opcode.TERMINATE, W.IBV_WC_REM_ACCESS_ERR)
+    assert b"not a valid MR" in terminate.reason
+    assert mr.read(8, 0) == bytes(8)
+    assert peer.wait_err().errno == errno.EACCES
+
+
+def test_read_flood_from_a_peer_that_never_reads_stays_bounded(
+    raw_peer: PeerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rc_engine, "TX_BACKLOG", 256)
+    peer = raw_peer()
+    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    mr = v.MR(peer.end.pd, 1 << 16, ALL_ACCESS)
+    req = encode_header(Header(Opcode.READ_REQ, rkey=mr.rkey, addr=mr.buf, length=1 << 16))
+    peer.sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # until TCP pushes back on us, the flooder
+        try:
+            sent += peer.sock.send(req * 512)
+        except BlockingIOError:
+            time.sleep(0.05)
+            if time.monotonic() > deadline - 2:
+                break
+    transport = peer.end.qp._transport
+    assert transport is not None
+    # each READ answer queues two segments; our backlog stops reading long before the flood ends
+    assert len(transport._tx) <= 256 + 2 * (rc_engine.STAGING_SIZE // len(req)) + 2
+    assert sent // len(req) > len(transport._tx) // 2
+    peer.sock.close()
+    peer.wait_err()
+
+
+def test_peer_that_never_reads_our_sends(raw_peer: PeerFactory) -> None:
+    peer = raw_peer()
+    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    mr = v.MR(peer.end.pd, 8 << 20, ALL_ACCESS)
+    for i in range(4):
+        peer.end.qp.post_send(
+            v.SendWR(i, v.ibv_wr_opcode.IBV_WR_SEND, 1, 0, [v.SGE(mr.buf, 8 << 20, mr.lkey)])
+        )
+    time.sleep(0.3)
+    assert peer.end.scq.poll()[0] == 0  # nothing is acknowledged, nothing is lost either
+    peer.sock.close()
+    wcs = poll_until(peer.end.scq, 4)
+    assert [w.status for w in wcs] == [W.IBV_WC_WR_FLUSH_ERR] * 4

@@ -1,0 +1,166 @@
+"""Real multi-host: two network namespaces joined by a veth pair (design.md §7).
+
+Namespace A holds ``tva<pid>`` with 198.18.0.1/30 (and fd00:7c70::1/64), namespace B holds
+``tvb<pid>`` with 198.18.0.2/30 (fd00:7c70::2/64).  Peers run as ``ip netns exec``
+subprocesses (``tests/peer_proc.py``); no traffic leaves the two namespaces.  Everything
+is deleted in teardown.  Needs root and iproute2; skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from .peer_proc import finish, read_line, spawn
+
+pytestmark = pytest.mark.netns
+
+PID = os.getpid()
+NS_A, NS_B = f"tcpv-a-{PID}", f"tcpv-b-{PID}"
+VETH_A, VETH_B = f"tva{PID}", f"tvb{PID}"
+ADDR_A, ADDR_B = "198.18.0.1", "198.18.0.2"
+ADDR6_A, ADDR6_B = "fd00:7c70::1", "fd00:7c70::2"
+KIB, MIB = 1024, 1024 * 1024
+Netem = Callable[..., None]
+
+
+@dataclass
+class Net:
+    ipv6: bool
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+
+
+def must(*cmd: str) -> None:
+    result = run(*cmd)
+    assert result.returncode == 0, f"{' '.join(cmd)}: {result.stderr.strip()}"
+
+
+def in_ns(ns: str) -> tuple[str, ...]:
+    return ("ip", "netns", "exec", ns)
+
+
+def wait_link_up(ns: str, dev: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while "state UP" not in run("ip", "-n", ns, "-o", "link", "show", "dev", dev).stdout:
+        assert time.monotonic() < deadline, f"{dev} in {ns} did not come up"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[Net]:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 (`ip`) is not installed")
+    created: list[str] = []
+    try:
+        for ns in (NS_A, NS_B):
+            result = run("ip", "netns", "add", ns)
+            if result.returncode != 0:
+                pytest.skip(f"`ip netns add` does not work here: {result.stderr.strip()}")
+            created.append(ns)
+        must(
+            "ip",
+            "-n",
+            NS_A,
+            "link",
+            "add",
+            VETH_A,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            VETH_B,
+            "netns",
+            NS_B,
+        )
+        ipv6 = True
+        for ns, dev, addr, addr6 in (
+            (NS_A, VETH_A, ADDR_A, ADDR6_A),
+            (NS_B, VETH_B, ADDR_B, ADDR6_B),
+        ):
+            must("ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
+            if run("ip", "-n", ns, "addr", "add", f"{addr6}/64", "dev", dev, "nodad").returncode:
+                ipv6 = False
+            must("ip", "-n", ns, "link", "set", "lo", "up")
+            must("ip", "-n", ns, "link", "set", dev, "up")
+        wait_link_up(NS_A, VETH_A)
+        wait_link_up(NS_B, VETH_B)
+        yield Net(ipv6)
+    finally:
+        for ns in created:
+            run("ip", "netns", "del", ns)
+
+
+@pytest.fixture
+def netem(net: Net) -> Iterator[Netem]:
+    """``netem(spec)`` adds a netem qdisc with *spec* on both veth ends (removed after)."""
+    if shutil.which("tc") is None:
+        pytest.skip("`tc` is not installed")
+    added: list[tuple[str, str]] = []
+
+    def add(*spec: str) -> None:
+        for ns, dev in ((NS_A, VETH_A), (NS_B, VETH_B)):
+            result = run(*in_ns(ns), "tc", "qdisc", "add", "dev", dev, "root", "netem", *spec)
+            if result.returncode != 0:
+                pytest.skip(f"the netem qdisc is unavailable: {result.stderr.strip()}")
+            added.append((ns, dev))
+
+    yield add
+    for ns, dev in added:
+        run(*in_ns(ns), "tc", "qdisc", "del", "dev", dev, "root")
+
+
+def echo_between_namespaces(wire: str, host: str, count: int, size: int) -> None:
+    """A ``{wire}-echo`` server in A, a ``{wire}-client`` in B; the client verifies."""
+    sizes = ("--count", str(count), "--size", str(size))
+    with spawn(f"{wire}-echo", "--host", host, *sizes, prefix=in_ns(NS_A)) as server:
+        port = read_line(server)
+        with spawn(f"{wire}-client", host, port, *sizes, prefix=in_ns(NS_B)) as client:
+            finish(client, timeout=60)
+        finish(server)
+
+
+def test_device_in_namespace(net: Net) -> None:
+    code = (
+        "import tcpverbs as v\n"
+        f"ctx = v.Context(name='tcpv_{VETH_A}')\n"
+        "print(ctx.query_gid(1, 0).ip)\n"
+        "print(sorted(d.name.decode() for d in v.get_device_list()))\n"
+    )
+    result = run(*in_ns(NS_A), sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr
+    gid_ip, devices = result.stdout.splitlines()
+    assert gid_ip == ADDR_A
+    assert devices == repr(sorted(["tcpv_lo", f"tcpv_{VETH_A}"]))
+
+
+@pytest.mark.parametrize(("size", "count"), [(64, 16), (64 * KIB, 8), (4 * MIB, 2)])
+def test_echo_between_namespaces(net: Net, wire: str, size: int, count: int) -> None:
+    echo_between_namespaces(wire, ADDR_A, count, size)
+
+
+def test_echo_between_namespaces_ipv6(net: Net, wire: str) -> None:
+    if not net.ipv6:
+        pytest.skip("IPv6 is not available in the namespaces")
+    echo_between_namespaces(wire, ADDR6_A, 8, 64 * KIB)
+
+
+def test_echo_with_delay(netem: Netem, wire: str) -> None:
+    netem("delay", "20ms")
+    echo_between_namespaces(wire, ADDR_A, 4, 256 * KIB)
+
+
+def test_rc_4mib_with_loss(netem: Netem) -> None:
+    netem("loss", "5%")
+    echo_between_namespaces("rc", ADDR_A, 1, 4 * MIB)
