@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
+from .cm.oob import CONNECT_TIMEOUT, OobListener
 from .device import (
     GID,
     DeviceAttr,
@@ -21,10 +22,14 @@ from .device import (
 )
 from .enums import ibv_event_type
 from .errors import TcpverbsError
+from .wire.hello import Hello
 
 if TYPE_CHECKING:
-    from .engine.loop import Engine
+    import socket
+
+    from .engine.loop import Engine, Timer
     from .mr import MR
+    from .qp import QP
 
 __all__ = ["AsyncEvent", "Context"]
 
@@ -53,8 +58,9 @@ class Context(VerbsObject):
         super().__init__()
         self.name: bytes = self.device.name
         self._keys: dict[int, MR] = {}
-        self._qpns: set[int] = set()
-        self._next_qpn = secrets.randbelow(1 << 23) + 1
+        self._qps: dict[int, QP] = {}
+        self._listeners: list[OobListener] = []
+        self._parked: dict[int, tuple[socket.socket, Hello, Timer]] = {}
         self._lock = threading.Lock()
         self._async: queue.SimpleQueue[AsyncEvent] = queue.SimpleQueue()
         self._engine: Engine | None = None
@@ -107,23 +113,84 @@ class Context(VerbsObject):
         with self._lock:
             self._keys.pop(key, None)
 
-    def _new_qpn(self) -> int:
+    def _new_qpn(self, qp: QP) -> int:
+        """A QP number that also says where to connect to it (see :mod:`tcpverbs.cm.oob`)."""
+        engine = self._progress_engine
         with self._lock:
-            while True:
-                qpn = self._next_qpn
-                self._next_qpn = self._next_qpn % ((1 << 24) - 1) + 1
-                if qpn not in self._qpns:
-                    self._qpns.add(qpn)
-                    return qpn
+            for listener in self._listeners:
+                qpn = listener.alloc()
+                if qpn is not None:
+                    break
+            else:
+                try:
+                    listener = OobListener(self, engine)
+                except OSError as exc:
+                    raise TcpverbsError(
+                        exc.errno or errno.ENOMEM, f"cannot listen for QP connections: {exc}"
+                    ) from exc
+                self._listeners.append(listener)
+                qpn = listener.alloc()
+                assert qpn is not None
+            self._qps[qpn] = qp
+            return qpn
 
     def _free_qpn(self, qpn: int) -> None:
         with self._lock:
-            self._qpns.discard(qpn)
+            self._qps.pop(qpn, None)
+            parked = self._parked.pop(qpn, None)
+            for listener in self._listeners:
+                if listener.release(qpn):
+                    break
+        if parked is not None:
+            parked[2].cancel()
+            parked[0].close()
+
+    # -- out-of-band connections (engine thread) -----------------------------------
+    def _oob_arrived(self, sock: socket.socket, hello: Hello) -> None:
+        """A connection whose hello names one of our QPs: hand it over or park it."""
+        with self._lock:
+            qp = self._qps.get(hello.dest_qp_num)
+        if qp is None:
+            sock.close()
+            return
+        with qp._lock:  # serialises with the QP's own to_rtr
+            outcome = qp._oob_accept(sock, hello)
+            if outcome != "not waiting":
+                if outcome == "mismatch":
+                    sock.close()
+                return
+            with self._lock:
+                old = self._parked.pop(qp.qp_num, None)
+                timer = self._progress_engine.call_later(
+                    CONNECT_TIMEOUT, lambda: self._unpark(qp.qp_num, sock), self._listeners[0]
+                )
+                self._parked[qp.qp_num] = (sock, hello, timer)
+        if old is not None:  # one parked connection per QP: the newest wins
+            old[2].cancel()
+            old[0].close()
+
+    def _take_parked(self, qpn: int) -> tuple[socket.socket, Hello] | None:
+        with self._lock:
+            parked = self._parked.pop(qpn, None)
+        if parked is None:
+            return None
+        parked[2].cancel()
+        return parked[0], parked[1]
+
+    def _unpark(self, qpn: int, sock: socket.socket) -> None:
+        with self._lock:
+            if self._parked.get(qpn, (None,))[0] is sock:
+                del self._parked[qpn]
+        sock.close()
 
     def _async_event(self, event_type: ibv_event_type, element: object, reason: str) -> None:
         self._async.put(AsyncEvent(event_type, element, reason))
 
     def _release(self) -> None:
+        with self._lock:
+            parked, self._parked = list(self._parked.values()), {}
+        for sock, _, _ in parked:
+            sock.close()
         if self._engine is not None:
             self._engine.close()
             self._engine = None

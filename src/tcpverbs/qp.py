@@ -51,8 +51,10 @@ if TYPE_CHECKING:
     import socket
 
     from .cq import CQ
+    from .engine.loop import Timer
     from .engine.transport import Transport
     from .pd import PD
+    from .wire.hello import Hello
 
 __all__ = ["QP"]
 
@@ -157,7 +159,7 @@ class QP(VerbsObject):
         self.scq: CQ = scq
         self.rcq: CQ = rcq
         self.sq_sig_all = bool(init_attr.sq_sig_all)
-        self.qp_num = self.ctx._new_qpn()
+        self.qp_num = self.ctx._new_qpn(self)
         self._attr = QPAttr(qp_state=S.IBV_QPS_RESET, cap=self.cap)
         self._state = S.IBV_QPS_RESET
         self._lock = threading.RLock()
@@ -167,6 +169,8 @@ class QP(VerbsObject):
         self._rq_used = 0
         self._transport: Transport | None = None
         self._stats: dict[str, int] = {}
+        self._oob_expect: tuple[int, str] | None = None  # waiting for (peer qp_num, address)
+        self._oob_timer: Timer | None = None
         self.error: TcpverbsError | None = None
         self._setup_error: TcpverbsError | None = None
         for cq in (scq, rcq):
@@ -232,9 +236,7 @@ class QP(VerbsObject):
                 )
             self._check_attrs(attr, mask)
             if (cur, new) == (S.IBV_QPS_INIT, S.IBV_QPS_RTR):
-                from .cm.sockets import take_socket
-
-                sock = take_socket(attr.sock)  # validated before anything changes
+                plan = self._plan_connection(attr, mask)  # validated before anything changes
             for bit, names in _FIELDS.items():
                 if mask & bit:
                     for name in names:
@@ -242,8 +244,12 @@ class QP(VerbsObject):
             self._state = new
             self._attr.qp_state = new
             if (cur, new) == (S.IBV_QPS_INIT, S.IBV_QPS_RTR):
-                attr.sock = None  # the library owns it now
-                self._attach(sock)
+                if isinstance(plan, tuple):
+                    self._wait_for_peer(*plan)
+                else:
+                    if attr.sock is not None:
+                        attr.sock = None  # the library owns it now
+                    self._attach(plan)
             elif new is S.IBV_QPS_RTS and self._transport is not None:
                 self._transport.send_posted()
 
@@ -275,13 +281,68 @@ class QP(VerbsObject):
             raise TcpverbsError(
                 errno.EINVAL, f"min_rnr_timer {attr.min_rnr_timer} is outside 0..31"
             )
-        to_rtr = (S(attr.qp_state), self._state) == (S.IBV_QPS_RTR, S.IBV_QPS_INIT)
-        if to_rtr and mask & M.IBV_QP_STATE and attr.sock is None:
+
+    # -- connection -------------------------------------------------------------------
+    def _plan_connection(self, attr: QPAttr, mask: M) -> socket.socket | tuple[int, str]:
+        """How INIT -> RTR connects: a socket (handed over, or dialled to the peer's
+        context), or ``(peer qp_num, peer address)`` to wait for."""
+        from .cm import oob
+        from .cm.sockets import take_socket
+        from .device import GID
+
+        if attr.sock is not None:
+            return take_socket(attr.sock)
+        route = attr.ah_attr.gr
+        if not (mask & M.IBV_QP_AV and attr.ah_attr.is_global and route is not None):
             raise TcpverbsError(
                 errno.EINVAL,
-                "INIT -> RTR needs a connection: set QPAttr.sock to a connected TCP socket "
-                "(connecting by GID and QP number is not supported yet)",
+                "INIT -> RTR needs a connection: set QPAttr.sock to a connected TCP socket, "
+                "or ah_attr (is_global=1, gr.dgid) and dest_qp_num of the peer QP",
             )
+        if self.wire != "rc":
+            raise TcpverbsError(
+                errno.EINVAL, "stream QPs connect by socket handoff only (QPAttr.sock)"
+            )
+        if route.dgid is None:
+            raise TcpverbsError(errno.EINVAL, "ah_attr.gr.dgid is not set")
+        dgid = route.dgid if isinstance(route.dgid, GID) else GID(route.dgid)
+        local = self.ctx.query_gid(attr.ah_attr.port_num, route.sgid_index)
+        dest = attr.dest_qp_num
+        if not 0 < dest < 1 << 24:
+            raise TcpverbsError(errno.EINVAL, f"dest_qp_num {dest} is not a QP number")
+        if (local.raw, self.qp_num) == (dgid.raw, dest):
+            raise TcpverbsError(errno.EINVAL, "a QP cannot be connected to itself")
+        if (local.raw, self.qp_num) > (dgid.raw, dest):  # the larger side dials
+            return oob.connect_socket(dgid, dest)
+        return dest, oob.gid_address(dgid)
+
+    def _wait_for_peer(self, dest: int, host: str) -> None:
+        from .cm import oob
+
+        self._oob_expect = (dest, host)
+        parked = self.ctx._take_parked(self.qp_num)
+        if parked is not None and self._oob_accept(*parked) != "accepted":
+            parked[0].close()
+        if self._oob_expect is not None:
+            wait = oob.PeerWait(self)
+            self._oob_timer = self.ctx._progress_engine.call_later(
+                oob.CONNECT_TIMEOUT, wait.expired, wait
+            )
+
+    def _oob_accept(self, sock: socket.socket, hello: Hello) -> str:
+        """A connection for this QP arrived (engine thread, lock held)."""
+        from .cm import oob
+
+        expect = self._oob_expect
+        if expect is None or self._transport is not None:
+            return "not waiting"
+        if not oob.hello_matches(hello, expect[0], expect[1], sock):
+            return "mismatch"
+        self._oob_expect = None
+        if self._oob_timer is not None:
+            self._oob_timer.cancel()
+        self._attach(sock, hello)
+        return "accepted"
 
     def query(self, attr_mask: int = 0) -> tuple[QPAttr, QPInitAttr]:
         """``ibv_query_qp``: current attributes (all of them, whatever the mask)."""
@@ -499,6 +560,7 @@ class QP(VerbsObject):
             if self._state is S.IBV_QPS_ERR:
                 return
             self._state = self._attr.qp_state = S.IBV_QPS_ERR
+            self._stop_waiting()
             self.error = exc
             if setup:
                 self._setup_error = exc
@@ -515,6 +577,7 @@ class QP(VerbsObject):
         self.ctx._async_event(event, self, exc.strerror or str(exc))
 
     def _reset(self) -> None:
+        self._stop_waiting()
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close(None)
@@ -527,11 +590,17 @@ class QP(VerbsObject):
         self._state = S.IBV_QPS_RESET
         self._attr = QPAttr(qp_state=S.IBV_QPS_RESET, cap=self.cap)
 
-    def _attach(self, sock: socket.socket) -> None:
+    def _attach(self, sock: socket.socket, peer_hello: Hello | None = None) -> None:
         from .engine import make_transport
 
-        self._transport = make_transport(self, sock)
+        self._transport = make_transport(self, sock, peer_hello)
         self._transport.start()
+
+    def _stop_waiting(self) -> None:
+        self._oob_expect = None
+        if self._oob_timer is not None:
+            self._oob_timer.cancel()
+            self._oob_timer = None
 
     def _progress(self) -> None:
         """Non-blocking progress from an application thread (``CQ.poll`` on empty)."""
@@ -544,6 +613,7 @@ class QP(VerbsObject):
 
     def _release(self) -> None:
         with self._lock:
+            self._stop_waiting()
             transport, self._transport = self._transport, None
             if transport is not None:
                 transport.close(None)

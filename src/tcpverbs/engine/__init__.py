@@ -16,16 +16,20 @@ from .transport import Transport
 
 if TYPE_CHECKING:
     from ..qp import QP
+    from ..wire.hello import Hello
 
 __all__ = ["Transport", "make_transport"]
 
 
-def make_transport(qp: QP, sock: socket.socket) -> Transport:
-    """The transport for *qp*'s wire mode, owning *sock*."""
+def make_transport(qp: QP, sock: socket.socket, peer_hello: Hello | None = None) -> Transport:
+    """The transport for *qp*'s wire mode, owning *sock*.
+
+    *peer_hello*: the peer's hello, already read by the connection listener.
+    """
     if qp.wire == "stream":
         from .stream import StreamTransport
 
         return StreamTransport(qp, sock)
     from .rc import RcTransport
 
-    return RcTransport(qp, sock)
+    return RcTransport(qp, sock, peer_hello)

@@ -88,8 +88,9 @@ class _RemoteError(Exception):
 
 
 class RcTransport(Transport):
-    def __init__(self, qp: QP, sock: socket.socket) -> None:
+    def __init__(self, qp: QP, sock: socket.socket, peer_hello: Hello | None = None) -> None:
         super().__init__(qp, sock)
+        self._early_hello = peer_hello
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # we batch ourselves
         self.proto = RcProtocol()
         self.decoder = FrameDecoder(max_payload=MAX_MSG_SZ)
@@ -129,6 +130,11 @@ class RcTransport(Transport):
         self._tx.append(hello.encode())
         self._hello_timer = self.engine.call_later(HELLO_TIMEOUT, self._hello_timeout, self)
         self._flush()
+        if self._early_hello is not None:  # read by the connection listener already
+            try:
+                self._on_hello(self._early_hello)
+            except RemoteProtocolError as exc:
+                self._fail(exc, setup=True)
 
     def _hello_timeout(self) -> None:
         with self.qp._lock:
