@@ -201,3 +201,14 @@ def test_peer_that_never_reads_our_sends(raw_peer: PeerFactory) -> None:
     peer.sock.close()
     wcs = poll_until(peer.end.scq, 4)
     assert [w.status for w in wcs] == [W.IBV_WC_WR_FLUSH_ERR] * 4
+
+
+def test_receive_being_filled_is_flushed_when_the_connection_dies(raw_peer: PeerFactory) -> None:
+    peer = raw_peer()
+    mr = v.MR(peer.end.pd, 1024, ALL_ACCESS)
+    peer.end.qp.post_recv(v.RecvWR(77, 1, [v.SGE(mr.buf, 1024, mr.lkey)]))
+    peer.send(encode_header(Header(Opcode.SEND, payload_len=500)) + b"x" * 100)
+    time.sleep(0.1)
+    peer.sock.close()
+    assert [(w.wr_id, w.status) for w in poll_until(peer.end.rcq)] == [(77, W.IBV_WC_WR_FLUSH_ERR)]
+    assert peer.end.qp.statistics()["rq_outstanding"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import socket
 import time
 
 import pytest
@@ -378,6 +379,7 @@ def test_cq_overrun_is_reported(ctx: v.Context) -> None:
             if a.qp.qp_state == v.ibv_qp_state.IBV_QPS_ERR:
                 a.rcq.poll(1)
     assert info.value.errno == errno.EOVERFLOW and "1 completions" in str(info.value)
+    assert a.qp.statistics()["rq_outstanding"] == 2  # the lost one gave its slot back
     event = ctx.get_async_event(timeout=1)
     while event.event_type != v.ibv_event_type.IBV_EVENT_CQ_ERR:
         event = ctx.get_async_event(timeout=1)
@@ -419,3 +421,92 @@ def test_completion_channel_events(ctx: v.Context) -> None:
     send(a, smr, 4, flags=F.IBV_SEND_SIGNALED | F.IBV_SEND_SOLICITED)
     assert ch.get_cq_event(cq, timeout=5) is cq
     cq.ack_events(1)
+
+
+def test_wrs_before_a_refused_one_in_a_chain_still_go_out(pair: PairFactory, wire: str) -> None:
+    a, b = pair(wire)
+    smr, rmr = mr_with(a, b"chained!"), mr_with(b, 8)
+    good_recv = v.RecvWR(1, 1, [v.SGE(rmr.buf, 8, rmr.lkey)])
+    good_recv.next_wr = v.RecvWR(2, 99, [])  # refused: too many SGEs
+    with pytest.raises(v.PostError):
+        b.qp.post_recv(good_recv)
+    good = v.SendWR(1, OP.IBV_WR_SEND, 1, 0, [v.SGE(smr.buf, 8, smr.lkey)])
+    good.next_wr = v.SendWR(2, OP.IBV_WR_SEND, 99, 0, [])
+    with pytest.raises(v.PostError) as info:
+        a.qp.post_send(good)
+    assert info.value.bad_wr_index == 1
+    assert [(w.wr_id, w.status) for w in poll_until(a.scq)] == [(1, W.IBV_WC_SUCCESS)]
+    assert poll_until(b.rcq)[0].byte_len == 8 and rmr.read(8, 0) == b"chained!"
+
+
+def test_stream_send_completion_arrives_by_event_after_a_partial_write(ctx: v.Context) -> None:
+    """Nobody polls: the completion must come from the progress thread alone."""
+    from tcpverbs.testing import make_endpoint, tcp_socket_pair
+
+    ch = v.CompChannel(ctx)
+    cq = v.CQ(ctx, 8, channel=ch)
+    pd = v.PD(ctx)
+    a = v.QP(pd, v.QPInitAttr(scq=cq, rcq=cq, wire="stream"), v.QPAttr())
+    b = make_endpoint(ctx, "stream")
+    sa, sb = tcp_socket_pair()
+    sa.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)  # force a partial write
+    a.to_rtr(v.QPAttr(sock=sa))
+    a.to_rts(v.QPAttr())
+    b.qp.to_rtr(v.QPAttr(sock=sb))
+    b.qp.to_rts(v.QPAttr())
+    size = 4 << 20
+    smr, rmr = v.MR(pd, size, LOCAL_WRITE), v.MR(b.pd, size, LOCAL_WRITE)
+    cq.req_notify()
+    a.post_send(v.SendWR(1, OP.IBV_WR_SEND, 1, 0, [v.SGE(smr.buf, size, smr.lkey)]))
+    got = 0
+    while got < size:  # the receiver drains; the sender's application only waits for events
+        b.qp.post_recv(v.RecvWR(2, 1, [v.SGE(rmr.buf, size, rmr.lkey)]))
+        got += poll_until(b.rcq)[0].byte_len
+    assert ch.get_cq_event(cq, timeout=10) is cq
+    cq.ack_events(1)
+    assert poll_until(cq)[0].status == W.IBV_WC_SUCCESS
+
+
+def test_both_sides_with_deep_queues_do_not_deadlock(ctx: v.Context) -> None:
+    """Our own queued requests never stop us reading (only unsent answers may)."""
+    from tcpverbs.testing import ALL_ACCESS, qp_pair
+
+    count, size = 2500, 64 << 10
+    a, b = qp_pair(ctx, cap=v.QPCap(count, 16, 1, 1, 0), sq_sig_all=0)
+    ma, mb = v.MR(a.pd, size, ALL_ACCESS), v.MR(b.pd, size, ALL_ACCESS)
+    for src, mr, peer in ((a, ma, mb), (b, mb, ma)):
+        head = None
+        for i in range(count, 0, -1):
+            wr = v.SendWR(
+                i,
+                OP.IBV_WR_RDMA_WRITE,
+                1,
+                0,
+                [v.SGE(mr.buf, size, mr.lkey)],
+                F.IBV_SEND_SIGNALED if i == count else 0,
+                next_wr=head,
+            )
+            wr.set_wr_rdma(peer.rkey, peer.buf)
+            head = wr
+        assert head is not None
+        src.qp.post_send(head)
+    assert poll_until(a.scq, timeout=60)[0].wr_id == count
+    assert poll_until(b.scq, timeout=60)[0].wr_id == count
+
+
+def test_comp_channel_fd_is_readable_only_with_an_event(ctx: v.Context) -> None:
+    """A drained channel must not look readable (or get_cq_event would spin)."""
+    import select as select_mod
+
+    ch = v.CompChannel(ctx)
+    cq = v.CQ(ctx, 8, channel=ch)
+    ch._notify(cq)
+    assert select_mod.select([ch.fd], [], [], 0)[0]
+    assert ch.get_cq_event(cq, timeout=1) is cq
+    assert not select_mod.select([ch.fd], [], [], 0)[0]
+    os.eventfd_write(ch.fd, 1)  # a stray wake-up with nothing queued
+    start = time.process_time()
+    with pytest.raises(v.TcpverbsError):
+        ch.get_cq_event(cq, timeout=0.3)
+    assert time.process_time() - start < 0.2  # it slept, it did not spin
+    assert not select_mod.select([ch.fd], [], [], 0)[0]

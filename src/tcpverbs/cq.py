@@ -62,8 +62,9 @@ class WC:
 
 
 # What the engine queues: (qp, is_send, wr_id, status, opcode, vendor_err, byte_len,
-# imm_data, wc_flags).  The QP reference lets poll() free the WR's queue slot.
-Completion = tuple[Any, bool, int, int, int, int, int, int, int]
+# imm_data, wc_flags, generation).  The QP reference lets poll() free the WR's queue slot;
+# the generation (bumped by RESET) keeps a late poll from freeing a slot twice.
+Completion = tuple[Any, bool, int, int, int, int, int, int, int, int]
 
 
 class CompChannel(VerbsObject):
@@ -81,9 +82,9 @@ class CompChannel(VerbsObject):
         self._lock = threading.Lock()
 
     def _notify(self, cq: CQ) -> None:
-        with self._lock:
+        with self._lock:  # queue and counter change together: fd readable <=> events queued
             self._events.append(cq)
-        os.eventfd_write(self.fd, 1)
+            os.eventfd_write(self.fd, 1)
 
     def get_cq_event(self, cq: CQ | None = None, timeout: float | None = None) -> CQ:
         """Block until an armed CQ of this channel got a completion; return that CQ.
@@ -101,10 +102,11 @@ class CompChannel(VerbsObject):
                     if not self._events:
                         self._drain()
                     break
+                self._drain()  # nothing queued: the fd must not stay readable
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([self.fd], [], [], remaining)
-            if not ready and deadline is not None and time.monotonic() >= deadline:
+            if remaining == 0.0:
                 raise TcpverbsError(errno.ETIMEDOUT, "no completion event within the timeout")
+            select.select([self.fd], [], [], remaining)
         got._events_unacked += 1
         if cq is not None and got is not cq:
             raise TcpverbsError(errno.EINVAL, "completion event belongs to another CQ")
@@ -175,8 +177,8 @@ class CQ(VerbsObject):
             n = min(num_entries, len(self._entries))
             taken = [self._entries.popleft() for _ in range(n)]
         wcs = []
-        for qp, is_send, wr_id, status, opcode, vendor_err, byte_len, imm, flags in taken:
-            qp._slot_freed(is_send)
+        for qp, is_send, wr_id, status, opcode, vendor_err, byte_len, imm, flags, gen in taken:
+            qp._slot_freed(is_send, gen)
             wcs.append(WC(wr_id, status, opcode, vendor_err, byte_len, qp.qp_num, 0, imm, flags))
         return n, wcs
 
@@ -207,6 +209,7 @@ class CQ(VerbsObject):
             if len(self._entries) >= self.cqe:
                 self._lost += 1
                 overrun = self._lost == 1
+                completion[0]._slot_freed(completion[1], completion[9])  # never to be polled
             else:
                 self._entries.append(completion)
                 overrun = False

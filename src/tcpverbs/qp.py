@@ -169,6 +169,7 @@ class QP(VerbsObject):
         self._rq_used = 0
         self._transport: Transport | None = None
         self._stats: dict[str, int] = {}
+        self._generation = 0  # bumped by RESET: completions from before free no slots
         self._oob_expect: tuple[int, str] | None = None  # waiting for (peer qp_num, address)
         self._oob_timer: Timer | None = None
         self.error: TcpverbsError | None = None
@@ -358,19 +359,23 @@ class QP(VerbsObject):
         """``ibv_post_send``: queue *wr* and the WRs chained to it by ``next_wr``."""
         self._check_open()
         with self._lock:
-            for index, one in enumerate(wr.chain()):
-                self._post_one_send(one, index)
-            if self._transport is not None and self._state is S.IBV_QPS_RTS:
-                self._transport.send_posted()
+            try:
+                for index, one in enumerate(wr.chain()):
+                    self._post_one_send(one, index)
+            finally:  # WRs before a refused one were posted: they must go out
+                if self._transport is not None and self._state is S.IBV_QPS_RTS and self._sq:
+                    self._transport.send_posted()
 
     def post_recv(self, wr: RecvWR) -> None:
         """``ibv_post_recv``: give the QP buffers for incoming messages."""
         self._check_open()
         with self._lock:
-            for index, one in enumerate(wr.chain()):
-                self._post_one_recv(one, index)
-            if self._transport is not None:
-                self._transport.recv_posted()
+            try:
+                for index, one in enumerate(wr.chain()):
+                    self._post_one_recv(one, index)
+            finally:
+                if self._transport is not None and self._rq:
+                    self._transport.recv_posted()
 
     def _post_one_send(self, wr: SendWR, index: int) -> None:
         state = self._state
@@ -511,6 +516,7 @@ class QP(VerbsObject):
                 work.length if status == _OK else 0,
                 0,
                 0,
+                self._generation,
             )
         )
 
@@ -536,12 +542,15 @@ class QP(VerbsObject):
                 byte_len,
                 imm or 0,
                 flags,
+                self._generation,
             ),
             solicited,
         )
 
-    def _slot_freed(self, is_send: bool) -> None:
+    def _slot_freed(self, is_send: bool, generation: int) -> None:
         with self._lock:
+            if generation != self._generation:  # posted before a RESET that freed it
+                return
             if is_send:
                 self._sq_used = max(0, self._sq_used - 1)
             else:
@@ -584,6 +593,7 @@ class QP(VerbsObject):
         self._sq.clear()
         self._rq.clear()
         self._sq_used = self._rq_used = 0
+        self._generation += 1
         for cq in (self.scq, self.rcq):
             cq._discard_qp(self)
         self.error = self._setup_error = None

@@ -55,7 +55,7 @@ __all__ = ["HELLO_TIMEOUT", "RcTransport"]
 HELLO_TIMEOUT = 10.0  # seconds to wait for the peer's hello
 STAGING_SIZE = 256 * 1024
 DIRECT_MIN = 16 * 1024  # payload left at least this big goes straight to its destination
-TX_BACKLOG = 4096  # queued segments above which we stop reading new requests
+TX_BACKLOG = 1024  # unsent answers (to the peer's requests) above which we stop reading
 
 W = ibv_wc_status
 WR = ibv_wr_opcode
@@ -109,7 +109,8 @@ class RcTransport(Transport):
         self._target_mr: MR | None = None  # a WRITE's target, re-checked while placing
         self._on_placed: tuple[Header, RecvWork | SendWork | None] | None = None
         self._discard = False  # current payload is thrown away
-        self._read_paused = False  # stopped reading until our own backlog drains
+        self._read_paused = False  # stopped reading until our answers drain
+        self._answer_ends: deque[int] = deque()  # stream positions just past queued answers
         self._goodbye: tuple[int, int, str] | None = None
         for key in ("rnr_naks_sent", "rnr_naks_received", "remote_ops"):
             self.stats.setdefault(key, 0)
@@ -336,14 +337,14 @@ class RcTransport(Transport):
             return
         ack = self.proto.take_ack()
         if ack is not None:
-            self._tx.append(ack)
+            self._answer(ack)
         self._flush()
 
     def _receive_loop(self) -> None:
         while not self._closed:
             if self._rx_start == self._rx_end:
                 self._rx_start = self._rx_end = 0
-                if len(self._tx) > TX_BACKLOG:  # a peer that does not read our answers
+                if self._answers_queued() > TX_BACKLOG:  # a peer that does not read them
                     self._read_paused = True
                     self._set_interest(read=False)
                     return
@@ -360,8 +361,23 @@ class RcTransport(Transport):
                 self._sv[:rest] = self._sv[self._rx_start : self._rx_end]
                 self._rx_start, self._rx_end = 0, rest
 
+    def _answer(self, *segments: bytes | memoryview) -> None:
+        """Queue frames we owe the peer for its requests (ACKs, responses, NAKs).
+
+        Only these count towards the read pause: our own requests must never stop us
+        reading, since reading is what lets them complete.
+        """
+        self._tx.extend(segments)
+        self._answer_ends.append(self._tx_base + len(self._tx))
+
+    def _answers_queued(self) -> int:
+        ends, base = self._answer_ends, self._tx_base
+        while ends and ends[0] <= base:
+            ends.popleft()
+        return len(ends)
+
     def _tx_drained(self) -> None:
-        if self._read_paused and len(self._tx) < TX_BACKLOG // 2:
+        if self._read_paused and self._answers_queued() < TX_BACKLOG // 2:
             self._read_paused = False
             self._set_interest(read=True)
 
@@ -473,6 +489,7 @@ class RcTransport(Transport):
                     f"message of {h.payload_len} bytes does not fit the posted receive "
                     f"of {work.capacity} bytes"
                 )
+                self.qp._rq.popleft()
                 self.qp._complete_recv(work, W.IBV_WC_LOC_LEN_ERR)
                 self._terminate(h, W.IBV_WC_REM_INV_REQ_ERR, why, errno.EMSGSIZE)
                 return
@@ -487,14 +504,14 @@ class RcTransport(Transport):
         elif op is Opcode.READ_REQ:
             view, _ = self._remote(h.rkey, h.addr, h.length, A.IBV_ACCESS_REMOTE_READ)
             msn = self.proto.request_done()
-            self._tx.append(encode_header(Header(Opcode.READ_RESP, msn=msn, payload_len=h.length)))
-            if h.length:
-                self._tx.append(view)  # the kernel reads the target memory; no copy here
+            header = encode_header(Header(Opcode.READ_RESP, msn=msn, payload_len=h.length))
+            # the kernel reads the target memory straight from the MR: no copy here
+            self._answer(header, view) if h.length else self._answer(header)
             self.stats["remote_ops"] += 1
         else:
             old = self._atomic(h)
             msn = self.proto.request_done()
-            self._tx.append(encode_header(Header(Opcode.ATOMIC_RESP, msn=msn, compare_add=old)))
+            self._answer(encode_header(Header(Opcode.ATOMIC_RESP, msn=msn, compare_add=old)))
             self.stats["remote_ops"] += 1
 
     def _remote(
@@ -546,17 +563,16 @@ class RcTransport(Transport):
         qp = self.qp
         if not qp._rq:
             ack = self.proto.refuse()
-            if ack:
-                self._tx.append(ack)
-            timer = qp._attr.min_rnr_timer
-            self._tx.append(
-                encode_header(Header(Opcode.RNR_NAK, msn=self.proto.next_msn, timer=timer))
+            nak = encode_header(
+                Header(Opcode.RNR_NAK, msn=self.proto.next_msn, timer=qp._attr.min_rnr_timer)
             )
+            self._answer(ack, nak) if ack else self._answer(nak)
             self.stats["rnr_naks_sent"] += 1
             self._expect_payload(h, None, None)  # drop it; the requester will send it again
             return None
-        work = qp._rq.popleft()
+        work = qp._rq[0]  # stays queued until placed: an error meanwhile flushes it
         if work.error is not None:
+            qp._rq.popleft()
             status, why = work.error
             qp._complete_recv(work, status)
             self._terminate(
@@ -649,6 +665,8 @@ class RcTransport(Transport):
             self.stats["remote_ops"] += 1
             return
         assert isinstance(owner, RecvWork)
+        done = self.qp._rq.popleft()
+        assert done is owner
         self.stats["wrs_received"] += 1
         self.qp._complete_recv(
             owner,

@@ -45,6 +45,7 @@ class StreamTransport(Transport):
         self._queued = 0  # stream offset just past the last byte queued
         self._ack_timer: Timer | None = None
         self._ack_delay = ACK_POLL_FIRST
+        self._checking = False
         self._want_read = bool(qp._rq)
 
     def start(self) -> None:
@@ -97,10 +98,21 @@ class StreamTransport(Transport):
             work.seq = self._queued
             unacked.append(work)
             self.stats["wrs_sent"] += 1
-        if self._flush() and unacked:
+        self._flush()  # then _tx_drained starts watching acknowledgements
+
+    def _tx_drained(self) -> None:
+        # EPOLLOUT finished a partial write: acknowledgements must be watched from here on
+        if self._unacked and not self._tx and not self._checking:
             self._check_acked()
 
     def _check_acked(self) -> None:
+        self._checking = True
+        try:
+            self._check_acked_once()
+        finally:
+            self._checking = False
+
+    def _check_acked_once(self) -> None:
         try:
             outq = _OUTQ.unpack(fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0" * 4))[0]
         except OSError as exc:

@@ -55,6 +55,7 @@ class Transport:
         sock.setblocking(False)
         self.engine: Engine = qp.ctx._progress_engine
         self._tx: deque[Segment] = deque()
+        self._tx_base = 0  # segments ever written out: position of _tx[0] in the stream
         self._closed = False
         self._want_read = True
         self._want_write = False
@@ -104,9 +105,10 @@ class Transport:
             if self._closed:
                 return
             if events & select.EPOLLERR:
-                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNRESET
-                self._broken(OSError(err, os.strerror(err)), "connection failed")
-                return
+                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:  # 0: stale (the fd was reused); the reads below tell the truth
+                    self._broken(OSError(err, os.strerror(err)), "connection failed")
+                    return
             if events & select.EPOLLOUT:
                 self._flush()
             if events & (select.EPOLLIN | select.EPOLLHUP) and not self._closed:
@@ -183,6 +185,7 @@ class Transport:
                 size = len(head)
                 if sent >= size:
                     tx.popleft()
+                    self._tx_base += 1
                     sent -= size
                 else:
                     tx[0] = memoryview(head)[sent:]

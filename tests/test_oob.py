@@ -1,0 +1,170 @@
+"""Connecting by GID + QP number exchanged out of band (issue #3 §2)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import tcpverbs as v
+from tcpverbs.cm import oob
+from tcpverbs.testing import ALL_ACCESS, Endpoint, make_endpoint, poll_until
+from tcpverbs.wire import Hello
+
+W = v.ibv_wc_status
+OP = v.ibv_wr_opcode
+
+
+def av_attr(gid: v.GID, dest_qp_num: int, sgid_index: int = 0) -> v.QPAttr:
+    """What a verbs program for RoCE passes to to_rtr."""
+    return v.QPAttr(
+        ah_attr=v.AHAttr(
+            is_global=1, gr=v.GlobalRoute(dgid=gid, sgid_index=sgid_index), port_num=1
+        ),
+        dest_qp_num=dest_qp_num,
+        rq_psn=0,
+        max_dest_rd_atomic=4,
+    )
+
+
+def write(end: Endpoint, src: v.MR, n: int, rkey: int, addr: int, wr_id: int = 1) -> None:
+    wr = v.SendWR(wr_id, OP.IBV_WR_RDMA_WRITE, 1, 0, [v.SGE(src.buf, n, src.lkey)])
+    wr.set_wr_rdma(rkey, addr)
+    end.qp.post_send(wr)
+
+
+@pytest.mark.parametrize("order", ["a first", "b first"])
+def test_two_qps_one_thread(ctx: v.Context, order: str) -> None:
+    a, b = make_endpoint(ctx), make_endpoint(ctx)
+    gid = ctx.query_gid(1, 0)
+    ends = [(a, b), (b, a)] if order == "a first" else [(b, a), (a, b)]
+    for me, peer in ends:
+        me.qp.to_rtr(av_attr(gid, peer.qp.qp_num))
+        me.qp.to_rts(v.QPAttr(sq_psn=0, max_rd_atomic=4))
+    src, dst = v.MR(a.pd, 16, ALL_ACCESS), v.MR(b.pd, 16, ALL_ACCESS)
+    src.write(b"by gid and qpn!!", 16)
+    write(a, src, 16, dst.rkey, dst.buf)
+    assert poll_until(a.scq)[0].status == W.IBV_WC_SUCCESS
+    assert dst.read(16, 0) == b"by gid and qpn!!"
+    b.qp.post_recv(v.RecvWR(5, 1, [v.SGE(dst.buf, 16, dst.lkey)]))
+    a.qp.post_send(v.SendWR(6, OP.IBV_WR_SEND, 1, 0, [v.SGE(src.buf, 3, src.lkey)]))
+    assert poll_until(b.rcq)[0].byte_len == 3
+
+
+CHILD = textwrap.dedent("""
+    import sys, tcpverbs as v
+    ctx = v.Context(name="tcpv_lo")
+    pd, cq = v.PD(ctx), v.CQ(ctx, 16)
+    from tcpverbs.testing import ALL_ACCESS as access
+    mr = v.MR(pd, 4096, access)
+    mr.write(b"child memory", 12, 100)
+    qp = v.QP(pd, v.QPInitAttr(scq=cq, rcq=cq), v.QPAttr(qp_access_flags=access))
+    print(ctx.query_gid(1, 0).gid, qp.qp_num, mr.rkey, mr.buf, flush=True)
+    peer_qpn = int(sys.stdin.readline())
+    gid = ctx.query_gid(1, 0)
+    qp.to_rtr(v.QPAttr(ah_attr=v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=gid)),
+                       dest_qp_num=peer_qpn, max_dest_rd_atomic=4))
+    qp.to_rts(v.QPAttr())
+    print("ready", flush=True)
+    sys.stdin.readline()  # sleeps here while the parent writes, reads and adds
+    print(mr.read(8, 0).decode(), int.from_bytes(mr.read(8, 200), sys.byteorder), flush=True)
+""")
+
+
+def test_two_processes_exchange_gid_and_qpn(ctx: v.Context) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        gid_text, qpn, rkey, addr = child.stdout.readline().split()
+        me = make_endpoint(ctx)
+        child.stdin.write(f"{me.qp.qp_num}\n")
+        child.stdin.flush()
+        me.qp.to_rtr(av_attr(v.GID(gid_text), int(qpn)))
+        me.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+        assert child.stdout.readline().strip() == "ready"
+        local = v.MR(me.pd, 64, ALL_ACCESS)
+        local.write(b"parent!!", 8)
+        write(me, local, 8, int(rkey), int(addr))
+        read = v.SendWR(2, OP.IBV_WR_RDMA_READ, 1, 0, [v.SGE(local.buf + 16, 12, local.lkey)])
+        read.set_wr_rdma(int(rkey), int(addr) + 100)
+        add = v.SendWR(
+            3, OP.IBV_WR_ATOMIC_FETCH_AND_ADD, 1, 0, [v.SGE(local.buf + 32, 8, local.lkey)]
+        )
+        add.set_wr_atomic(int(rkey), int(addr) + 200, 5)
+        read.next_wr = add
+        me.qp.post_send(read)
+        wcs = poll_until(me.scq, 3)  # the child process is asleep in readline() all along
+        assert [(w.wr_id, w.status) for w in wcs] == [(1, 0), (2, 0), (3, 0)]
+        assert local.read(12, 16) == b"child memory"
+        child.stdin.write("check\n")
+        child.stdin.flush()
+        assert child.stdout.readline().split() == ["parent!!", "5"]
+    finally:
+        child.kill()
+        child.wait(10)
+        if child.stdin:
+            child.stdin.close()
+        if child.stdout:
+            child.stdout.close()
+
+
+def test_argument_errors(ctx: v.Context) -> None:
+    end = make_endpoint(ctx)
+    gid = ctx.query_gid(1, 0)
+    cases = [
+        (av_attr(gid, end.qp.qp_num), "to itself"),
+        (av_attr(gid, 0), "not a QP number"),
+        (av_attr(gid, 5, sgid_index=99), "index"),
+        (v.QPAttr(ah_attr=v.AHAttr(is_global=1, gr=v.GlobalRoute()), dest_qp_num=7), "dgid"),
+    ]
+    for attr, message in cases:
+        with pytest.raises(v.TcpverbsError, match=message) as info:
+            end.qp.to_rtr(attr)
+        assert info.value.errno == errno.EINVAL
+        assert end.qp.qp_state == v.ibv_qp_state.IBV_QPS_INIT
+    stream = make_endpoint(ctx, "stream")
+    with pytest.raises(v.TcpverbsError, match="socket handoff only"):
+        stream.qp.to_rtr(av_attr(gid, end.qp.qp_num))
+
+
+def test_nobody_listening_fails_the_dialling_qp(ctx: v.Context) -> None:
+    end = make_endpoint(ctx)
+    with socket.socket() as probe:  # a port with no listener on it
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    end.qp.to_rtr(av_attr(v.GID("::ffff:127.0.0.1"), free_port << 8 | 1))  # we dial (larger?)
+    if end.qp._oob_expect is not None:
+        pytest.skip("this QP number sorts below the target: it would wait, not dial")
+    event = ctx.get_async_event(timeout=5)  # the refusal arrives in the background
+    assert event.element is end.qp and end.qp.error is not None
+    assert end.qp.error.errno == errno.ECONNREFUSED
+
+
+def test_waiting_qp_times_out_and_wrong_peer_is_refused(
+    ctx: v.Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(oob, "CONNECT_TIMEOUT", 0.5)
+    waiting, impostor = make_endpoint(ctx), make_endpoint(ctx)
+    gid = ctx.query_gid(1, 0)
+    expected_peer = (1 << 24) - 1  # sorts above us: we wait for it, it never comes
+    waiting.qp.to_rtr(av_attr(gid, expected_peer))
+    assert waiting.qp._oob_expect is not None
+    # a QP that is not the expected peer dials the waiting QP: refused, not accepted
+    sock = oob.connect_socket(gid, waiting.qp.qp_num)
+    sock.setblocking(True)
+    sock.sendall(Hello(impostor.qp.qp_num, 1, 1, 1, dest_qp_num=waiting.qp.qp_num).encode())
+    sock.settimeout(5)
+    assert sock.recv(100) == b""  # closed without a hello back
+    sock.close()
+    event = ctx.get_async_event(timeout=5)
+    assert event.element is waiting.qp
+    assert waiting.qp.error is not None and waiting.qp.error.errno == errno.ETIMEDOUT
+    with pytest.raises(v.PostError) as info:
+        waiting.qp.post_recv(v.RecvWR(1, 0, []))
+    assert info.value.errno == errno.ETIMEDOUT
