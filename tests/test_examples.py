@@ -19,6 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
             "50 round trips of 64 B",
         ),
         (["examples/stream_client.py", "--loopback"], "server answered: b'GET / HTTP/1.0"),
+        (["examples/rdma_write_read.py"], "counter:       42"),
         (["-m", "tcpverbs.cli", "demo", "--size", "1000", "--count", "3"], "demo OK"),
     ],
 )

@@ -164,3 +164,13 @@ def test_echo_with_delay(netem: Netem, wire: str) -> None:
 def test_rc_4mib_with_loss(netem: Netem) -> None:
     netem("loss", "5%")
     echo_between_namespaces("rc", ADDR_A, 1, 4 * MIB)
+
+
+def test_connect_by_gid_and_qpn_across_namespaces(net: Net) -> None:
+    """The classic out-of-band exchange between two hosts: B dials A (its GID is larger),
+    and the connection waits at A's listener until A's QP reaches RTR."""
+    from .test_oob import run_pair
+
+    run_pair(
+        f"tcpv_{VETH_A}", f"tcpv_{VETH_B}", target_prefix=in_ns(NS_A), initiator_prefix=in_ns(NS_B)
+    )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import errno
+import pathlib
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -55,63 +55,58 @@ def test_two_qps_one_thread(ctx: v.Context, order: str) -> None:
     assert poll_until(b.rcq)[0].byte_len == 3
 
 
-CHILD = textwrap.dedent("""
-    import sys, tcpverbs as v
-    ctx = v.Context(name="tcpv_lo")
-    pd, cq = v.PD(ctx), v.CQ(ctx, 16)
-    from tcpverbs.testing import ALL_ACCESS as access
-    mr = v.MR(pd, 4096, access)
-    mr.write(b"child memory", 12, 100)
-    qp = v.QP(pd, v.QPInitAttr(scq=cq, rcq=cq), v.QPAttr(qp_access_flags=access))
-    print(ctx.query_gid(1, 0).gid, qp.qp_num, mr.rkey, mr.buf, flush=True)
-    peer_qpn = int(sys.stdin.readline())
-    gid = ctx.query_gid(1, 0)
-    qp.to_rtr(v.QPAttr(ah_attr=v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=gid)),
-                       dest_qp_num=peer_qpn, max_dest_rd_atomic=4))
-    qp.to_rts(v.QPAttr())
-    print("ready", flush=True)
-    sys.stdin.readline()  # sleeps here while the parent writes, reads and adds
-    print(mr.read(8, 0).decode(), int.from_bytes(mr.read(8, 200), sys.byteorder), flush=True)
-""")
+ORACLE = pathlib.Path(__file__).with_name("oob_proc.py")
 
 
-def test_two_processes_exchange_gid_and_qpn(ctx: v.Context) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+def run_pair(
+    device: str,
+    initiator_device: str | None = None,
+    target_prefix: tuple[str, ...] = (),
+    initiator_prefix: tuple[str, ...] = (),
+) -> None:
+    """A target and an initiator process exchange GID + QPN through this test, then the
+    initiator WRITEs, READs and adds while the target application sleeps."""
+    args = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    target = subprocess.Popen(
+        [*target_prefix, sys.executable, str(ORACLE), "target", device], **args
+    )  # type: ignore[call-overload]
+    initiator = None
     try:
-        assert child.stdout is not None and child.stdin is not None
-        gid_text, qpn, rkey, addr = child.stdout.readline().split()
-        me = make_endpoint(ctx)
-        child.stdin.write(f"{me.qp.qp_num}\n")
-        child.stdin.flush()
-        me.qp.to_rtr(av_attr(v.GID(gid_text), int(qpn)))
-        me.qp.to_rts(v.QPAttr(max_rd_atomic=4))
-        assert child.stdout.readline().strip() == "ready"
-        local = v.MR(me.pd, 64, ALL_ACCESS)
-        local.write(b"parent!!", 8)
-        write(me, local, 8, int(rkey), int(addr))
-        read = v.SendWR(2, OP.IBV_WR_RDMA_READ, 1, 0, [v.SGE(local.buf + 16, 12, local.lkey)])
-        read.set_wr_rdma(int(rkey), int(addr) + 100)
-        add = v.SendWR(
-            3, OP.IBV_WR_ATOMIC_FETCH_AND_ADD, 1, 0, [v.SGE(local.buf + 32, 8, local.lkey)]
-        )
-        add.set_wr_atomic(int(rkey), int(addr) + 200, 5)
-        read.next_wr = add
-        me.qp.post_send(read)
-        wcs = poll_until(me.scq, 3)  # the child process is asleep in readline() all along
-        assert [(w.wr_id, w.status) for w in wcs] == [(1, 0), (2, 0), (3, 0)]
-        assert local.read(12, 16) == b"child memory"
-        child.stdin.write("check\n")
-        child.stdin.flush()
-        assert child.stdout.readline().split() == ["parent!!", "5"]
+        gid, qpn, rkey, addr = target.stdout.readline().split()
+        initiator = subprocess.Popen(
+            [
+                *initiator_prefix,
+                sys.executable,
+                str(ORACLE),
+                "initiator",
+                initiator_device or device,
+                gid,
+                qpn,
+                rkey,
+                addr,
+            ],
+            **args,
+        )  # type: ignore[call-overload]
+        target.stdin.write(initiator.stdout.readline())  # its GID and QP number
+        target.stdin.flush()
+        assert target.stdout.readline().strip() == "ready"
+        assert initiator.stdout.readline().split() == ["ok", "child", "memory"]
+        assert initiator.wait(30) == 0
+        target.stdin.write("check\n")
+        target.stdin.flush()
+        assert target.stdout.readline().split() == ["parent!!", "5"]
+        assert target.wait(30) == 0
     finally:
-        child.kill()
-        child.wait(10)
-        if child.stdin:
-            child.stdin.close()
-        if child.stdout:
-            child.stdout.close()
+        for proc in (target, initiator):
+            if proc is not None:
+                proc.kill()
+                proc.wait(10)
+                proc.stdin.close()
+                proc.stdout.close()
+
+
+def test_two_processes_exchange_gid_and_qpn() -> None:
+    run_pair("tcpv_lo")
 
 
 def test_argument_errors(ctx: v.Context) -> None:

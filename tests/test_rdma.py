@@ -396,7 +396,12 @@ def test_qp_reconnects_after_reset(ctx: v.Context) -> None:
     poll_deadline = time.monotonic() + 5
     while a.qp.qp_state != v.ibv_qp_state.IBV_QPS_ERR and time.monotonic() < poll_deadline:
         a.rcq.poll()
+    rmr = v.MR(a.pd, 8, ALL_ACCESS)
+    a.qp.post_recv(v.RecvWR(1, 1, [v.SGE(rmr.buf, 8, rmr.lkey)]))  # flushed at once (ERR)
+    time.sleep(0.05)
+    assert len(a.rcq) == 1
     a.qp.modify(v.QPAttr(qp_state=v.ibv_qp_state.IBV_QPS_RESET), v.ibv_qp_attr_mask.IBV_QP_STATE)
+    assert a.rcq.poll()[0] == 0  # RESET dropped the QP's unpolled completions
     c = make_endpoint(ctx)
     sa, sc = tcp_socket_pair()
     a.qp.to_init(v.QPAttr(qp_access_flags=ALL_ACCESS))
