@@ -7,6 +7,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -162,3 +163,22 @@ def test_waiting_qp_times_out_and_wrong_peer_is_refused(
     with pytest.raises(v.PostError) as info:
         waiting.qp.post_recv(v.RecvWR(1, 0, []))
     assert info.value.errno == errno.ETIMEDOUT
+
+
+def test_connection_arriving_before_rtr_is_parked(ctx: v.Context) -> None:
+    a, b = make_endpoint(ctx), make_endpoint(ctx)
+    gid = ctx.query_gid(1, 0)
+    dialer, waiter = (a, b) if a.qp.qp_num > b.qp.qp_num else (b, a)
+    dialer.qp.to_rtr(av_attr(gid, waiter.qp.qp_num))
+    dialer.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+    deadline = time.monotonic() + 5
+    while waiter.qp.qp_num not in ctx._parked:  # the waiter is still in INIT
+        assert time.monotonic() < deadline, "the connection was not parked"
+        time.sleep(0.005)
+    waiter.qp.to_rtr(av_attr(gid, dialer.qp.qp_num))
+    waiter.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+    src, dst = v.MR(dialer.pd, 8, ALL_ACCESS), v.MR(waiter.pd, 8, ALL_ACCESS)
+    src.write(b"parked!!", 8)
+    write(dialer, src, 8, dst.rkey, dst.buf)
+    assert poll_until(dialer.scq)[0].status == W.IBV_WC_SUCCESS
+    assert dst.read(8, 0) == b"parked!!"

@@ -153,6 +153,7 @@ class Context(VerbsObject):
         if qp is None:
             sock.close()
             return
+        engine = self._progress_engine  # (takes self._lock: not inside it below)
         with qp._lock:  # serialises with the QP's own to_rtr
             outcome = qp._oob_accept(sock, hello)
             if outcome != "not waiting":
@@ -161,7 +162,7 @@ class Context(VerbsObject):
                 return
             with self._lock:
                 old = self._parked.pop(qp.qp_num, None)
-                timer = self._progress_engine.call_later(
+                timer = engine.call_later(
                     CONNECT_TIMEOUT, lambda: self._unpark(qp.qp_num, sock), self._listeners[0]
                 )
                 self._parked[qp.qp_num] = (sock, hello, timer)

@@ -404,13 +404,13 @@ class RcTransport(Transport):
         return n > 0
 
     def _peer_closed(self) -> None:
-        if not self.established:
-            exc = self._closed_by_peer("during the hello (is it a tcpverbs rc endpoint?)")
-            self._fail(exc, setup=True, notify_peer=False)
-        elif self.decoder.at_boundary:
-            self._fail(self._closed_by_peer("(end of stream)"), notify_peer=False)
-        else:
-            self._fail(self._closed_by_peer("in the middle of a frame"), notify_peer=False)
+        where = self._where() or "(end of stream)"
+        self._fail(self._closed_by_peer(where), setup=not self.established, notify_peer=False)
+
+    def _where(self) -> str:
+        if self.established and not self.decoder.at_boundary:
+            return "in the middle of a frame"
+        return super()._where()
 
     def _consume(self, data: memoryview) -> int:
         """Handle the frames in *data*; return the bytes used."""

@@ -225,9 +225,17 @@ class Transport:
 
     def _broken(self, exc: OSError, doing: str) -> None:
         """The socket failed: ERR without a goodbye (nobody would read it)."""
+        self._fail(
+            from_oserror(exc, f"{doing} {self._where()}".rstrip()),
+            setup=not self.established,
+            notify_peer=False,
+        )
+
+    def _where(self) -> str:
+        """Where in the protocol we are, for error messages."""
         if not self.established:
-            doing += " during the hello (is the peer a tcpverbs rc endpoint?)"
-        self._fail(from_oserror(exc, doing), setup=not self.established, notify_peer=False)
+            return "during the hello (is the peer a tcpverbs rc endpoint?)"
+        return ""
 
     def _closed_by_peer(self, during: str) -> ConnectionBrokenError:
         return ConnectionBrokenError(errno.ECONNRESET, f"peer closed the connection {during}")
