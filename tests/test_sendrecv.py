@@ -351,6 +351,9 @@ def test_mr_of_another_pd_is_not_reachable(ctx: v.Context, pair: PairFactory) ->
 def test_peer_close_flushes_everything_outstanding(pair: PairFactory, wire: str) -> None:
     a, b = pair(wire)
     rmr = mr_with(a, 64)
+    recv(a, rmr, 1, wr_id=99)  # one round trip first: the connection is fully up
+    send(b, mr_with(b, b"!"), 1)
+    assert poll_until(a.rcq)[0].wr_id == 99 and poll_until(b.scq)[0].status == W.IBV_WC_SUCCESS
     for i in range(3):
         recv(a, rmr, 8, wr_id=i, offset=i * 8)
     b.qp.close()

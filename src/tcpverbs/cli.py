@@ -191,6 +191,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return int(demo_main(args))
 
 
+def _cmd_perf(args: argparse.Namespace) -> int:
+    from .perf.cli import run_perf
+
+    return run_perf(args)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text, 0)
@@ -221,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive_int, default=4096, help="message size in bytes")
     p.add_argument("--count", type=_positive_int, default=8, help="number of messages")
     p.set_defaults(func=_cmd_demo)
+
+    from .perf.cli import add_perf_arguments
+
+    p = sub.add_parser("perf", help="perftest-style bandwidth and latency tests")
+    add_perf_arguments(p)
+    p.set_defaults(func=_cmd_perf)
     return parser
 
 
