@@ -18,8 +18,8 @@ if [ "$(id -u)" = 0 ] && command -v modprobe >/dev/null; then
     modprobe -q sch_netem 2>/dev/null || true
 fi
 
-echo "== ruff" && ruff check src tests examples
-echo "== ruff format --check" && ruff format --check src tests examples
+echo "== ruff" && ruff check src tests examples benchmarks
+echo "== ruff format --check" && ruff format --check src tests examples benchmarks
 echo "== mypy" && mypy
 echo "== pytest"
 exec python -m pytest "$@"

@@ -212,3 +212,19 @@ def test_receive_being_filled_is_flushed_when_the_connection_dies(raw_peer: Peer
     peer.sock.close()
     assert [(w.wr_id, w.status) for w in poll_until(peer.end.rcq)] == [(77, W.IBV_WC_WR_FLUSH_ERR)]
     assert peer.end.qp.statistics()["rq_outstanding"] == 0
+
+
+def test_terminate_claiming_success_is_still_an_error(raw_peer: PeerFactory) -> None:
+    peer = raw_peer()
+    mr = v.MR(peer.end.pd, 64, ALL_ACCESS)
+    wr = v.SendWR(9, v.ibv_wr_opcode.IBV_WR_RDMA_READ, 1, 0, [v.SGE(mr.buf, 64, mr.lkey)])
+    wr.set_wr_rdma(0x1234, 0x1000)
+    peer.end.qp.post_send(wr)
+    time.sleep(0.05)
+    peer.send(
+        encode_header(
+            Header(Opcode.TERMINATE, msn=1, status=W.IBV_WC_SUCCESS, reason=b"all good, honestly")
+        )
+    )
+    (wc,) = poll_until(peer.end.scq)
+    assert (wc.wr_id, wc.status, wc.byte_len) == (9, W.IBV_WC_REM_OP_ERR, 0)

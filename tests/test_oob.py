@@ -151,7 +151,7 @@ def test_waiting_qp_times_out_and_wrong_peer_is_refused(
     waiting.qp.to_rtr(av_attr(gid, expected_peer))
     assert waiting.qp._oob_expect is not None
     # a QP that is not the expected peer dials the waiting QP: refused, not accepted
-    sock = oob.connect_socket(gid, waiting.qp.qp_num)
+    sock = oob.connect_socket(gid, waiting.qp.qp_num, gid)
     sock.setblocking(True)
     sock.sendall(Hello(impostor.qp.qp_num, 1, 1, 1, dest_qp_num=waiting.qp.qp_num).encode())
     sock.settimeout(5)
@@ -182,3 +182,25 @@ def test_connection_arriving_before_rtr_is_parked(ctx: v.Context) -> None:
     write(dialer, src, 8, dst.rkey, dst.buf)
     assert poll_until(dialer.scq)[0].status == W.IBV_WC_SUCCESS
     assert dst.read(8, 0) == b"parked!!"
+
+
+def test_rd_atomic_limits_are_checked_before_anything_changes(ctx: v.Context) -> None:
+    end = make_endpoint(ctx)
+    attr = av_attr(ctx.query_gid(1, 0), end.qp.qp_num ^ 1)
+    attr.max_dest_rd_atomic = 256  # does not fit the hello's byte: must be EINVAL here
+    with pytest.raises(v.TcpverbsError, match="max_dest_rd_atomic") as info:
+        end.qp.to_rtr(attr)
+    assert info.value.errno == errno.EINVAL and end.qp.qp_state == v.ibv_qp_state.IBV_QPS_INIT
+
+
+def test_mixed_address_families_are_refused(ctx: v.Context) -> None:
+    end = make_endpoint(ctx)
+    gids = [ctx.query_gid(1, i) for i in range(ctx.query_port(1).gid_tbl_len)]
+    v6 = [g for g in gids if g.ip.version == 6]
+    if not v6:
+        pytest.skip("loopback has no IPv6 address here")
+    # we are ::ffff:127.0.0.1 (sgid 0), the peer is ::1: one socket cannot join them
+    attr = av_attr(v6[0], 1 << 8 | 1)
+    with pytest.raises(v.TcpverbsError, match="same address family") as info:
+        end.qp.to_rtr(attr)
+    assert info.value.errno == errno.EINVAL and end.qp.qp_state == v.ibv_qp_state.IBV_QPS_INIT

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
-from .cm.oob import CONNECT_TIMEOUT, OobListener
+from .cm.oob import CONNECT_TIMEOUT, MAX_PARKED, OobListener
 from .device import (
     GID,
     DeviceAttr,
@@ -60,7 +60,7 @@ class Context(VerbsObject):
         self._keys: dict[int, MR] = {}
         self._qps: dict[int, QP] = {}
         self._listeners: list[OobListener] = []
-        self._parked: dict[int, tuple[socket.socket, Hello, Timer]] = {}
+        self._parked: dict[int, list[tuple[socket.socket, Hello, Timer]]] = {}
         self._lock = threading.Lock()
         self._async: queue.SimpleQueue[AsyncEvent] = queue.SimpleQueue()
         self._engine: Engine | None = None
@@ -137,13 +137,13 @@ class Context(VerbsObject):
     def _free_qpn(self, qpn: int) -> None:
         with self._lock:
             self._qps.pop(qpn, None)
-            parked = self._parked.pop(qpn, None)
+            parked = self._parked.pop(qpn, [])
             for listener in self._listeners:
                 if listener.release(qpn):
                     break
-        if parked is not None:
-            parked[2].cancel()
-            parked[0].close()
+        for sock, _, timer in parked:
+            timer.cancel()
+            sock.close()
 
     # -- out-of-band connections (engine thread) -----------------------------------
     def _oob_arrived(self, sock: socket.socket, hello: Hello) -> None:
@@ -161,27 +161,27 @@ class Context(VerbsObject):
                     sock.close()
                 return
             with self._lock:
-                old = self._parked.pop(qp.qp_num, None)
+                waiting = self._parked.setdefault(qp.qp_num, [])
+                if qp.closed or len(waiting) >= MAX_PARKED:  # the first ones keep their place
+                    sock.close()
+                    return
                 timer = engine.call_later(
                     CONNECT_TIMEOUT, lambda: self._unpark(qp.qp_num, sock), self._listeners[0]
                 )
-                self._parked[qp.qp_num] = (sock, hello, timer)
-        if old is not None:  # one parked connection per QP: the newest wins
-            old[2].cancel()
-            old[0].close()
+                waiting.append((sock, hello, timer))
 
-    def _take_parked(self, qpn: int) -> tuple[socket.socket, Hello] | None:
+    def _take_parked(self, qpn: int) -> list[tuple[socket.socket, Hello]]:
+        """Connections that arrived for QP *qpn* before it reached RTR, oldest first."""
         with self._lock:
-            parked = self._parked.pop(qpn, None)
-        if parked is None:
-            return None
-        parked[2].cancel()
-        return parked[0], parked[1]
+            parked = self._parked.pop(qpn, [])
+        for _, _, timer in parked:
+            timer.cancel()
+        return [(sock, hello) for sock, hello, _ in parked]
 
     def _unpark(self, qpn: int, sock: socket.socket) -> None:
         with self._lock:
-            if self._parked.get(qpn, (None,))[0] is sock:
-                del self._parked[qpn]
+            waiting = self._parked.get(qpn, [])
+            self._parked[qpn] = [p for p in waiting if p[0] is not sock]
         sock.close()
 
     def _async_event(self, event_type: ibv_event_type, element: object, reason: str) -> None:
@@ -190,8 +190,10 @@ class Context(VerbsObject):
     def _release(self) -> None:
         with self._lock:
             parked, self._parked = list(self._parked.values()), {}
-        for sock, _, _ in parked:
-            sock.close()
+        for pending in parked:
+            for sock, _, timer in pending:
+                timer.cancel()
+                sock.close()
         if self._engine is not None:
             self._engine.close()
             self._engine = None

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
 from ._work import RecvWork, Segment, SendWork
-from .device import MAX_INLINE_DATA, MAX_MSG_SZ, MAX_QP_WR, MAX_SGE
+from .device import MAX_INLINE_DATA, MAX_MSG_SZ, MAX_QP_RD_ATOM, MAX_QP_WR, MAX_SGE
 from .enums import (
     ibv_access_flags,
     ibv_event_type,
@@ -237,6 +237,8 @@ class QP(VerbsObject):
                 )
             self._check_attrs(attr, mask)
             if (cur, new) == (S.IBV_QPS_INIT, S.IBV_QPS_RTR):
+                from .cm import oob
+
                 plan = self._plan_connection(attr, mask)  # validated before anything changes
             for bit, names in _FIELDS.items():
                 if mask & bit:
@@ -248,9 +250,9 @@ class QP(VerbsObject):
                 if isinstance(plan, tuple):
                     self._wait_for_peer(*plan)
                 else:
-                    if attr.sock is not None:
-                        attr.sock = None  # the library owns it now
-                    self._attach(plan)
+                    dialled = attr.sock is None  # we connected to the peer's context
+                    attr.sock = None  # the library owns it now
+                    self._attach(plan, hello_timeout=oob.CONNECT_TIMEOUT if dialled else None)
             elif new is S.IBV_QPS_RTS and self._transport is not None:
                 self._transport.send_posted()
 
@@ -282,6 +284,15 @@ class QP(VerbsObject):
             raise TcpverbsError(
                 errno.EINVAL, f"min_rnr_timer {attr.min_rnr_timer} is outside 0..31"
             )
+        for bit, name in (
+            (M.IBV_QP_MAX_QP_RD_ATOMIC, "max_rd_atomic"),
+            (M.IBV_QP_MAX_DEST_RD_ATOMIC, "max_dest_rd_atomic"),
+        ):
+            value = getattr(attr, name)
+            if mask & bit and not (isinstance(value, int) and 0 <= value <= MAX_QP_RD_ATOM):
+                raise TcpverbsError(
+                    errno.EINVAL, f"{name} {value!r} is outside 0..{MAX_QP_RD_ATOM}"
+                )
 
     # -- connection -------------------------------------------------------------------
     def _plan_connection(self, attr: QPAttr, mask: M) -> socket.socket | tuple[int, str]:
@@ -314,16 +325,16 @@ class QP(VerbsObject):
         if (local.raw, self.qp_num) == (dgid.raw, dest):
             raise TcpverbsError(errno.EINVAL, "a QP cannot be connected to itself")
         if (local.raw, self.qp_num) > (dgid.raw, dest):  # the larger side dials
-            return oob.connect_socket(dgid, dest)
+            return oob.connect_socket(dgid, dest, local)
         return dest, oob.gid_address(dgid)
 
     def _wait_for_peer(self, dest: int, host: str) -> None:
         from .cm import oob
 
         self._oob_expect = (dest, host)
-        parked = self.ctx._take_parked(self.qp_num)
-        if parked is not None and self._oob_accept(*parked) != "accepted":
-            parked[0].close()
+        for sock, hello in self.ctx._take_parked(self.qp_num):
+            if self._oob_expect is None or self._oob_accept(sock, hello) != "accepted":
+                sock.close()  # not the expected peer, or one arrived already
         if self._oob_expect is not None:
             wait = oob.PeerWait(self)
             self._oob_timer = self.ctx._progress_engine.call_later(
@@ -600,10 +611,15 @@ class QP(VerbsObject):
         self._state = S.IBV_QPS_RESET
         self._attr = QPAttr(qp_state=S.IBV_QPS_RESET, cap=self.cap)
 
-    def _attach(self, sock: socket.socket, peer_hello: Hello | None = None) -> None:
+    def _attach(
+        self,
+        sock: socket.socket,
+        peer_hello: Hello | None = None,
+        hello_timeout: float | None = None,
+    ) -> None:
         from .engine import make_transport
 
-        self._transport = make_transport(self, sock, peer_hello)
+        self._transport = make_transport(self, sock, peer_hello, hello_timeout)
         self._transport.start()
 
     def _stop_waiting(self) -> None:

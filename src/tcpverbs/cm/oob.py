@@ -12,7 +12,8 @@ and ``dest_qp_num``.  tcpverbs turns that into a TCP connection by itself:
 * The connecting side's hello names the QP it wants (``dest_qp_num``).  The listener
   reads that hello and hands the socket to that QP if it is waiting for exactly this peer
   (QP number *and* source address must match); a connection that arrives before its QP
-  reached RTR is parked for a while.  Anything else is closed.
+  reached RTR is parked for a while (the first ``MAX_PARKED`` of them; the one from the
+  expected peer is taken).  Anything else is closed.
 
 Memory stays bounded whatever arrives: at most ``MAX_INCOMING`` connections may be
 reading their hello, and at most one parked connection per QP.
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "MAX_PARKED",
     "OobListener",
     "PeerWait",
     "connect_socket",
@@ -47,6 +49,7 @@ __all__ = [
 CONNECT_TIMEOUT = 30.0  # seconds a passive QP waits for its peer, or a parked connection
 HELLO_READ_TIMEOUT = 10.0
 MAX_INCOMING = 64
+MAX_PARKED = 4  # connections waiting for one QP to reach RTR
 _QPS_PER_PORT = 255
 _ERR = select.EPOLLERR | select.EPOLLHUP
 
@@ -68,15 +71,27 @@ def same_host(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def connect_socket(gid: GID, qp_num: int) -> socket.socket:
-    """Start (non-blocking) a TCP connection to the context owning *qp_num* at *gid*.
+def connect_socket(gid: GID, qp_num: int, local: GID) -> socket.socket:
+    """Start (non-blocking) a TCP connection from *local* to the context owning *qp_num*
+    at *gid*.
 
-    Returns at once; the transport sees the outcome (connected, or refused) in epoll.
+    The socket is bound to our own GID's address: the peer accepts the connection only
+    from the address it was told.  Returns at once; the transport sees the outcome
+    (connected, or refused) in epoll.
     """
-    host = gid_address(gid)
+    host, mine = gid_address(gid), gid_address(local)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if (":" in mine) != (family == socket.AF_INET6):
+        raise TcpverbsError(
+            errno.EINVAL, f"sgid {local} and dgid {gid} are not of the same address family"
+        )
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
+    try:
+        sock.bind((mine, 0))
+    except OSError as exc:
+        sock.close()
+        raise TcpverbsError(exc.errno or errno.EINVAL, f"cannot bind to sgid {local}") from exc
     err = sock.connect_ex((host, qp_num >> 8))
     if err not in (0, errno.EINPROGRESS):
         sock.close()

@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 __all__ = ["Transport", "make_transport"]
 
 
-def make_transport(qp: QP, sock: socket.socket, peer_hello: Hello | None = None) -> Transport:
+def make_transport(
+    qp: QP,
+    sock: socket.socket,
+    peer_hello: Hello | None = None,
+    hello_timeout: float | None = None,
+) -> Transport:
     """The transport for *qp*'s wire mode, owning *sock*.
 
     *peer_hello*: the peer's hello, already read by the connection listener.
@@ -32,4 +37,4 @@ def make_transport(qp: QP, sock: socket.socket, peer_hello: Hello | None = None)
         return StreamTransport(qp, sock)
     from .rc import RcTransport
 
-    return RcTransport(qp, sock, peer_hello)
+    return RcTransport(qp, sock, peer_hello, hello_timeout)

@@ -88,9 +88,17 @@ class _RemoteError(Exception):
 
 
 class RcTransport(Transport):
-    def __init__(self, qp: QP, sock: socket.socket, peer_hello: Hello | None = None) -> None:
+    def __init__(
+        self,
+        qp: QP,
+        sock: socket.socket,
+        peer_hello: Hello | None = None,
+        hello_timeout: float | None = None,
+    ) -> None:
         super().__init__(qp, sock)
         self._early_hello = peer_hello
+        # a dialled peer answers only once its QP reaches RTR: wait as long as it would
+        self._hello_timeout = HELLO_TIMEOUT if hello_timeout is None else hello_timeout
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # we batch ourselves
         self.proto = RcProtocol()
         self.decoder = FrameDecoder(max_payload=MAX_MSG_SZ)
@@ -129,7 +137,7 @@ class RcTransport(Transport):
             dest_qp_num=qp._attr.dest_qp_num,
         )
         self._tx.append(hello.encode())
-        self._hello_timer = self.engine.call_later(HELLO_TIMEOUT, self._hello_timeout, self)
+        self._hello_timer = self.engine.call_later(self._hello_timeout, self._hello_expired, self)
         self._flush()
         if self._early_hello is not None:  # read by the connection listener already
             try:
@@ -137,13 +145,13 @@ class RcTransport(Transport):
             except RemoteProtocolError as exc:
                 self._fail(exc, setup=True)
 
-    def _hello_timeout(self) -> None:
+    def _hello_expired(self) -> None:
         with self.qp._lock:
             if not self.established and not self._closed:
                 self._fail(
                     TcpverbsError(
                         errno.ETIMEDOUT,
-                        f"no tcpverbs hello from the peer within {HELLO_TIMEOUT:g} s "
+                        f"no tcpverbs hello from the peer within {self._hello_timeout:g} s "
                         "(is it a tcpverbs rc endpoint?)",
                     ),
                     setup=True,
@@ -469,6 +477,8 @@ class RcTransport(Transport):
                     try:
                         status = W(h.status)
                     except ValueError:
+                        status = W.IBV_WC_REM_OP_ERR
+                    if status in (_OK, W.IBV_WC_WR_FLUSH_ERR):  # a TERMINATE is an error
                         status = W.IBV_WC_REM_OP_ERR
                     self.qp._complete_send(work, status)
                     break
