@@ -410,7 +410,7 @@ def _server_size(end: _Endpoint, cfg: PerfConfig, size: int, peer_target: tuple[
                 return
             if wc.wr_id == 100:
                 qp.post_recv(RecvWR(100, 1, [SGE(mr.buf, n, mr.lkey)]))
-                qp.post_send(SendWR(101, OP.IBV_WR_SEND, 1, 0, [SGE(mr.buf + n, size, mr.lkey)]))
+                qp.post_send(SendWR(101, OP.IBV_WR_SEND, 1, 0, [SGE(mr.buf + n, size, mr.lkey)], 0))
     elif cfg.test == "write_lat":
         end.post_ctrl_recv()  # for DONE
         end.send_ctrl(READY)
