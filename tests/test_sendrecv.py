@@ -513,3 +513,29 @@ def test_comp_channel_fd_is_readable_only_with_an_event(ctx: v.Context) -> None:
         ch.get_cq_event(cq, timeout=0.3)
     assert time.process_time() - start < 0.2  # it slept, it did not spin
     assert not select_mod.select([ch.fd], [], [], 0)[0]
+
+
+def test_a_spinning_poller_keeps_the_progress_thread_asleep(ctx: v.Context) -> None:
+    """Every wake-up of the progress thread costs a GIL hand-over; while the application
+    polls, it receives by itself and the thread stays parked."""
+    from tcpverbs.testing import qp_pair
+
+    a, b = qp_pair(ctx, sq_sig_all=0)
+    ma, mb = mr_with(a, b"ping"), mr_with(b, b"pong")
+    rounds = 300
+    engine = ctx._engine
+    assert engine is not None
+    for end, mr in ((a, ma), (b, mb)):
+        recv(end, mr, 4)
+    before = engine.wakeups
+    for _ in range(rounds):
+        send(a, ma, 4, flags=0)
+        while not b.rcq.poll()[0]:
+            a.rcq.poll()
+        recv(b, mb, 4)
+        send(b, mb, 4, flags=0)
+        while not a.rcq.poll()[0]:
+            b.rcq.poll()
+        recv(a, ma, 4)
+    # about 25 here; 100-160 when every arrival woke the thread
+    assert engine.wakeups - before < rounds // 5, engine.wakeups - before

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["CQ", "WC", "CompChannel"]
 
+YIELD_EVERY = 32  # empty polls between two GIL hand-overs
+
 
 @dataclass(slots=True)
 class WC:
@@ -152,6 +154,7 @@ class CQ(VerbsObject):
         self._lost = 0
         self._events_unacked = 0
         self._qps: dict[int, QP] = {}
+        self._empty_polls = 0
 
     # -- application side --------------------------------------------------------
     def poll(self, num_entries: int = 1) -> tuple[int, list[WC]]:
@@ -167,7 +170,11 @@ class CQ(VerbsObject):
             for qp in list(self._qps.values()):
                 qp._progress()
             if not self._entries:
-                time.sleep(0)  # let the progress thread take the GIL when we spin
+                self._empty_polls += 1
+                if not self._empty_polls % YIELD_EVERY:
+                    # now and then let other threads (another QP's progress) have the GIL;
+                    # yielding every time costs ~100 us a call on a busy 2-core machine
+                    time.sleep(0)
         with self._lock:
             if self._lost:
                 lost, self._lost = self._lost, 0
@@ -190,6 +197,8 @@ class CQ(VerbsObject):
         with self._lock:
             self._armed = True
             self._solicited_only = bool(solicited_only)
+        for qp in list(self._qps.values()):  # about to sleep: the progress thread takes over
+            qp._app_blocking()
 
     def ack_events(self, num_events: int) -> None:
         """``ibv_ack_cq_events``."""

@@ -633,9 +633,15 @@ class QP(VerbsObject):
         if self._lock.acquire(blocking=False):
             try:
                 if self._transport is not None:
+                    self._transport.app_polling()
                     self._transport.progress()
             finally:
                 self._lock.release()
+
+    def _app_blocking(self) -> None:
+        with self._lock:
+            if self._transport is not None:
+                self._transport.app_blocking()
 
     def _release(self) -> None:
         with self._lock:

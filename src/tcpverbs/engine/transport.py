@@ -15,6 +15,7 @@ import errno
 import os
 import select
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
@@ -40,6 +41,7 @@ STAT_KEYS = (
     "wrs_received",
 )
 DRAIN_TIMEOUT = 5.0  # seconds a closed connection waits for the peer's FIN
+APP_POLL_GRACE = 0.002  # seconds without CQ.poll before the progress thread reads again
 _ERR = select.EPOLLERR | select.EPOLLHUP
 
 
@@ -57,6 +59,9 @@ class Transport:
         self._tx: deque[Segment] = deque()
         self._tx_base = 0  # segments ever written out: position of _tx[0] in the stream
         self._closed = False
+        self.app_polled = 0.0  # monotonic time of the application's last CQ.poll progress
+        self._reads_parked = False
+        self._park_timer: Timer | None = None
         self._want_read = True
         self._want_write = False
         self._registered_events = 0
@@ -92,6 +97,8 @@ class Transport:
             return
         self._closed = True
         self._cancel_timers()
+        if self._park_timer is not None:
+            self._park_timer.cancel()
         self.engine.unregister(self.fd)
         if reason is None:
             self.sock.close()
@@ -112,7 +119,61 @@ class Transport:
             if events & select.EPOLLOUT:
                 self._flush()
             if events & (select.EPOLLIN | select.EPOLLHUP) and not self._closed:
-                self.on_readable()
+                if self._app_spinning():
+                    self._park_reads()  # the application is spinning on poll(): let it
+                else:
+                    self.on_readable()
+
+    # -- sharing the work with a polling application -------------------------------------
+    def app_polling(self) -> None:
+        """The application is about to make progress itself (``CQ.poll``)."""
+        self.app_polled = time.monotonic()
+
+    def app_blocking(self) -> None:
+        """The application is about to sleep (``req_notify``): the engine takes over now."""
+        self.app_polled = 0.0
+        if self._reads_parked:
+            self._unpark_reads()
+
+    def _app_spinning(self) -> bool:
+        """Polled lately, and not about to sleep on a completion channel."""
+        qp = self.qp
+        return (
+            time.monotonic() - self.app_polled < APP_POLL_GRACE
+            and not qp.scq._armed
+            and not qp.rcq._armed
+        )
+
+    def _park_reads(self) -> None:
+        """Stop waking the progress thread for incoming data while the application polls.
+
+        Each wake-up of the progress thread costs a GIL hand-over, which dwarfs the work
+        itself; a spinning application receives by itself (``CQ.poll`` reads the socket).
+        The thread looks again after ``APP_POLL_GRACE`` and takes over if polling stopped.
+        """
+        if not self._reads_parked:
+            self._reads_parked = True
+            self._set_interest()
+            self._park_timer = self.engine.call_later(APP_POLL_GRACE, self._check_parked, self)
+
+    def _check_parked(self) -> None:
+        with self.qp._lock:
+            self._park_timer = None
+            if self._closed or not self._reads_parked:
+                return
+            if self._app_spinning():
+                self._park_timer = self.engine.call_later(APP_POLL_GRACE, self._check_parked, self)
+                return
+            self._unpark_reads()
+
+    def _unpark_reads(self) -> None:
+        self._reads_parked = False
+        if self._park_timer is not None:
+            self._park_timer.cancel()
+            self._park_timer = None
+        self._set_interest()
+        if not self._closed:
+            self.on_readable()  # whatever arrived meanwhile
 
     def on_crash(self, exc: BaseException) -> None:
         self.qp._enter_error(
@@ -147,7 +208,7 @@ class Transport:
 
     def _events(self) -> int:
         return (
-            (select.EPOLLIN if self._want_read else 0)
+            (select.EPOLLIN if self._want_read and not self._reads_parked else 0)
             | (select.EPOLLOUT if self._want_write else 0)
             | _ERR
         )
