@@ -135,6 +135,10 @@ _WC_OPCODE = {
     WR.IBV_WR_ATOMIC_CMP_AND_SWP: ibv_wc_opcode.IBV_WC_COMP_SWAP,
     WR.IBV_WR_ATOMIC_FETCH_AND_ADD: ibv_wc_opcode.IBV_WC_FETCH_ADD,
 }
+_INLINE = int(ibv_send_flags.IBV_SEND_INLINE)
+_SIGNALED = int(ibv_send_flags.IBV_SEND_SIGNALED)
+_SOLICITED = int(ibv_send_flags.IBV_SEND_SOLICITED)
+_FENCE = int(ibv_send_flags.IBV_SEND_FENCE)
 _ATOMICS = (WR.IBV_WR_ATOMIC_CMP_AND_SWP, WR.IBV_WR_ATOMIC_FETCH_AND_ADD)
 _WRITES_LOCAL = (WR.IBV_WR_RDMA_READ, *_ATOMICS)  # their local SGEs receive data
 
@@ -404,8 +408,8 @@ class QP(VerbsObject):
                 index,
             )
         sges = _sge_list(wr.sg_list, wr.num_sge, self.cap.max_send_sge, wr, index)
-        flags = wr.send_flags
-        inline = bool(flags & ibv_send_flags.IBV_SEND_INLINE)
+        flags = int(wr.send_flags)  # plain int: IntFlag's & costs microseconds per WR
+        inline = bool(flags & _INLINE)
         length = sum(s.length for s in sges)
         if inline and length > self.cap.max_inline_data:
             raise PostError(
@@ -437,8 +441,8 @@ class QP(VerbsObject):
             wr.wr_id,
             int(wr.opcode),
             wc_opcode,
-            signaled=self.sq_sig_all or bool(flags & ibv_send_flags.IBV_SEND_SIGNALED),
-            solicited=bool(flags & ibv_send_flags.IBV_SEND_SOLICITED),
+            signaled=self.sq_sig_all or bool(flags & _SIGNALED),
+            solicited=bool(flags & _SOLICITED),
             segments=segments,
             length=length,
             imm=wr.imm_data & 0xFFFFFFFF,
@@ -447,7 +451,7 @@ class QP(VerbsObject):
             remote_addr=wr.remote_addr & 0xFFFFFFFFFFFFFFFF,
             compare_add=wr.compare_add & 0xFFFFFFFFFFFFFFFF,
             swap=wr.swap & 0xFFFFFFFFFFFFFFFF,
-            fence=bool(flags & ibv_send_flags.IBV_SEND_FENCE),
+            fence=bool(flags & _FENCE),
             needs_response=writes_local,
         )
         self._sq_used += 1

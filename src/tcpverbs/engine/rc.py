@@ -32,6 +32,7 @@ from ..device import MAX_MSG_SZ
 from ..enums import ibv_access_flags, ibv_event_type, ibv_wc_opcode, ibv_wc_status, ibv_wr_opcode
 from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
 from ..wire.frames import (
+    BASE,
     FLAG_SOLICITED,
     MAX_REASON,
     NO_MSN,
@@ -62,7 +63,8 @@ WR = ibv_wr_opcode
 A = ibv_access_flags
 _OK = W.IBV_WC_SUCCESS
 _LOCAL_ERRNO = {W.IBV_WC_LOC_PROT_ERR: errno.EFAULT, W.IBV_WC_LOC_LEN_ERR: errno.EMSGSIZE}
-_REQUEST_OPCODE = {
+_SEND_HEADER = BASE  # a SEND's header is the bare base header
+_REQUEST_OPCODE: dict[int, Opcode] = {
     WR.IBV_WR_SEND: Opcode.SEND,
     WR.IBV_WR_SEND_WITH_IMM: Opcode.SEND_IMM,
     WR.IBV_WR_RDMA_WRITE: Opcode.WRITE,
@@ -220,7 +222,7 @@ class RcTransport(Transport):
                 break
             sq.popleft()
             work.seq = proto.next_request()
-            tx.append(encode_header(self._request_header(work)))
+            tx.append(self._request_header(work))
             if not work.needs_response:
                 tx.extend(work.segments)  # READ and atomic segments receive the answer
             inflight.append(work)
@@ -230,13 +232,15 @@ class RcTransport(Transport):
         self._flush()
 
     @staticmethod
-    def _request_header(work: SendWork) -> Header:
-        op = _REQUEST_OPCODE[WR(work.opcode)]
+    def _request_header(work: SendWork) -> bytes:
+        op = _REQUEST_OPCODE[work.opcode]  # int keys: no enum construction per WR
         flags = FLAG_SOLICITED if work.solicited else 0
+        if op is Opcode.SEND:  # the hot path: one precompiled pack, no Header object
+            return _SEND_HEADER.pack(op, flags, 0, work.length)
         if op is Opcode.READ_REQ:
-            return Header(op, flags, rkey=work.rkey, addr=work.remote_addr, length=work.length)
-        if op is Opcode.ATOMIC_CMP_SWP or op is Opcode.ATOMIC_FETCH_ADD:
-            return Header(
+            header = Header(op, flags, rkey=work.rkey, addr=work.remote_addr, length=work.length)
+        elif op is Opcode.ATOMIC_CMP_SWP or op is Opcode.ATOMIC_FETCH_ADD:
+            header = Header(
                 op,
                 flags,
                 rkey=work.rkey,
@@ -244,7 +248,11 @@ class RcTransport(Transport):
                 compare_add=work.compare_add,
                 swap=work.swap,
             )
-        return Header(op, flags, work.length, imm=work.imm, rkey=work.rkey, addr=work.remote_addr)
+        else:
+            header = Header(
+                op, flags, work.length, imm=work.imm, rkey=work.rkey, addr=work.remote_addr
+            )
+        return encode_header(header)
 
     def _ack_through(self, msn: int, *, answering: bool = False) -> None:
         """The peer carried out every request up to *msn*: complete them in order.
