@@ -33,18 +33,18 @@ def echo(conn: socket.socket, size: int, count: int, busy: bool) -> None:
     if busy:
         conn.setblocking(False)
     for _ in range(count):
-        got = 0
-        while got < size:
-            try:
-                got += conn.recv_into(buf[got:])
-            except BlockingIOError:
-                continue
-        sent = 0
-        while sent < size:
-            try:
-                sent += conn.send(buf[sent:])
-            except BlockingIOError:
-                continue
+        _recv_exactly(conn, buf)
+        _send_all_busy(conn, buf)
+
+
+def _recv_exactly(sock: socket.socket, buf: memoryview) -> None:
+    """Fill *buf*; spins when the socket is non-blocking (busy polling)."""
+    got = 0
+    while got < len(buf):
+        try:
+            got += sock.recv_into(buf[got:])
+        except BlockingIOError:
+            continue
 
 
 def main() -> None:
@@ -81,13 +81,11 @@ def main() -> None:
         buf = memoryview(bytearray(size))
         for _ in range(count):
             t0 = time.perf_counter_ns()
-            sock.sendall(payload) if not busy else _send_all_busy(sock, payload)
-            got = 0
-            while got < size:
-                try:
-                    got += sock.recv_into(buf[got:])
-                except BlockingIOError:
-                    continue
+            if busy:
+                _send_all_busy(sock, payload)
+            else:
+                sock.sendall(payload)
+            _recv_exactly(sock, buf)
             samples.append((time.perf_counter_ns() - t0) / 2000)  # one way, like perftest
     seconds = time.perf_counter() - start
     os.waitpid(child, 0)

@@ -524,7 +524,10 @@ class RcTransport(Transport):
             msn = self.proto.request_done()
             header = encode_header(Header(Opcode.READ_RESP, msn=msn, payload_len=h.length))
             # the kernel reads the target memory straight from the MR: no copy here
-            self._answer(header, view) if h.length else self._answer(header)
+            if h.length:
+                self._answer(header, view)
+            else:
+                self._answer(header)  # no empty segment: _flush could never pop it
             self.stats["remote_ops"] += 1
         else:
             old = self._atomic(h)
@@ -584,7 +587,10 @@ class RcTransport(Transport):
             nak = encode_header(
                 Header(Opcode.RNR_NAK, msn=self.proto.next_msn, timer=qp._attr.min_rnr_timer)
             )
-            self._answer(ack, nak) if ack else self._answer(nak)
+            if ack:
+                self._answer(ack, nak)
+            else:
+                self._answer(nak)
             self.stats["rnr_naks_sent"] += 1
             self._expect_payload(h, None, None)  # drop it; the requester will send it again
             return None
@@ -635,23 +641,22 @@ class RcTransport(Transport):
     def _place(self, chunk: memoryview) -> None:
         """Copy payload bytes that arrived in the staging buffer to their destination."""
         n = len(chunk)
-        if not self._discard and self._target_still_valid():
-            target, off = self._target, 0
-            while off < n:
-                view = target[0]
-                k = min(len(view), n - off)
-                view[:k] = chunk[off : off + k]
-                off += k
-                if k == len(view):
-                    target.popleft()
-                else:
-                    target[0] = view[k:]
-        self.decoder.payload_consumed(n)
-        if not self.decoder.payload_remaining and not self._closed:
-            self._finish_payload()
+        if self._discard or not self._target_still_valid():
+            self.decoder.payload_consumed(n)
+            if not self.decoder.payload_remaining and not self._closed:
+                self._finish_payload()
+            return
+        off = 0
+        for view in self._target:
+            k = min(len(view), n - off)
+            view[:k] = chunk[off : off + k]
+            off += k
+            if off == n:
+                break
+        self._advance(n)
 
     def _advance(self, n: int) -> None:
-        """*n* payload bytes were received in place; move past them."""
+        """*n* payload bytes are in the destination views now; move past them."""
         target = self._target
         self.decoder.payload_consumed(n)
         while n:
