@@ -180,7 +180,7 @@ class RcTransport(Transport):
         """Nothing to resume: a refused SEND comes back after the RNR timer."""
 
     def progress(self) -> None:
-        self._process()
+        self._process(app=True)
 
     def on_readable(self) -> None:
         self._process()
@@ -206,6 +206,8 @@ class RcTransport(Transport):
             self._flush()
             return
         sq, tx, inflight, proto = qp._sq, self._tx, self._inflight, self.proto
+        if sq:
+            self._queue_ack()  # a deferred ACK rides along (see _process)
         while sq:
             work = sq[0]
             if work.error is not None:
@@ -341,41 +343,63 @@ class RcTransport(Transport):
             self._pump()
 
     # -- receive side -------------------------------------------------------------------
-    def _process(self) -> None:
-        """Read and handle everything available; then send the ACK owed (once)."""
+    def _process(self, app: bool = False) -> None:
+        """Read and handle everything available; then send the ACK owed (once).
+
+        With *app* (a spinning application's ``CQ.poll``) an ACK for what was just read
+        waits: the application often answers at once (a ping-pong reply), and the ACK
+        then rides in the same ``sendmsg`` as that request (see :meth:`_pump`).  It is
+        sent by the next poll that reads nothing, the next post, or — if the application
+        stops polling — the parked-reads check (see ``Transport._park_reads``).
+        """
         try:
-            self._receive_loop()
+            got = self._receive_loop()
         except RemoteProtocolError as exc:
             self._goodbye = (NO_MSN, W.IBV_WC_REM_OP_ERR, f"protocol error: {exc.strerror}")
             self._fail(exc, setup=not self.established)
             return
         if self._closed:
             return
+        if not (app and got and self._reads_parked):
+            self._queue_ack()
+        if self._tx:
+            self._flush()
+
+    def _queue_ack(self) -> None:
         ack = self.proto.take_ack()
         if ack is not None:
             self._answer(ack)
-        self._flush()
 
-    def _receive_loop(self) -> None:
+    def _receive_loop(self) -> bool:
+        """Read until the socket is drained; True if anything arrived."""
+        got = False
         while not self._closed:
             if self._rx_start == self._rx_end:
                 self._rx_start = self._rx_end = 0
                 if self._answers_queued() > TX_BACKLOG:  # a peer that does not read them
                     self._read_paused = True
                     self._set_interest(read=False)
-                    return
+                    return got
                 if self._target and self.decoder.payload_remaining >= DIRECT_MIN:
-                    if not self._recv_direct():
-                        return
-                    continue
-                if not self._recv_staging():
-                    return
+                    drained = self._recv_direct()
+                else:
+                    drained = self._recv_staging()
+                if drained is None:
+                    return got
+                got = True
+            else:
+                drained = False
             used = self._consume(self._sv[self._rx_start : self._rx_end])
             self._rx_start += used
             if self._rx_end == len(self._staging) and self._rx_start:  # keep a partial header
                 rest = self._rx_end - self._rx_start
                 self._sv[:rest] = self._sv[self._rx_start : self._rx_end]
                 self._rx_start, self._rx_end = 0, rest
+            if drained and self._rx_start == self._rx_end:
+                # a short read emptied the socket: asking again would only say EAGAIN (one
+                # wasted system call per poll); epoll or the next poll sees what comes next
+                return got
+        return got
 
     def _answer(self, *segments: bytes | memoryview) -> None:
         """Queue frames we owe the peer for its requests (ACKs, responses, NAKs).
@@ -397,14 +421,20 @@ class RcTransport(Transport):
             self._read_paused = False
             self._set_interest(read=True)
 
-    def _recv_staging(self) -> bool:
+    def _recv_staging(self) -> bool | None:
+        """One read into staging: None if nothing came, else whether it drained the
+        socket (it returned less than there was room for)."""
+        room = len(self._staging) - self._rx_end
         n = self._recv(lambda: self.sock.recv_into(self._sv[self._rx_end :]))
+        if not n:
+            return None
         self._rx_end += n
-        return n > 0
+        return n < room
 
-    def _recv_direct(self) -> bool:
-        """Receive payload straight into the destination views (no staging copy)."""
-        need = self.decoder.payload_remaining
+    def _recv_direct(self) -> bool | None:
+        """Receive payload straight into the destination views (no staging copy); the
+        result means what :meth:`_recv_staging`'s does."""
+        need = want = self.decoder.payload_remaining
         views = []
         for view in self._target:
             if need <= 0:
@@ -413,11 +443,12 @@ class RcTransport(Transport):
             views.append(part)
             need -= len(part)
         if not self._target_still_valid():
-            return True
+            return False  # the target went away: go round again (payload is discarded)
         n = self._recv_into(views)
-        if n:
-            self._advance(n)
-        return n > 0
+        if not n:
+            return None
+        self._advance(n)
+        return n < want - need
 
     def _peer_closed(self) -> None:
         where = self._where() or "(end of stream)"
@@ -714,6 +745,11 @@ class RcTransport(Transport):
         """The peer's request *h* failed here: tell it which and why, then go to ERR."""
         self._goodbye = (self.proto.next_msn, status, why)
         self._fail(TcpverbsError(err, f"{h.opcode.name} from the peer failed: {why}"), event=event)
+
+    def _settle(self) -> None:
+        if self.established:
+            self._queue_ack()
+            self._flush()
 
     def _say_goodbye(self, reason: TcpverbsError) -> None:
         if not self.established:

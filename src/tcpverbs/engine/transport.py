@@ -42,6 +42,7 @@ STAT_KEYS = (
 )
 DRAIN_TIMEOUT = 5.0  # seconds a closed connection waits for the peer's FIN
 APP_POLL_GRACE = 0.002  # seconds without CQ.poll before the progress thread reads again
+PARK_CHECK_MAX = 0.032  # longest pause between two looks at a parked connection
 _ERR = select.EPOLLERR | select.EPOLLHUP
 
 
@@ -101,6 +102,7 @@ class Transport:
             self._park_timer.cancel()
         self.engine.unregister(self.fd)
         if reason is None:
+            self._settle()
             self.sock.close()
             return
         self._say_goodbye(reason)
@@ -147,22 +149,33 @@ class Transport:
     def _park_reads(self) -> None:
         """Stop waking the progress thread for incoming data while the application polls.
 
-        Each wake-up of the progress thread costs a GIL hand-over, which dwarfs the work
-        itself; a spinning application receives by itself (``CQ.poll`` reads the socket).
-        The thread looks again after ``APP_POLL_GRACE`` and takes over if polling stopped.
+        Each wake-up of the progress thread costs GIL hand-overs, which dwarf the work
+        itself (tens of microseconds each on a busy 2-core VM, more when it must also wait
+        for the QP lock the poller holds); a spinning application receives by itself
+        (``CQ.poll`` reads the socket).  The thread looks again after ``APP_POLL_GRACE``,
+        then at doubling intervals up to ``PARK_CHECK_MAX`` while polling goes on, and
+        takes over as soon as a look finds polling stopped (or at once on ``req_notify``).
         """
         if not self._reads_parked:
             self._reads_parked = True
             self._set_interest()
-            self._park_timer = self.engine.call_later(APP_POLL_GRACE, self._check_parked, self)
+            self._arm_park_check(APP_POLL_GRACE)
 
-    def _check_parked(self) -> None:
+    def _arm_park_check(self, delay: float) -> None:
+        self._park_timer = self.engine.call_later(delay, lambda: self._check_parked(delay), self)
+
+    def _check_parked(self, waited: float) -> None:
+        # Reading a float and two bools needs no lock: taking the QP lock here would make
+        # the poller (which holds it while in a system call) and this thread take turns.
+        if not self._closed and self._reads_parked and self._app_spinning():
+            self._arm_park_check(min(2 * waited, PARK_CHECK_MAX))
+            return
         with self.qp._lock:
             self._park_timer = None
             if self._closed or not self._reads_parked:
                 return
-            if self._app_spinning():
-                self._park_timer = self.engine.call_later(APP_POLL_GRACE, self._check_parked, self)
+            if self._app_spinning():  # polled again meanwhile
+                self._arm_park_check(APP_POLL_GRACE)
                 return
             self._unpark_reads()
 
@@ -202,6 +215,10 @@ class Transport:
 
     def _say_goodbye(self, reason: TcpverbsError) -> None:
         """Last bytes before a graceful close (rc sends TERMINATE)."""
+
+    def _settle(self) -> None:
+        """Last bytes before an immediate close: what the peer is owed for work already
+        done here (rc's deferred ACK), written if the socket takes it now."""
 
     def _cancel_timers(self) -> None:
         """Subclasses cancel their timers here."""
@@ -286,6 +303,8 @@ class Transport:
 
     def _broken(self, exc: OSError, doing: str) -> None:
         """The socket failed: ERR without a goodbye (nobody would read it)."""
+        if self._closed:  # last words on the way out (_settle) are best effort
+            return
         self._fail(
             from_oserror(exc, f"{doing} {self._where()}".rstrip()),
             setup=not self.established,
