@@ -15,6 +15,7 @@ from tcpverbs.wire.frames import (
     FrameDecoder,
     Header,
     Opcode,
+    encode_ack,
     encode_header,
 )
 
@@ -169,3 +170,8 @@ def test_payload_state_is_enforced() -> None:
 def test_encode_refuses_payload_on_control_frames() -> None:
     with pytest.raises(ValueError, match="carry no payload"):
         encode_header(Header(Opcode.ACK, payload_len=3))
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_the_ack_shortcut_encodes_what_encode_header_does(msn: int) -> None:
+    assert encode_ack(msn) == encode_header(Header(Opcode.ACK, msn=msn))

@@ -245,8 +245,9 @@ class Transport:
         tx = self._tx
         stats = self.stats
         while tx:
+            batch = list(tx) if len(tx) <= IOV_MAX else list(islice(tx, IOV_MAX))
             try:
-                sent = self.sock.sendmsg(list(islice(tx, IOV_MAX)), (), socket.MSG_NOSIGNAL)
+                sent = self.sock.sendmsg(batch, (), socket.MSG_NOSIGNAL)
             except BlockingIOError:
                 self._set_interest(write=True)
                 self._tx_drained()
@@ -258,6 +259,10 @@ class Transport:
                 return False
             stats["sendmsg_calls"] += 1
             stats["bytes_sent"] += sent
+            if len(batch) == len(tx) and sent == sum(map(len, batch)):
+                tx.clear()  # the usual case: all of it went (no per-segment bookkeeping)
+                self._tx_base += len(batch)
+                break
             while sent:
                 head = tx[0]
                 size = len(head)

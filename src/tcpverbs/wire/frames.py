@@ -39,6 +39,7 @@ __all__ = [
     "FrameDecoder",
     "Header",
     "Opcode",
+    "encode_ack",
     "encode_header",
 ]
 
@@ -100,6 +101,7 @@ _LAYOUTS: dict[Opcode, tuple[tuple[str, ...], str, bool]] = {
 
 @dataclass(slots=True)
 class _Layout:
+    op: Opcode  # looked up once here: constructing an IntEnum member per frame is slow
     fields: tuple[str, ...]
     full: struct.Struct  # base + extension, for encoding and the one-shot decode path
     ext: struct.Struct  # extension alone, for the incremental path
@@ -107,7 +109,7 @@ class _Layout:
 
 
 _TABLE: dict[int, _Layout] = {
-    int(op): _Layout(fields, struct.Struct("!BBHI" + fmt), struct.Struct("!" + fmt), payload)
+    int(op): _Layout(op, fields, struct.Struct("!BBHI" + fmt), struct.Struct("!" + fmt), payload)
     for op, (fields, fmt, payload) in _LAYOUTS.items()
 }
 MAX_HEADER = max(layout.full.size for layout in _TABLE.values())
@@ -149,6 +151,15 @@ def encode_header(h: Header) -> bytes:
         raise ValueError(f"{h.opcode.name} frames carry no payload")
     values = [getattr(h, name) for name in layout.fields]
     return layout.full.pack(h.opcode, h.flags, 0, ext_len + h.payload_len, *values)
+
+
+_ACK_LAYOUT = _TABLE[Opcode.ACK].full
+
+
+def encode_ack(msn: int) -> bytes:
+    """``encode_header(Header(Opcode.ACK, msn=msn))``, without building a Header: one is
+    sent for nearly every batch received."""
+    return _ACK_LAYOUT.pack(Opcode.ACK, 0, 0, _ACK_LAYOUT.size - BASE.size, msn)
 
 
 class FrameDecoder:
@@ -244,19 +255,20 @@ class FrameDecoder:
         return layout
 
     def _finish(self, layout: _Layout, values: tuple[int, ...]) -> Header | None:
-        opcode, flags, reserved, length = values[:4]
+        _, flags, reserved, length = values[:4]  # the opcode chose *layout*
         if flags & ~_KNOWN_FLAGS or reserved:
             raise RemoteProtocolError(f"frame header has unknown flags 0x{flags:02x}/{reserved}")
         ext = layout.ext.size
         if length < ext:
             raise RemoteProtocolError(f"frame length {length} shorter than its header")
         payload = length - ext
-        op = Opcode(opcode)
+        op = layout.op
         if payload and not layout.has_payload:
             raise RemoteProtocolError(f"{op.name} frame carries {payload} unexpected bytes")
         header = Header(op, flags, payload)
-        for name, value in zip(layout.fields, values[4:], strict=True):
-            setattr(header, name, value)
+        if layout.fields:
+            for name, value in zip(layout.fields, values[4:], strict=True):
+                setattr(header, name, value)
         if op is Opcode.TERMINATE:
             if payload > MAX_REASON:
                 raise RemoteProtocolError(f"TERMINATE reason of {payload} bytes is too long")

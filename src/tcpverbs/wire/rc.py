@@ -27,7 +27,7 @@ This class holds only counters and checks them; it never sees payload or sockets
 from __future__ import annotations
 
 from ..errors import RemoteProtocolError
-from .frames import Header, Opcode, encode_header
+from .frames import encode_ack
 
 __all__ = ["RNR_TIMER_MS", "RcProtocol"]
 
@@ -135,4 +135,4 @@ class RcProtocol:
         if self._ack_sent == self.received:
             return None
         self._ack_sent = self.received
-        return encode_header(Header(Opcode.ACK, msn=self.received % _MSN_MOD))
+        return encode_ack(self.received % _MSN_MOD)
