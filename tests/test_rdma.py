@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import itertools
 import sys
 import threading
 import time
@@ -14,6 +13,7 @@ import tcpverbs as v
 from tcpverbs.testing import (
     ALL_ACCESS,
     Endpoint,
+    chain,
     make_endpoint,
     poll_until,
     qp_pair,
@@ -107,9 +107,7 @@ def test_reads_several_outstanding_and_interleaved_with_sends(
         )
         if i % 4 == 3:
             wrs.append(v.SendWR(100 + i, OP.IBV_WR_SEND, 1, 0, [v.SGE(local.buf, 8, local.lkey)]))
-    for first, second in itertools.pairwise(wrs):
-        first.next_wr = second
-    a.qp.post_send(wrs[0])
+    a.qp.post_send(chain(wrs))
     wcs = poll_until(a.scq, 20)
     assert [w.wr_id for w in wcs] == [w.wr_id for w in wrs]  # in posting order
     assert all(w.status == W.IBV_WC_SUCCESS for w in wcs)

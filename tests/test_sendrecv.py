@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import socket
 import time
@@ -11,7 +10,7 @@ import time
 import pytest
 
 import tcpverbs as v
-from tcpverbs.testing import Endpoint, poll_until
+from tcpverbs.testing import Endpoint, chain, poll_until
 
 from .conftest import LOCAL_WRITE, PairFactory
 
@@ -175,13 +174,11 @@ def test_chained_post_list_and_enomem_reports_failing_wr(pair: PairFactory) -> N
     a, b = pair("rc", cap=v.QPCap(3, 3, 1, 1, 0))
     smr, rmr = mr_with(a, b"abc"), mr_with(b, 3)
     wrs = [v.RecvWR(i, 1, [v.SGE(rmr.buf + i, 1, rmr.lkey)]) for i in range(4)]
-    for first, second in itertools.pairwise(wrs):
-        first.next_wr = second
     with pytest.raises(v.PostError) as info:
-        b.qp.post_recv(wrs[0])
+        b.qp.post_recv(chain(wrs))
     assert info.value.errno == errno.ENOMEM and info.value.bad_wr_index == 3
     assert info.value.bad_wr is wrs[3]
-    chain = v.SendWR(
+    sends = v.SendWR(
         0,
         OP.IBV_WR_SEND,
         1,
@@ -196,7 +193,7 @@ def test_chained_post_list_and_enomem_reports_failing_wr(pair: PairFactory) -> N
             next_wr=v.SendWR(2, OP.IBV_WR_SEND, 1, 0, [v.SGE(smr.buf + 2, 1, smr.lkey)]),
         ),
     )
-    a.qp.post_send(chain)
+    a.qp.post_send(sends)
     assert [w.byte_len for w in poll_until(b.rcq, 3)] == [1, 1, 1]
     assert rmr.read(3, 0) == b"abc"
     assert [w.wr_id for w in poll_until(a.scq, 3)] == [0, 1, 2]

@@ -6,11 +6,14 @@ import errno
 import queue
 import secrets
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
 from .cm.oob import CONNECT_TIMEOUT, MAX_PARKED, OobListener
+from .cq import CQ, DEFAULT_SPIN_US
+from .cq import check_spin as _check_spin
 from .device import (
     GID,
     DeviceAttr,
@@ -53,10 +56,14 @@ class AsyncEvent:
 class Context(VerbsObject):
     """``ibv_open_device``: ``Context(name="tcpv_lo")``; no name opens the first device."""
 
-    def __init__(self, name: str | bytes | None = None) -> None:
+    def __init__(self, name: str | bytes | None = None, *, spin_us: int = DEFAULT_SPIN_US) -> None:
+        _check_spin(spin_us)
         self.device = find_device(name)
         super().__init__()
         self.name: bytes = self.device.name
+        # how long CQ.wait() polls before it sleeps (a CQ may override it)
+        self.spin_us = spin_us
+        self._retired: Counter[str] = Counter()  # counters of QPs and CQs already closed
         self._keys: dict[int, MR] = {}
         self._qps: dict[int, QP] = {}
         self._listeners: list[OobListener] = []
@@ -184,6 +191,44 @@ class Context(VerbsObject):
             self._parked[qpn] = [p for p in waiting if p[0] is not sock]
         sock.close()
 
+    def statistics(self) -> dict[str, int]:
+        """Counters of everything this context did: the sum over its QPs and CQs (closed
+        ones included), the progress thread's, and the counted system calls.
+
+        ``syscalls`` adds up the calls tcpverbs makes on the data path — sendmsg, reads
+        (successful and EAGAIN), epoll_wait returns, epoll_ctl, eventfd writes and
+        yields — so ``syscalls / wrs_sent`` is the cost per message.
+        """
+        self._check_open()
+        total: Counter[str] = Counter(self._retired)
+        qps = list(self._qps.values())
+        cqs = [c for c in list(self._children.values()) if isinstance(c, CQ)]
+        for counters in [qp.statistics() for qp in qps] + [cq.statistics() for cq in cqs]:
+            total.update(_cumulative(counters))
+        if self._engine is not None:
+            total.update(self._engine.statistics())
+        total["qps"] = len(qps)
+        total["cqs"] = len(cqs)
+        total["syscalls"] = sum(
+            total[key]
+            for key in (
+                "sendmsg_calls",
+                "recv_calls",
+                "recv_empty",
+                "engine_wakeups",
+                "epoll_ctl_calls",
+                "engine_wake_writes",
+                "event_writes",
+                "yields",
+            )
+        )
+        return dict(total)
+
+    def _retire(self, counters: dict[str, int]) -> None:
+        """A QP or CQ is closing: keep its counters in the context's totals."""
+        with self._lock:
+            self._retired.update(_cumulative(counters))
+
     def _async_event(self, event_type: ibv_event_type, element: object, reason: str) -> None:
         self._async.put(AsyncEvent(event_type, element, reason))
 
@@ -200,3 +245,8 @@ class Context(VerbsObject):
 
     def __repr__(self) -> str:
         return f"<Context {self.name.decode()}{' closed' if self._closed else ''}>"
+
+
+def _cumulative(counters: dict[str, int]) -> dict[str, int]:
+    """The counters that add up over time (not the gauges: queue fill levels)."""
+    return {k: v for k, v in counters.items() if not k.endswith("_outstanding") and k != "pending"}

@@ -31,6 +31,15 @@ if TYPE_CHECKING:
 __all__ = ["CQ", "WC", "CompChannel"]
 
 YIELD_EVERY = 32  # empty polls between two GIL hand-overs
+DEFAULT_SPIN_US = 50  # CQ.wait polls this long before it sleeps (Context(spin_us=...))
+MAX_SPIN_US = 10_000_000
+
+
+def check_spin(spin_us: int) -> None:
+    if not isinstance(spin_us, int) or not 0 <= spin_us <= MAX_SPIN_US:
+        raise TcpverbsError(
+            errno.EINVAL, f"spin_us must be an int in 0..{MAX_SPIN_US}, got {spin_us!r}"
+        )
 
 
 @dataclass(slots=True)
@@ -87,6 +96,7 @@ class CompChannel(VerbsObject):
         with self._lock:  # queue and counter change together: fd readable <=> events queued
             self._events.append(cq)
             os.eventfd_write(self.fd, 1)
+        cq._stats["event_writes"] += 1
 
     def get_cq_event(self, cq: CQ | None = None, timeout: float | None = None) -> CQ:
         """Block until an armed CQ of this channel got a completion; return that CQ.
@@ -125,7 +135,11 @@ class CompChannel(VerbsObject):
 
 
 class CQ(VerbsObject):
-    """``ibv_create_cq``: ``CQ(ctx, cqe, cq_context=None, channel=None, comp_vector=0)``."""
+    """``ibv_create_cq``: ``CQ(ctx, cqe, cq_context=None, channel=None, comp_vector=0)``.
+
+    *spin_us* (a tcpverbs extension) is how long :meth:`wait` polls before it sleeps;
+    None takes the context's ``spin_us``.
+    """
 
     def __init__(
         self,
@@ -134,9 +148,13 @@ class CQ(VerbsObject):
         cq_context: object = None,
         channel: CompChannel | None = None,
         comp_vector: int = 0,
+        *,
+        spin_us: int | None = None,
     ) -> None:
         if not isinstance(cqe, int) or not 1 <= cqe <= MAX_CQE:
             raise TcpverbsError(errno.EINVAL, f"cqe must be in 1..{MAX_CQE}, got {cqe!r}")
+        if spin_us is not None:
+            check_spin(spin_us)
         if channel is not None and channel.ctx is not ctx:
             raise TcpverbsError(errno.EINVAL, "completion channel belongs to another context")
         if comp_vector != 0:
@@ -155,6 +173,21 @@ class CQ(VerbsObject):
         self._events_unacked = 0
         self._qps: dict[int, QP] = {}
         self._empty_polls = 0
+        self.spin_us = spin_us
+        self._wakeup = threading.Condition(self._lock)  # wait() sleeps here
+        self._sleepers = 0
+        self._stats: dict[str, int] = dict.fromkeys(
+            (
+                "polls",  # poll() calls
+                "polls_empty",  # ... that found nothing: the spinning
+                "yields",  # GIL hand-overs (sleep(0)) while spinning
+                "completions",  # completions queued
+                "overruns",  # completions lost to a full CQ (each also raised EOVERFLOW)
+                "sleeps",  # times wait() went to sleep after its spin budget
+                "event_writes",  # completion-channel events signalled
+            ),
+            0,
+        )
 
     # -- application side --------------------------------------------------------
     def poll(self, num_entries: int = 1) -> tuple[int, list[WC]]:
@@ -166,14 +199,18 @@ class CQ(VerbsObject):
         self._check_open()
         if num_entries < 1:
             raise TcpverbsError(errno.EINVAL, f"num_entries must be >= 1, got {num_entries}")
+        stats = self._stats
+        stats["polls"] += 1
         if not self._entries:
             for qp in list(self._qps.values()):
                 qp._progress()
             if not self._entries:
+                stats["polls_empty"] += 1
                 self._empty_polls += 1
                 if not self._empty_polls % YIELD_EVERY:
                     # now and then let other threads (another QP's progress) have the GIL;
                     # yielding every time costs ~100 us a call on a busy 2-core machine
+                    stats["yields"] += 1
                     time.sleep(0)
         with self._lock:
             if self._lost:
@@ -188,6 +225,55 @@ class CQ(VerbsObject):
             qp._slot_freed(is_send, gen)
             wcs.append(WC(wr_id, status, opcode, vendor_err, byte_len, qp.qp_num, 0, imm, flags))
         return n, wcs
+
+    def wait(
+        self, num_entries: int = 1, timeout: float | None = None, spin_us: int | None = None
+    ) -> list[WC]:
+        """Poll for up to *spin_us* microseconds, then sleep until a completion arrives;
+        return 1 to *num_entries* completions (a tcpverbs extension, no verbs call).
+
+        Spinning answers fastest but keeps a core busy; sleeping hands the work to the
+        progress thread and costs a thread wake-up (tens of microseconds) per completion.
+        *spin_us* defaults to the CQ's ``spin_us``, else the context's.  *timeout*
+        seconds without a completion raise ``ETIMEDOUT``.  The CQ needs no completion
+        channel; an armed one still gets its event.
+        """
+        self._check_open()
+        spin = self._spin_budget(spin_us)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        spin_end = time.perf_counter() + spin / 1e6
+        while True:
+            n, wcs = self.poll(num_entries)
+            if n:
+                return wcs
+            if time.perf_counter() < spin_end:
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {timeout} s")
+            for qp in list(self._qps.values()):  # about to sleep: the progress thread reads
+                qp._app_blocking()
+            with self._lock:
+                if not self._entries and not self._lost and not self._closed:
+                    self._stats["sleeps"] += 1
+                    self._sleepers += 1
+                    try:
+                        self._wakeup.wait(remaining)
+                    finally:
+                        self._sleepers -= 1
+            self._check_open()
+
+    def _spin_budget(self, spin_us: int | None) -> int:
+        if spin_us is not None:
+            check_spin(spin_us)
+            return spin_us
+        return self.ctx.spin_us if self.spin_us is None else self.spin_us
+
+    def statistics(self) -> dict[str, int]:
+        """Counters of this CQ: polls (and how many found nothing), GIL yields,
+        completions queued, overruns, sleeps in :meth:`wait`, channel events; and
+        ``pending``, the completions waiting to be polled now."""
+        return {**self._stats, "pending": len(self._entries)}
 
     def req_notify(self, solicited_only: bool = False) -> None:
         """``ibv_req_notify_cq``: one event on the channel for the next completion."""
@@ -217,11 +303,15 @@ class CQ(VerbsObject):
                 return
             if len(self._entries) >= self.cqe:
                 self._lost += 1
+                self._stats["overruns"] += 1
                 overrun = self._lost == 1
                 completion[0]._slot_freed(completion[1], completion[9])  # never to be polled
             else:
                 self._entries.append(completion)
                 overrun = False
+            self._stats["completions"] += 1
+            if self._sleepers:
+                self._wakeup.notify_all()
             if self._armed and (not self._solicited_only or solicited or completion[3] != 0):
                 self._armed = False
                 notify = True
@@ -236,6 +326,11 @@ class CQ(VerbsObject):
             kept = [c for c in self._entries if c[0] is not qp]
             self._entries.clear()
             self._entries.extend(kept)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._wakeup.notify_all()  # a sleeper in wait() finds the CQ closed
+        self.ctx._retire(self._stats)
 
     def __len__(self) -> int:
         return len(self._entries)

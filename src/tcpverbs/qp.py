@@ -658,6 +658,7 @@ class QP(VerbsObject):
         for cq in (self.scq, self.rcq):
             cq._qps.pop(self.qp_num, None)
         self.ctx._free_qpn(self.qp_num)
+        self.ctx._retire(self._stats)
 
     def statistics(self) -> dict[str, int]:
         """Counters of this QP's traffic (see the transport for their meaning)."""

@@ -8,9 +8,11 @@ the same thread: the connection hello completes in the background.
 from __future__ import annotations
 
 import errno
+import itertools
 import socket
 import time
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from .context import Context
 from .cq import CQ, WC
@@ -19,8 +21,11 @@ from .errors import TcpverbsError
 from .pd import PD
 from .qp import QP
 from .qp_attr import QPAttr, QPCap, QPInitAttr, WireName
+from .wr import RecvWR, SendWR
 
-__all__ = ["Endpoint", "poll_until", "qp_pair", "tcp_socket_pair"]
+__all__ = ["Endpoint", "chain", "poll_until", "qp_pair", "tcp_socket_pair"]
+
+WRT = TypeVar("WRT", SendWR, RecvWR)
 
 ALL_ACCESS = (
     ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
@@ -104,3 +109,10 @@ def poll_until(cq: CQ, count: int = 1, timeout: float = 10.0) -> list[WC]:
                 errno.ETIMEDOUT, f"only {len(got)} of {count} completions within {timeout} s: {got}"
             )
     return got
+
+
+def chain(wrs: list[WRT]) -> WRT:
+    """Link *wrs* through ``next_wr`` (a post list); return the first."""
+    for first, second in itertools.pairwise(wrs):
+        first.next_wr = second
+    return wrs[0]

@@ -52,7 +52,10 @@ class Engine:
         self._seq = itertools.count()
         self._lock = threading.Lock()
         self._closed = False
-        self.wakeups = 0
+        self.wakeups = 0  # epoll_wait calls that returned
+        self.timers_run = 0
+        self.epoll_ctl_calls = 0
+        self.wake_writes = 0  # eventfd writes that woke the loop early
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -61,15 +64,18 @@ class Engine:
         with self._lock:
             self._handlers[fd] = handler
             self._epoll.register(fd, events)
+            self.epoll_ctl_calls += 1
 
     def modify(self, fd: int, events: int) -> None:
         with self._lock:
             if fd in self._handlers:
                 self._epoll.modify(fd, events)
+                self.epoll_ctl_calls += 1
 
     def unregister(self, fd: int) -> None:
         with self._lock:
             if self._handlers.pop(fd, None) is not None:
+                self.epoll_ctl_calls += 1
                 try:
                     self._epoll.unregister(fd)
                 except (OSError, ValueError):
@@ -88,6 +94,7 @@ class Engine:
         return threading.current_thread() is self._thread
 
     def _wake(self) -> None:
+        self.wake_writes += 1
         try:
             os.eventfd_write(self._wake_fd, 1)
         except OSError:  # closed during shutdown
@@ -133,11 +140,21 @@ class Engine:
                 timer = heapq.heappop(self._timers)[2]
                 if not timer.cancelled:
                     due.append(timer)
+        self.timers_run += len(due)
         for timer in due:
             try:
                 timer.callback()
             except Exception as exc:  # the timer's owner pays, not the whole engine
                 timer.owner.on_crash(exc)
+
+    def statistics(self) -> dict[str, int]:
+        """Counters of the progress thread (see :meth:`tcpverbs.Context.statistics`)."""
+        return {
+            "engine_wakeups": self.wakeups,
+            "engine_timers_run": self.timers_run,
+            "epoll_ctl_calls": self.epoll_ctl_calls,
+            "engine_wake_writes": self.wake_writes,
+        }
 
     def close(self) -> None:
         if self._closed:

@@ -231,6 +231,7 @@ class RcTransport(Transport):
             if work.needs_response:
                 self._rd_outstanding += 1
             self.stats["wrs_sent"] += 1
+            self.stats["frames_sent"] += 1
         self._flush()
 
     @staticmethod
@@ -340,6 +341,7 @@ class RcTransport(Transport):
             if self._closed:
                 return
             self._tx.append(encode_header(Header(Opcode.RESYNC, msn=msn)))
+            self.stats["frames_sent"] += 1
             self._pump()
 
     # -- receive side -------------------------------------------------------------------
@@ -401,7 +403,7 @@ class RcTransport(Transport):
                 return got
         return got
 
-    def _answer(self, *segments: bytes | memoryview) -> None:
+    def _answer(self, *segments: bytes | memoryview, frames: int = 1) -> None:
         """Queue frames we owe the peer for its requests (ACKs, responses, NAKs).
 
         Only these count towards the read pause: our own requests must never stop us
@@ -409,6 +411,7 @@ class RcTransport(Transport):
         """
         self._tx.extend(segments)
         self._answer_ends.append(self._tx_base + len(self._tx))
+        self.stats["frames_sent"] += frames
 
     def _answers_queued(self) -> int:
         ends, base = self._answer_ends, self._tx_base
@@ -484,6 +487,7 @@ class RcTransport(Transport):
 
     def _on_header(self, h: Header) -> None:
         op = h.opcode
+        self.stats["frames_received"] += 1
         if op in REQUESTS:
             if self.proto.discarding:
                 self._expect_payload(h, None, None)  # dropped until the RESYNC
@@ -619,7 +623,7 @@ class RcTransport(Transport):
                 Header(Opcode.RNR_NAK, msn=self.proto.next_msn, timer=qp._attr.min_rnr_timer)
             )
             if ack:
-                self._answer(ack, nak)
+                self._answer(ack, nak, frames=2)
             else:
                 self._answer(nak)
             self.stats["rnr_naks_sent"] += 1

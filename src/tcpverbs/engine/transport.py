@@ -32,13 +32,17 @@ if TYPE_CHECKING:
 __all__ = ["Transport"]
 
 IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+# Counters every QP reports (QP.statistics()); the wire modes add their own.
 STAT_KEYS = (
-    "bytes_sent",
+    "wrs_sent",  # WRs handed to the wire (again after an RNR rewind)
+    "wrs_received",  # receive WRs completed with data
+    "bytes_sent",  # bytes written to the socket, headers included
     "bytes_received",
-    "sendmsg_calls",
-    "recv_calls",
-    "wrs_sent",
-    "wrs_received",
+    "frames_sent",  # rc frames queued: requests, ACKs, answers, NAKs
+    "frames_received",
+    "sendmsg_calls",  # system calls that wrote (each a batch of frames)
+    "recv_calls",  # system calls that read something (or the end of stream)
+    "recv_empty",  # reads that found nothing (EAGAIN): the price of polling
 )
 DRAIN_TIMEOUT = 5.0  # seconds a closed connection waits for the peer's FIN
 APP_POLL_GRACE = 0.002  # seconds without CQ.poll before the progress thread reads again
@@ -287,6 +291,7 @@ class Transport:
         try:
             n = receive()
         except (BlockingIOError, InterruptedError):
+            self.stats["recv_empty"] += 1
             return 0
         except OSError as exc:
             self._broken(exc, "receiving")
