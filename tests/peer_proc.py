@@ -43,8 +43,11 @@ def pattern(count: int, size: int) -> bytes:
     return b"".join(random.Random(i).randbytes(size) for i in range(count))
 
 
+CONTEXT_OPTIONS: dict[str, int | None] = {}  # --zerocopy-min: Context(zerocopy_min=...)
+
+
 def setup(wire: str, depth: int) -> tuple[v.PD, v.CQ, v.QPInitAttr]:
-    ctx = v.Context()  # loopback comes first, in a namespace as well
+    ctx = v.Context(**CONTEXT_OPTIONS)  # loopback comes first, in a namespace as well
     pd, cq = v.PD(ctx), v.CQ(ctx, 4 * depth + 16)
     cap = v.QPCap(depth, depth, 1, 1, 0)
     return pd, cq, v.QPInitAttr(scq=cq, rcq=cq, cap=cap, sq_sig_all=1, wire=wire)  # type: ignore[arg-type]
@@ -178,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--timeout", type=int, default=60)
+    parser.add_argument("--zerocopy-min", type=int, default=None)
     args = parser.parse_args(argv)
+    CONTEXT_OPTIONS["zerocopy_min"] = args.zerocopy_min
     signal.alarm(args.timeout)  # watchdog: SIGALRM ends the process
     wire, _, kind = args.role.partition("-")
     if kind == "echo":

@@ -314,7 +314,7 @@ def test_discovery_filters_and_sorts(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     }
     monkeypatch.setattr(device_mod.psutil, "net_if_addrs", lambda: addrs)
     monkeypatch.setattr(device_mod.psutil, "net_if_stats", lambda: stats)
-    monkeypatch.setattr(device_mod, "_SYSFS_NET", tmp_path)  # no sysfs: psutil's flags
+    monkeypatch.setattr(device_mod, "SYSFS_NET", tmp_path)  # no sysfs: psutil's flags
 
     devices = get_device_list()
     assert [d.name for d in devices] == [b"tcpv_lo", b"tcpv_aa0", b"tcpv_zz0"]

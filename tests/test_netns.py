@@ -121,9 +121,9 @@ def netem(net: Net) -> Iterator[Netem]:
         run(*in_ns(ns), "tc", "qdisc", "del", "dev", dev, "root")
 
 
-def echo_between_namespaces(wire: str, host: str, count: int, size: int) -> None:
+def echo_between_namespaces(wire: str, host: str, count: int, size: int, *extra: str) -> None:
     """A ``{wire}-echo`` server in A, a ``{wire}-client`` in B; the client verifies."""
-    sizes = ("--count", str(count), "--size", str(size))
+    sizes = ("--count", str(count), "--size", str(size), *extra)
     with spawn(f"{wire}-echo", "--host", host, *sizes, prefix=in_ns(NS_A)) as server:
         port = read_line(server)
         with spawn(f"{wire}-client", host, port, *sizes, prefix=in_ns(NS_B)) as client:
@@ -154,6 +154,12 @@ def test_echo_between_namespaces_ipv6(net: Net, wire: str) -> None:
     if not net.ipv6:
         pytest.skip("IPv6 is not available in the namespaces")
     echo_between_namespaces(wire, ADDR6_A, 8, 64 * KIB)
+
+
+def test_echo_with_zerocopy_forced_on(net: Net) -> None:
+    """veth delivers later than loopback, so a zerocopy write's buffers (its small frame
+    headers included) must stay alive until the kernel's notification: data intact."""
+    echo_between_namespaces("rc", ADDR_A, 8, 1 * MIB, "--zerocopy-min", "4096")
 
 
 def test_echo_with_delay(netem: Netem, wire: str) -> None:

@@ -54,15 +54,33 @@ class AsyncEvent:
 
 
 class Context(VerbsObject):
-    """``ibv_open_device``: ``Context(name="tcpv_lo")``; no name opens the first device."""
+    """``ibv_open_device``: ``Context(name="tcpv_lo")``; no name opens the first device.
 
-    def __init__(self, name: str | bytes | None = None, *, spin_us: int = DEFAULT_SPIN_US) -> None:
+    tcpverbs extensions: *spin_us*, how long ``CQ.wait`` polls before it sleeps, and
+    *zerocopy_min*, the smallest payload segment sent with ``MSG_ZEROCOPY`` (None:
+    automatic — never to a loopback peer, where the kernel copies anyway).
+    """
+
+    def __init__(
+        self,
+        name: str | bytes | None = None,
+        *,
+        spin_us: int = DEFAULT_SPIN_US,
+        zerocopy_min: int | None = None,
+    ) -> None:
         _check_spin(spin_us)
+        if zerocopy_min is not None and (not isinstance(zerocopy_min, int) or zerocopy_min < 0):
+            raise TcpverbsError(
+                errno.EINVAL, f"zerocopy_min must be None or an int >= 0, got {zerocopy_min!r}"
+            )
         self.device = find_device(name)
         super().__init__()
         self.name: bytes = self.device.name
         # how long CQ.wait() polls before it sleeps (a CQ may override it)
         self.spin_us = spin_us
+        # MSG_ZEROCOPY for segments this big: None = automatic (off to loopback peers,
+        # 64 KiB otherwise), 0 = never (see tcpverbs.engine.zerocopy)
+        self.zerocopy_min = zerocopy_min
         self._retired: Counter[str] = Counter()  # counters of QPs and CQs already closed
         self._keys: dict[int, MR] = {}
         self._qps: dict[int, QP] = {}

@@ -165,7 +165,7 @@ _IB_SPEED_GBPS: Final[dict[int, float]] = {
 #: slow, and applications that size things by port speed should not think it is.)
 _DEFAULT_WIDTH_SPEED: Final = (2, 32)
 
-_SYSFS_NET = Path("/sys/class/net")
+SYSFS_NET = Path("/sys/class/net")
 
 
 def _fw_ver() -> str:
@@ -367,7 +367,7 @@ class _NicStats(Protocol):  # psutil's snicstats
 
 def _read_sysfs(ifname: str, attr: str) -> str | None:
     try:
-        return (_SYSFS_NET / ifname / attr).read_text().strip()
+        return (SYSFS_NET / ifname / attr).read_text().strip()
     except (OSError, ValueError):
         return None
 

@@ -46,6 +46,7 @@ from ..wire.hello import Hello, HelloDecoder
 from ..wire.rc import RNR_TIMER_MS, RcProtocol
 from .loop import Timer
 from .transport import Transport
+from .zerocopy import ZeroCopy, zerocopy_threshold
 
 if TYPE_CHECKING:
     from ..mr import MR
@@ -110,6 +111,8 @@ class RcTransport(Transport):
         # requester
         self._inflight: deque[SendWork] = deque()
         self._rd_outstanding = 0  # READs/atomics sent and not yet answered
+        # completions waiting for zerocopy notifications: (work, status, calls to wait for)
+        self._held: deque[tuple[SendWork, int, int]] = deque()
         self._rnr_timer: Timer | None = None
         # responder / receive side
         self._staging = bytearray(STAGING_SIZE)
@@ -129,6 +132,9 @@ class RcTransport(Transport):
     def start(self) -> None:
         super().start()
         qp = self.qp
+        self._zerocopy = ZeroCopy.enable(
+            self.sock, zerocopy_threshold(qp.ctx.zerocopy_min, self.sock)
+        )
         hello = Hello(
             qp.qp_num,
             qp.cap.max_send_wr,
@@ -180,15 +186,43 @@ class RcTransport(Transport):
         """Nothing to resume: a refused SEND comes back after the RNR timer."""
 
     def progress(self) -> None:
+        zc = self._zerocopy
+        if zc is not None and zc.outstanding:  # reap here rather than wake the engine
+            self._reap_zerocopy()
         self._process(app=True)
 
     def on_readable(self) -> None:
         self._process()
 
     def take_unfinished(self) -> list[SendWork]:
+        # completions held for zerocopy come out first: they are earlier, and successful
+        # (the socket is going away, the kernel lets go of the pages with it)
+        held, self._held = self._held, deque()
+        for work, status, _ in held:
+            self.qp._complete_send(work, status)
         unfinished = list(self._inflight)
         self._inflight.clear()
         return unfinished
+
+    # -- completions and zerocopy -------------------------------------------------------
+    def _complete(self, work: SendWork, status: int) -> None:
+        """Complete a send WR, in order, once no zerocopy write may still read its buffer.
+
+        Conservative: a completion waits for every zerocopy call made before it, not only
+        the ones that carried its bytes (which the segment queue does not remember).
+        """
+        zc = self._zerocopy
+        if self._held or (zc is not None and zc.outstanding):
+            self._held.append((work, status, zc.issued if zc is not None else 0))
+            return
+        self.qp._complete_send(work, status)
+
+    def _zerocopy_released(self) -> None:
+        zc, held = self._zerocopy, self._held
+        assert zc is not None
+        while held and held[0][2] <= zc.done:
+            work, status, _ = held.popleft()
+            self.qp._complete_send(work, status)
 
     # -- requester ------------------------------------------------------------------------
     @property
@@ -215,7 +249,7 @@ class RcTransport(Transport):
                     break
                 sq.popleft()
                 status, why = work.error
-                qp._complete_send(work, status)
+                self._complete(work, status)
                 self._fail(TcpverbsError(_LOCAL_ERRNO.get(W(status), errno.EIO), why))
                 return
             if work.fence and self._rd_outstanding:
@@ -265,7 +299,7 @@ class RcTransport(Transport):
         """
         upto = (msn - 1) % (1 << 32) if answering else msn
         done = self.proto.on_ack(upto)
-        inflight, qp = self._inflight, self.qp
+        inflight = self._inflight
         for _ in range(done):
             work = inflight.popleft()
             if work.needs_response:
@@ -273,7 +307,7 @@ class RcTransport(Transport):
                     f"peer acknowledged request {work.seq} ({WR(work.opcode).name}) "
                     "without answering it"
                 )
-            qp._complete_send(work, _OK)
+            self._complete(work, _OK)
         if answering and (not inflight or inflight[0].seq != msn):
             raise RemoteProtocolError(f"peer answered request {msn}, which is not the next one")
 
@@ -281,7 +315,7 @@ class RcTransport(Transport):
         self._inflight.popleft()
         self.proto.on_ack(work.seq)
         self._rd_outstanding -= 1
-        self.qp._complete_send(work, _OK)
+        self._complete(work, _OK)
         self._pump()
 
     def _on_read_response(self, h: Header) -> None:
@@ -317,7 +351,7 @@ class RcTransport(Transport):
         retries = self.qp._attr.rnr_retry
         if retries != 7 and work.rnr_tries > retries:
             self._inflight.popleft()
-            self.qp._complete_send(work, W.IBV_WC_RNR_RETRY_EXC_ERR)
+            self._complete(work, W.IBV_WC_RNR_RETRY_EXC_ERR)
             self._fail(
                 TcpverbsError(
                     errno.ETIMEDOUT,
@@ -523,7 +557,7 @@ class RcTransport(Transport):
                         status = W.IBV_WC_REM_OP_ERR
                     if status in (_OK, W.IBV_WC_WR_FLUSH_ERR):  # a TERMINATE is an error
                         status = W.IBV_WC_REM_OP_ERR
-                    self.qp._complete_send(work, status)
+                    self._complete(work, status)
                     break
         self._fail(
             ConnectionBrokenError(errno.ECONNABORTED, f"peer QP went to error: {reason}"),

@@ -25,6 +25,7 @@ from .._work import Segment, SendWork
 from ..enums import ibv_event_type
 from ..errors import ConnectionBrokenError, TcpverbsError, from_oserror
 from .loop import Engine, Timer
+from .zerocopy import MSG_ZEROCOPY, ZeroCopy
 
 if TYPE_CHECKING:
     from ..qp import QP
@@ -43,6 +44,10 @@ STAT_KEYS = (
     "sendmsg_calls",  # system calls that wrote (each a batch of frames)
     "recv_calls",  # system calls that read something (or the end of stream)
     "recv_empty",  # reads that found nothing (EAGAIN): the price of polling
+    "zerocopy_sends",  # sendmsg calls with MSG_ZEROCOPY
+    "zerocopy_released",  # ... the kernel reported done with (the buffers are free)
+    "zerocopy_copied",  # ... of those, where the kernel copied after all (loopback)
+    "zerocopy_disabled",  # times ENOBUFS turned zerocopy off for a connection
 )
 DRAIN_TIMEOUT = 5.0  # seconds a closed connection waits for the peer's FIN
 APP_POLL_GRACE = 0.002  # seconds without CQ.poll before the progress thread reads again
@@ -73,6 +78,7 @@ class Transport:
         self.stats = qp._stats  # counters live on the QP: they outlast a connection
         for key in STAT_KEYS:
             self.stats.setdefault(key, 0)
+        self._zerocopy: ZeroCopy | None = None  # rc turns it on where it pays
 
     # -- interface used by the QP ---------------------------------------------------
     def start(self) -> None:
@@ -122,6 +128,8 @@ class Transport:
                 if err:  # 0: stale (the fd was reused); the reads below tell the truth
                     self._broken(OSError(err, os.strerror(err)), "connection failed")
                     return
+                if self._zerocopy is not None:  # zerocopy notifications are queued
+                    self._reap_zerocopy()
             if events & select.EPOLLOUT:
                 self._flush()
             if events & (select.EPOLLIN | select.EPOLLHUP) and not self._closed:
@@ -248,10 +256,14 @@ class Transport:
         """Write queued segments; True when the queue is empty.  Errors fail the QP."""
         tx = self._tx
         stats = self.stats
+        zc = self._zerocopy
         while tx:
             batch = list(tx) if len(tx) <= IOV_MAX else list(islice(tx, IOV_MAX))
+            flags = socket.MSG_NOSIGNAL
+            if zc is not None and zc.wanted(batch):
+                flags |= MSG_ZEROCOPY
             try:
-                sent = self.sock.sendmsg(batch, (), socket.MSG_NOSIGNAL)
+                sent = self.sock.sendmsg(batch, (), flags)
             except BlockingIOError:
                 self._set_interest(write=True)
                 self._tx_drained()
@@ -259,8 +271,17 @@ class Transport:
             except InterruptedError:
                 continue
             except OSError as exc:
+                if exc.errno == errno.ENOBUFS and zc is not None and flags & MSG_ZEROCOPY:
+                    # out of pinned-page budget (optmem): copy from now on; the calls
+                    # already made are still reaped
+                    zc.disable()
+                    stats["zerocopy_disabled"] += 1
+                    continue
                 self._broken(exc, "sending")
                 return False
+            if flags & MSG_ZEROCOPY:
+                zc.sent(batch)  # type: ignore[union-attr]
+                stats["zerocopy_sends"] += 1
             stats["sendmsg_calls"] += 1
             stats["bytes_sent"] += sent
             if len(batch) == len(tx) and sent == sum(map(len, batch)):
@@ -281,6 +302,22 @@ class Transport:
             self._set_interest(write=False)
         self._tx_drained()
         return True
+
+    def _reap_zerocopy(self) -> None:
+        """Take the kernel's zerocopy notifications; rc then releases completions."""
+        zc = self._zerocopy
+        assert zc is not None
+        before = zc.copied
+        try:
+            self.stats["zerocopy_released"] += zc.reap()
+        except OSError as exc:
+            self._broken(exc, "reading zerocopy notifications")
+            return
+        self.stats["zerocopy_copied"] += zc.copied - before
+        self._zerocopy_released()
+
+    def _zerocopy_released(self) -> None:
+        """Hook: the kernel let go of more zerocopy buffers."""
 
     def _tx_drained(self) -> None:
         """Hook: the transmit queue shrank (rc resumes reading here)."""
