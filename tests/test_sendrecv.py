@@ -587,3 +587,34 @@ def test_a_receiver_that_closes_right_after_polling_still_acknowledges(ctx: v.Co
         assert wc.status == W.IBV_WC_SUCCESS, wc
         for end in (a, b):
             end.pd.close()
+
+
+def test_a_held_back_ack_waits_one_poll_at_most(
+    ctx: v.Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spinning receiver that reads something on every poll and never replies still
+    acknowledges every other read: the ACK is never starved by a steady stream."""
+    from tcpverbs.engine import transport
+    from tcpverbs.testing import qp_pair
+
+    monkeypatch.setattr(transport, "APP_POLL_GRACE", 30.0)  # b stays "spinning"
+    a, b = qp_pair(ctx, sq_sig_all=0)
+    ma, mb = mr_with(a, b"data"), mr_with(b, 4)
+    tb = b.qp._transport
+    assert tb is not None
+    for _ in range(4):
+        recv(b, mb, 4)
+    with b.qp._lock:
+        tb.app_polling()
+        tb._park_reads()  # as when the engine saw data arrive during b's polling
+
+    def frames_sent_after_one_message() -> int:
+        send(a, ma, 4, flags=0)
+        time.sleep(0.05)  # in b's socket: the next poll reads it
+        assert b.rcq.poll()[0] == 1
+        return b.qp.statistics()["frames_sent"]
+
+    first = frames_sent_after_one_message()
+    assert frames_sent_after_one_message() == first + 1  # owed from before: sent now
+    assert frames_sent_after_one_message() == first + 1  # held back again...
+    assert frames_sent_after_one_message() == first + 2  # ...for one poll only

@@ -384,10 +384,12 @@ class RcTransport(Transport):
 
         With *app* (a spinning application's ``CQ.poll``) an ACK for what was just read
         waits: the application often answers at once (a ping-pong reply), and the ACK
-        then rides in the same ``sendmsg`` as that request (see :meth:`_pump`).  It is
-        sent by the next poll that reads nothing, the next post, or — if the application
-        stops polling — the parked-reads check (see ``Transport._park_reads``).
+        then rides in the same ``sendmsg`` as that request (see :meth:`_pump`).  It waits
+        one poll at most — the next poll sends it whatever it reads, so a one-way stream
+        is acknowledged every other read, never starved — or until the next post, or, if
+        the application stops polling, the parked-reads check (``Transport._park_reads``).
         """
+        owed_before = self.proto.ack_owed
         try:
             got = self._receive_loop()
         except RemoteProtocolError as exc:
@@ -396,7 +398,7 @@ class RcTransport(Transport):
             return
         if self._closed:
             return
-        if not (app and got and self._reads_parked):
+        if not (app and got and self._reads_parked and not owed_before):
             self._queue_ack()
         if self._tx:
             self._flush()

@@ -130,6 +130,11 @@ class RcProtocol:
         self.received += 1
         return self.received % _MSN_MOD
 
+    @property
+    def ack_owed(self) -> bool:
+        """Requests were carried out since the last ACK frame was taken."""
+        return self._ack_sent != self.received
+
     def take_ack(self) -> bytes | None:
         """The coalesced ACK frame owed to the peer, if any."""
         if self._ack_sent == self.received:
