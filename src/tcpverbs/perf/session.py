@@ -271,18 +271,22 @@ class _Endpoint:
         return self.data
 
     # -- completions ---------------------------------------------------------------
-    def next_wc(self, watch_ctrl: bool = False) -> WC | None:
+    def next_wc(
+        self, watch_ctrl: bool = False, spare: Callable[[WC], bool] | None = None
+    ) -> WC | None:
         """The next data completion (busy polling, or sleeping with --events); with
-        *watch_ctrl*, None as soon as a control message is waiting instead."""
-        if self.pending:
-            return self.pending.popleft()
+        *watch_ctrl*, None as soon as a control message is waiting instead.  Failed
+        completions raise, except those *spare* says are expected."""
         cq = self.cq
         deadline = time.monotonic() + TIMEOUT
         while True:
+            wc = self._take(spare)
+            if wc is not None:
+                return wc
             n, wcs = cq.poll(32)
             if n:
-                self.pending.extend(_check_wc(wc) for wc in wcs)
-                return self.pending.popleft()
+                self.pending.extend(wcs)
+                continue
             if watch_ctrl and self.ctrl.has_message():
                 return None
             if self.events:
@@ -293,6 +297,17 @@ class _Endpoint:
                     _sleep_on(self.channel, deadline)
             elif time.monotonic() > deadline:
                 raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {TIMEOUT} s")
+
+    def _take(self, spare: Callable[[WC], bool] | None) -> WC | None:
+        # one at a time, not a polled batch at once: a batch may hold the successes that
+        # still count followed by flushes that *spare* may excuse
+        while self.pending:
+            wc = self.pending.popleft()
+            if wc.status == ibv_wc_status.IBV_WC_SUCCESS:
+                return wc
+            if spare is None or not spare(wc):
+                _check_wc(wc)
+        return None
 
     def wait(self, count: int = 1) -> list[WC]:
         """The next *count* data completions."""
@@ -456,7 +471,7 @@ class _Receiver:
     outlive the size they were posted in, so they fit the largest size of the run)."""
 
     def __init__(self, end: _Endpoint, cfg: PerfConfig) -> None:
-        self.qps = end.qps
+        self.qps, self.index = end.qps, end.index
         self.stride = max(*cfg.sizes, 1)
         self.slots = _bw_slots(cfg, self.stride)
         self.mr = end.data_mr(self.stride * self.slots)
@@ -489,13 +504,23 @@ class _Receiver:
         self.posted[i] -= 1
         self._post(i)
 
-    @property
-    def complete(self) -> bool:
+    def qp_complete(self, i: int) -> bool:
         if self.want is None:
             return False
-        return all(
-            got[1] >= want[1] and (got[0] >= want[0] or not self.whole_messages)
-            for got, want in zip(self.got, self.want, strict=True)
+        (got_msgs, got_bytes), (want_msgs, want_bytes) = self.got[i], self.want[i]
+        return got_bytes >= want_bytes and (got_msgs >= want_msgs or not self.whole_messages)
+
+    @property
+    def complete(self) -> bool:
+        return all(self.qp_complete(i) for i in range(len(self.qps)))
+
+    def spare(self, wc: WC) -> bool:
+        """A flushed receive of a QP that has everything: the peer is through and closed
+        it, while (stream) other QPs may still have bytes waiting in the kernel."""
+        return (
+            wc.status == ibv_wc_status.IBV_WC_WR_FLUSH_ERR
+            and wc.wr_id == DATA_RECV
+            and self.qp_complete(self.index[wc.qp_num])
         )
 
 
@@ -535,7 +560,7 @@ def _bw_run(
                 rx.want = peer["sent"]  # type: ignore[assignment]
         if (tx is None or mine is not None) and peer is not None and (rx is None or rx.complete):
             return mine, peer
-        wc = end.next_wc(watch_ctrl=peer is None)
+        wc = end.next_wc(watch_ctrl=peer is None, spare=rx.spare if rx is not None else None)
         if wc is None:
             continue
         i = end.index[wc.qp_num]
