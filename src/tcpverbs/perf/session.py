@@ -280,11 +280,21 @@ class _Endpoint:
         cq = self.cq
         deadline = time.monotonic() + TIMEOUT
         while True:
-            wc = self._take(spare)
-            if wc is not None:
-                return wc
+            if self.pending:
+                wc = self.pending[0]
+                if wc.status == ibv_wc_status.IBV_WC_SUCCESS or (spare and spare(wc)):
+                    self.pending.popleft()
+                    if wc.status == ibv_wc_status.IBV_WC_SUCCESS:
+                        return wc
+                elif watch_ctrl and self.ctrl.has_message():
+                    return None  # the peer's DONE may be what excuses this failure
+                else:
+                    _check_wc(wc)
+                continue
             n, wcs = cq.poll(32)
             if n:
+                # taken one at a time above: a batch may hold the successes that still
+                # count followed by flushes that *spare* may excuse
                 self.pending.extend(wcs)
                 continue
             if watch_ctrl and self.ctrl.has_message():
@@ -297,17 +307,6 @@ class _Endpoint:
                     _sleep_on(self.channel, deadline)
             elif time.monotonic() > deadline:
                 raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {TIMEOUT} s")
-
-    def _take(self, spare: Callable[[WC], bool] | None) -> WC | None:
-        # one at a time, not a polled batch at once: a batch may hold the successes that
-        # still count followed by flushes that *spare* may excuse
-        while self.pending:
-            wc = self.pending.popleft()
-            if wc.status == ibv_wc_status.IBV_WC_SUCCESS:
-                return wc
-            if spare is None or not spare(wc):
-                _check_wc(wc)
-        return None
 
     def wait(self, count: int = 1) -> list[WC]:
         """The next *count* data completions."""
