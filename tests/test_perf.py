@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
-from tcpverbs.cli import main
+from tcpverbs.cli import build_parser, main
+from tcpverbs.errors import TcpverbsError
+from tcpverbs.perf.cli import run_perf
 from tcpverbs.perf.report import lat_result
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -26,6 +30,21 @@ def perf(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def table_rows(stdout: str) -> list[list[str]]:
+    return [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+
+
+def run_json(tmp_path: pathlib.Path, *args: str) -> tuple[str, list[list[str]], list[Any]]:
+    """Run a perf test with --out_json; return its output, the table rows and the results."""
+    out = tmp_path / "r.json"
+    done = perf(*args, "--loopback", "--out_json", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = table_rows(done.stdout)
+    results = json.loads(out.read_text())["results"]
+    assert [int(row[0]) for row in rows] == [r["size"] for r in results]
+    return done.stdout, rows, results
+
+
 @pytest.mark.parametrize(
     ("test", "size", "header"),
     [
@@ -39,14 +58,9 @@ def perf(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_each_test_over_loopback(test: str, size: str, header: str, tmp_path: pathlib.Path) -> None:
-    out = tmp_path / "r.json"
-    done = perf(test, "--loopback", "-n", "200", "-s", size, "--out_json", str(out))
-    assert done.returncode == 0, done.stderr
-    assert header in done.stdout
-    rows = [line.split() for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert len(rows) == 1 and rows[0][0] == size and int(rows[0][1]) >= 200
-    result = json.loads(out.read_text())["results"][0]
-    assert result["size"] == int(size)
+    stdout, rows, (result,) = run_json(tmp_path, test, "-n", "200", "-s", size)
+    assert header in stdout
+    assert rows[0][0] == size and int(rows[0][1]) >= 200
     if test.endswith("_bw"):
         assert result["bw_avg"] > 0 and result["bw_peak"] >= result["bw_avg"]
     else:
@@ -63,11 +77,14 @@ def test_all_sizes_events_and_gbits() -> None:
     assert "Gb/sec" in done.stdout
 
 
-def test_duration_mode() -> None:
-    done = perf("send_lat", "--loopback", "-D", "0.3")
+@pytest.mark.parametrize(
+    "args", [["send_lat"], ["send_bw", "-q", "2", "-b", "-s", "4096", "--wire", "stream"]]
+)
+def test_duration_mode(args: list[str]) -> None:
+    done = perf(*args, "--loopback", "-D", "0.3")
     assert done.returncode == 0, done.stderr
     row = next(line.split() for line in done.stdout.splitlines() if line.strip()[:1].isdigit())
-    assert int(row[1]) > 10  # as many round trips as fit in 0.3 s
+    assert int(row[1]) > 10  # as many round trips (or messages) as fit in 0.3 s
 
 
 def test_client_and_server_as_two_commands() -> None:
@@ -90,16 +107,73 @@ def test_client_and_server_as_two_commands() -> None:
             server.stdout.close()
 
 
+@pytest.mark.parametrize("test", ["send_bw", "write_bw", "read_bw"])
+def test_several_qps_add_up(test: str, tmp_path: pathlib.Path) -> None:
+    _, rows, (r,) = run_json(tmp_path, test, "-q", "3", "-n", "100", "-s", "4096")
+    per_qp = r["per_qp"]
+    assert isinstance(per_qp, list) and len(per_qp) == 3 and r["qps"] == 3
+    assert all(n >= 100 for n in per_qp)  # -n counts per QP, as in perftest
+    assert r["iterations"] == sum(per_qp) == int(rows[0][1])
+    assert r["bytes"] == r["iterations"] * 4096
+    assert r["bw_avg"] > 0 and r["bw_peak"] >= r["bw_avg"]
+
+
+@pytest.mark.parametrize(("test", "qps"), [("send_bw", "1"), ("write_bw", "2"), ("read_bw", "2")])
+def test_bidirectional_reports_both_directions(test: str, qps: str, tmp_path: pathlib.Path) -> None:
+    _, rows, (r,) = run_json(tmp_path, test, "-b", "-q", qps, "-n", "100", "-s", "8192")
+    client, server = r["directions"]
+    for part in (client, server):
+        assert part["bw_avg"] > 0 and part["iterations"] >= 100 * int(qps)
+        assert sum(part["per_qp"]) == part["iterations"]
+        assert part["bytes"] == part["iterations"] * 8192
+    assert r["iterations"] == client["iterations"] + server["iterations"] == int(rows[0][1])
+    assert r["bytes"] == client["bytes"] + server["bytes"]
+    assert r["bw_avg"] == pytest.approx(client["bw_avg"] + server["bw_avg"])
+    assert float(rows[0][3]) == pytest.approx(r["bw_avg"], abs=0.01)
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
+    "extra",
     [
-        (["send_bw", "--loopback", "-q", "2"], "not supported yet"),
-        (["write_bw", "--loopback", "--wire", "stream"], "needs --wire rc"),
-        (["send_bw", "--loopback", "-n", "0"], "must be positive"),
+        ["-s", "65536", "-n", "100"],
+        ["-s", "1000", "-n", "100", "-q", "2", "-b", "-e"],
+        # receives of the largest size take in several small messages at a time
+        ["-a", "-n", "20"],
     ],
 )
-def test_bad_options(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["perf", *args]) == 1
+def test_send_bw_over_stream(extra: list[str], tmp_path: pathlib.Path) -> None:
+    stdout, _, results = run_json(tmp_path, "send_bw", "--wire", "stream", *extra)
+    assert "(stream, tcpv_lo)" in stdout and results
+    for r in results:
+        assert r["bw_avg"] > 0 and r["bytes"] == r["iterations"] * r["size"]
+
+
+@pytest.mark.parametrize("size", ["2", "300000"])  # 300 kB arrives in several pieces
+def test_send_lat_over_stream(size: str, tmp_path: pathlib.Path) -> None:
+    _, rows, (r,) = run_json(tmp_path, "send_lat", "--wire", "stream", "-n", "100", "-s", size)
+    assert rows[0][0] == size and r["iterations"] == 100
+    assert 0 < r["t_min"] <= r["t_typical"] <= r["t_max"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["send_lat", "-q", "2"], errno.EINVAL, "-q > 1 and -b need a _bw test, not send_lat"),
+        (["read_lat", "-b"], errno.EINVAL, "-q > 1 and -b need a _bw test, not read_lat"),
+        (["send_bw", "-q", "0"], errno.EINVAL, "-q must be in 1..64"),
+        (["write_bw", "-q", "65"], errno.EINVAL, "-q must be in 1..64"),
+        (["write_bw", "--wire", "stream"], errno.EINVAL, "needs --wire rc"),
+        (["send_lat", "--wire", "stream", "-s", "0"], errno.EINVAL, "at least 1 byte"),
+        (["send_bw", "-n", "0"], errno.EINVAL, "must be positive"),
+    ],
+)
+def test_bad_options(
+    args: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(TcpverbsError) as info:
+        run_perf(build_parser().parse_args(["perf", *args, "--loopback"]))
+    assert info.value.errno == code and message in str(info.value)
+    assert main(["perf", *args, "--loopback"]) == 1  # and the command line says so
     assert message in capsys.readouterr().err
 
 

@@ -15,6 +15,7 @@ from .session import TESTS, PerfConfig, loopback_server, run_client, run_server
 __all__ = ["add_perf_arguments", "run_perf"]
 
 DEFAULT_PORT = 18515
+MAX_PERF_QPS = 64  # each QP is a connection and 2 x depth CQ entries on both sides
 
 
 def add_perf_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,9 +31,9 @@ def add_perf_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-e", "--events", action="store_true", help="sleep on completion events")
     p.add_argument("-d", "--ib-dev", default="tcpv_lo", help="device (default tcpv_lo)")
     p.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, help="TCP port")
-    p.add_argument("-q", "--qp", type=int, default=1, help="number of QPs (only 1 so far)")
+    p.add_argument("-q", "--qp", type=int, default=1, help="number of QPs (_bw tests)")
     p.add_argument(
-        "-b", "--bidirectional", action="store_true", help="both directions (not supported yet)"
+        "-b", "--bidirectional", action="store_true", help="both directions at once (_bw tests)"
     )
     p.add_argument("--report_gbits", action="store_true", help="bandwidth in Gb/s")
     p.add_argument("--out_json", metavar="FILE", help="also write the results as JSON")
@@ -52,14 +53,18 @@ def _sizes(args: argparse.Namespace) -> list[int]:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.qp != 1 or args.bidirectional:
-        raise TcpverbsError(errno.EOPNOTSUPP, "-q > 1 and -b are not supported yet")
+    if not args.test.endswith("_bw") and (args.qp != 1 or args.bidirectional):
+        # as perftest: a latency test measures one request at a time on one QP
+        raise TcpverbsError(errno.EINVAL, f"-q > 1 and -b need a _bw test, not {args.test}")
+    if not 1 <= args.qp <= MAX_PERF_QPS:
+        raise TcpverbsError(errno.EINVAL, f"-q must be in 1..{MAX_PERF_QPS}, got {args.qp}")
     if args.wire == "stream" and args.test not in ("send_bw", "send_lat"):
         raise TcpverbsError(errno.EINVAL, f"{args.test} needs --wire rc (stream has SEND only)")
-    if args.wire == "stream":
-        raise TcpverbsError(errno.EOPNOTSUPP, "perf over --wire stream is not supported yet")
     if args.test == "write_lat" and min(_sizes(args)) < 1:
         raise TcpverbsError(errno.EINVAL, "write_lat needs messages of at least 1 byte")
+    if args.wire == "stream" and min(_sizes(args)) < 1:
+        # an empty SEND puts nothing in the stream: the peer would never see it
+        raise TcpverbsError(errno.EINVAL, "--wire stream needs messages of at least 1 byte")
     if args.iters < 1 or args.tx_depth < 1 or args.rx_depth < 1 or args.inline_size < 0:
         raise TcpverbsError(errno.EINVAL, "iterations and depths must be positive")
 
@@ -88,6 +93,8 @@ def run_perf(args: argparse.Namespace) -> int:
             args.events,
             args.wire,
             extra={"report_gbits": "1"} if args.report_gbits else {},
+            qps=args.qp,
+            bidirectional=args.bidirectional,
         )
         server = None
         host, port = args.host, args.port
@@ -116,7 +123,8 @@ def run_perf(args: argparse.Namespace) -> int:
     print("-" * 100)
     print(
         f" {args.test} over tcpverbs ({args.wire}, {args.ib_dev}), {args.iters} iterations"
-        f"{', events' if args.events else ''}"
+        f"{f', {args.qp} QPs' if args.qp > 1 else ''}"
+        f"{', bidirectional' if args.bidirectional else ''}{', events' if args.events else ''}"
     )
     print("-" * 100)
     print(bw_header(args.report_gbits) if bw else lat_header())
@@ -130,6 +138,8 @@ def run_perf(args: argparse.Namespace) -> int:
                     "test": args.test,
                     "wire": args.wire,
                     "events": args.events,
+                    "qps": args.qp,
+                    "bidirectional": args.bidirectional,
                     "results": [r.as_dict() for r in results],
                 },
                 f,

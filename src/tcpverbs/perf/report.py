@@ -4,22 +4,56 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-__all__ = ["BwResult", "LatResult", "bw_header", "bw_row", "lat_header", "lat_result", "lat_row"]
+__all__ = [
+    "BwResult",
+    "LatResult",
+    "bw_header",
+    "bw_row",
+    "bw_sum",
+    "lat_header",
+    "lat_result",
+    "lat_row",
+]
 
 
 @dataclass
 class BwResult:
     size: int
-    iterations: int
+    iterations: int  # messages, all QPs (and with -b both directions) together
     bw_peak: float  # MB/s (or Gb/s with --report_gbits)
     bw_avg: float
     msg_rate_mpps: float
     seconds: float
+    qps: int = 1
+    bytes: int = 0  # payload moved: iterations * size
+    per_qp: list[int] = field(default_factory=list)  # messages on each QP, one direction
+    directions: list[BwResult] = field(default_factory=list)  # -b: the client's, the server's
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> BwResult:
+        """The inverse of :meth:`as_dict` (the server's half of a -b run arrives as JSON)."""
+        parts = [cls.from_dict(p) for p in d.get("directions", [])]  # type: ignore[attr-defined]
+        return cls(**{**d, "directions": parts})  # type: ignore[arg-type]
+
+
+def bw_sum(parts: list[BwResult]) -> BwResult:
+    """Both directions of a -b run as one row: perftest adds the peaks, averages and rates."""
+    return BwResult(
+        size=parts[0].size,
+        iterations=sum(p.iterations for p in parts),
+        bw_peak=sum(p.bw_peak for p in parts),
+        bw_avg=sum(p.bw_avg for p in parts),
+        msg_rate_mpps=sum(p.msg_rate_mpps for p in parts),
+        seconds=max(p.seconds for p in parts),
+        qps=parts[0].qps,
+        bytes=sum(p.bytes for p in parts),
+        directions=parts,
+    )
 
 
 @dataclass
@@ -34,7 +68,7 @@ class LatResult:
     p99: float
     p999: float
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 

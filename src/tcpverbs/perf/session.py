@@ -1,63 +1,102 @@
 """The measuring loops of ``tcpverbs perf``, client and server side.
 
-One rc (or stream) QP carries everything.  Control messages are SEND_WITH_IMM (the
-immediate says which message; a JSON body rides in the buffer); data messages are plain
-SENDs, RDMA WRITEs, READs or atomics.  The client leads:
+Connections.  The first TCP connection carries a *control QP*: always ``rc``, with a
+small CQ of its own.  Then come ``-q`` *data QPs* (their own connections, accepted in
+the order the client connected them), all on one shared CQ per side as in perftest, in
+the wire mode the user chose.  Why a separate control QP even for ``rc``:
+
+- ``--wire stream`` has SEND only (no SEND_WITH_IMM, no message boundaries), so control
+  messages cannot share a stream with data; both ends here are tcpverbs, so the control
+  QP can always be ``rc``.
+- On a shared QP a control message would land in whatever receive comes next, a data
+  buffer that may be smaller than the message (``-b`` sends results back in DONE).
+- On its own CQ the control QP costs the measuring loops nothing: an empty ``CQ.poll``
+  reads every QP of that CQ, so a control QP on the data CQ would add a system call to
+  every empty poll.  Its messages are read by the progress thread; the loops only look
+  at ``len(ctrl.cq)``.
+
+Control messages are SEND_WITH_IMM (the immediate says which message; a JSON body rides
+in the buffer).  The client leads:
 
     client                                  server
-    CONFIG {test, sizes, ...}  ---------->
+    CONFIG {test, sizes, qps, ...}  ----->
+    connect -q data QPs             ----->  (accepted in order)
                                <----------  INFO {rkey, addr}
     for each size:
                                <----------  READY       (receives posted)
+    READY (only with -b)       ---------->
     ... iterations ...         <--------->  (send_bw: receives; *_lat: replies)
-    DONE {count}               ---------->              (server moves on)
+    DONE {sent, result}        ---------->
+                               <----------  DONE {sent, result}   (only with -b)
+    after the last size:       <----------  FIN
 
-Bandwidth is measured at the client, from the first post to the last completion; with
-``rc`` a completion means the data is in the server's memory.  Latency is per iteration;
-``send_lat`` and ``write_lat`` report half the round trip, as perftest does.
+``sent`` holds ``[messages, bytes]`` per data QP, so the receiving side knows when it has
+everything, whatever the order of the connections (``stream``: a receive takes whatever
+bytes have arrived, several messages or part of one, so only bytes count there).
+
+Bandwidth is measured by the side that posts the data, from the first post to the last
+completion; with ``rc`` a completion means the data is in the peer's memory, with
+``stream`` that the peer's kernel acknowledged it.  ``-q N`` spreads chains of WRs
+round-robin over the QPs and reports the aggregate; ``-n`` counts per QP, as in perftest.
+With ``-b`` both sides send at once, the server reports its own measurement in its
+DONE, and the client prints the sum of both directions (as perftest does).  Latency is
+per iteration; ``send_lat`` and ``write_lat`` report half the round trip, as perftest does.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from .. import cm
 from ..context import Context
 from ..cq import CQ, WC, CompChannel
-from ..enums import ibv_access_flags, ibv_send_flags, ibv_wc_flags, ibv_wc_status, ibv_wr_opcode
+from ..enums import (
+    ibv_access_flags,
+    ibv_send_flags,
+    ibv_wc_opcode,
+    ibv_wc_status,
+    ibv_wr_opcode,
+)
 from ..errors import TcpverbsError
 from ..mr import MR
 from ..pd import PD
 from ..qp import QP
 from ..qp_attr import QPAttr, QPCap, QPInitAttr
 from ..wr import SGE, RecvWR, SendWR
-from .report import BwResult, LatResult, lat_result
+from .report import BwResult, LatResult, bw_sum, lat_result
 
 __all__ = ["TESTS", "PerfConfig", "run_client", "run_server"]
 
 TESTS = ("send_bw", "send_lat", "write_bw", "write_lat", "read_bw", "read_lat", "atomic_lat")
 OP = ibv_wr_opcode
-CONFIG, INFO, READY, DONE = 1, 2, 3, 4
+RECV = ibv_wc_opcode.IBV_WC_RECV  # bit set in the opcode of every receive completion
+CONFIG, INFO, READY, DONE, FIN = 1, 2, 3, 4, 5
 CTRL_SIZE = 4096
+CTRL_SLOTS = 4  # control receives kept posted, and control sends in flight at most
 POOL_BYTES = 64 << 20  # at most this much buffer per side for the bandwidth tests
+TIMEOUT = 60.0  # seconds without progress before a side gives up
+DATA_RECV = 100  # wr_id of send_bw's receives
 ACCESS = (
     ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
     | ibv_access_flags.IBV_ACCESS_REMOTE_WRITE
     | ibv_access_flags.IBV_ACCESS_REMOTE_READ
     | ibv_access_flags.IBV_ACCESS_REMOTE_ATOMIC
 )
+Body = dict[str, object]
 
 
 @dataclass
 class PerfConfig:
     test: str
     sizes: list[int]
-    iters: int = 1000
+    iters: int = 1000  # per QP
     duration: float = 0.0  # seconds; 0 = run `iters` iterations
     tx_depth: int = 128
     rx_depth: int = 512
@@ -66,36 +105,163 @@ class PerfConfig:
     wire: str = "rc"
     cq_mod: int = 100  # signal every cq_mod-th WR (bandwidth tests)
     extra: dict[str, str] = field(default_factory=dict)
+    qps: int = 1
+    bidirectional: bool = False
 
     @property
     def is_bw(self) -> bool:
         return self.test.endswith("_bw")
 
 
-class _Endpoint:
-    """One side's verbs objects: QP, one CQ, a data MR and a control MR."""
+def _qp_attr() -> QPAttr:
+    # a fresh one per QP: the handoff stores the QP's socket in it
+    return QPAttr(qp_access_flags=ACCESS, max_rd_atomic=16, max_dest_rd_atomic=16, min_rnr_timer=1)
 
-    def __init__(self, ctx: Context, cfg: PerfConfig) -> None:
+
+def _check_wc(wc: WC) -> WC:
+    if wc.status != ibv_wc_status.IBV_WC_SUCCESS:
+        raise TcpverbsError(wc.status or errno.EIO, f"work request failed: {wc}")
+    return wc
+
+
+class _Control:
+    """The control QP (always rc) with its own CQ, receives always posted, JSON bodies."""
+
+    def __init__(self, ctx: Context, pd: PD, channel: CompChannel) -> None:
+        self.channel = channel
+        self.cq = CQ(ctx, 4 * CTRL_SLOTS, channel=channel)
+        self.init = QPInitAttr(
+            scq=self.cq, rcq=self.cq, cap=QPCap(CTRL_SLOTS, CTRL_SLOTS, 1, 1, 0), sq_sig_all=0
+        )
+        # CTRL_SLOTS receive buffers, then CTRL_SLOTS send buffers
+        self.mr = MR(pd, 2 * CTRL_SLOTS * CTRL_SIZE, ACCESS)
+        self.qp: QP | None = None
+        self.inbox: deque[tuple[int, Body]] = deque()
+        self.sent = self.sends_done = 0
+        self.broken: TcpverbsError | None = None
+
+    def start(self, qp: QP) -> None:
+        self.qp = qp
+        for slot in range(CTRL_SLOTS):
+            self._post_recv(slot)
+
+    def _post_recv(self, slot: int) -> None:
+        assert self.qp is not None
+        sge = SGE(self.mr.buf + slot * CTRL_SIZE, CTRL_SIZE, self.mr.lkey)
+        self.qp.post_recv(RecvWR(slot, 1, [sge]))
+
+    def send(self, kind: int, body: Body | None = None) -> None:
+        assert self.qp is not None
+        deadline = time.monotonic() + TIMEOUT
+        while self.sent - self.sends_done >= CTRL_SLOTS:  # its buffer may still be in use
+            self._sleep(deadline)
+        raw = json.dumps(body).encode() if body else b""  # empty fits any receive
+        offset = (CTRL_SLOTS + self.sent % CTRL_SLOTS) * CTRL_SIZE
+        self.mr.write(raw, len(raw), offset)
+        sge = SGE(self.mr.buf + offset, len(raw), self.mr.lkey)
+        flags = ibv_send_flags.IBV_SEND_SIGNALED
+        self.qp.post_send(SendWR(kind, OP.IBV_WR_SEND_WITH_IMM, 1, kind, [sge], flags))
+        self.sent += 1
+
+    def pump(self) -> None:
+        """Take the completions that are there, without waiting."""
+        n, wcs = self.cq.poll(4 * CTRL_SLOTS)
+        for wc in wcs[:n]:
+            if wc.status != ibv_wc_status.IBV_WC_SUCCESS:
+                # Not raised yet: the peer closes right after our last message (FIN, or
+                # its acknowledgement), which flushes our spare receives behind it, and
+                # what arrived before the flush still counts.
+                self.broken = self.broken or TcpverbsError(
+                    wc.status or errno.EIO, f"control QP failed: {wc}"
+                )
+                continue
+            if not wc.opcode & RECV:
+                self.sends_done += 1
+                continue
+            raw = self.mr.read(wc.byte_len, wc.wr_id * CTRL_SIZE)
+            self.inbox.append((wc.imm_data, json.loads(raw or b"{}")))
+            self._post_recv(wc.wr_id)
+
+    def has_message(self) -> bool:
+        """Cheap enough for a measuring loop: ``len`` makes no progress (no system call)."""
+        if len(self.cq):
+            self.pump()
+        if not self.inbox and self.broken is not None:
+            raise self.broken  # nothing more will come
+        return bool(self.inbox)
+
+    def expect(self, kind: int) -> Body:
+        """Wait for control message *kind* (they come in order: another one is an error)."""
+        deadline = time.monotonic() + TIMEOUT
+        while not self.has_message():
+            self._sleep(deadline)
+        got, body = self.inbox.popleft()
+        if got != kind:
+            raise TcpverbsError(errno.EPROTO, f"expected control message {kind}, got {got}")
+        return body
+
+    def flush(self) -> None:
+        """Wait until the peer has every control message we sent."""
+        deadline = time.monotonic() + TIMEOUT
+        while self.sends_done < self.sent:
+            self._sleep(deadline)
+
+    def _sleep(self, deadline: float) -> None:
+        # control messages are rare: block on the channel instead of spinning a core
+        if self.broken is not None:
+            raise self.broken
+        self.cq.req_notify()
+        if len(self.cq):
+            self.pump()
+            return
+        _sleep_on(self.channel, deadline)
+
+
+def _sleep_on(channel: CompChannel, deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {TIMEOUT} s")
+    channel.get_cq_event(timeout=remaining).ack_events(1)  # the channel serves two CQs
+
+
+class _Endpoint:
+    """One side's verbs objects: the control QP, the data QPs on one CQ, the data MR."""
+
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.pd = PD(ctx)
-        self.channel = CompChannel(ctx) if cfg.events else None
-        depth = max(cfg.tx_depth, cfg.rx_depth) + 8
-        self.cq = CQ(ctx, 4 * depth, channel=self.channel)
-        self.init = QPInitAttr(
-            scq=self.cq,
-            rcq=self.cq,
+        self.channel = CompChannel(ctx)
+        self.ctrl = _Control(ctx, self.pd, self.channel)
+        self.events = False
+        self._cq: CQ | None = None
+        self.data_init = QPInitAttr()
+        self.qps: list[QP] = []
+        self.index: dict[int, int] = {}  # qp_num -> position in qps
+        self.data: MR | None = None
+        self.pending: deque[WC] = deque()
+        self.receiver: _Receiver | None = None
+
+    @property
+    def cq(self) -> CQ:
+        assert self._cq is not None, "open_data() first"
+        return self._cq
+
+    def open_data(self, cfg: PerfConfig) -> None:
+        """The shared data CQ, large enough for every queue of every data QP."""
+        self.events = cfg.events
+        depth = cfg.tx_depth + cfg.rx_depth + 8
+        self._cq = CQ(self.ctx, cfg.qps * depth, channel=self.channel if cfg.events else None)
+        self.data_init = QPInitAttr(
+            scq=self._cq,
+            rcq=self._cq,
             cap=QPCap(cfg.tx_depth + 4, cfg.rx_depth + 4, 1, 1, cfg.inline),
             sq_sig_all=0,
             wire=cfg.wire,  # type: ignore[arg-type]
         )
-        self.attr = QPAttr(
-            qp_access_flags=ACCESS, max_rd_atomic=16, max_dest_rd_atomic=16, min_rnr_timer=1
-        )
-        self.ctrl = MR(self.pd, CTRL_SIZE * 2, ACCESS)  # [0, 4K) receive, [4K, 8K) send
-        self.data: MR | None = None
-        self.qp: QP | None = None
-        self.pending: list[WC] = []
-        self.recv_count = self.recv_done = 0  # send_bw server: receives posted / completed
+
+    def add_qp(self, qp: QP) -> None:
+        self.index[qp.qp_num] = len(self.qps)
+        self.qps.append(qp)
 
     def data_mr(self, size: int) -> MR:
         if self.data is None or self.data.length < size:
@@ -105,67 +271,58 @@ class _Endpoint:
         return self.data
 
     # -- completions ---------------------------------------------------------------
-    def wait(self, count: int = 1, timeout: float = 60.0) -> list[WC]:
-        """The next *count* completions (busy polling, or sleeping with --events)."""
-        got, self.pending = self.pending[:count], self.pending[count:]
-        deadline = time.monotonic() + timeout
-        while len(got) < count:
-            n, wcs = self.cq.poll(count - len(got))
-            if n:
-                for wc in wcs:
-                    if wc.status != ibv_wc_status.IBV_WC_SUCCESS:
-                        raise TcpverbsError(wc.status or 5, f"work request failed: {wc}")
-                got.extend(wcs)
-                continue
-            if self.channel is not None:
-                self.cq.req_notify()
-                n, wcs = self.cq.poll(count - len(got))  # the event may predate arming
-                got.extend(wcs)
-                if not n:
-                    self.channel.get_cq_event(self.cq, timeout=timeout)
-                    self.cq.ack_events(1)
-            if time.monotonic() > deadline:
-                raise TcpverbsError(110, f"no completion within {timeout} s")
-        return got
-
-    # -- control messages ------------------------------------------------------------
-    def post_ctrl_recv(self) -> None:
-        assert self.qp is not None
-        self.qp.post_recv(RecvWR(0, 1, [SGE(self.ctrl.buf, CTRL_SIZE, self.ctrl.lkey)]))
-
-    def send_ctrl(self, kind: int, body: dict[str, object] | None = None) -> None:
-        assert self.qp is not None
-        raw = json.dumps(body).encode() if body else b""  # empty fits any receive
-        self.ctrl.write(raw, len(raw), CTRL_SIZE)
-        wr = SendWR(
-            kind,
-            OP.IBV_WR_SEND_WITH_IMM,
-            1,
-            kind,
-            [SGE(self.ctrl.buf + CTRL_SIZE, len(raw), self.ctrl.lkey)],
-            ibv_send_flags.IBV_SEND_SIGNALED,
-        )
-        self.qp.post_send(wr)
-
-    def expect_ctrl(self, kind: int) -> dict[str, object]:
-        """Wait for control message *kind*; completions of other WRs are kept."""
+    def next_wc(
+        self, watch_ctrl: bool = False, spare: Callable[[WC], bool] | None = None
+    ) -> WC | None:
+        """The next data completion (busy polling, or sleeping with --events); with
+        *watch_ctrl*, None as soon as a control message is waiting instead.  Failed
+        completions raise, except those *spare* says are expected."""
+        cq = self.cq
+        deadline = time.monotonic() + TIMEOUT
         while True:
-            (wc,) = self.wait(1)
-            if wc.wc_flags & ibv_wc_flags.IBV_WC_WITH_IMM:
-                if wc.imm_data != kind:
-                    raise TcpverbsError(71, f"expected control message {kind}, got {wc.imm_data}")
-                body = json.loads(self.ctrl.read(wc.byte_len, 0) or b"{}")
-                assert isinstance(body, dict)
-                return body
-            if wc.wr_id in (CONFIG, INFO, READY, DONE):  # our own control send completing
+            if self.pending:
+                wc = self.pending[0]
+                if wc.status == ibv_wc_status.IBV_WC_SUCCESS or (spare and spare(wc)):
+                    self.pending.popleft()
+                    if wc.status == ibv_wc_status.IBV_WC_SUCCESS:
+                        return wc
+                elif watch_ctrl and self.ctrl.has_message():
+                    return None  # the peer's DONE may be what excuses this failure
+                else:
+                    _check_wc(wc)
                 continue
-            self.pending.append(wc)
+            n, wcs = cq.poll(32)
+            if n:
+                # taken one at a time above: a batch may hold the successes that still
+                # count followed by flushes that *spare* may excuse
+                self.pending.extend(wcs)
+                continue
+            if watch_ctrl and self.ctrl.has_message():
+                return None
+            if self.events:
+                cq.req_notify()
+                if watch_ctrl:
+                    self.ctrl.cq.req_notify()
+                if not len(cq) and not (watch_ctrl and len(self.ctrl.cq)):
+                    _sleep_on(self.channel, deadline)
+            elif time.monotonic() > deadline:
+                raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {TIMEOUT} s")
+
+    def wait(self, count: int = 1) -> list[WC]:
+        """The next *count* data completions."""
+        got: list[WC] = []
+        while len(got) < count:
+            wc = self.next_wc()
+            assert wc is not None
+            got.append(wc)
+        return got
 
     def close(self) -> None:
         self.pd.close()
-        self.cq.close()
-        if self.channel is not None:
-            self.channel.close()
+        for cq in (self._cq, self.ctrl.cq):
+            if cq is not None:
+                cq.close()
+        self.channel.close()
 
 
 # -- client ---------------------------------------------------------------------------
@@ -176,27 +333,27 @@ def run_client(
     cfg: PerfConfig,
     progress: Callable[[str], None] | None = None,
 ) -> list[BwResult] | list[LatResult]:
-    end = _Endpoint(ctx, cfg)
+    end = _Endpoint(ctx)
     try:
-        end.qp = cm.connect(host, port, end.pd, end.init, end.attr, timeout=30)
+        end.ctrl.start(cm.connect(host, port, end.pd, end.ctrl.init, _qp_attr(), timeout=30))
+        end.open_data(cfg)
         mine = end.data_mr(_pool_size(cfg))  # write_lat: the server writes back into it
-        end.post_ctrl_recv()
-        end.send_ctrl(CONFIG, {**asdict(cfg), "rkey": mine.rkey, "addr": mine.buf})
-        info = end.expect_ctrl(INFO)
-        rkey, raddr = int(info["rkey"]), int(info["addr"])  # type: ignore[call-overload]
+        end.ctrl.send(CONFIG, {**asdict(cfg), "rkey": mine.rkey, "addr": mine.buf})
+        for _ in range(cfg.qps):
+            end.add_qp(cm.connect(host, port, end.pd, end.data_init, _qp_attr(), timeout=30))
+        info = end.ctrl.expect(INFO)
+        target = (int(info["rkey"]), int(info["addr"]))  # type: ignore[call-overload]
         results: list[BwResult] | list[LatResult] = []
         for size in cfg.sizes:
-            end.post_ctrl_recv()
-            end.expect_ctrl(READY)
             if progress is not None:
                 progress(f"{cfg.test} {size} B")
             if cfg.is_bw:
-                results.append(_client_bw(end, cfg, size, rkey, raddr))  # type: ignore[arg-type]
+                results.append(_client_bw(end, cfg, size, target))  # type: ignore[arg-type]
             else:
-                results.append(_client_lat(end, cfg, size, rkey, raddr))  # type: ignore[arg-type]
-            end.send_ctrl(DONE)
-        end.post_ctrl_recv()
-        end.expect_ctrl(DONE)  # the server is through as well
+                end.ctrl.expect(READY)
+                results.append(_client_lat(end, cfg, size, target))  # type: ignore[arg-type]
+                end.ctrl.send(DONE)
+        end.ctrl.expect(FIN)  # the server is through as well
         return results
     finally:
         end.close()
@@ -212,58 +369,206 @@ def _bw_slots(cfg: PerfConfig, size: int) -> int:
     return max(1, min(max(cfg.tx_depth, cfg.rx_depth), POOL_BYTES // max(size, 1)))
 
 
-def _client_bw(end: _Endpoint, cfg: PerfConfig, size: int, rkey: int, raddr: int) -> BwResult:
-    assert end.qp is not None
-    slots = _bw_slots(cfg, size)
-    mr = end.data_mr(size * slots)
-    opcode = {
-        "send_bw": OP.IBV_WR_SEND,
-        "write_bw": OP.IBV_WR_RDMA_WRITE,
-        "read_bw": OP.IBV_WR_RDMA_READ,
-    }[cfg.test]
-    inline = (
-        ibv_send_flags.IBV_SEND_INLINE
-        if 0 < size <= cfg.inline and opcode != OP.IBV_WR_RDMA_READ
-        else 0
-    )
-    cq_mod = max(1, min(cfg.cq_mod, cfg.tx_depth // 2 or 1))
-    wrs: list[SendWR] = []
-    for i in range(cq_mod):  # one chain of cq_mod WRs, the last one signaled
-        slot = i % slots
-        wr = SendWR(
-            i,
-            opcode,
-            1,
-            0,
-            [SGE(mr.buf + slot * size, size, mr.lkey)],
-            inline | (ibv_send_flags.IBV_SEND_SIGNALED if i == cq_mod - 1 else 0),
+def _client_bw(end: _Endpoint, cfg: PerfConfig, size: int, target: tuple[int, int]) -> BwResult:
+    receiving = cfg.bidirectional and cfg.test == "send_bw"
+    if receiving:
+        _receiver(end, cfg).top_up()
+    end.ctrl.expect(READY)
+    if cfg.bidirectional:
+        end.ctrl.send(READY)  # our receives are posted too: the server may start
+    mine, peer = _bw_run(end, cfg, size, target, receiving, peer_sends=cfg.bidirectional)
+    assert mine is not None
+    if not cfg.bidirectional:
+        return mine
+    theirs = BwResult.from_dict(peer["result"])  # type: ignore[arg-type]
+    return bw_sum([mine, theirs])
+
+
+class _Sender:
+    """The posting side of a bandwidth test: chains of ``cq_mod`` WRs (the last one
+    signaled), at most ``tx_depth`` WRs outstanding per QP, QPs served round-robin."""
+
+    def __init__(self, end: _Endpoint, cfg: PerfConfig, size: int, target: tuple[int, int]) -> None:
+        self.qps, self.size, self.cfg = end.qps, size, cfg
+        self.cq_mod = max(1, min(cfg.cq_mod, cfg.tx_depth // 2 or 1))
+        self.head = self._chain(end, target)
+        self.max_chains = max(1, cfg.tx_depth // self.cq_mod)
+        count = len(self.qps)
+        self.posted, self.outstanding, self.completed = [0] * count, [0] * count, [0] * count
+        self.in_flight = self.total = 0
+        self.deadline = time.perf_counter() + cfg.duration if cfg.duration else None
+        self.marks: list[tuple[float, int]] = []
+        self.start = time.perf_counter()
+
+    def _chain(self, end: _Endpoint, target: tuple[int, int]) -> SendWR:
+        # one chain serves every QP: post_send copies what it needs out of the WRs
+        size, cfg = self.size, self.cfg
+        slots = _bw_slots(cfg, size)
+        mr = end.data_mr(size * slots)
+        opcode = {
+            "send_bw": OP.IBV_WR_SEND,
+            "write_bw": OP.IBV_WR_RDMA_WRITE,
+            "read_bw": OP.IBV_WR_RDMA_READ,
+        }[cfg.test]
+        inline = (
+            ibv_send_flags.IBV_SEND_INLINE
+            if 0 < size <= cfg.inline and opcode != OP.IBV_WR_RDMA_READ
+            else 0
         )
-        wr.set_wr_rdma(rkey, raddr + slot * size)
-        if wrs:
-            wrs[-1].next_wr = wr
-        wrs.append(wr)
-    head = wrs[0]
-    posted = completed = 0
-    outstanding_chains = 0
-    max_chains = max(1, cfg.tx_depth // cq_mod)
-    deadline = time.perf_counter() + cfg.duration if cfg.duration else None
-    marks: list[tuple[float, int]] = []
-    start = time.perf_counter()
+        last = self.cq_mod - 1
+        head: SendWR | None = None
+        for i in reversed(range(self.cq_mod)):
+            slot = i % slots
+            flags = inline | (ibv_send_flags.IBV_SEND_SIGNALED if i == last else 0)
+            wr = SendWR(i, opcode, 1, 0, [SGE(mr.buf + slot * size, size, mr.lkey)], flags)
+            wr.set_wr_rdma(target[0], target[1] + slot * size)
+            wr.next_wr, head = head, wr
+        assert head is not None
+        return head
+
+    def _more(self, i: int) -> bool:
+        if self.deadline is None:
+            return self.posted[i] < self.cfg.iters
+        return time.perf_counter() < self.deadline
+
+    def post(self) -> None:
+        """Fill every QP's send queue, one chain per QP at a time."""
+        posted = True
+        while posted:
+            posted = False
+            for i, qp in enumerate(self.qps):
+                if self.outstanding[i] < self.max_chains and self._more(i):
+                    qp.post_send(self.head)
+                    self.posted[i] += self.cq_mod
+                    self.outstanding[i] += 1
+                    self.in_flight += 1
+                    posted = True
+
+    def chain_done(self, i: int) -> None:
+        self.outstanding[i] -= 1
+        self.in_flight -= 1
+        self.completed[i] += self.cq_mod
+        self.total += self.cq_mod
+        self.marks.append((time.perf_counter(), self.total))
+
+    @property
+    def finished(self) -> bool:
+        return not self.in_flight and not any(self._more(i) for i in range(len(self.qps)))
+
+    def sent(self) -> list[list[int]]:
+        return [[n, n * self.size] for n in self.completed]
+
+    def result(self) -> BwResult:
+        elapsed = (self.marks[-1][0] if self.marks else time.perf_counter()) - self.start
+        r = _bw_result(self.size, self.total, elapsed, self.marks, self.start, self.cfg)
+        r.qps, r.bytes, r.per_qp = len(self.qps), self.total * self.size, list(self.completed)
+        return r
+
+
+class _Receiver:
+    """send_bw's receiving side: ``rx_depth`` receives posted on every QP all along (they
+    outlive the size they were posted in, so they fit the largest size of the run)."""
+
+    def __init__(self, end: _Endpoint, cfg: PerfConfig) -> None:
+        self.qps, self.index = end.qps, end.index
+        self.stride = max(*cfg.sizes, 1)
+        self.slots = _bw_slots(cfg, self.stride)
+        self.mr = end.data_mr(self.stride * self.slots)
+        self.rx_depth = cfg.rx_depth
+        self.whole_messages = cfg.wire == "rc"  # stream: a receive is any number of bytes
+        self.posted = [0] * len(self.qps)  # outstanding per QP
+        self.count = 0
+        self.got: list[list[int]] = []
+        self.want: list[list[int]] | None = None
+
+    def top_up(self) -> None:
+        for i in range(len(self.qps)):
+            while self.posted[i] < self.rx_depth:
+                self._post(i)
+
+    def _post(self, i: int) -> None:
+        slot = self.count % self.slots
+        sge = SGE(self.mr.buf + slot * self.stride, self.stride, self.mr.lkey)
+        self.qps[i].post_recv(RecvWR(DATA_RECV, 1, [sge]))
+        self.posted[i] += 1
+        self.count += 1
+
+    def begin(self) -> None:
+        self.got = [[0, 0] for _ in self.qps]
+        self.want = None
+
+    def landed(self, i: int, byte_len: int) -> None:
+        self.got[i][0] += 1
+        self.got[i][1] += byte_len
+        self.posted[i] -= 1
+        self._post(i)
+
+    def qp_complete(self, i: int) -> bool:
+        if self.want is None:
+            return False
+        (got_msgs, got_bytes), (want_msgs, want_bytes) = self.got[i], self.want[i]
+        return got_bytes >= want_bytes and (got_msgs >= want_msgs or not self.whole_messages)
+
+    @property
+    def complete(self) -> bool:
+        return all(self.qp_complete(i) for i in range(len(self.qps)))
+
+    def spare(self, wc: WC) -> bool:
+        """A flushed receive of a QP that has everything: the peer is through and closed
+        it, while (stream) other QPs may still have bytes waiting in the kernel."""
+        return (
+            wc.status == ibv_wc_status.IBV_WC_WR_FLUSH_ERR
+            and wc.wr_id == DATA_RECV
+            and self.qp_complete(self.index[wc.qp_num])
+        )
+
+
+def _receiver(end: _Endpoint, cfg: PerfConfig) -> _Receiver:
+    if end.receiver is None:
+        end.receiver = _Receiver(end, cfg)
+    return end.receiver
+
+
+def _bw_run(
+    end: _Endpoint,
+    cfg: PerfConfig,
+    size: int,
+    target: tuple[int, int],
+    receiving: bool,
+    peer_sends: bool,
+    sending: bool = True,
+) -> tuple[BwResult | None, Body]:
+    """One size of a bandwidth test on this side: send (unless not *sending*), take in the
+    peer's SENDs (*receiving*), and wait for the peer's DONE (if *peer_sends*).  Returns
+    our measurement and the peer's DONE body."""
+    rx = _receiver(end, cfg) if receiving else None
+    if rx is not None:
+        rx.begin()
+    tx = _Sender(end, cfg, size, target) if sending else None
+    mine: BwResult | None = None
+    peer: Body | None = None if peer_sends else {}
     while True:
-        more = posted < cfg.iters if deadline is None else time.perf_counter() < deadline
-        if more and outstanding_chains < max_chains:
-            end.qp.post_send(head)
-            posted += cq_mod
-            outstanding_chains += 1
+        if tx is not None and mine is None:
+            tx.post()
+            if tx.finished:
+                mine = tx.result()
+                end.ctrl.send(DONE, {"sent": tx.sent(), "result": mine.as_dict()})
+        if peer is None and end.ctrl.has_message():
+            peer = end.ctrl.expect(DONE)
+            if rx is not None:
+                rx.want = peer["sent"]  # type: ignore[assignment]
+        if (tx is None or mine is not None) and peer is not None and (rx is None or rx.complete):
+            return mine, peer
+        wc = end.next_wc(watch_ctrl=peer is None, spare=rx.spare if rx is not None else None)
+        if wc is None:
             continue
-        if not outstanding_chains:
-            break
-        end.wait(1)
-        outstanding_chains -= 1
-        completed += cq_mod
-        marks.append((time.perf_counter(), completed))
-    elapsed = time.perf_counter() - start
-    return _bw_result(size, completed, elapsed, marks, start, cfg)
+        i = end.index[wc.qp_num]
+        if wc.opcode & RECV and rx is not None:
+            rx.landed(i, wc.byte_len)
+        elif tx is not None and not wc.opcode & RECV:
+            tx.chain_done(i)
+        else:
+            raise TcpverbsError(errno.EPROTO, f"unexpected completion {wc}")
 
 
 def _bw_result(
@@ -277,7 +582,9 @@ def _bw_result(
     scale = 1e9 / 8 if cfg.extra.get("report_gbits") else 1 << 20  # Gb/s or MB/s
     avg = count * size / elapsed / scale if elapsed > 0 else 0.0
     peak = avg
-    if len(marks) < 8:  # too few samples for a meaningful peak
+    # too few samples for a meaningful peak; with -q the QPs' chains complete in bursts
+    # of about one per QP, so a window must span at least one burst
+    if len(marks) < 8 * cfg.qps:
         return BwResult(size, count, peak, avg, count / elapsed / 1e6 if elapsed else 0.0, elapsed)
     window = len(marks) // 8
     prev_t, prev_n = start, 0
@@ -297,9 +604,27 @@ def _spin_until(end: _Endpoint, view: memoryview, index: int, value: int) -> Non
         cq.poll()
 
 
-def _client_lat(end: _Endpoint, cfg: PerfConfig, size: int, rkey: int, raddr: int) -> LatResult:
-    assert end.qp is not None
-    qp = end.qp
+def _await_message(end: _Endpoint, qp: QP, sge: SGE, sends: int = 0) -> None:
+    """Wait for *sends* send completions and one message of ``sge.length`` bytes posted
+    into *sge*.  A stream receive completes with whatever bytes arrived, so the rest of
+    the message gets a new receive behind them."""
+    arrived = 0
+    whole = False
+    while sends or not whole:
+        (wc,) = end.wait(1)
+        if not wc.opcode & RECV:
+            sends -= 1
+            continue
+        arrived += wc.byte_len
+        whole = arrived >= sge.length
+        if not whole:
+            rest = SGE(sge.addr + arrived, sge.length - arrived, sge.lkey)
+            qp.post_recv(RecvWR(1, 1, [rest]))
+
+
+def _client_lat(end: _Endpoint, cfg: PerfConfig, size: int, target: tuple[int, int]) -> LatResult:
+    qp = end.qps[0]
+    rkey, raddr = target
     n = max(1, size)
     mr = end.data_mr(2 * n)  # [0, n) what we send, [n, 2n) what arrives
     samples: list[float] = []
@@ -308,6 +633,7 @@ def _client_lat(end: _Endpoint, cfg: PerfConfig, size: int, rkey: int, raddr: in
     inline = ibv_send_flags.IBV_SEND_INLINE if 0 < size <= cfg.inline else 0
     signaled = ibv_send_flags.IBV_SEND_SIGNALED
     deadline = time.perf_counter() + cfg.duration if cfg.duration else None
+    reply = SGE(mr.buf + n, size, mr.lkey)
     i = 0
     while (i < iters) if deadline is None else (time.perf_counter() < deadline):
         stamp = (i % 255) + 1
@@ -317,7 +643,7 @@ def _client_lat(end: _Endpoint, cfg: PerfConfig, size: int, rkey: int, raddr: in
             qp.post_send(
                 SendWR(2, OP.IBV_WR_SEND, 1, 0, [SGE(mr.buf, size, mr.lkey)], signaled | inline)
             )
-            end.wait(2)  # our send and the reply, in either order
+            _await_message(end, qp, reply, sends=1)  # our send and the reply, in either order
             samples.append((time.perf_counter_ns() - t0) / 2000)
         elif test == "write_lat":
             if size:
@@ -359,83 +685,95 @@ def run_server(
     with cm.Listener(host, port) as listener:
         if ready is not None:
             ready(listener.address[1])
-        end = _Endpoint(ctx, PerfConfig("send_bw", [0], tx_depth=4096, rx_depth=4096))
+        end = _Endpoint(ctx)
         try:
-            end.qp = listener.accept(end.pd, end.init, end.attr, timeout=accept_timeout)
-            end.post_ctrl_recv()
-            body = end.expect_ctrl(CONFIG)
+            qp = listener.accept(end.pd, end.ctrl.init, _qp_attr(), timeout=accept_timeout)
+            end.ctrl.start(qp)
+            body = end.ctrl.expect(CONFIG)
             peer_target = (int(body.pop("rkey")), int(body.pop("addr")))  # type: ignore[call-overload]
             cfg = PerfConfig(**body)  # type: ignore[arg-type]
+            end.open_data(cfg)
+            for _ in range(cfg.qps):  # the client connects them right after its CONFIG
+                end.add_qp(listener.accept(end.pd, end.data_init, _qp_attr(), timeout=30))
             mr = end.data_mr(_pool_size(cfg))
-            end.send_ctrl(INFO, {"rkey": mr.rkey, "addr": mr.buf})
+            end.ctrl.send(INFO, {"rkey": mr.rkey, "addr": mr.buf})
             for size in cfg.sizes:
-                _server_size(end, cfg, size, peer_target)
-            end.send_ctrl(DONE)
-            end.wait(1)  # our DONE went out
+                if cfg.is_bw:
+                    _server_bw(end, cfg, size, peer_target)
+                else:
+                    _server_lat(end, cfg, size, peer_target)
+            end.ctrl.send(FIN)
+            end.ctrl.flush()  # the client has it: closing now loses nothing
             return cfg
         finally:
             end.close()
 
 
-def _server_size(end: _Endpoint, cfg: PerfConfig, size: int, peer_target: tuple[int, int]) -> None:
-    assert end.qp is not None and end.data is not None
-    qp, mr = end.qp, end.data
-    n = max(1, size)
-    if cfg.test == "send_bw":
-        # receives fit the largest size of the run: they outlive the size they were posted in
-        stride = max(*cfg.sizes, 1)
-        slots = _bw_slots(cfg, stride)
+def _server_bw(end: _Endpoint, cfg: PerfConfig, size: int, peer_target: tuple[int, int]) -> None:
+    receiving = cfg.test == "send_bw"
+    if receiving:
+        _receiver(end, cfg).top_up()
+    end.ctrl.send(READY)
+    if cfg.bidirectional:
+        end.ctrl.expect(READY)
+    # without -b: write_bw and read_bw are one-sided, the server only waits for DONE
+    # (polling the data CQ all the while, which drives the progress of its QPs)
+    _bw_run(end, cfg, size, peer_target, receiving, True, sending=cfg.bidirectional)
 
-        def repost() -> None:
-            slot = end.recv_count % slots
-            qp.post_recv(RecvWR(100, 1, [SGE(mr.buf + slot * stride, stride, mr.lkey)]))
-            end.recv_count += 1
 
-        while end.recv_count - end.recv_done < cfg.rx_depth:
-            repost()
-        end.send_ctrl(READY)
-        while True:  # repost receives until the client's DONE (it arrives after the data)
-            (wc,) = end.wait(1)
-            if wc.wr_id == 100:
-                end.recv_done += 1
-                repost()
-            if wc.wc_flags & ibv_wc_flags.IBV_WC_WITH_IMM and wc.imm_data == DONE:
-                return
-    elif cfg.test == "send_lat":
-        qp.post_recv(RecvWR(100, 1, [SGE(mr.buf, n, mr.lkey)]))
-        end.send_ctrl(READY)
-        while True:
-            (wc,) = end.wait(1)
-            if wc.wc_flags & ibv_wc_flags.IBV_WC_WITH_IMM and wc.imm_data == DONE:
-                return
-            if wc.wr_id == 100:
-                qp.post_recv(RecvWR(100, 1, [SGE(mr.buf, n, mr.lkey)]))
-                qp.post_send(SendWR(101, OP.IBV_WR_SEND, 1, 0, [SGE(mr.buf + n, size, mr.lkey)], 0))
+def _server_lat(end: _Endpoint, cfg: PerfConfig, size: int, peer_target: tuple[int, int]) -> None:
+    if cfg.test == "send_lat":
+        _server_send_lat(end, size)
     elif cfg.test == "write_lat":
-        end.post_ctrl_recv()  # for DONE
-        end.send_ctrl(READY)
-        view = mr.view
-        stamp = 1
-        while True:
-            # wait for the client's write to land (or its DONE)
-            while view[n - 1 + n] != stamp and not end.pending:
-                n_polled, wcs = end.cq.poll()
-                if n_polled:
-                    end.pending.extend(wcs)
-            if end.pending:
-                wc = end.pending.pop(0)
-                if wc.wc_flags & ibv_wc_flags.IBV_WC_WITH_IMM and wc.imm_data == DONE:
-                    return
-                continue
-            view[n - 1] = stamp
-            wr = SendWR(102, OP.IBV_WR_RDMA_WRITE, 1, 0, [SGE(mr.buf, size, mr.lkey)])
-            wr.set_wr_rdma(peer_target[0], peer_target[1] + n)
-            qp.post_send(wr)
-            stamp = stamp % 255 + 1
-    else:  # write_bw, read_bw, read_lat, atomic_lat: one-sided, the server just waits
-        end.post_ctrl_recv()
-        end.send_ctrl(READY)
-        end.expect_ctrl(DONE)
+        _server_write_lat(end, size, peer_target)
+    else:  # read_lat, atomic_lat: one-sided, the server just polls until DONE
+        end.ctrl.send(READY)
+        while end.next_wc(watch_ctrl=True) is not None:
+            pass
+    end.ctrl.expect(DONE)
+
+
+def _server_send_lat(end: _Endpoint, size: int) -> None:
+    qp, mr = end.qps[0], end.data
+    assert mr is not None
+    n = max(1, size)
+    qp.post_recv(RecvWR(DATA_RECV, 1, [SGE(mr.buf, n, mr.lkey)]))
+    end.ctrl.send(READY)
+    arrived = 0
+    while True:
+        wc = end.next_wc(watch_ctrl=True)
+        if wc is None:
+            return  # DONE
+        if not wc.opcode & RECV:
+            continue
+        arrived += wc.byte_len
+        if arrived < size:  # stream: part of the message, the rest comes behind it
+            rest = SGE(mr.buf + arrived, n - arrived, mr.lkey)
+            qp.post_recv(RecvWR(DATA_RECV, 1, [rest]))
+            continue
+        arrived = 0
+        qp.post_recv(RecvWR(DATA_RECV, 1, [SGE(mr.buf, n, mr.lkey)]))
+        qp.post_send(SendWR(101, OP.IBV_WR_SEND, 1, 0, [SGE(mr.buf + n, size, mr.lkey)], 0))
+
+
+def _server_write_lat(end: _Endpoint, size: int, peer_target: tuple[int, int]) -> None:
+    qp, mr = end.qps[0], end.data
+    assert mr is not None
+    n = max(1, size)
+    end.ctrl.send(READY)
+    view, cq, ctrl = mr.view, end.cq, end.ctrl
+    stamp = 1
+    while True:
+        # wait for the client's write to land (or its DONE)
+        while view[n - 1 + n] != stamp:
+            cq.poll()
+            if ctrl.has_message():
+                return
+        view[n - 1] = stamp
+        wr = SendWR(102, OP.IBV_WR_RDMA_WRITE, 1, 0, [SGE(mr.buf, size, mr.lkey)])
+        wr.set_wr_rdma(peer_target[0], peer_target[1] + n)
+        qp.post_send(wr)
+        stamp = stamp % 255 + 1
 
 
 def loopback_server(test: str, port: int = 0) -> tuple[subprocess.Popen[str], int]:
