@@ -1,122 +1,292 @@
-"""tcpverbs against plain Python sockets, back to back on loopback, in one run.
+"""tcpverbs against plain Python sockets (and iperf3), back to back on loopback, in one run.
 
-    python benchmarks/compare.py [--quick] [--json FILE] [--png DIR]
+    python benchmarks/compare.py [--quick] [--rounds N] [--json FILE] [--png DIR]
 
-For 64 B, 4 KiB, 64 KiB and 1 MiB it runs `tcpverbs perf` (rc SEND and rc WRITE
-bandwidth, SEND latency) and `sockets_peer.py` (sendall/recv_into for bulk, one send()
-per message for 64 B, ping-pong blocking and busy-polling), and iperf3 when installed.
-Every figure is measured in this run on this machine; the table shows tcpverbs / peer
-ratios, and CPU seconds (user + sys, both processes) per GB moved.
+For 64 B, 4 KiB, 64 KiB and 1 MiB it runs, as two processes each:
+
+- ``tcpverbs perf``: rc SEND, rc WRITE and stream SEND bandwidth (busy polling, post lists
+  of 100 WRs with the last one signaled, as perftest does), and 8 B SEND latency polling
+  and with ``-e`` (sleeping on completion events);
+- ``sockets_peer.py``: the same jobs done the plain way — ``sendall``/``recv_into`` for
+  bulk, one ``send()`` per message for 64 B, with a blocking and with a busy-polling
+  receiver; ping-pong blocking and busy-polling;
+- iperf3 (one process, its own client and server) when it is installed.
+
+Every configuration runs ``--rounds`` times (3; 1 with ``--quick``), the rounds
+interleaved so that a noisy minute hurts every column alike, and the tables show medians.
+System calls are counted per process with ``perf stat -e raw_syscalls:sys_enter`` (when
+``perf`` works here) and reported per message for each side; start-up and set-up are
+cancelled out by subtracting a short run of the same job.  CPU is user + sys of both
+processes.  The last table holds the targets of issue #4 against what was measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import pathlib
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
 
 HERE = pathlib.Path(__file__).resolve().parent
 SIZES = (64, 4096, 65536, 1 << 20)
+LAT_SIZE = 8
+RUN_TIMEOUT = 600  # seconds one process may take
+Metrics = dict[str, float]
 
 
+# -- running one job as two processes --------------------------------------------------
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def _run(cmd: list[str]) -> tuple[str, float]:
-    """Run *cmd*; return its stdout and the CPU seconds it (and its children) used."""
-    before = _children_cpu()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
-    return done.stdout, _children_cpu() - before
-
-
-def iters_for(size: int, quick: bool) -> int:
-    budget = (256 << 20) if quick else (2 << 30)  # bytes per bandwidth point
-    return max(2000 if not quick else 500, min(200_000, budget // size))
-
-
-def tcpverbs_bw(test: str, size: int, iters: int) -> dict[str, float]:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        _, cpu = _run(
-            [
-                sys.executable,
-                "-m",
-                "tcpverbs.cli",
-                "perf",
-                test,
-                "--loopback",
-                "-s",
-                str(size),
-                "-n",
-                str(iters),
-                "-t",
-                "256",
-                "--report_gbits",
-                "--out_json",
-                out.name,
-            ]
-        )
-        r = json.loads(pathlib.Path(out.name).read_text())["results"][0]
-    moved = r["size"] * r["iterations"]
-    return {"gbps": r["bw_avg"], "mmsgs": r["msg_rate_mpps"], "cpu_per_gb": cpu / (moved / 1e9)}
-
-
-def tcpverbs_lat(size: int, iters: int, events: bool) -> dict[str, float]:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "tcpverbs.cli",
-                "perf",
-                "send_lat",
-                "--loopback",
-                "-s",
-                str(size),
-                "-n",
-                str(iters),
-                "--out_json",
-                out.name,
-                *(["-e"] if events else []),
-            ]
-        )
-        r = json.loads(pathlib.Path(out.name).read_text())["results"][0]
-    return {"us": r["t_typical"], "p99": r["p99"]}
-
-
-def sockets(mode: str, size: int, count: int, busy: bool = False) -> dict[str, float]:
-    out, cpu = _run(
-        [
-            sys.executable,
-            str(HERE / "sockets_peer.py"),
-            mode,
-            str(size),
-            str(count),
-            *(["--busy"] if busy else []),
-        ]
+def syscall_counter_works() -> bool:
+    """``perf stat`` can count the raw_syscalls tracepoint here (root, tracefs, perf)."""
+    if shutil.which("perf") is None:
+        return False
+    done = subprocess.run(
+        ["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "--", "true"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    d = json.loads(out)
-    if mode == "lat":
-        ordered = sorted(d["samples_us"])
-        return {"us": ordered[len(ordered) // 2], "p99": ordered[int(len(ordered) * 0.99)]}
-    return {
-        "gbps": d["bytes"] * 8 / d["seconds"] / 1e9,
-        "mmsgs": count / d["seconds"] / 1e6,
-        "cpu_per_gb": cpu / (d["bytes"] / 1e9),
-    }
+    return done.returncode == 0 and _parse_count(done.stderr) is not None
 
 
-def iperf3(size: int) -> dict[str, float] | None:
+def _parse_count(perf_csv: str) -> int | None:
+    for line in perf_csv.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] == "raw_syscalls:sys_enter":
+            return int(fields[0]) if fields[0].isdigit() else None
+    return None
+
+
+@dataclass
+class Outcome:
+    """One run of a job: the client's output, CPU of both sides, syscalls of each."""
+
+    stdout: str
+    json_path: pathlib.Path
+    cpu: float
+    syscalls_client: int | None
+    syscalls_server: int | None
+
+
+class Runner:
+    def __init__(self, count_syscalls: bool, workdir: pathlib.Path) -> None:
+        self.count_syscalls = count_syscalls
+        self.workdir = workdir
+        self._seq = 0
+
+    def _wrap(self, argv: list[str], counts: pathlib.Path) -> list[str]:
+        if not self.count_syscalls:
+            return argv
+        return [
+            "perf",
+            "stat",
+            "-x,",
+            "-e",
+            "raw_syscalls:sys_enter",
+            "-o",
+            str(counts),
+            "--",
+            *argv,
+        ]
+
+    def run(self, server: list[str], client: Callable[[str, pathlib.Path], list[str]]) -> Outcome:
+        """Start *server* (it prints its port first), then ``client(port, json_path)``."""
+        self._seq += 1
+        base = self.workdir / f"run{self._seq}"
+        srv_counts, cli_counts = base.with_suffix(".srv"), base.with_suffix(".cli")
+        out_json = base.with_suffix(".json")
+        before = _children_cpu()
+        # the server's stderr goes to a file: a pipe nobody reads could fill and stall it
+        with (
+            base.with_suffix(".err").open("w+") as srv_err,
+            subprocess.Popen(
+                self._wrap(server, srv_counts), stdout=subprocess.PIPE, stderr=srv_err, text=True
+            ) as srv,
+        ):
+            assert srv.stdout is not None
+            port = srv.stdout.readline().strip()
+            try:
+                if not port.isdigit():
+                    srv.wait(RUN_TIMEOUT)
+                    srv_err.seek(0)
+                    raise RuntimeError(
+                        f"{' '.join(server)} did not start: {port!r} {srv_err.read()[-500:]}"
+                    )
+                argv = client(port, out_json)
+                done = subprocess.run(
+                    self._wrap(argv, cli_counts),
+                    capture_output=True,
+                    text=True,
+                    timeout=RUN_TIMEOUT,
+                    check=False,
+                )
+                if done.returncode != 0:
+                    raise RuntimeError(f"{' '.join(argv)}: {done.stderr[-800:]}")
+                srv.wait(RUN_TIMEOUT)
+            finally:
+                if srv.poll() is None:
+                    srv.kill()
+        cpu = _children_cpu() - before
+
+        def counted(path: pathlib.Path) -> int | None:
+            return _parse_count(path.read_text()) if path.exists() else None
+
+        return Outcome(done.stdout, out_json, cpu, counted(cli_counts), counted(srv_counts))
+
+
+# -- the jobs ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    key: str  # name in the JSON
+    label: str  # column heading
+    kind: str  # "bw" or "lat"
+    server: Callable[[int, int], list[str]]  # (size, count) -> argv
+    client: Callable[[int, int, str, pathlib.Path], list[str]]  # (size, count, port, json)
+    read: Callable[[Outcome], Metrics]  # the client's figures
+
+
+def _perf(test: str, *extra: str) -> tuple[Callable[..., list[str]], Callable[..., list[str]]]:
+    cli = [sys.executable, "-m", "tcpverbs.cli", "perf", test]
+
+    def server(size: int, count: int) -> list[str]:
+        return [*cli, "--print-port", "-p", "0"]
+
+    def client(size: int, count: int, port: str, out: pathlib.Path) -> list[str]:
+        args = [*cli, "127.0.0.1", "-p", port, "-s", str(size), "-n", str(count)]
+        return [*args, "--report_gbits", "--out_json", str(out), *extra]
+
+    return server, client
+
+
+def _read_perf_bw(o: Outcome) -> Metrics:
+    r = json.loads(o.json_path.read_text())["results"][0]
+    return {"gbps": r["bw_avg"], "msg_rate": r["msg_rate_mpps"] * 1e6}
+
+
+def _read_lat(latency: dict[str, float]) -> Metrics:
+    return {"p50": latency["t_typical"], "p99": latency["p99"], "p999": latency["p999"]}
+
+
+def tcpverbs_job(key: str, label: str, test: str, *extra: str) -> Job:
+    server, client = _perf(test, *extra)
+    if test.endswith("_bw"):
+        return Job(key, label, "bw", server, client, _read_perf_bw)
+    return Job(
+        key,
+        label,
+        "lat",
+        server,
+        client,
+        lambda o: _read_lat(json.loads(o.json_path.read_text())["results"][0]),
+    )
+
+
+def sockets_job(key: str, label: str, mode: str, busy: bool) -> Job:
+    peer = [sys.executable, str(HERE / "sockets_peer.py")]
+    flags = ["--busy"] if busy else []
+
+    def pick(size: int) -> str:
+        return "msg" if mode == "bw" and size <= 64 else mode  # 64 B: one send() per message
+
+    def server(size: int, count: int) -> list[str]:
+        return [*peer, "serve", pick(size), str(size), str(count), *flags]
+
+    def client(size: int, count: int, port: str, out: pathlib.Path) -> list[str]:
+        return [*peer, pick(size), str(size), str(count), "--port", port, *flags]
+
+    def read(o: Outcome) -> Metrics:
+        d = json.loads(o.stdout)
+        if mode == "lat":
+            return _read_lat(d["latency"])
+        return {
+            "gbps": d["bytes"] * 8 / d["seconds"] / 1e9,
+            "msg_rate": d["messages"] / d["seconds"],
+        }
+
+    return Job(key, label, "lat" if mode == "lat" else "bw", server, client, read)
+
+
+BW_JOBS = (
+    tcpverbs_job("rc_send", "rc SEND", "send_bw", "-t", "256"),
+    tcpverbs_job("rc_send_events", "rc SEND -e", "send_bw", "-t", "256", "-e"),
+    tcpverbs_job("rc_write", "rc WRITE", "write_bw", "-t", "256"),
+    tcpverbs_job("stream_send", "stream SEND", "send_bw", "-t", "256", "--wire", "stream"),
+    sockets_job("sockets", "sockets", "bw", busy=False),
+    sockets_job("sockets_busy", "sockets busy", "bw", busy=True),
+)
+LAT_JOBS = (
+    tcpverbs_job("tcpverbs_poll", "tcpverbs polling", "send_lat"),
+    tcpverbs_job("tcpverbs_events", "tcpverbs -e (events)", "send_lat", "-e"),
+    sockets_job("sockets_busy", "sockets busy-polling", "lat", busy=True),
+    sockets_job("sockets_blocking", "sockets blocking", "lat", busy=False),
+)
+
+
+def bw_count(size: int, quick: bool) -> int:
+    budget = (256 << 20) if quick else (1 << 30)  # bytes per bandwidth point
+    return max(500 if quick else 2000, min(200_000, budget // size))
+
+
+def small_count(count: int) -> int:
+    """The short run whose system calls are subtracted (start-up, connection set-up)."""
+    return max(100, count // 4)
+
+
+# -- measuring ---------------------------------------------------------------------------
+class Bench:
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.samples: dict[tuple[str, int], list[Metrics]] = {}
+
+    def measure(self, job: Job, size: int, count: int) -> None:
+        o = self._run(job, size, count)
+        m = job.read(o)
+        if job.kind == "bw":
+            m["cpu_per_gb"] = o.cpu / (size * count / 1e9)
+        else:
+            m["cpu_per_msg_us"] = o.cpu / count * 1e6
+        if self.runner.count_syscalls:
+            # a short run of the same job, every round: start-up and set-up cancel out, and
+            # the median over rounds tames what spinning adds to either run
+            n = small_count(count)
+            s = self._run(job, size, n)
+            for side, full, short in (
+                ("client", o.syscalls_client, s.syscalls_client),
+                ("server", o.syscalls_server, s.syscalls_server),
+            ):
+                if full is not None and short is not None:
+                    m[f"syscalls_{side}"] = (full - short) / (count - n)
+        self.samples.setdefault((job.key, size), []).append(m)
+
+    def _run(self, job: Job, size: int, count: int) -> Outcome:
+        return self.runner.run(job.server(size, count), lambda p, j: job.client(size, count, p, j))
+
+    def median(self, key: str, size: int) -> Metrics:
+        runs = self.samples.get((key, size), [])
+        if not runs:
+            return {}
+        return {k: statistics.median(r[k] for r in runs if k in r) for k in runs[0]}
+
+
+def iperf3(size: int) -> float | None:
+    """iperf3's Gbit/s with *size*-byte writes (2 s), or None without iperf3."""
     if shutil.which("iperf3") is None:
         return None
     server = subprocess.Popen(
@@ -126,96 +296,330 @@ def iperf3(size: int) -> dict[str, float] | None:
     )
     try:
         time.sleep(0.3)
-        out, _ = _run(["iperf3", "-c", "127.0.0.1", "-p", "5299", "-t", "2", "-l", str(size), "-J"])
-        bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
-        return {"gbps": bps / 1e9}
+        done = subprocess.run(
+            ["iperf3", "-c", "127.0.0.1", "-p", "5299", "-t", "2", "-l", str(size), "-J"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            return None
+        return float(json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
     finally:
         server.wait(10)
 
 
+# -- targets (issue #4) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: float | None
+    limit: float
+    at_least: bool  # True: measured >= limit is met; False: measured <= limit
+    unit: str = "x"
+
+    @property
+    def met(self) -> bool | None:
+        if self.measured is None:
+            return None
+        return self.measured >= self.limit if self.at_least else self.measured <= self.limit
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def targets(rows: dict[int, dict[str, Metrics]], lat: dict[str, Metrics]) -> list[Target]:
+    def bw(size: int, key: str, metric: str = "gbps") -> float | None:
+        return rows.get(size, {}).get(key, {}).get(metric)
+
+    mib, k64 = 1 << 20, 65536
+    out = [
+        Target(
+            "1 MiB rc SEND / sockets busy",
+            _ratio(bw(mib, "rc_send"), bw(mib, "sockets_busy")),
+            1.0,
+            True,
+        ),
+        Target(
+            "1 MiB rc WRITE / sockets busy",
+            _ratio(bw(mib, "rc_write"), bw(mib, "sockets_busy")),
+            1.0,
+            True,
+        ),
+        Target(
+            "64 KiB rc SEND / sockets", _ratio(bw(k64, "rc_send"), bw(k64, "sockets")), 1.5, True
+        ),
+        Target(
+            "64 B rc SEND msg/s / sockets",
+            _ratio(bw(64, "rc_send", "msg_rate"), bw(64, "sockets", "msg_rate")),
+            1.0,
+            True,
+        ),
+        Target(
+            "8 B latency polling / sockets busy",
+            _ratio(lat.get("tcpverbs_poll", {}).get("p50"), lat.get("sockets_busy", {}).get("p50")),
+            1.25,
+            False,
+        ),
+        Target(
+            "8 B latency -e / sockets blocking",
+            _ratio(
+                lat.get("tcpverbs_events", {}).get("p50"),
+                lat.get("sockets_blocking", {}).get("p50"),
+            ),
+            1.1,
+            False,
+        ),
+        Target(
+            "64 B rc SEND syscalls/msg, sender",
+            bw(64, "rc_send", "syscalls_client"),
+            0.1,
+            False,
+            "",
+        ),
+    ]
+    for side in ("client", "server"):
+        per_msg = bw(k64, "rc_send", f"syscalls_{side}")
+        out.append(
+            Target(
+                f"64 KiB rc SEND syscalls/MiB, {'sender' if side == 'client' else 'receiver'}",
+                per_msg * 16 if per_msg is not None else None,
+                4.0,
+                False,
+                "",
+            )
+        )
+    return out
+
+
+# -- output ------------------------------------------------------------------------------
+def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _size(size: int) -> str:
+    return (
+        f"{size >> 20} MiB"
+        if size >= 1 << 20
+        else f"{size >> 10} KiB"
+        if size >= 1024
+        else f"{size} B"
+    )
+
+
+def print_tables(
+    console: Console,
+    rows: dict[int, dict[str, Metrics]],
+    iperf: dict[int, float | None],
+    lat: dict[str, Metrics],
+    goals: list[Target],
+    rounds: int,
+) -> None:
+    def get(size: int, key: str, metric: str) -> float | None:
+        return rows[size].get(key, {}).get(metric)
+
+    t = Table(title=f"Throughput, Gbit/s (median of {rounds})")
+    for head in (
+        "size",
+        *(j.label for j in BW_JOBS),
+        "iperf3",
+        "SEND/sockets",
+        "WRITE/sockets",
+        "SEND/busy",
+    ):
+        t.add_column(head, justify="right")
+    for size in rows:
+        send, sock, busy = (
+            get(size, "rc_send", "gbps"),
+            get(size, "sockets", "gbps"),
+            get(size, "sockets_busy", "gbps"),
+        )
+        t.add_row(
+            _size(size),
+            *(_fmt(get(size, j.key, "gbps")) for j in BW_JOBS),
+            _fmt(iperf.get(size)),
+            _fmt(_ratio(send, sock), suffix="x"),
+            _fmt(_ratio(get(size, "rc_write", "gbps"), sock), suffix="x"),
+            _fmt(_ratio(send, busy), suffix="x"),
+        )
+    console.print(t)
+
+    t = Table(title="Messages per second (thousands) and CPU seconds (both sides) per GB")
+    t.add_column("size", justify="right")
+    for j in BW_JOBS:
+        t.add_column(f"k msg/s {j.label}", justify="right")
+    for j in BW_JOBS:
+        t.add_column(f"CPU/GB {j.label}", justify="right")
+    for size in rows:
+        rates = [_fmt(_k(get(size, j.key, "msg_rate")), ".0f") for j in BW_JOBS]
+        t.add_row(_size(size), *rates, *(_fmt(get(size, j.key, "cpu_per_gb")) for j in BW_JOBS))
+    console.print(t)
+
+    t = Table(title="System calls per message: sender / receiver (perf stat, set-up subtracted)")
+    t.add_column("size", justify="right")
+    for j in BW_JOBS:
+        t.add_column(j.label, justify="right")
+    for size, row in rows.items():
+        t.add_row(
+            _size(size),
+            *(_pair(row.get(j.key, {})) for j in BW_JOBS),
+        )
+    console.print(t)
+
+    t = Table(title=f"{LAT_SIZE} B one-way latency, us (round trip / 2, median of {rounds})")
+    for head in (
+        "",
+        "p50",
+        "p99",
+        "p99.9",
+        "syscalls/round trip (client / server)",
+        "CPU us/round trip",
+    ):
+        t.add_column(head, justify="right")
+    for job in LAT_JOBS:
+        m = lat.get(job.key, {})
+        t.add_row(
+            job.label,
+            _fmt(m.get("p50")),
+            _fmt(m.get("p99")),
+            _fmt(m.get("p999")),
+            _pair(m),
+            _fmt(m.get("cpu_per_msg_us"), ".1f"),
+        )
+    console.print(t)
+
+    t = Table(title="Targets of issue #4")
+    for head in ("target", "measured", "goal", "met"):
+        t.add_column(head, justify="right")
+    for g in goals:
+        verdict = {None: "not measured", True: "[green]met[/]", False: "[red]NOT met[/]"}[g.met]
+        t.add_row(
+            g.name,
+            _fmt(g.measured, ".2f", g.unit),
+            f"{'>=' if g.at_least else '<='} {g.limit:g}{g.unit}",
+            verdict,
+        )
+    console.print(t)
+
+
+def _pair(m: Metrics) -> str:
+    """System calls per message of the client (sender) and the server (receiver)."""
+    return f"{_fmt(m.get('syscalls_client'))} / {_fmt(m.get('syscalls_server'))}"
+
+
+def _k(value: float | None) -> float | None:
+    return None if value is None else value / 1e3
+
+
+def draw(
+    rows: dict[int, dict[str, Metrics]], lat: dict[str, Metrics], outdir: pathlib.Path
+) -> list[pathlib.Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sizes = list(rows)
+    for job in BW_JOBS:
+        ax.plot(
+            sizes,
+            [rows[s].get(job.key, {}).get("gbps", float("nan")) for s in sizes],
+            marker="o",
+            label=job.label,
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("message size (bytes)")
+    ax.set_ylabel("Gbit/s")
+    ax.set_title("Throughput on loopback: tcpverbs and plain Python sockets")
+    ax.legend()
+    throughput = outdir / "throughput.png"
+    fig.savefig(throughput, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    quantiles = (("p50", "median"), ("p99", "99%"), ("p999", "99.9%"))
+    width = 0.8 / len(quantiles)
+    for i, (key, name) in enumerate(quantiles):
+        xs = [n + (i - 1) * width for n in range(len(LAT_JOBS))]
+        ax.bar(xs, [lat.get(j.key, {}).get(key, 0.0) for j in LAT_JOBS], width, label=name)
+    ax.set_xticks(range(len(LAT_JOBS)), [j.label for j in LAT_JOBS], rotation=10)
+    ax.set_yscale("log")
+    ax.set_ylabel("one-way latency, us")
+    ax.set_title(f"{LAT_SIZE} B ping-pong latency percentiles on loopback")
+    ax.legend()
+    latency = outdir / "latency.png"
+    fig.savefig(latency, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return [throughput, latency]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller runs, one round (a smoke test)"
+    )
+    parser.add_argument("--rounds", type=int, help="runs of every configuration (default 3)")
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     parser.add_argument("--png", default=str(HERE / "results"))
     args = parser.parse_args()
-    rows = []
-    for size in SIZES:
-        n = iters_for(size, args.quick)
-        peer_mode = "msg" if size <= 64 else "bw"
-        row = {
-            "size": size,
-            "rc_send": tcpverbs_bw("send_bw", size, n),
-            "rc_write": tcpverbs_bw("write_bw", size, n),
-            "sockets": sockets(peer_mode, size, n),
-            "iperf3": iperf3(size),
-        }
-        rows.append(row)
-        print(f"measured {size} B", file=sys.stderr)
-    lat_n = 500 if args.quick else 5000
-    latency = {
-        "tcpverbs_poll": tcpverbs_lat(8, lat_n, False),
-        "tcpverbs_events": tcpverbs_lat(8, lat_n, True),
-        "sockets_busy": sockets("lat", 8, lat_n, busy=True),
-        "sockets_blocking": sockets("lat", 8, lat_n),
-    }
-    print(
+    rounds = args.rounds or (1 if args.quick else 3)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    count_syscalls = syscall_counter_works()
+    if not count_syscalls:
+        console.print("perf cannot count system calls here: those columns stay empty")
+    lat_count = 1000 if args.quick else 5000
+    iperf: dict[int, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Runner(count_syscalls, pathlib.Path(tmp)))
+        for r in range(rounds):
+            for size in SIZES:
+                for job in BW_JOBS:
+                    bench.measure(job, size, bw_count(size, args.quick))
+                gbps = iperf3(size)
+                if gbps is not None:
+                    iperf.setdefault(size, []).append(gbps)
+                console.print(f"round {r + 1}/{rounds}: measured {_size(size)}", style="dim")
+            for job in LAT_JOBS:
+                bench.measure(job, LAT_SIZE, lat_count)
+    rows = {size: {j.key: bench.median(j.key, size) for j in BW_JOBS} for size in SIZES}
+    lat = {j.key: bench.median(j.key, LAT_SIZE) for j in LAT_JOBS}
+    iperf_median = {s: statistics.median(v) if v else None for s, v in iperf.items()}
+    goals = targets(rows, lat)
+    console.print(
         f"\ntcpverbs vs plain Python sockets on loopback ({platform.node()}, "
-        f"{platform.python_version()})\n"
+        f"Python {platform.python_version()})"
     )
-    print(
-        f"{'size':>8} | {'rc SEND':>9} {'rc WRITE':>9} {'sockets':>9} {'iperf3':>8} | "
-        f"{'SEND/sock':>9} {'WRITE/sock':>10} | {'msg/s SEND':>11} {'sockets':>9} | "
-        f"{'CPU s/GB SEND':>13} {'sockets':>8}"
-    )
-    for r in rows:
-        s, w, p, i = r["rc_send"], r["rc_write"], r["sockets"], r["iperf3"]
-        iperf = f"{i['gbps']:.1f}Gb" if i else "-"
-        print(
-            f"{r['size']:>8} | {s['gbps']:>7.2f}Gb {w['gbps']:>7.2f}Gb {p['gbps']:>7.2f}Gb "
-            f"{iperf:>8} | "
-            f"{s['gbps'] / p['gbps']:>8.2f}x {w['gbps'] / p['gbps']:>9.2f}x | "
-            f"{s['mmsgs'] * 1e6:>11.0f} {p['mmsgs'] * 1e6:>9.0f} | "
-            f"{s['cpu_per_gb']:>13.2f} {p['cpu_per_gb']:>8.2f}"
-        )
-    print("\n8 B one-way latency (median, us; perftest style: round trip / 2)")
-    for name, value in latency.items():
-        print(f"  {name:<18} {value['us']:8.2f}  (p99 {value['p99']:.2f})")
-    print(
-        f"  ratio busy-poll: {latency['tcpverbs_poll']['us'] / latency['sockets_busy']['us']:.2f}x"
-        f"   events/blocking: "
-        f"{latency['tcpverbs_events']['us'] / latency['sockets_blocking']['us']:.2f}x"
-    )
+    print_tables(console, rows, iperf_median, lat, goals, rounds)
     path = pathlib.Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps({"machine": platform.platform(), "rows": rows, "latency_8B": latency}, indent=2)
-    )
-    print(f"\nwrote {path}")
+    report = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "rounds": rounds,
+        "syscalls_counted": count_syscalls,
+        "bandwidth": {str(s): {**rows[s], "iperf3": {"gbps": iperf_median.get(s)}} for s in SIZES},
+        "latency_8B": lat,
+        "samples": {f"{k}@{s}": v for (k, s), v in bench.samples.items()},
+        "targets": [
+            {"name": g.name, "measured": g.measured, "limit": g.limit, "met": g.met} for g in goals
+        ],
+    }
+    path.write_text(json.dumps(report, indent=2))
+    console.print(f"wrote {path}")
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        pngs = draw(rows, lat, pathlib.Path(args.png))
     except ImportError:
-        print("matplotlib not installed: no PNG (pip install matplotlib)")
+        console.print("matplotlib not installed: no PNG (pip install matplotlib)")
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    sizes = [r["size"] for r in rows]
-    for key, label in (
-        ("rc_send", "tcpverbs rc SEND"),
-        ("rc_write", "tcpverbs rc WRITE"),
-        ("sockets", "plain Python sockets"),
-    ):
-        ax.plot(sizes, [r[key]["gbps"] for r in rows], marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("message size (bytes)")
-    ax.set_ylabel("Gbit/s")
-    ax.set_title("Throughput on loopback")
-    ax.legend()
-    png = pathlib.Path(args.png) / "throughput.png"
-    fig.savefig(png, dpi=100, bbox_inches="tight")
-    print(f"wrote {png}")
+    for png in pngs:
+        console.print(f"wrote {png}")
 
 
 if __name__ == "__main__":

@@ -1,104 +1,134 @@
 """The plain-Python-sockets peer of the benchmark: the same jobs done the plain way.
 
-    python sockets_peer.py bw SIZE COUNT        sendall/recv_into of COUNT x SIZE bytes
-    python sockets_peer.py msg SIZE COUNT       one send() per message (Nagle on)
-    python sockets_peer.py lat SIZE COUNT [--busy]   ping-pong, blocking or busy-polling
+Two processes, like ``tcpverbs perf``, so that each side can be measured on its own::
 
-Runs both ends itself (the receiver as a child process) and prints one JSON line:
-``{"seconds": ..., "bytes": ..., "samples_us": [...]}``.
+    python sockets_peer.py serve MODE SIZE COUNT [--busy]      prints its port, serves once
+    python sockets_peer.py MODE SIZE COUNT --port PORT [--busy]   the client: prints JSON
+
+MODE is one of
+
+- ``bw``: the client ``sendall()``s COUNT x SIZE bytes; the server ``recv_into()``s them
+  into a buffer of one message, 64 KiB at least (blocking, or with ``--busy`` spinning
+  on a non-blocking socket);
+- ``msg``: the same with one ``send()`` per message (Nagle on, as a plain program has it);
+- ``lat``: ping-pong of SIZE bytes, TCP_NODELAY, blocking or (``--busy``) spinning.
+
+The client prints one JSON line: ``{"seconds", "bytes", "messages"}`` and, for ``lat``,
+``"latency"`` — the same statistics ``tcpverbs perf`` reports (one way = round trip / 2).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
-import sys
 import time
 
+from tcpverbs.perf.report import lat_result
 
-def receiver(conn: socket.socket, total: int, chunk: int) -> None:
-    buf = memoryview(bytearray(max(chunk, 1 << 16)))
-    got = 0
-    while got < total:
-        n = conn.recv_into(buf)
-        if not n:
-            break
-        got += n
-    conn.sendall(b"k")  # done: the sender stops its clock when this arrives
+MIN_RECV = 1 << 16  # the receiving side reads into a buffer of one message, 64 KiB at least
 
 
-def echo(conn: socket.socket, size: int, count: int, busy: bool) -> None:
-    buf = memoryview(bytearray(size))
-    if busy:
-        conn.setblocking(False)
-    for _ in range(count):
-        _recv_exactly(conn, buf)
-        _send_all_busy(conn, buf)
-
-
-def _recv_exactly(sock: socket.socket, buf: memoryview) -> None:
-    """Fill *buf*; spins when the socket is non-blocking (busy polling)."""
-    got = 0
-    while got < len(buf):
+def _recv_into(sock: socket.socket, buf: memoryview) -> int:
+    """One receive; spins (busy polling) when the socket is non-blocking."""
+    while True:
         try:
-            got += sock.recv_into(buf[got:])
+            return sock.recv_into(buf)
         except BlockingIOError:
             continue
 
 
-def main() -> None:
-    mode, size, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    busy = "--busy" in sys.argv
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    child = os.fork()
-    if child == 0:  # the other process
-        conn, _ = listener.accept()
-        if mode == "lat":
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            echo(conn, size, count, busy)
-        else:
-            receiver(conn, size * count, size)
-        os._exit(0)
-    listener.close()
-    sock = socket.create_connection(("127.0.0.1", port))
-    payload = memoryview(os.urandom(size))
-    samples: list[float] = []
-    start = time.perf_counter()
-    if mode == "bw":
-        for _ in range(count):
-            sock.sendall(payload)
-        sock.recv(1)
-    elif mode == "msg":
-        for _ in range(count):
-            sock.send(payload)
-        sock.recv(1)
-    else:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if busy:
-            sock.setblocking(False)
-        buf = memoryview(bytearray(size))
-        for _ in range(count):
-            t0 = time.perf_counter_ns()
-            if busy:
-                _send_all_busy(sock, payload)
-            else:
-                sock.sendall(payload)
-            _recv_exactly(sock, buf)
-            samples.append((time.perf_counter_ns() - t0) / 2000)  # one way, like perftest
-    seconds = time.perf_counter() - start
-    os.waitpid(child, 0)
-    print(json.dumps({"seconds": seconds, "bytes": size * count, "samples_us": samples}))
+def _recv_exactly(sock: socket.socket, buf: memoryview) -> None:
+    got = 0
+    while got < len(buf):
+        n = _recv_into(sock, buf[got:])
+        if not n:
+            raise ConnectionError("peer closed the connection early")
+        got += n
 
 
-def _send_all_busy(sock: socket.socket, data: memoryview) -> None:
+def _send_all(sock: socket.socket, data: memoryview) -> None:
+    """``sendall`` that also works (spinning) on a non-blocking socket."""
     sent = 0
     while sent < len(data):
         try:
             sent += sock.send(data[sent:])
         except BlockingIOError:
             continue
+
+
+def serve(mode: str, size: int, count: int, busy: bool) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(listener.getsockname()[1], flush=True)
+    conn, _ = listener.accept()
+    listener.close()
+    if busy:
+        conn.setblocking(False)
+    if mode == "lat":
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = memoryview(bytearray(size))
+        for _ in range(count):
+            _recv_exactly(conn, buf)
+            _send_all(conn, buf)
+    else:
+        buf = memoryview(bytearray(max(size, MIN_RECV)))
+        left = size * count
+        while left > 0:
+            n = _recv_into(conn, buf)
+            if not n:
+                raise ConnectionError("peer closed the connection early")
+            left -= n
+        _send_all(conn, memoryview(b"k"))  # done: the client stops its clock on this
+    conn.close()
+
+
+def client(mode: str, size: int, count: int, port: int, busy: bool) -> dict[str, object]:
+    sock = socket.create_connection(("127.0.0.1", port))
+    payload = memoryview(os.urandom(size))
+    result: dict[str, object] = {"bytes": size * count, "messages": count}
+    start = time.perf_counter()
+    if mode == "lat":
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if busy:
+            sock.setblocking(False)
+        buf = memoryview(bytearray(size))
+        samples: list[float] = []
+        for _ in range(count):
+            t0 = time.perf_counter_ns()
+            _send_all(sock, payload)
+            _recv_exactly(sock, buf)
+            samples.append((time.perf_counter_ns() - t0) / 2000)
+        result["latency"] = lat_result(size, samples).as_dict()
+    else:
+        send = sock.sendall if mode == "bw" else sock.send
+        for _ in range(count):
+            send(payload)
+        _recv_exactly(sock, memoryview(bytearray(1)))
+    result["seconds"] = time.perf_counter() - start
+    sock.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("words", nargs="+", help="[serve] MODE SIZE COUNT")
+    parser.add_argument("--port", type=int, help="the server's port (client side)")
+    parser.add_argument("--busy", action="store_true", help="spin instead of blocking")
+    args = parser.parse_args()
+    words = args.words
+    serving = words[0] == "serve"
+    if serving:
+        words = words[1:]
+    if len(words) != 3 or words[0] not in ("bw", "msg", "lat"):
+        parser.error("expected [serve] {bw,msg,lat} SIZE COUNT")
+    mode, size, count = words[0], int(words[1]), int(words[2])
+    if serving:
+        serve(mode, size, count, args.busy)
+    elif args.port is None:
+        parser.error("the client needs --port")
+    else:
+        print(json.dumps(client(mode, size, count, args.port, args.busy)))
 
 
 if __name__ == "__main__":

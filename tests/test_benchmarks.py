@@ -1,0 +1,123 @@
+"""The benchmark harness (``benchmarks/``): its peer, its runner, its verdicts.
+
+Figures themselves are never asserted here (speed is measured by ``scripts/bench.sh``);
+these tests check that every job runs as two processes, reports what the tables read,
+and that a target is judged the right way round.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import sys
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = _load("compare")
+
+
+@pytest.fixture
+def runner(tmp_path: pathlib.Path) -> Any:
+    return compare.Runner(count_syscalls=False, workdir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "busy"),
+    [("bw", 4096, False), ("bw", 4096, True), ("bw", 64, False), ("lat", 8, True)],
+)
+def test_sockets_peer_moves_every_byte(runner: Any, mode: str, size: int, busy: bool) -> None:
+    job = compare.sockets_job("s", "s", mode, busy)
+    outcome = runner.run(job.server(size, 300), lambda p, j: job.client(size, 300, p, j))
+    raw = json.loads(outcome.stdout)
+    assert raw["bytes"] == size * 300 and raw["messages"] == 300
+    figures = job.read(outcome)
+    if mode == "lat":
+        assert raw["latency"]["iterations"] == 300
+        assert 0 < figures["p50"] <= figures["p99"] <= figures["p999"]
+    else:
+        assert figures["gbps"] > 0 and figures["msg_rate"] > 0
+    assert outcome.cpu > 0
+
+
+def test_tcpverbs_jobs_run_as_two_processes(runner: Any) -> None:
+    bench = compare.Bench(runner)
+    send = compare.tcpverbs_job("rc_send", "rc SEND", "send_bw", "-t", "64")
+    lat = compare.tcpverbs_job("lat", "lat", "send_lat")
+    bench.measure(send, 64, 400)
+    bench.measure(lat, 8, 200)
+    bw = bench.median("rc_send", 64)
+    assert bw["gbps"] > 0 and bw["msg_rate"] > 0 and bw["cpu_per_gb"] > 0
+    assert "syscalls_client" not in bw  # not counted: no made-up figure
+    assert bench.median("lat", 8)["p50"] > 0
+
+
+def test_a_failing_client_is_reported_not_hidden(runner: Any) -> None:
+    job = compare.tcpverbs_job("bad", "bad", "send_bw", "--wire", "stream")
+    with pytest.raises(RuntimeError, match="at least 1 byte"):
+        runner.run(job.server(0, 10), lambda p, j: job.client(0, 10, p, j))
+
+
+def test_perf_stat_output_is_parsed() -> None:
+    csv = "# started on ...\n\n12345,,raw_syscalls:sys_enter,1000,100.00,,\n"
+    assert compare._parse_count(csv) == 12345
+    assert compare._parse_count("<not counted>,,raw_syscalls:sys_enter,0,0.00,,") is None
+    assert compare._parse_count("") is None
+
+
+def test_targets_are_judged_the_right_way_round() -> None:
+    assert compare.Target("bw", 1.2, 1.0, at_least=True).met is True
+    assert compare.Target("bw", 0.8, 1.0, at_least=True).met is False
+    assert compare.Target("lat", 1.3, 1.25, at_least=False).met is False
+    assert compare.Target("lat", 1.0, 1.25, at_least=False).met is True
+    assert compare.Target("x", None, 1.0, at_least=True).met is None
+
+
+def test_every_target_is_computed_from_the_medians() -> None:
+    mib, k64 = 1 << 20, 65536
+    rows = {
+        64: {
+            "rc_send": {"msg_rate": 50.0, "syscalls_client": 0.05},
+            "sockets": {"msg_rate": 100.0},
+        },
+        k64: {
+            "rc_send": {"gbps": 30.0, "syscalls_client": 0.5, "syscalls_server": 0.1},
+            "sockets": {"gbps": 20.0},
+        },
+        mib: {
+            "rc_send": {"gbps": 40.0},
+            "rc_write": {"gbps": 20.0},
+            "sockets_busy": {"gbps": 40.0},
+        },
+    }
+    lat = {
+        "tcpverbs_poll": {"p50": 10.0},
+        "sockets_busy": {"p50": 5.0},
+        "tcpverbs_events": {"p50": 11.0},
+        "sockets_blocking": {"p50": 10.0},
+    }
+    got = {t.name: (t.measured, t.met) for t in compare.targets(rows, lat)}
+    assert got["1 MiB rc SEND / sockets busy"] == (1.0, True)
+    assert got["1 MiB rc WRITE / sockets busy"] == (0.5, False)
+    assert got["64 KiB rc SEND / sockets"] == (1.5, True)
+    assert got["64 B rc SEND msg/s / sockets"] == (0.5, False)
+    assert got["8 B latency polling / sockets busy"] == (2.0, False)
+    assert got["8 B latency -e / sockets blocking"][1] is True
+    assert got["64 B rc SEND syscalls/msg, sender"] == (0.05, True)
+    assert got["64 KiB rc SEND syscalls/MiB, sender"] == (8.0, False)
+    assert got["64 KiB rc SEND syscalls/MiB, receiver"] == (1.6, True)
