@@ -10,7 +10,7 @@ import time
 import pytest
 
 import tcpverbs as v
-from tcpverbs.testing import Endpoint, chain, poll_until
+from tcpverbs.testing import Endpoint, chain, poll_until, tcp_socket_pair
 
 from .conftest import LOCAL_WRITE, PairFactory
 
@@ -618,3 +618,78 @@ def test_a_held_back_ack_waits_one_poll_at_most(
     assert frames_sent_after_one_message() == first + 1  # owed from before: sent now
     assert frames_sent_after_one_message() == first + 1  # held back again...
     assert frames_sent_after_one_message() == first + 2  # ...for one poll only
+
+
+def test_a_burst_of_small_sends_lands_in_order_whatever_the_receive_shape(
+    pair: PairFactory,
+) -> None:
+    """Small SENDs that arrive together take the one-step path when the first buffer of
+    the receive holds them, the general path otherwise; both keep order and contents."""
+    a, b = pair("rc")
+    smr, rmr = mr_with(a, bytes(range(40))), mr_with(b, 1024)
+    for i in range(8):
+        base = rmr.buf + 100 * i
+        if i % 2:  # first SGE too small: scattered by the general path
+            sges = [v.SGE(base, 2, rmr.lkey), v.SGE(base + 50, 10, rmr.lkey)]
+        else:
+            sges = [v.SGE(base, 10, rmr.lkey)]
+        b.qp.post_recv(v.RecvWR(i, len(sges), sges))
+    flags = [F.IBV_SEND_SIGNALED | (F.IBV_SEND_SOLICITED if i == 3 else 0) for i in range(8)]
+    a.qp.post_send(
+        chain(
+            [
+                v.SendWR(i, OP.IBV_WR_SEND_WITH_IMM, 1, i, [v.SGE(smr.buf + 5 * i, 5, smr.lkey)], f)
+                for i, f in enumerate(flags)
+            ]
+        )
+    )
+    wcs = poll_until(b.rcq, 8)
+    assert [(w.wr_id, w.byte_len, w.imm_data) for w in wcs] == [(i, 5, i) for i in range(8)]
+    for i in range(8):
+        got = (
+            rmr.read(5, 100 * i) if i % 2 == 0 else rmr.read(2, 100 * i) + rmr.read(3, 100 * i + 50)
+        )
+        assert got == bytes(range(5 * i, 5 * i + 5))
+    assert len(poll_until(a.scq, 8)) == 8
+
+
+def test_polling_many_completions_at_once_frees_every_slot(ctx: v.Context) -> None:
+    """poll() frees queue slots once per run of completions of one queue: with two QPs
+    interleaved on one CQ every slot still comes back, and no more than that."""
+    cap = v.QPCap(8, 8, 1, 1, 0)
+    pd = v.PD(ctx)
+    scq, shared = v.CQ(ctx, 64), v.CQ(ctx, 64)
+    mr = v.MR(pd, 4096, LOCAL_WRITE)
+    senders, receivers = [], []
+    for _ in range(2):
+        sender = v.QP(pd, v.QPInitAttr(scq=scq, rcq=scq, cap=cap, sq_sig_all=0), v.QPAttr())
+        receiver = v.QP(pd, v.QPInitAttr(scq=shared, rcq=shared, cap=cap), v.QPAttr())
+        sa, sb = tcp_socket_pair()
+        for qp, sock in ((sender, sa), (receiver, sb)):
+            qp.to_rtr(v.QPAttr(sock=sock))
+            qp.to_rts(v.QPAttr())
+        senders.append(sender)
+        receivers.append(receiver)
+
+    def fill(qp: v.QP) -> None:
+        for i in range(8):
+            qp.post_recv(v.RecvWR(i, 1, [v.SGE(mr.buf + 64 * i, 64, mr.lkey)]))
+        with pytest.raises(v.PostError) as full:
+            qp.post_recv(v.RecvWR(8, 1, [v.SGE(mr.buf, 64, mr.lkey)]))
+        assert full.value.errno == errno.ENOMEM
+
+    for receiver in receivers:
+        fill(receiver)
+    for i in range(8):  # the two QPs' completions interleave on the shared CQ
+        for sender in senders:
+            sender.post_send(
+                v.SendWR(i, OP.IBV_WR_SEND, 1, 0, [v.SGE(mr.buf + 1024, 8, mr.lkey)], 0)
+            )
+    deadline = time.monotonic() + 10
+    while len(shared) < 16 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the progress thread receives while nobody polls
+    n, wcs = shared.poll(16)  # all of them in one call
+    assert n == 16 and {w.qp_num for w in wcs} == {r.qp_num for r in receivers}
+    for receiver in receivers:
+        assert receiver.statistics()["rq_outstanding"] == 0
+        fill(receiver)  # eight fit again, a ninth does not

@@ -221,9 +221,19 @@ class CQ(VerbsObject):
             n = min(num_entries, len(self._entries))
             taken = [self._entries.popleft() for _ in range(n)]
         wcs = []
+        # slots are freed once per run of completions from one queue (one lock round)
+        run_key: tuple[Any, bool, int] | None = None
+        run = 0
         for qp, is_send, wr_id, status, opcode, vendor_err, byte_len, imm, flags, gen in taken:
-            qp._slot_freed(is_send, gen)
+            key = (qp, is_send, gen)
+            if key != run_key:
+                if run_key is not None:
+                    run_key[0]._slot_freed(run_key[1], run_key[2], run)
+                run_key, run = key, 0
+            run += 1
             wcs.append(WC(wr_id, status, opcode, vendor_err, byte_len, qp.qp_num, 0, imm, flags))
+        if run_key is not None:
+            run_key[0]._slot_freed(run_key[1], run_key[2], run)
         return n, wcs
 
     def wait(

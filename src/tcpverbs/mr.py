@@ -57,6 +57,7 @@ class MR(VerbsObject):
         self, pd: PD, length: int, access: int, address: WriteableBuffer | None = None
     ) -> None:
         self.access = _check_access(access)
+        self._access_bits = int(self.access)  # plain int: IntFlag's & is slow per WR
         if not isinstance(length, int) or length <= 0:
             raise TcpverbsError(errno.EINVAL, f"MR length must be a positive int, got {length!r}")
         self._mmap: mmap.mmap | None = None

@@ -62,7 +62,7 @@ S = ibv_qp_state
 M = ibv_qp_attr_mask
 _OK = ibv_wc_status.IBV_WC_SUCCESS
 _FLUSH = ibv_wc_status.IBV_WC_WR_FLUSH_ERR
-_LOCAL_WRITE = ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
+_LOCAL_WRITE = int(ibv_access_flags.IBV_ACCESS_LOCAL_WRITE)
 
 # ibv_modify_qp(3) for RC: allowed transitions -> attribute bits they require.
 _REQUIRED: dict[tuple[S, S], M] = {
@@ -139,8 +139,8 @@ _INLINE = int(ibv_send_flags.IBV_SEND_INLINE)
 _SIGNALED = int(ibv_send_flags.IBV_SEND_SIGNALED)
 _SOLICITED = int(ibv_send_flags.IBV_SEND_SOLICITED)
 _FENCE = int(ibv_send_flags.IBV_SEND_FENCE)
-_ATOMICS = (WR.IBV_WR_ATOMIC_CMP_AND_SWP, WR.IBV_WR_ATOMIC_FETCH_AND_ADD)
-_WRITES_LOCAL = (WR.IBV_WR_RDMA_READ, *_ATOMICS)  # their local SGEs receive data
+_ATOMICS = frozenset({int(WR.IBV_WR_ATOMIC_CMP_AND_SWP), int(WR.IBV_WR_ATOMIC_FETCH_AND_ADD)})
+_WRITES_LOCAL = _ATOMICS | {int(WR.IBV_WR_RDMA_READ)}  # their local SGEs receive data
 
 
 class QP(VerbsObject):
@@ -409,8 +409,8 @@ class QP(VerbsObject):
             )
         sges = _sge_list(wr.sg_list, wr.num_sge, self.cap.max_send_sge, wr, index)
         flags = int(wr.send_flags)  # plain int: IntFlag's & costs microseconds per WR
-        inline = bool(flags & _INLINE)
-        length = sum(s.length for s in sges)
+        inline = flags & _INLINE
+        length = sges[0].length if len(sges) == 1 else sum(s.length for s in sges)
         if inline and length > self.cap.max_inline_data:
             raise PostError(
                 errno.EINVAL,
@@ -418,10 +418,11 @@ class QP(VerbsObject):
                 wr,
                 index,
             )
-        writes_local = wr.opcode in _WRITES_LOCAL
+        opcode = int(wr.opcode)
+        writes_local = opcode in _WRITES_LOCAL
         if inline and writes_local:
-            raise PostError(errno.EINVAL, f"{_opname(wr.opcode)} cannot be inline", wr, index)
-        if wr.opcode in _ATOMICS and (len(sges) != 1 or length != 8):
+            raise PostError(errno.EINVAL, f"{_opname(opcode)} cannot be inline", wr, index)
+        if opcode in _ATOMICS and (len(sges) != 1 or length != 8):
             raise PostError(
                 errno.EINVAL,
                 f"atomics take one 8-byte local SGE, got {len(sges)} SGEs of {length} bytes",
@@ -429,7 +430,16 @@ class QP(VerbsObject):
                 index,
             )
         _check_room(self._sq_used, self.cap.max_send_wr, "send", wr, index)
-        segments, error = self._resolve(sges, writable=writes_local, inline=inline)
+        view = (
+            self._valid_view(sges[0], writable=writes_local)
+            if len(sges) == 1 and not inline
+            else None
+        )
+        if view is not None:  # the usual case, resolved in one step
+            segments: list[Segment] = [view] if length else []
+            error = None
+        else:
+            segments, error = self._resolve(sges, writable=writes_local, inline=bool(inline))
         if error is None and length > MAX_MSG_SZ:
             error = (
                 ibv_wc_status.IBV_WC_LOC_LEN_ERR,
@@ -437,22 +447,24 @@ class QP(VerbsObject):
             )
         if inline and error is None:
             segments = [b"".join(segments)]  # the caller may reuse the buffer on return
+        # positional: keyword construction of this 17-field record costs more per WR
         work = SendWork(
             wr.wr_id,
-            int(wr.opcode),
+            opcode,
             wc_opcode,
-            signaled=self.sq_sig_all or bool(flags & _SIGNALED),
-            solicited=bool(flags & _SOLICITED),
-            segments=segments,
-            length=length,
-            imm=wr.imm_data & 0xFFFFFFFF,
-            error=error,
-            rkey=wr.rkey & 0xFFFFFFFF,
-            remote_addr=wr.remote_addr & 0xFFFFFFFFFFFFFFFF,
-            compare_add=wr.compare_add & 0xFFFFFFFFFFFFFFFF,
-            swap=wr.swap & 0xFFFFFFFFFFFFFFFF,
-            fence=bool(flags & _FENCE),
-            needs_response=writes_local,
+            self.sq_sig_all or bool(flags & _SIGNALED),
+            bool(flags & _SOLICITED),
+            segments,
+            length,
+            wr.imm_data & 0xFFFFFFFF,
+            error,
+            0,
+            wr.rkey & 0xFFFFFFFF,
+            wr.remote_addr & 0xFFFFFFFFFFFFFFFF,
+            wr.compare_add & 0xFFFFFFFFFFFFFFFF,
+            wr.swap & 0xFFFFFFFFFFFFFFFF,
+            bool(flags & _FENCE),
+            writes_local,
         )
         self._sq_used += 1
         if state is S.IBV_QPS_ERR:
@@ -469,14 +481,32 @@ class QP(VerbsObject):
             raise PostError(errno.EINVAL, "post_recv on a QP in IBV_QPS_RESET", wr, index)
         sges = _sge_list(wr.sg_list, wr.num_sge, self.cap.max_recv_sge, wr, index)
         _check_room(self._rq_used, self.cap.max_recv_wr, "receive", wr, index)
-        segments, error = self._resolve(sges, writable=True, inline=False)
-        views = [s for s in segments if isinstance(s, memoryview)]
-        work = RecvWork(wr.wr_id, views, sum(len(v) for v in views), error)
+        work = self._one_buffer(wr, sges) if len(sges) == 1 else None
+        if work is None:
+            segments, error = self._resolve(sges, writable=True, inline=False)
+            views = [s for s in segments if isinstance(s, memoryview)]
+            work = RecvWork(wr.wr_id, views, sum(len(v) for v in views), error)
         self._rq_used += 1
         if state is S.IBV_QPS_ERR:
             self._complete_recv(work, _FLUSH)
         else:
             self._rq.append(work)
+
+    def _one_buffer(self, wr: RecvWR, sges: list[SGE]) -> RecvWork | None:
+        """The usual receive, one valid SGE, resolved in one step; None for anything
+        else (the general path then finds the error, if any)."""
+        sge = sges[0]
+        view = self._valid_view(sge, writable=True)
+        if view is None:
+            return None
+        return RecvWork(wr.wr_id, [view] if sge.length else [], sge.length)
+
+    def _valid_view(self, sge: SGE, *, writable: bool) -> memoryview | None:
+        """The memory of one SGE when it is valid, else None (:meth:`_resolve` says why)."""
+        mr = self.pd._mrs_by_lkey.get(sge.lkey)
+        if mr is None or (writable and not mr._access_bits & _LOCAL_WRITE):
+            return None
+        return mr._slice(sge.addr, sge.length)
 
     def _resolve(
         self, sges: list[SGE], *, writable: bool, inline: bool
@@ -499,7 +529,7 @@ class QP(VerbsObject):
                     ibv_wc_status.IBV_WC_LOC_PROT_ERR,
                     f"SGE {i}: lkey 0x{sge.lkey:x} is not an MR of this QP's PD",
                 )
-            if writable and not mr.access & _LOCAL_WRITE:
+            if writable and not mr._access_bits & _LOCAL_WRITE:
                 return views, (
                     ibv_wc_status.IBV_WC_LOC_PROT_ERR,
                     f"SGE {i}: MR 0x{sge.lkey:x} lacks IBV_ACCESS_LOCAL_WRITE",
@@ -562,14 +592,15 @@ class QP(VerbsObject):
             solicited,
         )
 
-    def _slot_freed(self, is_send: bool, generation: int) -> None:
+    def _slot_freed(self, is_send: bool, generation: int, count: int = 1) -> None:
+        """*count* completions of this QP were polled (or lost): their WRs' slots are free."""
         with self._lock:
             if generation != self._generation:  # posted before a RESET that freed it
                 return
             if is_send:
-                self._sq_used = max(0, self._sq_used - 1)
+                self._sq_used = max(0, self._sq_used - count)
             else:
-                self._rq_used = max(0, self._rq_used - 1)
+                self._rq_used = max(0, self._rq_used - count)
 
     def _enter_error(
         self,

@@ -53,6 +53,7 @@ DRAIN_TIMEOUT = 5.0  # seconds a closed connection waits for the peer's FIN
 APP_POLL_GRACE = 0.002  # seconds without CQ.poll before the progress thread reads again
 PARK_CHECK_MAX = 0.032  # longest pause between two looks at a parked connection
 _ERR = select.EPOLLERR | select.EPOLLHUP
+_NOSIGNAL = int(socket.MSG_NOSIGNAL)  # a plain int: MsgFlag's | and & build enums per call
 
 
 class Transport:
@@ -259,7 +260,7 @@ class Transport:
         zc = self._zerocopy
         while tx:
             batch = list(tx) if len(tx) <= IOV_MAX else list(islice(tx, IOV_MAX))
-            flags = socket.MSG_NOSIGNAL
+            flags = _NOSIGNAL
             if zc is not None and zc.wanted(batch):
                 flags |= MSG_ZEROCOPY
             try:

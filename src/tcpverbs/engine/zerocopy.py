@@ -29,7 +29,7 @@ __all__ = ["ZEROCOPY_MIN", "ZeroCopy", "zerocopy_threshold"]
 
 ZEROCOPY_MIN = 64 * 1024  # automatic policy: segments at least this big go zerocopy
 SO_ZEROCOPY = getattr(socket, "SO_ZEROCOPY", 60)
-MSG_ZEROCOPY = getattr(socket, "MSG_ZEROCOPY", 0x4000000)
+MSG_ZEROCOPY = int(getattr(socket, "MSG_ZEROCOPY", 0x4000000))
 _RECVERR = {(socket.IPPROTO_IP, 11), (socket.IPPROTO_IPV6, 25)}  # IP(V6)_RECVERR cmsgs
 _EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
 _ORIGIN_ZEROCOPY = 5  # SO_EE_ORIGIN_ZEROCOPY

@@ -46,6 +46,7 @@ per iteration; ``send_lat`` and ``write_lat`` report half the round trip, as per
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import subprocess
 import sys
@@ -83,6 +84,7 @@ CTRL_SLOTS = 4  # control receives kept posted, and control sends in flight at m
 POOL_BYTES = 64 << 20  # at most this much buffer per side for the bandwidth tests
 TIMEOUT = 60.0  # seconds without progress before a side gives up
 DATA_RECV = 100  # wr_id of send_bw's receives
+REPOST_BATCH = 16  # send_bw's receives are posted again in lists of up to this many
 ACCESS = (
     ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
     | ibv_access_flags.IBV_ACCESS_REMOTE_WRITE
@@ -475,6 +477,12 @@ class _Receiver:
         self.slots = _bw_slots(cfg, self.stride)
         self.mr = end.data_mr(self.stride * self.slots)
         self.rx_depth = cfg.rx_depth
+        self.ring = [
+            RecvWR(DATA_RECV, 1, [SGE(self.mr.buf + slot * self.stride, self.stride, self.mr.lkey)])
+            for slot in range(self.slots)
+        ]
+        # receives go back in lists once this many have completed; the rest stay posted
+        self.repost = max(1, min(REPOST_BATCH, self.rx_depth // 4))
         self.whole_messages = cfg.wire == "rc"  # stream: a receive is any number of bytes
         self.posted = [0] * len(self.qps)  # outstanding per QP
         self.count = 0
@@ -484,14 +492,24 @@ class _Receiver:
     def top_up(self) -> None:
         for i in range(len(self.qps)):
             while self.posted[i] < self.rx_depth:
-                self._post(i)
+                self._post(i, self.rx_depth - self.posted[i])
 
-    def _post(self, i: int) -> None:
-        slot = self.count % self.slots
-        sge = SGE(self.mr.buf + slot * self.stride, self.stride, self.mr.lkey)
-        self.qps[i].post_recv(RecvWR(DATA_RECV, 1, [sge]))
-        self.posted[i] += 1
-        self.count += 1
+    def _post(self, i: int, count: int) -> None:
+        """Post *count* receives on QP *i* as post lists of WRs built once (perftest
+        reposts in C; here a per-message RecvWR and post_recv call would cost more than
+        the receive itself)."""
+        ring = self.ring
+        while count > 0:
+            k = min(count, len(ring))  # a WR appears once per list
+            first = self.count % len(ring)
+            batch = [ring[(first + j) % len(ring)] for j in range(k)]
+            for wr, nxt in itertools.pairwise(batch):
+                wr.next_wr = nxt
+            batch[-1].next_wr = None
+            self.qps[i].post_recv(batch[0])
+            self.posted[i] += k
+            self.count += k
+            count -= k
 
     def begin(self) -> None:
         self.got = [[0, 0] for _ in self.qps]
@@ -501,7 +519,9 @@ class _Receiver:
         self.got[i][0] += 1
         self.got[i][1] += byte_len
         self.posted[i] -= 1
-        self._post(i)
+        missing = self.rx_depth - self.posted[i]
+        if missing >= self.repost:
+            self._post(i, missing)
 
     def qp_complete(self, i: int) -> bool:
         if self.want is None:
