@@ -4,9 +4,9 @@
 
 For 64 B, 4 KiB, 64 KiB and 1 MiB it runs, as two processes each:
 
-- ``tcpverbs perf``: rc SEND, rc WRITE and stream SEND bandwidth (busy polling, post lists
-  of 100 WRs with the last one signaled, as perftest does), and 8 B SEND latency polling
-  and with ``-e`` (sleeping on completion events);
+- ``tcpverbs perf``: rc SEND (busy polling, and with ``-e``: sleeping on completion
+  events), rc WRITE and stream SEND bandwidth (post lists of 100 WRs with the last one
+  signaled, as perftest does), and 8 B SEND latency, polling and with ``-e``;
 - ``sockets_peer.py``: the same jobs done the plain way — ``sendall``/``recv_into`` for
   bulk, one ``send()`` per message for 64 B, with a blocking and with a busy-polling
   receiver; ping-pong blocking and busy-polling;
@@ -17,7 +17,8 @@ interleaved so that a noisy minute hurts every column alike, and the tables show
 System calls are counted per process with ``perf stat -e raw_syscalls:sys_enter`` (when
 ``perf`` works here) and reported per message for each side; start-up and set-up are
 cancelled out by subtracting a short run of the same job.  CPU is user + sys of both
-processes.  The last table holds the targets of issue #4 against what was measured.
+processes, set-up subtracted the same way.  The last table holds the targets of issue #4
+against what was measured.
 """
 
 from __future__ import annotations
@@ -256,23 +257,24 @@ class Bench:
         self.samples: dict[tuple[str, int], list[Metrics]] = {}
 
     def measure(self, job: Job, size: int, count: int) -> None:
+        """One run of *job*, and a short run of it, every round: what the two differ by
+        is the cost of ``count - n`` messages alone — interpreter start-up and connection
+        set-up cancel out, and the median over rounds tames what spinning adds to either."""
         o = self._run(job, size, count)
+        n = small_count(count)
+        s = self._run(job, size, n)
         m = job.read(o)
+        cpu = o.cpu - s.cpu
         if job.kind == "bw":
-            m["cpu_per_gb"] = o.cpu / (size * count / 1e9)
+            m["cpu_per_gb"] = cpu / (size * (count - n) / 1e9)
         else:
-            m["cpu_per_msg_us"] = o.cpu / count * 1e6
-        if self.runner.count_syscalls:
-            # a short run of the same job, every round: start-up and set-up cancel out, and
-            # the median over rounds tames what spinning adds to either run
-            n = small_count(count)
-            s = self._run(job, size, n)
-            for side, full, short in (
-                ("client", o.syscalls_client, s.syscalls_client),
-                ("server", o.syscalls_server, s.syscalls_server),
-            ):
-                if full is not None and short is not None:
-                    m[f"syscalls_{side}"] = (full - short) / (count - n)
+            m["cpu_per_msg_us"] = cpu / (count - n) * 1e6
+        for side, full, short in (
+            ("client", o.syscalls_client, s.syscalls_client),
+            ("server", o.syscalls_server, s.syscalls_server),
+        ):
+            if full is not None and short is not None:
+                m[f"syscalls_{side}"] = (full - short) / (count - n)
         self.samples.setdefault((job.key, size), []).append(m)
 
     def _run(self, job: Job, size: int, count: int) -> Outcome:
@@ -446,7 +448,7 @@ def print_tables(
         )
     console.print(t)
 
-    t = Table(title="Messages per second (thousands) and CPU seconds (both sides) per GB")
+    t = Table(title="Messages per second (thousands); CPU seconds (both sides) per GB moved")
     t.add_column("size", justify="right")
     for j in BW_JOBS:
         t.add_column(f"k msg/s {j.label}", justify="right")

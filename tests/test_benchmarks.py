@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import pathlib
 import sys
 from types import ModuleType
@@ -62,7 +63,8 @@ def test_tcpverbs_jobs_run_as_two_processes(runner: Any) -> None:
     bench.measure(send, 64, 400)
     bench.measure(lat, 8, 200)
     bw = bench.median("rc_send", 64)
-    assert bw["gbps"] > 0 and bw["msg_rate"] > 0 and bw["cpu_per_gb"] > 0
+    assert bw["gbps"] > 0 and bw["msg_rate"] > 0
+    assert math.isfinite(bw["cpu_per_gb"])  # a difference of two runs: noise may sign it
     assert "syscalls_client" not in bw  # not counted: no made-up figure
     assert bench.median("lat", 8)["p50"] > 0
 
