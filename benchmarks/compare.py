@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -455,7 +456,7 @@ def print_tables(
     for j in BW_JOBS:
         t.add_column(f"CPU/GB {j.label}", justify="right")
     for size in rows:
-        rates = [_fmt(_k(get(size, j.key, "msg_rate")), ".0f") for j in BW_JOBS]
+        rates = [_fmt(_scaled(get(size, j.key, "msg_rate"), 1e-3), ".0f") for j in BW_JOBS]
         t.add_row(_size(size), *rates, *(_fmt(get(size, j.key, "cpu_per_gb")) for j in BW_JOBS))
     console.print(t)
 
@@ -511,8 +512,99 @@ def _pair(m: Metrics) -> str:
     return f"{_fmt(m.get('syscalls_client'))} / {_fmt(m.get('syscalls_server'))}"
 
 
-def _k(value: float | None) -> float | None:
-    return None if value is None else value / 1e3
+def _md_table(title: str, heads: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
+    """A Markdown table under *title*; the first *left* columns are left-aligned."""
+    align = ["---"] * left + ["---:"] * (len(heads) - left)
+    lines = [title, "", "| " + " | ".join(heads) + " |", "|" + "|".join(align) + "|"]
+    return [*lines, *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The tables of a saved run (the JSON this script writes) as Markdown, for the docs."""
+    bw: dict[str, dict[str, Metrics]] = report["bandwidth"]
+    lat: dict[str, Metrics] = report["latency_8B"]
+    labels = [j.label for j in BW_JOBS]
+
+    def per_job(metric: str, spec: str, scale: float = 1.0) -> list[list[str]]:
+        return [
+            [
+                _size(int(size)),
+                *(_fmt(_scaled(row.get(j.key, {}).get(metric), scale), spec) for j in BW_JOBS),
+            ]
+            for size, row in bw.items()
+        ]
+
+    def ratios(row: dict[str, Metrics]) -> list[str]:
+        gbps = {k: m.get("gbps") for k, m in row.items()}
+        pairs = (("rc_send", "sockets"), ("rc_write", "sockets"), ("rc_send", "sockets_busy"))
+        return [_fmt(_ratio(gbps.get(a), gbps.get(b)), ".2f", "x") for a, b in pairs]
+
+    out = _md_table(
+        f"Throughput, Gbit/s (median of {report['rounds']} rounds):",
+        ["size", *labels, "iperf3", "SEND/sockets", "WRITE/sockets", "SEND/busy"],
+        [
+            [*cells, _fmt(bw[size]["iperf3"].get("gbps")), *ratios(bw[size])]
+            for (size, cells) in zip(bw, per_job("gbps", ".2f"), strict=True)
+        ],
+    )
+    out += _md_table(
+        "Thousands of messages per second:", ["size", *labels], per_job("msg_rate", ".0f", 1e-3)
+    )
+    out += _md_table(
+        "CPU seconds (user + sys, both processes) per GB moved:",
+        ["size", *labels],
+        per_job("cpu_per_gb", ".2f"),
+    )
+    out += _md_table(
+        "System calls per message, sender / receiver (`perf stat`):",
+        ["size", *labels],
+        [
+            [_size(int(size)), *(_pair(row.get(j.key, {})) for j in BW_JOBS)]
+            for size, row in bw.items()
+        ],
+    )
+    out += _md_table(
+        f"{LAT_SIZE} B one-way latency, us (round trip / 2):",
+        [
+            "",
+            "p50",
+            "p99",
+            "p99.9",
+            "syscalls per round trip, client / server",
+            "CPU us per round trip",
+        ],
+        [
+            [
+                j.label,
+                *(_fmt(lat.get(j.key, {}).get(q)) for q in ("p50", "p99", "p999")),
+                _pair(lat.get(j.key, {})),
+                _fmt(lat.get(j.key, {}).get("cpu_per_msg_us"), ".1f"),
+            ]
+            for j in LAT_JOBS
+        ],
+    )
+    goals = [
+        Target(t["name"], t["measured"], t["limit"], t["at_least"], t["unit"])
+        for t in report["targets"]
+    ]
+    out += _md_table(
+        "Targets of issue #4:",
+        ["target", "measured", "goal", "met"],
+        [
+            [
+                g.name,
+                _fmt(g.measured, ".2f", g.unit),
+                f"{'>=' if g.at_least else '<='} {g.limit:g}{g.unit}",
+                {None: "not measured", True: "**met**", False: "not met"}[g.met],
+            ]
+            for g in goals
+        ],
+    )
+    return "\n".join(out)
+
+
+def _scaled(value: float | None, scale: float) -> float | None:
+    return None if value is None else value * scale
 
 
 def draw(
@@ -610,11 +702,22 @@ def main() -> None:
         "latency_8B": lat,
         "samples": {f"{k}@{s}": v for (k, s), v in bench.samples.items()},
         "targets": [
-            {"name": g.name, "measured": g.measured, "limit": g.limit, "met": g.met} for g in goals
+            {
+                "name": g.name,
+                "measured": g.measured,
+                "limit": g.limit,
+                "at_least": g.at_least,
+                "unit": g.unit,
+                "met": g.met,
+            }
+            for g in goals
         ],
     }
     path.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {path}")
+    tables = path.with_suffix(".md")
+    tables.write_text(markdown(report))
+    console.print(f"wrote {tables} (the tables for docs/benchmarks.md)")
     try:
         pngs = draw(rows, lat, pathlib.Path(args.png))
     except ImportError:

@@ -123,3 +123,35 @@ def test_every_target_is_computed_from_the_medians() -> None:
     assert got["64 B rc SEND syscalls/msg, sender"] == (0.05, True)
     assert got["64 KiB rc SEND syscalls/MiB, sender"] == (8.0, False)
     assert got["64 KiB rc SEND syscalls/MiB, receiver"] == (1.6, True)
+
+
+def test_the_docs_tables_come_from_the_saved_run() -> None:
+    """markdown() renders a saved JSON report: every job, size, latency row and verdict."""
+    metrics = {"gbps": 2.0, "msg_rate": 3000.0, "cpu_per_gb": 0.5}
+    bw = {
+        str(size): {
+            **{
+                j.key: {**metrics, "syscalls_client": 0.25, "syscalls_server": 1.5}
+                for j in compare.BW_JOBS
+            },
+            "iperf3": {"gbps": 4.0},
+        }
+        for size in compare.SIZES
+    }
+    lat = {j.key: {"p50": 10.0, "p99": 20.0, "p999": 30.0} for j in compare.LAT_JOBS}
+    goal = compare.Target("64 B rc SEND msg/s / sockets", 0.5, 1.0, at_least=True)
+    report = {
+        "rounds": 3,
+        "bandwidth": bw,
+        "latency_8B": lat,
+        "targets": [
+            {"name": goal.name, "measured": 0.5, "limit": 1.0, "at_least": True, "unit": "x"}
+        ],
+    }
+    text = compare.markdown(report)
+    assert "median of 3 rounds" in text
+    assert "| 1 MiB | 2.00 | 2.00 |" in text and "| 4.00 | 1.00x | 1.00x | 1.00x |" in text
+    assert "| 64 B | 3 | 3 |" in text  # thousands of messages per second
+    assert "0.25 / 1.50" in text
+    assert "| tcpverbs polling | 10.00 | 20.00 | 30.00 |" in text
+    assert "| 64 B rc SEND msg/s / sockets | 0.50x | >= 1x | not met |" in text

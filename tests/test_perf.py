@@ -181,3 +181,16 @@ def test_latency_statistics() -> None:
     r = lat_result(8, [float(x) for x in range(1, 1001)])
     assert (r.t_min, r.t_max, r.iterations) == (1.0, 1000.0, 1000)
     assert r.t_typical == 500.5 and r.p99 == 990.0 and r.p999 == 999.0
+
+
+def test_bandwidth_tests_cycle_through_one_page_like_perftest() -> None:
+    """Small messages take successive places in one page, larger ones share one buffer:
+    the same memory footprint as perftest's and as the plain-socket peer's."""
+    from tcpverbs.perf.session import PerfConfig, _bw_slots, _pool_size
+
+    cfg = PerfConfig("send_bw", [64, 65536], tx_depth=128, rx_depth=512)
+    assert _bw_slots(cfg, 64) == 64
+    assert _bw_slots(cfg, 2048) == 2
+    assert _bw_slots(cfg, 4096) == _bw_slots(cfg, 1 << 20) == 1
+    assert _bw_slots(PerfConfig("send_bw", [8], tx_depth=4, rx_depth=4), 8) == 4  # queue-bound
+    assert _pool_size(cfg) == 2 * 65536
