@@ -194,3 +194,30 @@ def test_bandwidth_tests_cycle_through_one_page_like_perftest() -> None:
     assert _bw_slots(cfg, 4096) == _bw_slots(cfg, 1 << 20) == 1
     assert _bw_slots(PerfConfig("send_bw", [8], tx_depth=4, rx_depth=4), 8) == 4  # queue-bound
     assert _pool_size(cfg) == 2 * 65536
+
+
+@pytest.mark.parametrize("test", ["write_bw", "read_bw", "send_bw"])
+def test_sizes_that_are_not_powers_of_two_share_one_registration(test: str) -> None:
+    """The data MR is sized for every size of the run, so RDMA targets stay inside the
+    peer's MR and its rkey stays valid (sizes 1000 and 1100 need 4000 and 3300 bytes)."""
+    import threading
+
+    from tcpverbs.context import Context
+    from tcpverbs.perf.session import PerfConfig, _pool_size, run_client, run_server
+
+    cfg = PerfConfig(test, [1000, 1100], iters=300, bidirectional=test != "read_bw")
+    assert _pool_size(cfg) >= 4000
+    ports: list[int] = []
+    ready = threading.Event()
+    with Context(name="tcpv_lo") as server_ctx, Context(name="tcpv_lo") as client_ctx:
+
+        def serve() -> None:
+            run_server(server_ctx, "127.0.0.1", 0, lambda p: (ports.append(p), ready.set()))
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        assert ready.wait(10)
+        results = run_client(client_ctx, "127.0.0.1", ports[0], cfg)
+        server.join(30)
+    assert [r.size for r in results] == [1000, 1100]
+    assert all(r.iterations >= 300 for r in results)

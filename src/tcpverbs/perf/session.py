@@ -362,9 +362,11 @@ def run_client(
 
 
 def _pool_size(cfg: PerfConfig) -> int:
-    """Bytes of data buffer a side needs for every size of the run."""
-    largest = max(*cfg.sizes, 8)
-    return max(largest * _bw_slots(cfg, largest), 2 * largest)
+    """Bytes of data buffer a side needs for every size of the run: registered once, so
+    the rkey the peer was given stays valid from the first size to the last."""
+    sizes = [*cfg.sizes, 8]
+    largest = max(sizes)
+    return max(*(size * _bw_slots(cfg, size) for size in sizes), 2 * largest)
 
 
 def _bw_slots(cfg: PerfConfig, size: int) -> int:
