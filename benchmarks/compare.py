@@ -26,10 +26,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import platform
 import resource
+import select
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +49,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 SIZES = (64, 4096, 65536, 1 << 20)
 LAT_SIZE = 8
 RUN_TIMEOUT = 600  # seconds one process may take
+START_TIMEOUT = 60  # seconds a server may take to print its port
 Metrics = dict[str, float]
 
 
@@ -109,48 +113,69 @@ class Runner:
         ]
 
     def run(self, server: list[str], client: Callable[[str, pathlib.Path], list[str]]) -> Outcome:
-        """Start *server* (it prints its port first), then ``client(port, json_path)``."""
+        """Start *server* (it prints its port first), then ``client(port, json_path)``.
+
+        Each side runs in a session of its own, and whatever goes wrong (a failure, a
+        time-out) kills both whole sessions: under ``perf stat`` killing the direct child
+        would only kill perf and leave the measured program spinning on a core.
+        """
         self._seq += 1
         base = self.workdir / f"run{self._seq}"
         srv_counts, cli_counts = base.with_suffix(".srv"), base.with_suffix(".cli")
         out_json = base.with_suffix(".json")
         before = _children_cpu()
-        # the server's stderr goes to a file: a pipe nobody reads could fill and stall it
+        # stderr goes to files: a pipe nobody reads could fill and stall a process
         with (
             base.with_suffix(".err").open("w+") as srv_err,
-            subprocess.Popen(
-                self._wrap(server, srv_counts), stdout=subprocess.PIPE, stderr=srv_err, text=True
-            ) as srv,
+            base.with_suffix(".cerr").open("w+") as cli_err,
+            _session(self._wrap(server, srv_counts), stdout=subprocess.PIPE, stderr=srv_err) as srv,
         ):
-            assert srv.stdout is not None
-            port = srv.stdout.readline().strip()
+            cli: subprocess.Popen[str] | None = None
             try:
+                port = _first_line(srv, START_TIMEOUT)
                 if not port.isdigit():
-                    srv.wait(RUN_TIMEOUT)
                     srv_err.seek(0)
                     raise RuntimeError(
                         f"{' '.join(server)} did not start: {port!r} {srv_err.read()[-500:]}"
                     )
                 argv = client(port, out_json)
-                done = subprocess.run(
-                    self._wrap(argv, cli_counts),
-                    capture_output=True,
-                    text=True,
-                    timeout=RUN_TIMEOUT,
-                    check=False,
-                )
-                if done.returncode != 0:
-                    raise RuntimeError(f"{' '.join(argv)}: {done.stderr[-800:]}")
+                cli = _session(self._wrap(argv, cli_counts), stdout=subprocess.PIPE, stderr=cli_err)
+                stdout, _ = cli.communicate(timeout=RUN_TIMEOUT)
+                if cli.returncode != 0:
+                    cli_err.seek(0)
+                    raise RuntimeError(f"{' '.join(argv)}: {cli_err.read()[-800:]}")
                 srv.wait(RUN_TIMEOUT)
             finally:
-                if srv.poll() is None:
-                    srv.kill()
+                for proc in (cli, srv):
+                    if proc is not None and proc.poll() is None:
+                        _kill_session(proc)
         cpu = _children_cpu() - before
 
         def counted(path: pathlib.Path) -> int | None:
             return _parse_count(path.read_text()) if path.exists() else None
 
-        return Outcome(done.stdout, out_json, cpu, counted(cli_counts), counted(srv_counts))
+        return Outcome(stdout, out_json, cpu, counted(cli_counts), counted(srv_counts))
+
+
+def _session(argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(argv, text=True, start_new_session=True, **kwargs)
+
+
+def _kill_session(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The first line *proc* prints, or "" if it prints none within *timeout* seconds."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline().strip() if ready else ""
 
 
 # -- the jobs ----------------------------------------------------------------------------
@@ -179,11 +204,16 @@ def _perf(test: str, *extra: str) -> tuple[Callable[..., list[str]], Callable[..
 
 def _read_perf_bw(o: Outcome) -> Metrics:
     r = json.loads(o.json_path.read_text())["results"][0]
-    return {"gbps": r["bw_avg"], "msg_rate": r["msg_rate_mpps"] * 1e6}
+    return {"gbps": r["bw_avg"], "msg_rate": r["msg_rate_mpps"] * 1e6, "messages": r["iterations"]}
 
 
 def _read_lat(latency: dict[str, float]) -> Metrics:
-    return {"p50": latency["t_typical"], "p99": latency["p99"], "p999": latency["p999"]}
+    return {
+        "p50": latency["t_typical"],
+        "p99": latency["p99"],
+        "p999": latency["p999"],
+        "messages": latency["iterations"],
+    }
 
 
 def tcpverbs_job(key: str, label: str, test: str, *extra: str) -> Job:
@@ -259,23 +289,25 @@ class Bench:
 
     def measure(self, job: Job, size: int, count: int) -> None:
         """One run of *job*, and a short run of it, every round: what the two differ by
-        is the cost of ``count - n`` messages alone — interpreter start-up and connection
-        set-up cancel out, and the median over rounds tames what spinning adds to either."""
+        is the cost of the messages of the difference alone — interpreter start-up and
+        connection set-up cancel out, and the median over rounds tames what spinning adds
+        to either.  Message counts are those the runs report (perf rounds ``-n`` up to
+        whole post lists)."""
         o = self._run(job, size, count)
-        n = small_count(count)
-        s = self._run(job, size, n)
-        m = job.read(o)
+        s = self._run(job, size, small_count(count))
+        m, short = job.read(o), job.read(s)
+        extra = m.pop("messages") - short["messages"]
         cpu = o.cpu - s.cpu
         if job.kind == "bw":
-            m["cpu_per_gb"] = cpu / (size * (count - n) / 1e9)
+            m["cpu_per_gb"] = cpu / (size * extra / 1e9)
         else:
-            m["cpu_per_msg_us"] = cpu / (count - n) * 1e6
-        for side, full, short in (
+            m["cpu_per_msg_us"] = cpu / extra * 1e6
+        for side, full, less in (
             ("client", o.syscalls_client, s.syscalls_client),
             ("server", o.syscalls_server, s.syscalls_server),
         ):
-            if full is not None and short is not None:
-                m[f"syscalls_{side}"] = (full - short) / (count - n)
+            if full is not None and less is not None:
+                m[f"syscalls_{side}"] = (full - less) / extra
         self.samples.setdefault((job.key, size), []).append(m)
 
     def _run(self, job: Job, size: int, count: int) -> Outcome:
@@ -285,14 +317,15 @@ class Bench:
         runs = self.samples.get((key, size), [])
         if not runs:
             return {}
-        return {k: statistics.median(r[k] for r in runs if k in r) for k in runs[0]}
+        keys = {k for r in runs for k in r}  # a figure missing in one round is not lost
+        return {k: statistics.median(r[k] for r in runs if k in r) for k in sorted(keys)}
 
 
 def iperf3(size: int) -> float | None:
-    """iperf3's Gbit/s with *size*-byte writes (2 s), or None without iperf3."""
+    """iperf3's Gbit/s with *size*-byte writes (2 s); None without iperf3 or if it fails."""
     if shutil.which("iperf3") is None:
         return None
-    server = subprocess.Popen(
+    server = _session(
         ["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", "5299"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -309,8 +342,13 @@ def iperf3(size: int) -> float | None:
         if done.returncode != 0:
             return None
         return float(json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+    except (subprocess.TimeoutExpired, ValueError, KeyError):
+        return None  # a column left empty, not a run lost
     finally:
-        server.wait(10)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:  # the client never reached it
+            _kill_session(server)
 
 
 # -- targets (issue #4) ------------------------------------------------------------------

@@ -27,6 +27,7 @@ import time
 
 from tcpverbs.perf.report import lat_result
 
+ACCEPT_TIMEOUT = 60.0  # seconds the server waits for its client
 MIN_RECV = 1 << 16  # the receiving side reads into a buffer of one message, 64 KiB at least
 
 
@@ -60,8 +61,10 @@ def _send_all(sock: socket.socket, data: memoryview) -> None:
 
 def serve(mode: str, size: int, count: int, busy: bool) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(ACCEPT_TIMEOUT)  # a client that never comes ends the server too
     print(listener.getsockname()[1], flush=True)
     conn, _ = listener.accept()
+    conn.settimeout(None)
     listener.close()
     if busy:
         conn.setblocking(False)
@@ -101,9 +104,14 @@ def client(mode: str, size: int, count: int, port: int, busy: bool) -> dict[str,
             samples.append((time.perf_counter_ns() - t0) / 2000)
         result["latency"] = lat_result(size, samples).as_dict()
     else:
-        send = sock.sendall if mode == "bw" else sock.send
-        for _ in range(count):
-            send(payload)
+        if mode == "bw":
+            for _ in range(count):
+                sock.sendall(payload)
+        else:
+            for _ in range(count):
+                sent = sock.send(payload)
+                if sent < size:  # rare (a signal): the rest, so the server gets it all
+                    sock.sendall(payload[sent:])
         _recv_exactly(sock, memoryview(bytearray(1)))
     result["seconds"] = time.perf_counter() - start
     sock.close()

@@ -10,8 +10,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import pathlib
+import subprocess
 import sys
+import time
 from types import ModuleType
 from typing import Any
 
@@ -155,3 +158,106 @@ def test_the_docs_tables_come_from_the_saved_run() -> None:
     assert "0.25 / 1.50" in text
     assert "| tcpverbs polling | 10.00 | 20.00 | 30.00 |" in text
     assert "| 64 B rc SEND msg/s / sockets | 0.50x | >= 1x | not met |" in text
+
+
+def _alive(marker: str, grace: float = 5.0) -> list[int]:
+    """Processes whose command line holds *marker* (the test's own leftovers) that are
+    still running after *grace* seconds: a killed grandchild may take a moment to go."""
+    import psutil
+
+    deadline = time.monotonic() + grace
+    while True:
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            try:
+                if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                    continue
+                if marker in " ".join(proc.info["cmdline"] or []):
+                    found.append(proc.pid)
+            except psutil.Error:
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def counting_runner(tmp_path: pathlib.Path) -> Any:
+    """A runner that wraps both sides in ``perf stat`` where that works here: then the
+    measured programs are grandchildren, the case where a plain kill would miss them."""
+    return compare.Runner(compare.syscall_counter_works(), tmp_path)
+
+
+def test_a_failing_client_leaves_no_server_behind(counting_runner: Any) -> None:
+    job = compare.sockets_job("s", "s", "bw", busy=True)
+    with pytest.raises(RuntimeError, match="raise SystemExit"):
+        counting_runner.run(
+            job.server(777, 10), lambda p, j: [sys.executable, "-c", "raise SystemExit(3)"]
+        )
+    assert _alive("serve msg 777") == [] and _alive("serve bw 777") == []
+
+
+def test_a_client_past_its_time_is_killed_with_its_server(
+    counting_runner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compare, "RUN_TIMEOUT", 2)
+    job = compare.sockets_job("s", "s", "bw", busy=False)
+    sleeper = "import time; time.sleep(60)  # marker-778"
+    with pytest.raises(subprocess.TimeoutExpired):
+        counting_runner.run(job.server(778, 10), lambda p, j: [sys.executable, "-c", sleeper])
+    assert _alive("marker-778") == [] and _alive("serve bw 778") == []
+
+
+def test_a_server_that_never_starts_is_reported_and_killed(
+    counting_runner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compare, "START_TIMEOUT", 1)
+    silent = [sys.executable, "-c", "import time; time.sleep(60)  # marker-779"]
+    with pytest.raises(RuntimeError, match="did not start"):
+        counting_runner.run(silent, lambda p, j: [sys.executable, "-c", "pass"])
+    assert _alive("marker-779") == []
+
+
+def test_a_failing_iperf3_leaves_an_empty_column_not_a_lost_run(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "iperf3"  # a server that waits, a client that fails at once
+    fake.write_text('#!/bin/sh\ncase "$*" in *" -s "*|"-s "*) exec sleep 30 ;; *) exit 1 ;; esac\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert compare.iperf3(4096) is None
+    assert _alive("sleep 30") == []
+
+
+def test_per_message_costs_use_the_counts_the_runs_report(tmp_path: pathlib.Path) -> None:
+    """perf rounds -n up to whole post lists: the divisor is what was sent, and the short
+    run's CPU and system calls are subtracted (start-up cancels out)."""
+    runs = iter(
+        [  # (cpu, client syscalls, server syscalls, messages actually sent)
+            (5.0, 1300, 2600, 1000),
+            (2.0, 1000, 2000, 400),  # asked for small_count(1000) = 250, sent 400
+        ]
+    )
+
+    class FakeRunner:
+        count_syscalls = True
+
+        def run(self, server: object, client: object) -> Any:
+            cpu, cs, ss, sent = next(runs)
+            return compare.Outcome(json.dumps({"sent": sent}), tmp_path, cpu, cs, ss)
+
+    job = compare.Job(
+        "j",
+        "j",
+        "bw",
+        lambda size, n: [],
+        lambda size, n, port, out: [],
+        lambda o: {"gbps": 1.0, "messages": json.loads(o.stdout)["sent"]},
+    )
+    bench = compare.Bench(FakeRunner())
+    bench.measure(job, 1000, 1000)
+    m = bench.median("j", 1000)
+    assert m["syscalls_client"] == pytest.approx(300 / 600)
+    assert m["syscalls_server"] == pytest.approx(600 / 600)
+    assert m["cpu_per_gb"] == pytest.approx(3.0 / (600 * 1000 / 1e9))
+    assert "messages" not in m

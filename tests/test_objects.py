@@ -156,3 +156,12 @@ def test_device_queries(ctx: v.Context) -> None:
     with pytest.raises(v.TcpverbsError) as info:
         ctx.query_port(2)
     assert info.value.errno == errno.EINVAL
+
+
+def test_mr_access_is_fixed_at_registration() -> None:
+    """What post-time checks use cannot drift from what ``mr.access`` says."""
+    with v.Context(name="tcpv_lo") as ctx:
+        mr = v.MR(v.PD(ctx), 64, v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE)
+        assert mr.access == v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
+        with pytest.raises(AttributeError):
+            mr.access = v.ibv_access_flags(0)  # type: ignore[misc]

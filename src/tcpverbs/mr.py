@@ -56,8 +56,8 @@ class MR(VerbsObject):
     def __init__(
         self, pd: PD, length: int, access: int, address: WriteableBuffer | None = None
     ) -> None:
-        self.access = _check_access(access)
-        self._access_bits = int(self.access)  # plain int: IntFlag's & is slow per WR
+        self._access = _check_access(access)
+        self._access_bits = int(self._access)  # plain int: IntFlag's & is slow per WR
         if not isinstance(length, int) or length <= 0:
             raise TcpverbsError(errno.EINVAL, f"MR length must be a positive int, got {length!r}")
         self._mmap: mmap.mmap | None = None
@@ -75,6 +75,11 @@ class MR(VerbsObject):
         super().__init__(pd)
         self.lkey = self.rkey = pd.ctx._new_key(self)
         pd._mrs_by_lkey[self.lkey] = self
+
+    @property
+    def access(self) -> ibv_access_flags:
+        """The access flags it was registered with (fixed: no ``ibv_rereg_mr``)."""
+        return self._access
 
     @property
     def view(self) -> memoryview:
