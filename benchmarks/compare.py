@@ -250,6 +250,7 @@ def sockets_job(key: str, label: str, mode: str, busy: bool) -> Job:
         return {
             "gbps": d["bytes"] * 8 / d["seconds"] / 1e9,
             "msg_rate": d["messages"] / d["seconds"],
+            "messages": d["messages"],
         }
 
     return Job(key, label, "lat" if mode == "lat" else "bw", server, client, read)

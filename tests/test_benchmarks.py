@@ -51,6 +51,7 @@ def test_sockets_peer_moves_every_byte(runner: Any, mode: str, size: int, busy: 
     raw = json.loads(outcome.stdout)
     assert raw["bytes"] == size * 300 and raw["messages"] == 300
     figures = job.read(outcome)
+    assert figures["messages"] == 300  # what Bench.measure divides by
     if mode == "lat":
         assert raw["latency"]["iterations"] == 300
         assert 0 < figures["p50"] <= figures["p99"] <= figures["p999"]
@@ -261,3 +262,16 @@ def test_per_message_costs_use_the_counts_the_runs_report(tmp_path: pathlib.Path
     assert m["syscalls_server"] == pytest.approx(600 / 600)
     assert m["cpu_per_gb"] == pytest.approx(3.0 / (600 * 1000 / 1e9))
     assert "messages" not in m
+
+
+@pytest.mark.parametrize("job", [*compare.BW_JOBS, *compare.LAT_JOBS], ids=lambda j: j.key)
+def test_every_job_of_the_benchmark_measures_end_to_end(runner: Any, job: Any) -> None:
+    """Each configuration the tables show runs through Bench.measure (both runs, the
+    subtraction) and yields its figures: the smoke test of scripts/bench.sh, in small."""
+    bench = compare.Bench(runner)
+    size = 4096 if job.kind == "bw" else compare.LAT_SIZE
+    bench.measure(job, size, 400)
+    figures = bench.median(job.key, size)
+    wanted = {"gbps", "msg_rate", "cpu_per_gb"} if job.kind == "bw" else {"p50", "p99", "p999"}
+    assert wanted <= set(figures) and "messages" not in figures
+    assert all(figures[k] > 0 for k in wanted if k != "cpu_per_gb")
