@@ -17,6 +17,7 @@ from tcpverbs.wire.frames import (
     Opcode,
     encode_ack,
     encode_header,
+    whole_send,
 )
 
 U32 = st.integers(0, 2**32 - 1)
@@ -175,3 +176,45 @@ def test_encode_refuses_payload_on_control_frames() -> None:
 @given(st.integers(0, 2**32 - 1))
 def test_the_ack_shortcut_encodes_what_encode_header_does(msn: int) -> None:
     assert encode_ack(msn) == encode_header(Header(Opcode.ACK, msn=msn))
+
+
+@settings(max_examples=300)
+@given(frames(), st.binary(max_size=20), st.data())
+def test_whole_send_agrees_with_the_decoder(
+    item: tuple[Header, bytes], prefix: bytes, data: st.DataObject
+) -> None:
+    """The one-step SEND shortcut finds exactly the complete SEND / SEND_IMM frames, with
+    the decoder's reading of them, and nothing at all in a frame cut short."""
+    h, payload = item
+    wire = encode_header(h) + payload
+    buf = memoryview(prefix + wire + b"\x10")  # something follows the frame
+    pos = len(prefix)
+    got = whole_send(buf, pos, MAX_PAYLOAD)
+    if h.opcode not in (Opcode.SEND, Opcode.SEND_IMM):
+        assert got is None
+        return
+    assert got is not None
+    size, n, flags, imm = got
+    assert size + n == len(wire) and n == len(payload) and flags == h.flags
+    assert imm == (h.imm if h.opcode is Opcode.SEND_IMM else None)
+    decoded, used = FrameDecoder(MAX_PAYLOAD).receive(buf[pos:])
+    assert decoded is not None and used == size and decoded.payload_len == n
+    assert bytes(buf[pos + size : pos + size + n]) == payload
+    cut = data.draw(st.integers(0, len(wire) - 1))  # any frame cut short: not whole
+    assert whole_send(memoryview(prefix + wire[:cut]), pos, MAX_PAYLOAD) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        struct.pack("!BBHI", 1, 0x80, 0, 0),  # unknown flag
+        struct.pack("!BBHI", 1, 0, 7, 0),  # reserved bits
+        struct.pack("!BBHI", 2, 0, 0, 3) + b"abcd",  # SEND_IMM shorter than its immediate
+        struct.pack("!BBHI", 1, 0, 0, MAX_PAYLOAD + 1) + bytes(MAX_PAYLOAD + 1),  # too long
+    ],
+)
+def test_whole_send_leaves_malformed_frames_to_the_decoder(raw: bytes) -> None:
+    """None, so the bytes go to the decoder, which rejects them with the reason."""
+    assert whole_send(memoryview(raw), 0, MAX_PAYLOAD) is None
+    with pytest.raises(RemoteProtocolError):
+        FrameDecoder(MAX_PAYLOAD).receive(memoryview(raw))

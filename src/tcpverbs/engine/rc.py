@@ -41,6 +41,7 @@ from ..wire.frames import (
     Header,
     Opcode,
     encode_header,
+    whole_send,
 )
 from ..wire.hello import Hello, HelloDecoder
 from ..wire.rc import RNR_TIMER_MS, RcProtocol
@@ -515,27 +516,25 @@ class RcTransport(Transport):
                 self._place(chunk)
                 pos += len(chunk)
                 continue
+            if decoder.at_boundary:  # many small SENDs: each one, whole, in one step
+                frame = whole_send(data, pos, decoder.max_payload)
+                if frame is not None:
+                    size, n, flags, imm = frame
+                    start = pos + size
+                    if self._receive_whole(data[start : start + n], flags, imm):
+                        pos = start + n
+                        continue
             header, used = decoder.receive(data[pos:])
             pos += used
-            if header is None:
-                continue
-            op = header.opcode
-            n = header.payload_len
-            if (
-                (op is Opcode.SEND or op is Opcode.SEND_IMM)
-                and 0 < n <= end - pos
-                and self._receive_whole(header, data[pos : pos + n])
-            ):
-                pos += n
-                continue
-            self._on_header(header)
+            if header is not None:
+                self._on_header(header)
         return pos
 
-    def _receive_whole(self, h: Header, payload: memoryview) -> bool:
-        """The common small SEND, all of it already in staging, landing in the first
-        buffer of the next receive: placed and completed at once.  False (nothing done)
-        for anything else — no receive, an error, a scattered or too small buffer, an
-        RNR resync — which the general path (:meth:`_on_header`) handles."""
+    def _receive_whole(self, payload: memoryview, flags: int, imm: int | None) -> bool:
+        """A whole SEND (*imm*: SEND_IMM's immediate) that is in staging and fits the
+        first buffer of the next receive: placed and completed at once.  False (nothing
+        done) for anything else — no receive, an error, a scattered or too small buffer,
+        an RNR resync — which the frame-by-frame path then handles."""
         rq = self.qp._rq
         if not rq or self.proto.discarding:
             return False
@@ -544,20 +543,12 @@ class RcTransport(Transport):
         if work.error is not None or not work.segments or len(work.segments[0]) < n:
             return False
         work.segments[0][:n] = payload
-        self.decoder.payload_consumed(n)
         self.proto.request_done()
         rq.popleft()
         stats = self.stats
         stats["frames_received"] += 1
         stats["wrs_received"] += 1
-        op = h.opcode
-        self.qp._complete_recv(
-            work,
-            _OK,
-            n,
-            h.imm if op is Opcode.SEND_IMM else None,
-            bool(h.flags & FLAG_SOLICITED),
-        )
+        self.qp._complete_recv(work, _OK, n, imm, bool(flags & FLAG_SOLICITED))
         return True
 
     def _on_header(self, h: Header) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "Opcode",
     "encode_ack",
     "encode_header",
+    "whole_send",
 ]
 
 
@@ -160,6 +161,44 @@ def encode_ack(msn: int) -> bytes:
     """``encode_header(Header(Opcode.ACK, msn=msn))``, without building a Header: one is
     sent for nearly every batch received."""
     return _ACK_LAYOUT.pack(Opcode.ACK, 0, 0, _ACK_LAYOUT.size - BASE.size, msn)
+
+
+_SEND_IMM_LAYOUT = _TABLE[Opcode.SEND_IMM].full
+_IMM_SIZE = _SEND_IMM_LAYOUT.size - BASE.size
+_SEND, _SEND_IMM = int(Opcode.SEND), int(Opcode.SEND_IMM)  # plain ints compare fastest
+
+
+def whole_send(
+    data: memoryview, pos: int, max_payload: int
+) -> tuple[int, int, int, int | None] | None:
+    """A complete, valid SEND or SEND_IMM frame at ``data[pos:]``, payload included:
+    ``(header_size, payload_len, flags, imm)`` (imm is None for SEND); None otherwise.
+
+    A shortcut for the receiver of many small SENDs, which looks here before handing
+    bytes to :class:`FrameDecoder` one frame at a time: it changes no state, so a caller
+    that uses the frame simply skips ``header_size + payload_len`` bytes, and one that
+    does not (or gets None — a partial, another or a malformed frame) feeds the same
+    bytes to the decoder, which parses them, or rejects them with the reason.
+    """
+    end = len(data)
+    if end - pos < BASE.size:
+        return None
+    op, flags, reserved, length = BASE.unpack_from(data, pos)
+    if flags & ~_KNOWN_FLAGS or reserved:
+        return None
+    if op == _SEND:
+        header, imm = BASE.size, None
+    elif op == _SEND_IMM and length >= _IMM_SIZE and end - pos >= _SEND_IMM_LAYOUT.size:
+        header, imm, length = (
+            _SEND_IMM_LAYOUT.size,
+            _SEND_IMM_LAYOUT.unpack_from(data, pos)[4],
+            length - _IMM_SIZE,
+        )
+    else:
+        return None
+    if length > max_payload or end - pos - header < length:
+        return None
+    return header, length, flags, imm
 
 
 class FrameDecoder:
