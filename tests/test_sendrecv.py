@@ -693,3 +693,54 @@ def test_polling_many_completions_at_once_frees_every_slot(ctx: v.Context) -> No
     for receiver in receivers:
         assert receiver.statistics()["rq_outstanding"] == 0
         fill(receiver)  # eight fit again, a ninth does not
+
+
+def test_a_thread_asleep_on_a_channel_receives_without_waking_the_progress_thread(
+    ctx: v.Context,
+) -> None:
+    """get_cq_event reads the sockets of its armed CQs' QPs itself: a message wakes the
+    sleeping application only, not first the progress thread (one wake-up, not two)."""
+    import threading
+
+    from tcpverbs.testing import qp_pair
+
+    with v.Context(name="tcpv_lo") as ctx_b:
+        a, b = qp_pair(ctx, ctx_b=ctx_b, sq_sig_all=0)
+        channel = v.CompChannel(ctx_b)
+        rcq = v.CQ(ctx_b, 64, channel=channel)
+        cap = v.QPCap(64, 64, 1, 1, 0)
+        receiver = v.QP(b.pd, v.QPInitAttr(scq=b.scq, rcq=rcq, cap=cap), v.QPAttr())
+        sender = v.QP(a.pd, v.QPInitAttr(scq=a.scq, rcq=a.rcq, cap=cap), v.QPAttr())
+        sa, sb = tcp_socket_pair()
+        for qp, sock in ((sender, sa), (receiver, sb)):
+            qp.to_rtr(v.QPAttr(sock=sock))
+            qp.to_rts(v.QPAttr())
+        smr, rmr = mr_with(a, b"ping"), v.MR(b.pd, 64, LOCAL_WRITE)
+        count = 20
+        for i in range(count):
+            receiver.post_recv(v.RecvWR(i, 1, [v.SGE(rmr.buf, 4, rmr.lkey)]))
+        time.sleep(0.1)  # the hello is through
+        before = ctx_b.statistics()["engine_wakeups"]
+
+        def send_slowly() -> None:
+            for i in range(count):
+                time.sleep(0.01)  # the receiver is asleep in get_cq_event by then
+                sender.post_send(
+                    v.SendWR(i, OP.IBV_WR_SEND, 1, 0, [v.SGE(smr.buf, 4, smr.lkey)], 0)
+                )
+
+        feeder = threading.Thread(target=send_slowly)
+        feeder.start()
+        got: list[v.WC] = []
+        while len(got) < count:
+            rcq.req_notify()
+            n, wcs = rcq.poll(count)
+            if not n:
+                channel.get_cq_event(rcq, timeout=5).ack_events(1)
+                n, wcs = rcq.poll(count)
+            got.extend(wcs)
+        feeder.join()
+        assert [w.wr_id for w in got] == list(range(count))
+        assert all(w.status == W.IBV_WC_SUCCESS and w.byte_len == 4 for w in got)
+        woken = ctx_b.statistics()["engine_wakeups"] - before
+        assert woken < count // 2, f"the progress thread woke {woken} times for {count} messages"

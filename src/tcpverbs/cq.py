@@ -11,6 +11,7 @@ with at least as many entries as the queues that feed it cannot overrun.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import threading
@@ -118,11 +119,48 @@ class CompChannel(VerbsObject):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if remaining == 0.0:
                 raise TcpverbsError(errno.ETIMEDOUT, "no completion event within the timeout")
-            select.select([self.fd], [], [], remaining)
+            self._sleep(remaining)
         got._events_unacked += 1
         if cq is not None and got is not cq:
             raise TcpverbsError(errno.EINVAL, "completion event belongs to another CQ")
         return got
+
+    def _sleep(self, timeout: float | None) -> None:
+        """Wait for an event, receiving meanwhile what arrives for the QPs of this
+        channel's armed CQs in this thread.
+
+        Left to the progress thread, a message would wake two threads — the progress
+        thread to receive it, then this one for the event it raises — and hand the GIL
+        from one to the other; here it wakes one, as a blocking socket does.  The progress
+        thread stops watching those sockets for reading while this thread does (it still
+        writes, runs timers and takes over again when this thread returns).
+        """
+        qps = {
+            qp
+            for cq in list(self._children.values())
+            if isinstance(cq, CQ) and cq._armed
+            for qp in list(cq._qps.values())
+        }
+        watched = {}
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        try:
+            for qp in qps:
+                transport = qp._sleeper_enter()
+                if transport is not None:
+                    watched[transport.fd] = (qp, transport)
+                    poller.register(transport.fd, select.POLLIN)
+            for qp, _ in watched.values():  # what arrived before the progress thread let go
+                qp._progress()
+            if self._events:
+                return
+            wait_ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+            for fd, _ in poller.poll(wait_ms):
+                if fd in watched:
+                    watched[fd][0]._progress()
+        finally:
+            for qp, transport in watched.values():
+                qp._sleeper_exit(transport)
 
     def _drain(self) -> None:
         try:

@@ -72,6 +72,7 @@ class Transport:
         self._closed = False
         self.app_polled = 0.0  # monotonic time of the application's last CQ.poll progress
         self._reads_parked = False
+        self._sleepers = 0  # threads in CompChannel.get_cq_event reading this socket
         self._park_timer: Timer | None = None
         self._want_read = True
         self._want_write = False
@@ -149,6 +150,20 @@ class Transport:
         self.app_polled = 0.0
         if self._reads_parked:
             self._unpark_reads()
+
+    @property
+    def reading(self) -> bool:
+        """Open and not holding its reads back (rc pauses them while answers pile up)."""
+        return self._want_read and not self._closed
+
+    def sleeper_enter(self) -> None:
+        """A thread asleep on a completion channel watches and reads this socket."""
+        self._sleepers += 1
+        self._set_interest()
+
+    def sleeper_exit(self) -> None:
+        self._sleepers -= 1
+        self._set_interest()
 
     def _app_spinning(self) -> bool:
         """Polled lately, and not about to sleep on a completion channel."""
@@ -237,8 +252,9 @@ class Transport:
         """Subclasses cancel their timers here."""
 
     def _events(self) -> int:
+        reading_here = self._want_read and not self._reads_parked and not self._sleepers
         return (
-            (select.EPOLLIN if self._want_read and not self._reads_parked else 0)
+            (select.EPOLLIN if reading_here else 0)
             | (select.EPOLLOUT if self._want_write else 0)
             | _ERR
         )
