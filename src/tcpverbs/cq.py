@@ -27,10 +27,12 @@ from .errors import TcpverbsError
 
 if TYPE_CHECKING:
     from .context import Context
+    from .engine.transport import Transport
     from .qp import QP
 
 __all__ = ["CQ", "WC", "CompChannel"]
 
+MAX_SLEEPER_QPS = 8  # get_cq_event reads for at most this many QPs itself (see _sleep)
 YIELD_EVERY = 32  # empty polls between two GIL hand-overs
 DEFAULT_SPIN_US = 50  # CQ.wait polls this long before it sleeps (Context(spin_us=...))
 MAX_SPIN_US = 10_000_000
@@ -135,32 +137,49 @@ class CompChannel(VerbsObject):
         thread stops watching those sockets for reading while this thread does (it still
         writes, runs timers and takes over again when this thread returns).
         """
-        qps = {
+        qps = [
             qp
             for cq in list(self._children.values())
             if isinstance(cq, CQ) and cq._armed
             for qp in list(cq._qps.values())
-        }
-        watched = {}
+        ]
+        wait_ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+        if len(qps) > MAX_SLEEPER_QPS:  # each look costs per QP: leave many to the engine
+            select.select([self.fd], [], [], timeout)
+            return
+        token = object()  # this sleep's mark on the transports it watches
+        watched: dict[int, QP] = {}
+        entered: list[tuple[QP, Transport]] = []
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         try:
             for qp in qps:
-                transport = qp._sleeper_enter()
+                transport = qp._sleeper_enter(token)
                 if transport is not None:
-                    watched[transport.fd] = (qp, transport)
+                    entered.append((qp, transport))
+                    watched[transport.fd] = qp
                     poller.register(transport.fd, select.POLLIN)
-            for qp, _ in watched.values():  # what arrived before the progress thread let go
+            for qp in watched.values():  # what arrived before the progress thread let go
                 qp._progress()
             if self._events:
                 return
-            wait_ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
             for fd, _ in poller.poll(wait_ms):
                 if fd in watched:
-                    watched[fd][0]._progress()
+                    watched[fd]._progress()
         finally:
-            for qp, transport in watched.values():
-                qp._sleeper_exit(transport)
+            # leave every transport this sleep may have entered — also the one an exception
+            # struck between its enter and its entry in *entered*; leaving is idempotent,
+            # and one that fails does not keep the others marked
+            left = {t for _, t in entered}
+            left.update(qp._transport for qp in qps if qp._transport is not None)
+            failed: BaseException | None = None
+            for t in left:
+                try:
+                    t.qp._sleeper_exit(t, token)
+                except BaseException as exc:  # a signal: the rest still leave
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
 
     def _drain(self) -> None:
         try:

@@ -673,19 +673,19 @@ class QP(VerbsObject):
             finally:
                 self._lock.release()
 
-    def _sleeper_enter(self) -> Transport | None:
+    def _sleeper_enter(self, token: object) -> Transport | None:
         """A thread sleeping on a completion channel reads this QP's socket now (see
         ``CompChannel._sleep``); returns the transport it watches, or None."""
         with self._lock:
             transport = self._transport
             if transport is None or not transport.reading:  # paused: the engine resumes it
                 return None
-            transport.sleeper_enter()
+            transport.sleeper_enter(token)
             return transport
 
-    def _sleeper_exit(self, transport: Transport) -> None:
+    def _sleeper_exit(self, transport: Transport, token: object) -> None:
         with self._lock:
-            transport.sleeper_exit()
+            transport.sleeper_exit(token)
 
     def _app_blocking(self) -> None:
         with self._lock:

@@ -72,7 +72,9 @@ class Transport:
         self._closed = False
         self.app_polled = 0.0  # monotonic time of the application's last CQ.poll progress
         self._reads_parked = False
-        self._sleepers = 0  # threads in CompChannel.get_cq_event reading this socket
+        # threads in CompChannel.get_cq_event that read this socket (a token each: entering
+        # and leaving are idempotent, so an exception between them cannot leave one behind)
+        self._sleepers: set[object] = set()
         self._park_timer: Timer | None = None
         self._want_read = True
         self._want_write = False
@@ -115,7 +117,7 @@ class Transport:
         self.engine.unregister(self.fd)
         if reason is None:
             self._settle()
-            self.sock.close()
+            self._close_socket()
             return
         self._say_goodbye(reason)
         _Drainer(self.engine, self.sock).start()
@@ -156,14 +158,24 @@ class Transport:
         """Open and not holding its reads back (rc pauses them while answers pile up)."""
         return self._want_read and not self._closed
 
-    def sleeper_enter(self) -> None:
+    def sleeper_enter(self, token: object) -> None:
         """A thread asleep on a completion channel watches and reads this socket."""
-        self._sleepers += 1
+        self._sleepers.add(token)
         self._set_interest()
 
-    def sleeper_exit(self) -> None:
-        self._sleepers -= 1
+    def sleeper_exit(self, token: object) -> None:
+        self._sleepers.discard(token)
         self._set_interest()
+
+    def _close_socket(self) -> None:
+        if self._sleepers:
+            # a thread blocked in poll() on this socket keeps it alive past close(): shut
+            # it down, so the peer sees the end now and that poll() returns
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.sock.close()
 
     def _app_spinning(self) -> bool:
         """Polled lately, and not about to sleep on a completion channel."""
@@ -228,7 +240,7 @@ class Transport:
         """The context is closing; its QPs (and so this transport) are closed already."""
         if not self._closed:
             self._closed = True
-            self.sock.close()
+            self._close_socket()
 
     # -- helpers for subclasses -------------------------------------------------------
     def _fail(
@@ -266,8 +278,8 @@ class Transport:
             self._want_write = write
         events = self._events()
         if events != self._registered_events and not self._closed:
-            self._registered_events = events
             self.engine.modify(self.fd, events)
+            self._registered_events = events  # only once epoll has it
 
     def _flush(self) -> bool:
         """Write queued segments; True when the queue is empty.  Errors fail the QP."""
