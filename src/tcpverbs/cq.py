@@ -143,7 +143,6 @@ class CompChannel(VerbsObject):
             if isinstance(cq, CQ) and cq._armed
             for qp in list(cq._qps.values())
         ]
-        wait_ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
         if len(qps) > MAX_SLEEPER_QPS:  # each look costs per QP: leave many to the engine
             select.select([self.fd], [], [], timeout)
             return
@@ -163,6 +162,7 @@ class CompChannel(VerbsObject):
                 qp._progress()
             if self._events:
                 return
+            wait_ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
             for fd, _ in poller.poll(wait_ms):
                 if fd in watched:
                     watched[fd]._progress()

@@ -23,7 +23,7 @@ from .qp import QP
 from .qp_attr import QPAttr, QPCap, QPInitAttr, WireName
 from .wr import RecvWR, SendWR
 
-__all__ = ["Endpoint", "chain", "poll_until", "qp_pair", "tcp_socket_pair"]
+__all__ = ["Endpoint", "chain", "connect", "poll_until", "qp_pair", "tcp_socket_pair"]
 
 WRT = TypeVar("WRT", SendWR, RecvWR)
 
@@ -89,11 +89,17 @@ def qp_pair(
     """
     a = make_endpoint(ctx, wire, cap, sq_sig_all, cqe)
     b = make_endpoint(ctx_b or ctx, wire, cap, sq_sig_all, cqe)
-    sa, sb = tcp_socket_pair()
-    for end, sock in ((a, sa), (b, sb)):
-        end.qp.to_rtr(replace(attr or QPAttr(), sock=sock))
-        end.qp.to_rts(replace(attr or QPAttr(), sock=None))
+    connect(a.qp, b.qp, attr)
     return a, b
+
+
+def connect(qp_a: QP, qp_b: QP, attr: QPAttr | None = None) -> None:
+    """Move two QPs in INIT to RTS over one new loopback TCP connection (*attr* as in
+    :func:`qp_pair`)."""
+    sa, sb = tcp_socket_pair()
+    for qp, sock in ((qp_a, sa), (qp_b, sb)):
+        qp.to_rtr(replace(attr or QPAttr(), sock=sock))
+        qp.to_rts(replace(attr or QPAttr(), sock=None))
 
 
 def poll_until(cq: CQ, count: int = 1, timeout: float = 10.0) -> list[WC]:
