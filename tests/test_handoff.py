@@ -10,7 +10,7 @@ import pytest
 
 import tcpverbs as v
 from tcpverbs import cm
-from tcpverbs.engine import rc as rc_engine
+from tcpverbs.engine.py import rc as rc_engine
 from tcpverbs.testing import make_endpoint, poll_until, tcp_socket_pair
 from tcpverbs.wire import Hello
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import tcpverbs as v
-from tcpverbs.engine import rc as rc_engine
+from tcpverbs.engine.py import rc as rc_engine
 from tcpverbs.testing import ALL_ACCESS, Endpoint, make_endpoint, poll_until, tcp_socket_pair
 from tcpverbs.wire import HELLO_SIZE, Hello
 from tcpverbs.wire.frames import FrameDecoder, Header, Opcode, encode_header
@@ -179,7 +179,7 @@ def test_read_flood_from_a_peer_that_never_reads_stays_bounded(
             time.sleep(0.05)
             if time.monotonic() > deadline - 2:
                 break
-    transport = peer.end.qp._transport
+    transport = peer.end.qp._qp.transport
     assert transport is not None
     # each READ answer queues two segments; our backlog stops reading long before the flood ends
     assert len(transport._tx) <= 256 + 2 * (rc_engine.STAGING_SIZE // len(req)) + 2

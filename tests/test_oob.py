@@ -12,7 +12,7 @@ import time
 import pytest
 
 import tcpverbs as v
-from tcpverbs.cm import oob
+from tcpverbs.oob import service as oob
 from tcpverbs.testing import ALL_ACCESS, Endpoint, make_endpoint, poll_until
 from tcpverbs.wire import Hello
 
@@ -129,7 +129,12 @@ def test_argument_errors(ctx: v.Context) -> None:
         stream.qp.to_rtr(av_attr(gid, end.qp.qp_num))
 
 
-def test_nobody_listening_fails_the_dialling_qp(ctx: v.Context) -> None:
+def test_nobody_listening_fails_the_dialling_qp(
+    ctx: v.Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused dial is tried again (the peer's context may not listen yet) until the
+    connect timeout; then the QP fails with the refusal."""
+    monkeypatch.setattr(oob, "CONNECT_TIMEOUT", 0.5)
     end = make_endpoint(ctx)
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 1)) == 0:
@@ -149,7 +154,7 @@ def test_waiting_qp_times_out_and_wrong_peer_is_refused(
     gid = ctx.query_gid(1, 0)
     expected_peer = (1 << 24) - 1  # sorts above us: we wait for it, it never comes
     waiting.qp.to_rtr(av_attr(gid, expected_peer))
-    assert waiting.qp._oob_expect is not None
+    assert ctx._oob.waiting(waiting.qp.qp_num)
     # a QP that is not the expected peer dials the waiting QP: refused, not accepted
     sock = oob.connect_socket(gid, waiting.qp.qp_num, gid)
     sock.setblocking(True)
@@ -172,7 +177,7 @@ def test_connection_arriving_before_rtr_is_parked(ctx: v.Context) -> None:
     dialer.qp.to_rtr(av_attr(gid, waiter.qp.qp_num))
     dialer.qp.to_rts(v.QPAttr(max_rd_atomic=4))
     deadline = time.monotonic() + 5
-    while waiter.qp.qp_num not in ctx._parked:  # the waiter is still in INIT
+    while waiter.qp.qp_num not in ctx._oob.parked:  # the waiter is still in INIT
         assert time.monotonic() < deadline, "the connection was not parked"
         time.sleep(0.005)
     waiter.qp.to_rtr(av_attr(gid, dialer.qp.qp_num))

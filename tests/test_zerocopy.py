@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 import tcpverbs as v
-import tcpverbs.engine.zerocopy as zerocopy_mod
-from tcpverbs.engine.zerocopy import MSG_ZEROCOPY, ZEROCOPY_MIN, ZeroCopy, zerocopy_threshold
+import tcpverbs.engine.py.zerocopy as zerocopy_mod
+from tcpverbs.engine.py.zerocopy import MSG_ZEROCOPY, ZEROCOPY_MIN, ZeroCopy, zerocopy_threshold
 from tcpverbs.testing import ALL_ACCESS, Endpoint, poll_until, qp_pair, tcp_socket_pair
 
 OP = v.ibv_wr_opcode
@@ -201,10 +201,10 @@ def test_a_completion_waits_for_the_kernel_to_release_earlier_zerocopy_calls(
     beats it, so pretend a zerocopy call is still out and watch the completion wait."""
     a, b = qp_pair(zc_ctx)
     src, dst = filled_mr(a, 5), v.MR(b.pd, SIZE, ALL_ACCESS)
-    transport = a.qp._transport
+    transport = a.qp._qp.transport
     assert transport is not None and transport._zerocopy is not None
     zc = transport._zerocopy
-    with a.qp._lock:
+    with a.qp._qp.lock:
         pretend = zc.issued
         zc.issued += 1
     b.qp.post_recv(v.RecvWR(1, 1, [v.SGE(dst.buf, 64, dst.lkey)]))
@@ -213,7 +213,7 @@ def test_a_completion_waits_for_the_kernel_to_release_earlier_zerocopy_calls(
     deadline = time.monotonic() + 0.3
     while time.monotonic() < deadline:
         assert a.scq.poll() == (0, [])  # ...but held while the kernel may read the buffer
-    with a.qp._lock:
+    with a.qp._qp.lock:
         zc._release(pretend, pretend, copied=False)
         transport._zerocopy_released()
     (wc,) = poll_until(a.scq)

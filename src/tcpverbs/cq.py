@@ -1,39 +1,31 @@
 """Completion queues, work completions and completion channels.
 
-Completions are stored as plain tuples and turned into :class:`WC` objects only when
-polled.  A CQ holds at most ``cqe`` completions; one more is a CQ overrun, as on
-hardware: the completion is counted, an ``IBV_EVENT_CQ_ERR`` async event is raised and
-the next :meth:`CQ.poll` raises ``EOVERFLOW`` saying how many were lost — never silent.
-Because a work request's queue slot is freed only when its completion is polled, a CQ
-with at least as many entries as the queues that feed it cannot overrun.
+The engine keeps the completions (:mod:`tcpverbs.engine.api`); :meth:`CQ.poll` turns its
+fixed-layout records into :class:`WC` objects.  A CQ holds at most ``cqe`` completions;
+one more is a CQ overrun, as on hardware: the completion is counted, an
+``IBV_EVENT_CQ_ERR`` async event is raised and the next :meth:`CQ.poll` raises
+``EOVERFLOW`` saying how many were lost — never silent.  Because a work request's queue
+slot is freed only when its completion is polled, a CQ with at least as many entries as
+the queues that feed it cannot overrun.
 """
 
 from __future__ import annotations
 
 import errno
-import math
-import os
-import select
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
 from .device import MAX_CQE
-from .enums import ibv_event_type, ibv_wc_opcode, ibv_wc_status
+from .engine.api import ChannelEngine, Completion, CQEngine, Overrun
+from .enums import ibv_wc_opcode, ibv_wc_status
 from .errors import TcpverbsError
 
 if TYPE_CHECKING:
     from .context import Context
-    from .engine.transport import Transport
-    from .qp import QP
 
 __all__ = ["CQ", "WC", "CompChannel"]
 
-MAX_SLEEPER_QPS = 8  # get_cq_event reads for at most this many QPs itself (see _sleep)
-YIELD_EVERY = 32  # empty polls between two GIL hand-overs
 DEFAULT_SPIN_US = 50  # CQ.wait polls this long before it sleeps (Context(spin_us=...))
 MAX_SPIN_US = 10_000_000
 
@@ -75,12 +67,6 @@ class WC:
         )
 
 
-# What the engine queues: (qp, is_send, wr_id, status, opcode, vendor_err, byte_len,
-# imm_data, wc_flags, generation).  The QP reference lets poll() free the WR's queue slot;
-# the generation (bumped by RESET) keeps a late poll from freeing a slot twice.
-Completion = tuple[Any, bool, int, int, int, int, int, int, int, int]
-
-
 class CompChannel(VerbsObject):
     """``ibv_create_comp_channel``: where armed CQs report new completions.
 
@@ -91,104 +77,30 @@ class CompChannel(VerbsObject):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.ctx = ctx
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._events: deque[CQ] = deque()
-        self._lock = threading.Lock()
-
-    def _notify(self, cq: CQ) -> None:
-        with self._lock:  # queue and counter change together: fd readable <=> events queued
-            self._events.append(cq)
-            os.eventfd_write(self.fd, 1)
-        cq._stats["event_writes"] += 1
+        self._channel: ChannelEngine = ctx._engine.create_channel()
+        self.fd = self._channel.fd
+        self._cqs: dict[int, CQ] = {}
 
     def get_cq_event(self, cq: CQ | None = None, timeout: float | None = None) -> CQ:
         """Block until an armed CQ of this channel got a completion; return that CQ.
 
         Each event must be acknowledged with ``cq.ack_events(n)``.  With *cq*, an event
         for another CQ raises ``EINVAL`` (as pyverbs checks).  *timeout* seconds without an
-        event raise ``ETIMEDOUT``.
+        event raise ``ETIMEDOUT``; closing the channel meanwhile raises ``EBADF``.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self._check_open()
-            with self._lock:
-                if self._events:
-                    got = self._events.popleft()
-                    if not self._events:
-                        self._drain()
-                    break
-                self._drain()  # nothing queued: the fd must not stay readable
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if remaining == 0.0:
-                raise TcpverbsError(errno.ETIMEDOUT, "no completion event within the timeout")
-            self._sleep(remaining)
+        self._check_open()
+        handle = self._channel.get_cq_event(timeout)
+        self._check_open()
+        got = self._cqs.get(handle) if handle is not None else None
+        if got is None:
+            raise TcpverbsError(errno.ETIMEDOUT, "no completion event within the timeout")
         got._events_unacked += 1
         if cq is not None and got is not cq:
             raise TcpverbsError(errno.EINVAL, "completion event belongs to another CQ")
         return got
 
-    def _sleep(self, timeout: float | None) -> None:
-        """Wait for an event, receiving meanwhile what arrives for the QPs of this
-        channel's armed CQs in this thread.
-
-        Left to the progress thread, a message would wake two threads — the progress
-        thread to receive it, then this one for the event it raises — and hand the GIL
-        from one to the other; here it wakes one, as a blocking socket does.  The progress
-        thread stops watching those sockets for reading while this thread does (it still
-        writes, runs timers and takes over again when this thread returns).
-        """
-        qps = [
-            qp
-            for cq in list(self._children.values())
-            if isinstance(cq, CQ) and cq._armed
-            for qp in list(cq._qps.values())
-        ]
-        if len(qps) > MAX_SLEEPER_QPS:  # each look costs per QP: leave many to the engine
-            select.select([self.fd], [], [], timeout)
-            return
-        token = object()  # this sleep's mark on the transports it watches
-        watched: dict[int, QP] = {}
-        entered: list[tuple[QP, Transport]] = []
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        try:
-            for qp in qps:
-                transport = qp._sleeper_enter(token)
-                if transport is not None:
-                    entered.append((qp, transport))
-                    watched[transport.fd] = qp
-                    poller.register(transport.fd, select.POLLIN)
-            for qp in watched.values():  # what arrived before the progress thread let go
-                qp._progress()
-            if self._events:
-                return
-            wait_ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
-            for fd, _ in poller.poll(wait_ms):
-                if fd in watched:
-                    watched[fd]._progress()
-        finally:
-            # leave every transport this sleep may have entered — also the one an exception
-            # struck between its enter and its entry in *entered*; leaving is idempotent,
-            # and one that fails does not keep the others marked
-            left = {t for _, t in entered}
-            left.update(qp._transport for qp in qps if qp._transport is not None)
-            failed: BaseException | None = None
-            for t in left:
-                try:
-                    t.qp._sleeper_exit(t, token)
-                except BaseException as exc:  # a signal: the rest still leave
-                    failed = failed or exc
-            if failed is not None:
-                raise failed
-
-    def _drain(self) -> None:
-        try:
-            os.eventfd_read(self.fd)
-        except BlockingIOError:
-            pass
-
     def _release(self) -> None:
-        os.close(self.fd)
+        self._channel.destroy()
 
 
 class CQ(VerbsObject):
@@ -222,29 +134,16 @@ class CQ(VerbsObject):
         self.cqe = cqe
         self.cq_context = cq_context
         self.channel = channel
-        self._entries: deque[Completion] = deque()
-        self._lock = threading.Lock()
-        self._armed = False
-        self._solicited_only = False
-        self._lost = 0
-        self._events_unacked = 0
-        self._qps: dict[int, QP] = {}
-        self._empty_polls = 0
         self.spin_us = spin_us
-        self._wakeup = threading.Condition(self._lock)  # wait() sleeps here
-        self._sleepers = 0
-        self._stats: dict[str, int] = dict.fromkeys(
-            (
-                "polls",  # poll() calls
-                "polls_empty",  # ... that found nothing: the spinning
-                "yields",  # GIL hand-overs (sleep(0)) while spinning
-                "completions",  # completions queued
-                "overruns",  # completions lost to a full CQ (each also raised EOVERFLOW)
-                "sleeps",  # times wait() went to sleep after its spin budget
-                "event_writes",  # completion-channel events signalled
-            ),
-            0,
+        self._events_unacked = 0
+        self.handle = ctx._new_handle()
+        self._cq: CQEngine = ctx._engine.create_cq(
+            self.handle, cqe, channel._channel if channel is not None else None
         )
+        with ctx._lock:
+            ctx._cqs[self.handle] = self
+        if channel is not None:
+            channel._cqs[self.handle] = self
 
     # -- application side --------------------------------------------------------
     def poll(self, num_entries: int = 1) -> tuple[int, list[WC]]:
@@ -256,42 +155,11 @@ class CQ(VerbsObject):
         self._check_open()
         if num_entries < 1:
             raise TcpverbsError(errno.EINVAL, f"num_entries must be >= 1, got {num_entries}")
-        stats = self._stats
-        stats["polls"] += 1
-        if not self._entries:
-            for qp in list(self._qps.values()):
-                qp._progress()
-            if not self._entries:
-                stats["polls_empty"] += 1
-                self._empty_polls += 1
-                if not self._empty_polls % YIELD_EVERY:
-                    # now and then let other threads (another QP's progress) have the GIL;
-                    # yielding every time costs ~100 us a call on a busy 2-core machine
-                    stats["yields"] += 1
-                    time.sleep(0)
-        with self._lock:
-            if self._lost:
-                lost, self._lost = self._lost, 0
-                raise TcpverbsError(
-                    errno.EOVERFLOW, f"CQ overrun: {lost} completions did not fit in {self.cqe}"
-                )
-            n = min(num_entries, len(self._entries))
-            taken = [self._entries.popleft() for _ in range(n)]
-        wcs = []
-        # slots are freed once per run of completions from one queue (one lock round)
-        run_key: tuple[Any, bool, int] | None = None
-        run = 0
-        for qp, is_send, wr_id, status, opcode, vendor_err, byte_len, imm, flags, gen in taken:
-            key = (qp, is_send, gen)
-            if key != run_key:
-                if run_key is not None:
-                    run_key[0]._slot_freed(run_key[1], run_key[2], run)
-                run_key, run = key, 0
-            run += 1
-            wcs.append(WC(wr_id, status, opcode, vendor_err, byte_len, qp.qp_num, 0, imm, flags))
-        if run_key is not None:
-            run_key[0]._slot_freed(run_key[1], run_key[2], run)
-        return n, wcs
+        try:
+            records = self._cq.poll(num_entries)
+        except Overrun as exc:
+            raise self._overrun(exc) from None
+        return len(records), [WC(*record) for record in records]
 
     def wait(
         self, num_entries: int = 1, timeout: float | None = None, spin_us: int | None = None
@@ -306,29 +174,22 @@ class CQ(VerbsObject):
         channel; an armed one still gets its event.
         """
         self._check_open()
+        if num_entries < 1:
+            raise TcpverbsError(errno.EINVAL, f"num_entries must be >= 1, got {num_entries}")
         spin = self._spin_budget(spin_us)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        spin_end = time.perf_counter() + spin / 1e6
-        while True:
-            n, wcs = self.poll(num_entries)
-            if n:
-                return wcs
-            if time.perf_counter() < spin_end:
-                continue
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {timeout} s")
-            for qp in list(self._qps.values()):  # about to sleep: the progress thread reads
-                qp._app_blocking()
-            with self._lock:
-                if not self._entries and not self._lost and not self._closed:
-                    self._stats["sleeps"] += 1
-                    self._sleepers += 1
-                    try:
-                        self._wakeup.wait(remaining)
-                    finally:
-                        self._sleepers -= 1
-            self._check_open()
+        try:
+            records: list[Completion] = self._cq.wait(num_entries, timeout, spin)
+        except Overrun as exc:
+            raise self._overrun(exc) from None
+        self._check_open()
+        if not records:
+            raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {timeout} s")
+        return [WC(*record) for record in records]
+
+    def _overrun(self, exc: Overrun) -> TcpverbsError:
+        return TcpverbsError(
+            errno.EOVERFLOW, f"CQ overrun: {exc.lost} completions did not fit in {self.cqe}"
+        )
 
     def _spin_budget(self, spin_us: int | None) -> int:
         if spin_us is not None:
@@ -340,18 +201,14 @@ class CQ(VerbsObject):
         """Counters of this CQ: polls (and how many found nothing), GIL yields,
         completions queued, overruns, sleeps in :meth:`wait`, channel events; and
         ``pending``, the completions waiting to be polled now."""
-        return {**self._stats, "pending": len(self._entries)}
+        return self._cq.statistics()
 
     def req_notify(self, solicited_only: bool = False) -> None:
         """``ibv_req_notify_cq``: one event on the channel for the next completion."""
         self._check_open()
         if self.channel is None:
             raise TcpverbsError(errno.EINVAL, "CQ was created without a completion channel")
-        with self._lock:
-            self._armed = True
-            self._solicited_only = bool(solicited_only)
-        for qp in list(self._qps.values()):  # about to sleep: the progress thread takes over
-            qp._app_blocking()
+        self._cq.req_notify(bool(solicited_only))
 
     def ack_events(self, num_events: int) -> None:
         """``ibv_ack_cq_events``."""
@@ -362,45 +219,16 @@ class CQ(VerbsObject):
             )
         self._events_unacked -= num_events
 
-    # -- engine side -------------------------------------------------------------
-    def _push(self, completion: Completion, solicited: bool = False) -> None:
-        notify = False
-        with self._lock:
-            if self._closed:
-                return
-            if len(self._entries) >= self.cqe:
-                self._lost += 1
-                self._stats["overruns"] += 1
-                overrun = self._lost == 1
-                completion[0]._slot_freed(completion[1], completion[9])  # never to be polled
-            else:
-                self._entries.append(completion)
-                overrun = False
-            self._stats["completions"] += 1
-            if self._sleepers:
-                self._wakeup.notify_all()
-            if self._armed and (not self._solicited_only or solicited or completion[3] != 0):
-                self._armed = False
-                notify = True
-        if overrun:
-            self.ctx._async_event(ibv_event_type.IBV_EVENT_CQ_ERR, self, "CQ overrun")
-        if notify and self.channel is not None:
-            self.channel._notify(self)
-
-    def _discard_qp(self, qp: QP) -> None:
-        """Drop unpolled completions of *qp* (the QP moved to RESET)."""
-        with self._lock:
-            kept = [c for c in self._entries if c[0] is not qp]
-            self._entries.clear()
-            self._entries.extend(kept)
-
     def _release(self) -> None:
-        with self._lock:
-            self._wakeup.notify_all()  # a sleeper in wait() finds the CQ closed
-        self.ctx._retire(self._stats)
+        self._cq.destroy()
+        self.ctx._drain_events()  # an overrun event finds this CQ before it is gone
+        with self.ctx._lock:
+            self.ctx._cqs.pop(self.handle, None)
+        if self.channel is not None:
+            self.channel._cqs.pop(self.handle, None)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._cq.pending
 
     def __repr__(self) -> str:
-        return f"<CQ cqe={self.cqe} pending={len(self._entries)}>"
+        return f"<CQ cqe={self.cqe} pending={len(self)}>"

@@ -57,7 +57,6 @@ class MR(VerbsObject):
         self, pd: PD, length: int, access: int, address: WriteableBuffer | None = None
     ) -> None:
         self._access = _check_access(access)
-        self._access_bits = int(self._access)  # plain int: IntFlag's & is slow per WR
         if not isinstance(length, int) or length <= 0:
             raise TcpverbsError(errno.EINVAL, f"MR length must be a positive int, got {length!r}")
         self._mmap: mmap.mmap | None = None
@@ -73,8 +72,8 @@ class MR(VerbsObject):
         self.length = length
         self.pd = pd
         super().__init__(pd)
-        self.lkey = self.rkey = pd.ctx._new_key(self)
-        pd._mrs_by_lkey[self.lkey] = self
+        self.lkey = self.rkey = pd.ctx._new_key()
+        pd.ctx._engine.reg_mr(self.lkey, pd.handle, self._view, self.buf, int(self._access))
 
     @property
     def access(self) -> ibv_access_flags:
@@ -109,18 +108,12 @@ class MR(VerbsObject):
                 f"range [{offset}, {offset + length}) is outside the MR of {self.length} bytes",
             )
 
-    def _slice(self, addr: int, length: int) -> memoryview | None:
-        """The view of ``[addr, addr+length)`` if it lies inside this MR, else None."""
-        start = addr - self.buf
-        if start < 0 or length < 0 or start + length > self.length:
-            return None
-        return self._view[start : start + length]
-
     def _release(self) -> None:
-        self.pd._mrs_by_lkey.pop(self.lkey, None)
+        # synchronous: the engine gives no new access once this returns; views already
+        # handed to queued work keep the memory alive until they are dropped, and the MR
+        # itself lets go of its references now
+        self.pd.ctx._engine.dereg_mr(self.lkey)
         self.pd.ctx._drop_key(self.lkey)
-        # Views already handed to queued work requests keep the memory alive until they
-        # are dropped; the MR itself lets go of its references now.
         del self._anchor
         self._view = memoryview(b"")
         self._mmap = None

@@ -1,40 +1,47 @@
-"""Progress engines: own the sockets, move bytes, produce completions.
+"""Engines, and the choice of one.
 
-The in-process engine is one epoll loop per :class:`~tcpverbs.Context` running in a
-daemon thread (:mod:`.loop`), plus one *transport* per connected QP that speaks the QP's
-wire mode (:mod:`.rc`, :mod:`.stream`).  Transports also run inside the application's
-own calls (``post_send`` sends at once; ``CQ.poll`` receives when the CQ is empty), so
-the thread is needed only while the application is busy elsewhere.
+:mod:`.api` is the contract between the verbs objects and any engine; :mod:`.py` is the
+pure-Python engine.  :func:`open_engine` picks the engine of a new context: the
+*choice* passed to ``Context(engine=...)``, else the ``TCPVERBS_ENGINE`` environment
+variable, else the default.
 """
 
 from __future__ import annotations
 
-import socket
-from typing import TYPE_CHECKING
+import errno
+import os
+from collections.abc import Callable
 
-from .transport import Transport
+from ..errors import TcpverbsError
+from .api import ENGINE_ENV, ContextEngine
 
-if TYPE_CHECKING:
-    from ..qp import QP
-    from ..wire.hello import Hello
+__all__ = ["ENGINES", "EngineFactory", "available_engines", "open_engine"]
 
-__all__ = ["Transport", "make_transport"]
+# an engine of one's own (tcpverbs.testing.FakeEngine, say): called with the device name
+# and the context's zerocopy_min
+EngineFactory = Callable[[str, int | None], ContextEngine]
+
+ENGINES = ("python",)  # every engine this package knows, default first
 
 
-def make_transport(
-    qp: QP,
-    sock: socket.socket,
-    peer_hello: Hello | None = None,
-    hello_timeout: float | None = None,
-) -> Transport:
-    """The transport for *qp*'s wire mode, owning *sock*.
+def available_engines() -> list[str]:
+    """The engines that can run here (a native one only once it is built)."""
+    return ["python"]
 
-    *peer_hello*: the peer's hello, already read by the connection listener.
-    """
-    if qp.wire == "stream":
-        from .stream import StreamTransport
 
-        return StreamTransport(qp, sock)
-    from .rc import RcTransport
+def open_engine(
+    device: str, choice: str | EngineFactory | None = None, *, zerocopy_min: int | None = None
+) -> ContextEngine:
+    """The engine for a new context on *device*: *choice* names one, or builds one."""
+    if callable(choice):
+        return choice(device, zerocopy_min)
+    name = choice if choice is not None else os.environ.get(ENGINE_ENV) or ENGINES[0]
+    if name == "python":
+        from .py import PyEngine
 
-    return RcTransport(qp, sock, peer_hello, hello_timeout)
+        return PyEngine(device, zerocopy_min=zerocopy_min)
+    source = "engine=" if choice is not None else f"{ENGINE_ENV}="
+    raise TcpverbsError(
+        errno.EINVAL if name not in ENGINES else errno.EOPNOTSUPP,
+        f"{source}{name!r}: no such engine here (available: {', '.join(available_engines())})",
+    )

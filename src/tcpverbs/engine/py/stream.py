@@ -19,14 +19,14 @@ import termios
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .._work import SendWork
-from ..enums import ibv_wc_status
-from ..errors import TcpverbsError, from_oserror
-from .loop import Timer
+from ...enums import ibv_wc_status
+from ...errors import TcpverbsError, from_oserror
+from ...reactor import Timer
 from .transport import Transport
+from .work import SendWork
 
 if TYPE_CHECKING:
-    from ..qp import QP
+    from .qp import PyQP
 
 __all__ = ["StreamTransport"]
 
@@ -39,14 +39,14 @@ ACK_POLL_MAX = 0.02
 class StreamTransport(Transport):
     established = True
 
-    def __init__(self, qp: QP, sock: socket.socket) -> None:
+    def __init__(self, qp: PyQP, sock: socket.socket) -> None:
         super().__init__(qp, sock)
         self._unacked: deque[SendWork] = deque()
         self._queued = 0  # stream offset just past the last byte queued
         self._ack_timer: Timer | None = None
         self._ack_delay = ACK_POLL_FIRST
         self._checking = False
-        self._want_read = bool(qp._rq)
+        self._want_read = bool(qp.rq)
 
     def start(self) -> None:
         super().start()
@@ -79,9 +79,9 @@ class StreamTransport(Transport):
     # -- send ------------------------------------------------------------------------------
     def _pump(self) -> None:
         qp = self.qp
-        if self._closed or qp._state is not qp._state.IBV_QPS_RTS:
+        if self._closed or qp.state is not qp.state.IBV_QPS_RTS:
             return
-        sq, unacked = qp._sq, self._unacked
+        sq, unacked = qp.sq, self._unacked
         while sq:
             work = sq[0]
             if work.error is not None:
@@ -89,7 +89,7 @@ class StreamTransport(Transport):
                     break
                 sq.popleft()
                 status, why = work.error
-                qp._complete_send(work, status)
+                qp.complete_send(work, status)
                 self._fail(TcpverbsError(errno.EFAULT, why))
                 return
             sq.popleft()
@@ -121,16 +121,16 @@ class StreamTransport(Transport):
         acked = self.stats["bytes_sent"] - outq
         unacked, qp = self._unacked, self.qp
         while unacked and unacked[0].seq <= acked:
-            qp._complete_send(unacked.popleft(), _OK)
+            qp.complete_send(unacked.popleft(), _OK)
             self._ack_delay = ACK_POLL_FIRST
-        if qp._sq and not unacked:
+        if qp.sq and not unacked:
             self._pump()
         if unacked and (self._ack_timer is None or self._ack_timer.cancelled):
             self._ack_timer = self.engine.call_later(self._ack_delay, self._on_ack_timer, self)
             self._ack_delay = min(self._ack_delay * 2, ACK_POLL_MAX)
 
     def _on_ack_timer(self) -> None:
-        with self.qp._lock:
+        with self.qp.lock:
             if self._ack_timer is not None:
                 self._ack_timer.cancelled = True  # fired; a new one may be armed below
             if not self._closed and self._unacked:
@@ -139,24 +139,24 @@ class StreamTransport(Transport):
     # -- receive ----------------------------------------------------------------------------
     def _receive(self) -> None:
         qp = self.qp
-        rq = qp._rq
+        rq = qp.rq
         while rq and not self._closed:
             work = rq[0]
             if work.error is not None:
                 rq.popleft()
                 status, why = work.error
-                qp._complete_recv(work, status)
+                qp.complete_recv(work, status)
                 self._fail(TcpverbsError(errno.EFAULT, why))
                 return
             if not work.capacity:  # nothing can land in it: complete empty, in order
                 rq.popleft()
-                qp._complete_recv(work, _OK, 0)
+                qp.complete_recv(work, _OK, 0)
                 continue
             n = self._recv_into(work.segments)
             if not n:
                 break  # would block, or the QP failed (then _closed is set)
             rq.popleft()
             self.stats["wrs_received"] += 1
-            qp._complete_recv(work, _OK, n)
+            qp.complete_recv(work, _OK, n)
         if not self._closed:
             self._set_interest(read=bool(rq))

@@ -21,14 +21,14 @@ from collections.abc import Callable
 from itertools import islice
 from typing import TYPE_CHECKING
 
-from .._work import Segment, SendWork
-from ..enums import ibv_event_type
-from ..errors import ConnectionBrokenError, TcpverbsError, from_oserror
-from .loop import Engine, Timer
+from ...enums import ibv_event_type
+from ...errors import ConnectionBrokenError, TcpverbsError, from_oserror
+from ...reactor import Reactor, Timer
+from .work import Segment, SendWork
 from .zerocopy import MSG_ZEROCOPY, ZeroCopy
 
 if TYPE_CHECKING:
-    from ..qp import QP
+    from .qp import PyQP
 
 __all__ = ["Transport"]
 
@@ -61,12 +61,12 @@ class Transport:
 
     established = False
 
-    def __init__(self, qp: QP, sock: socket.socket) -> None:
+    def __init__(self, qp: PyQP, sock: socket.socket) -> None:
         self.qp = qp
         self.sock = sock
         self.fd = sock.fileno()
         sock.setblocking(False)
-        self.engine: Engine = qp.ctx._progress_engine
+        self.engine: Reactor = qp.engine.reactor
         self._tx: deque[Segment] = deque()
         self._tx_base = 0  # segments ever written out: position of _tx[0] in the stream
         self._closed = False
@@ -79,7 +79,7 @@ class Transport:
         self._want_read = True
         self._want_write = False
         self._registered_events = 0
-        self.stats = qp._stats  # counters live on the QP: they outlast a connection
+        self.stats = qp.stats  # counters live on the QP: they outlast a connection
         for key in STAT_KEYS:
             self.stats.setdefault(key, 0)
         self._zerocopy: ZeroCopy | None = None  # rc turns it on where it pays
@@ -90,11 +90,11 @@ class Transport:
         self.engine.register(self.fd, self, self._registered_events)
 
     def send_posted(self) -> None:
-        """New WRs are in ``qp._sq`` (and the QP is in RTS)."""
+        """New WRs are in ``qp.sq`` (and the QP is in RTS)."""
         raise NotImplementedError
 
     def recv_posted(self) -> None:
-        """New WRs are in ``qp._rq``."""
+        """New WRs are in ``qp.rq``."""
         raise NotImplementedError
 
     def progress(self) -> None:
@@ -124,7 +124,7 @@ class Transport:
 
     # -- engine callbacks -------------------------------------------------------------
     def on_events(self, events: int) -> None:
-        with self.qp._lock:
+        with self.qp.lock:
             if self._closed:
                 return
             if events & select.EPOLLERR:
@@ -182,8 +182,8 @@ class Transport:
         qp = self.qp
         return (
             time.monotonic() - self.app_polled < APP_POLL_GRACE
-            and not qp.scq._armed
-            and not qp.rcq._armed
+            and not qp.scq.armed
+            and not qp.rcq.armed
         )
 
     def _park_reads(self) -> None:
@@ -210,7 +210,7 @@ class Transport:
         if not self._closed and self._reads_parked and self._app_spinning():
             self._arm_park_check(min(2 * waited, PARK_CHECK_MAX))
             return
-        with self.qp._lock:
+        with self.qp.lock:
             self._park_timer = None
             if self._closed or not self._reads_parked:
                 return
@@ -229,14 +229,14 @@ class Transport:
             self.on_readable()  # whatever arrived meanwhile
 
     def on_crash(self, exc: BaseException) -> None:
-        self.qp._enter_error(
+        self.qp.enter_error(
             TcpverbsError(errno.EIO, f"internal error in the progress engine: {exc!r}")
         )
 
     def on_readable(self) -> None:
         raise NotImplementedError
 
-    def on_engine_close(self) -> None:
+    def on_reactor_close(self) -> None:
         """The context is closing; its QPs (and so this transport) are closed already."""
         if not self._closed:
             self._closed = True
@@ -251,7 +251,7 @@ class Transport:
         notify_peer: bool = True,
         event: ibv_event_type = ibv_event_type.IBV_EVENT_QP_FATAL,
     ) -> None:
-        self.qp._enter_error(exc, setup=setup, notify_peer=notify_peer, event=event)
+        self.qp.enter_error(exc, setup=setup, notify_peer=notify_peer, event=event)
 
     def _say_goodbye(self, reason: TcpverbsError) -> None:
         """Last bytes before a graceful close (rc sends TERMINATE)."""
@@ -407,7 +407,7 @@ class _Drainer:
 
     _buf = bytearray(65536)
 
-    def __init__(self, engine: Engine, sock: socket.socket) -> None:
+    def __init__(self, engine: Reactor, sock: socket.socket) -> None:
         self.engine = engine
         self.sock = sock
         self.timer: Timer | None = None
@@ -436,7 +436,7 @@ class _Drainer:
     def on_crash(self, exc: BaseException) -> None:
         self._done()
 
-    def on_engine_close(self) -> None:
+    def on_reactor_close(self) -> None:
         self._done()
 
     def _done(self) -> None:

@@ -22,8 +22,8 @@ import socket
 import struct
 from collections import deque
 
-from ..device import SYSFS_NET, device_for_gid
-from ..errors import TcpverbsError
+from ...device import SYSFS_NET, device_for_gid
+from ...errors import TcpverbsError
 
 __all__ = ["ZEROCOPY_MIN", "ZeroCopy", "zerocopy_threshold"]
 

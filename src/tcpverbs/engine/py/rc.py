@@ -27,11 +27,11 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .._work import RecvWork, SendWork
-from ..device import MAX_MSG_SZ
-from ..enums import ibv_access_flags, ibv_event_type, ibv_wc_opcode, ibv_wc_status, ibv_wr_opcode
-from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
-from ..wire.frames import (
+from ...device import MAX_MSG_SZ
+from ...enums import ibv_access_flags, ibv_event_type, ibv_wc_opcode, ibv_wc_status, ibv_wr_opcode
+from ...errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
+from ...reactor import Timer
+from ...wire.frames import (
     BASE,
     FLAG_SOLICITED,
     MAX_REASON,
@@ -43,15 +43,15 @@ from ..wire.frames import (
     encode_header,
     whole_send,
 )
-from ..wire.hello import Hello, HelloDecoder
-from ..wire.rc import RNR_TIMER_MS, RcProtocol
-from .loop import Timer
+from ...wire.hello import Hello, HelloDecoder
+from ...wire.rc import RNR_TIMER_MS, RcProtocol
 from .transport import Transport
+from .work import RecvWork, SendWork
 from .zerocopy import ZeroCopy, zerocopy_threshold
 
 if TYPE_CHECKING:
-    from ..mr import MR
-    from ..qp import QP
+    from .memory import Region
+    from .qp import PyQP
 
 __all__ = ["HELLO_TIMEOUT", "RcTransport"]
 
@@ -94,7 +94,7 @@ class _RemoteError(Exception):
 class RcTransport(Transport):
     def __init__(
         self,
-        qp: QP,
+        qp: PyQP,
         sock: socket.socket,
         peer_hello: Hello | None = None,
         hello_timeout: float | None = None,
@@ -120,7 +120,7 @@ class RcTransport(Transport):
         self._sv = memoryview(self._staging)
         self._rx_start = self._rx_end = 0
         self._target: deque[memoryview] = deque()  # where the current payload lands
-        self._target_mr: MR | None = None  # a WRITE's target, re-checked while placing
+        self._target_mr: Region | None = None  # a WRITE's target, re-checked while placing
         self._on_placed: tuple[Header, RecvWork | SendWork | None] | None = None
         self._discard = False  # current payload is thrown away
         self._read_paused = False  # stopped reading until our answers drain
@@ -134,16 +134,16 @@ class RcTransport(Transport):
         super().start()
         qp = self.qp
         self._zerocopy = ZeroCopy.enable(
-            self.sock, zerocopy_threshold(qp.ctx.zerocopy_min, self.sock)
+            self.sock, zerocopy_threshold(qp.engine.zerocopy_min, self.sock)
         )
         hello = Hello(
             qp.qp_num,
-            qp.cap.max_send_wr,
-            qp.cap.max_recv_wr,
+            qp.caps.max_send_wr,
+            qp.caps.max_recv_wr,
             MAX_MSG_SZ,
-            qp._attr.max_rd_atomic,
-            qp._attr.max_dest_rd_atomic,
-            dest_qp_num=qp._attr.dest_qp_num,
+            qp.params.max_rd_atomic,
+            qp.params.max_dest_rd_atomic,
+            dest_qp_num=qp.params.dest_qp_num,
         )
         self._tx.append(hello.encode())
         self._hello_timer = self.engine.call_later(self._hello_timeout, self._hello_expired, self)
@@ -155,7 +155,7 @@ class RcTransport(Transport):
                 self._fail(exc, setup=True)
 
     def _hello_expired(self) -> None:
-        with self.qp._lock:
+        with self.qp.lock:
             if not self.established and not self._closed:
                 self._fail(
                     TcpverbsError(
@@ -200,7 +200,7 @@ class RcTransport(Transport):
         # (the socket is going away, the kernel lets go of the pages with it)
         held, self._held = self._held, deque()
         for work, status, _ in held:
-            self.qp._complete_send(work, status)
+            self.qp.complete_send(work, status)
         unfinished = list(self._inflight)
         self._inflight.clear()
         return unfinished
@@ -216,20 +216,20 @@ class RcTransport(Transport):
         if self._held or (zc is not None and zc.outstanding):
             self._held.append((work, status, zc.issued if zc is not None else 0))
             return
-        self.qp._complete_send(work, status)
+        self.qp.complete_send(work, status)
 
     def _zerocopy_released(self) -> None:
         zc, held = self._zerocopy, self._held
         assert zc is not None
         while held and held[0][2] <= zc.done:
             work, status, _ = held.popleft()
-            self.qp._complete_send(work, status)
+            self.qp.complete_send(work, status)
 
     # -- requester ------------------------------------------------------------------------
     @property
     def _rd_limit(self) -> int:
         peer_limit = self.peer.max_dest_rd_atomic if self.peer is not None else 1
-        return max(1, min(self.qp._attr.max_rd_atomic, peer_limit or 1))
+        return max(1, min(self.qp.params.max_rd_atomic, peer_limit or 1))
 
     def _pump(self) -> None:
         """Queue posted WRs as frames (in order) and write them."""
@@ -237,10 +237,10 @@ class RcTransport(Transport):
             self._flush()
             return
         qp = self.qp
-        if qp._state is not qp._state.IBV_QPS_RTS:
+        if qp.state is not qp.state.IBV_QPS_RTS:
             self._flush()
             return
-        sq, tx, inflight, proto = qp._sq, self._tx, self._inflight, self.proto
+        sq, tx, inflight, proto = qp.sq, self._tx, self._inflight, self.proto
         if sq:
             self._queue_ack()  # a deferred ACK rides along (see _process)
         while sq:
@@ -349,7 +349,7 @@ class RcTransport(Transport):
             raise RemoteProtocolError(f"RNR NAK for request {h.msn}, which needs no receive")
         self.stats["rnr_naks_received"] += 1
         work.rnr_tries += 1
-        retries = self.qp._attr.rnr_retry
+        retries = self.qp.params.rnr_retry
         if retries != 7 and work.rnr_tries > retries:
             self._inflight.popleft()
             self._complete(work, W.IBV_WC_RNR_RETRY_EXC_ERR)
@@ -362,7 +362,7 @@ class RcTransport(Transport):
             )
             return
         # go back N: everything from the refused request on is sent again, in order
-        sq = self.qp._sq
+        sq = self.qp.sq
         while self._inflight:
             sq.appendleft(self._inflight.pop())
         self._rd_outstanding = 0
@@ -371,7 +371,7 @@ class RcTransport(Transport):
         self._rnr_timer = self.engine.call_later(delay, lambda: self._rnr_resume(resume_at), self)
 
     def _rnr_resume(self, msn: int) -> None:
-        with self.qp._lock:
+        with self.qp.lock:
             self._rnr_timer = None
             if self._closed:
                 return
@@ -535,7 +535,7 @@ class RcTransport(Transport):
         first buffer of the next receive: placed and completed at once.  False (nothing
         done) for anything else — no receive, an error, a scattered or too small buffer,
         an RNR resync — which the frame-by-frame path then handles."""
-        rq = self.qp._rq
+        rq = self.qp.rq
         if not rq or self.proto.discarding:
             return False
         work = rq[0]
@@ -548,7 +548,7 @@ class RcTransport(Transport):
         stats = self.stats
         stats["frames_received"] += 1
         stats["wrs_received"] += 1
-        self.qp._complete_recv(work, _OK, n, imm, bool(flags & FLAG_SOLICITED))
+        self.qp.complete_recv(work, _OK, n, imm, bool(flags & FLAG_SOLICITED))
         return True
 
     def _on_header(self, h: Header) -> None:
@@ -564,7 +564,7 @@ class RcTransport(Transport):
                 self._refuse(h, exc)
         elif op is Opcode.ACK:
             self._ack_through(h.msn)
-            if self.qp._sq:
+            if self.qp.sq:
                 self._pump()
         elif op is Opcode.READ_RESP:
             self._on_read_response(h)
@@ -608,8 +608,8 @@ class RcTransport(Transport):
                     f"message of {h.payload_len} bytes does not fit the posted receive "
                     f"of {work.capacity} bytes"
                 )
-                self.qp._rq.popleft()
-                self.qp._complete_recv(work, W.IBV_WC_LOC_LEN_ERR)
+                self.qp.rq.popleft()
+                self.qp.complete_recv(work, W.IBV_WC_LOC_LEN_ERR)
                 self._terminate(h, W.IBV_WC_REM_INV_REQ_ERR, why, errno.EMSGSIZE)
                 return
             self._expect_payload(h, work, work.segments)
@@ -638,32 +638,33 @@ class RcTransport(Transport):
 
     def _remote(
         self, rkey: int, addr: int, length: int, need: ibv_access_flags
-    ) -> tuple[memoryview, MR | None]:
+    ) -> tuple[memoryview, Region | None]:
         """The target memory of a one-sided request, or a REM_ACCESS_ERR."""
         if length == 0:
             return memoryview(b""), None  # zero-length transfers touch no memory
         qp = self.qp
-        mr = qp.ctx._keys.get(rkey)
-        if mr is None or mr.closed or mr.pd is not qp.pd:
+        region = qp.engine.memory.get(rkey)
+        if region is None or not region.valid or region.pd != qp.pd:
             raise _RemoteError(
                 W.IBV_WC_REM_ACCESS_ERR, f"rkey 0x{rkey:08x} is not a valid MR of the target QP"
             )
-        if not mr.access & need:
+        if not region.access & need:
             raise _RemoteError(
                 W.IBV_WC_REM_ACCESS_ERR,
                 f"target MR 0x{rkey:08x} was registered without {need.name}",
             )
-        if not qp._attr.qp_access_flags & need:
+        if not qp.params.access_flags & need:
             raise _RemoteError(
                 W.IBV_WC_REM_ACCESS_ERR, f"target QP's qp_access_flags do not allow {need.name}"
             )
-        view = mr._slice(addr, length)
+        view = region.slice(addr, length)
         if view is None:
             raise _RemoteError(
                 W.IBV_WC_REM_ACCESS_ERR,
-                f"[0x{addr:x}, +{length}) is outside target MR [0x{mr.buf:x}, +{mr.length})",
+                f"[0x{addr:x}, +{length}) is outside target MR "
+                f"[0x{region.addr:x}, +{region.length})",
             )
-        return view, mr
+        return view, region
 
     def _atomic(self, h: Header) -> int:
         if h.addr % 8:
@@ -683,10 +684,10 @@ class RcTransport(Transport):
     def _take_receive(self, h: Header) -> RecvWork | None:
         """The receive WR a SEND / WRITE_IMM consumes; None after refusing (RNR or error)."""
         qp = self.qp
-        if not qp._rq:
+        if not qp.rq:
             ack = self.proto.refuse()
             nak = encode_header(
-                Header(Opcode.RNR_NAK, msn=self.proto.next_msn, timer=qp._attr.min_rnr_timer)
+                Header(Opcode.RNR_NAK, msn=self.proto.next_msn, timer=qp.params.min_rnr_timer)
             )
             if ack:
                 self._answer(ack, nak, frames=2)
@@ -695,11 +696,11 @@ class RcTransport(Transport):
             self.stats["rnr_naks_sent"] += 1
             self._expect_payload(h, None, None)  # drop it; the requester will send it again
             return None
-        work = qp._rq[0]  # stays queued until placed: an error meanwhile flushes it
+        work = qp.rq[0]  # stays queued until placed: an error meanwhile flushes it
         if work.error is not None:
-            qp._rq.popleft()
+            qp.rq.popleft()
             status, why = work.error
-            qp._complete_recv(work, status)
+            qp.complete_recv(work, status)
             self._terminate(
                 h, W.IBV_WC_REM_OP_ERR, f"receive WR at the peer failed: {why}", errno.EFAULT
             )
@@ -729,7 +730,7 @@ class RcTransport(Transport):
 
     def _target_still_valid(self) -> bool:
         mr = self._target_mr
-        if mr is None or not mr.closed:
+        if mr is None or mr.valid:
             return True
         # deregistered while its WRITE was landing: remote access ends at once
         h, _ = self._on_placed or (Header(Opcode.WRITE), None)
@@ -789,10 +790,10 @@ class RcTransport(Transport):
             self.stats["remote_ops"] += 1
             return
         assert isinstance(owner, RecvWork)
-        done = self.qp._rq.popleft()
+        done = self.qp.rq.popleft()
         assert done is owner
         self.stats["wrs_received"] += 1
-        self.qp._complete_recv(
+        self.qp.complete_recv(
             owner,
             _OK,
             h.payload_len,

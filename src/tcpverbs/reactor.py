@@ -1,8 +1,10 @@
-"""The progress thread: one epoll loop per context, woken by an eventfd.
+"""A reactor thread: one epoll loop with timers, woken early by an eventfd.
 
-Handlers run under their QP's lock (taken by the handler).  An exception escaping a
-handler is a bug; it is not allowed to kill the thread (every other QP of the context
-would hang): the handler's QP is moved to ERR with the error as the reason instead.
+The Python engine runs one per context for its progress (:mod:`tcpverbs.engine.py`), and
+the out-of-band connection service one of its own (:mod:`tcpverbs.cm.oob`), so that
+neither reaches into the other.  Handlers take whatever locks they need themselves.
+An exception escaping a handler is a bug; it is not allowed to kill the thread (every
+other handler would hang): the handler's ``on_crash`` pays for it instead.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Engine", "Handler", "Timer"]
+__all__ = ["Handler", "Reactor", "Timer"]
 
 
 class Handler(Protocol):
@@ -24,7 +26,7 @@ class Handler(Protocol):
 
     def on_crash(self, exc: BaseException) -> None: ...
 
-    def on_engine_close(self) -> None: ...
+    def on_reactor_close(self) -> None: ...
 
 
 class Timer:
@@ -40,7 +42,7 @@ class Timer:
         self.cancelled = True
 
 
-class Engine:
+class Reactor:
     """Runs handlers when their sockets are ready and timers when they are due."""
 
     def __init__(self, name: str) -> None:
@@ -90,7 +92,7 @@ class Engine:
             self._wake()
         return timer
 
-    def on_engine_thread(self) -> bool:
+    def on_reactor_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
     def _wake(self) -> None:
@@ -148,7 +150,7 @@ class Engine:
                 timer.owner.on_crash(exc)
 
     def statistics(self) -> dict[str, int]:
-        """Counters of the progress thread (see :meth:`tcpverbs.Context.statistics`)."""
+        """Counters of the thread (see :meth:`tcpverbs.Context.statistics`)."""
         return {
             "engine_wakeups": self.wakeups,
             "engine_timers_run": self.timers_run,
@@ -161,13 +163,13 @@ class Engine:
             return
         self._closed = True
         self._wake()
-        if not self.on_engine_thread():
+        if not self.on_reactor_thread():
             self._thread.join(timeout=5)
         with self._lock:
             leftovers = list(self._handlers.values())
             self._handlers.clear()
             self._timers.clear()
         for handler in leftovers:
-            handler.on_engine_close()
+            handler.on_reactor_close()
         self._epoll.close()
         os.close(self._wake_fd)

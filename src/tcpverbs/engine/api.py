@@ -1,0 +1,288 @@
+"""The contract between the verbs objects and an engine.
+
+Theory of operation
+-------------------
+The verbs objects (:mod:`tcpverbs.context`, ``pd``, ``mr``, ``cq``, ``qp``) are the
+application's face: they own the object tree, validate attributes, run the QP state
+machine the application drives, number QPs, word every error and keep the async-event
+queue.  An *engine* does everything that moves data: it owns each QP's socket after the
+handoff, the send and receive queues, the in-flight window, the wire state, every timer,
+the memory table it checks work against, and the atomics.  The two meet here and nowhere
+else; this module is the whole of what crosses:
+
+Control calls (any thread, GIL held)
+    :meth:`ContextEngine.reg_mr` / :meth:`~ContextEngine.dereg_mr` (synchronous: no new
+    access to the memory once ``dereg_mr`` returns; work already holding it keeps it
+    alive), :meth:`~ContextEngine.create_cq` (with the :class:`ChannelEngine` it
+    signals), :meth:`~ContextEngine.create_qp` (a :class:`QPSpec`),
+    :meth:`QPEngine.modify` (a state and the :class:`QPParams` an engine uses),
+    :meth:`QPEngine.attach` (a connected socket, and the peer's hello when the
+    connection manager read it already), :meth:`QPEngine.fail`, :meth:`QPEngine.reset`,
+    ``destroy()`` of each, and ``statistics()``.
+
+Data-path calls
+    :meth:`QPEngine.post_send` / :meth:`QPEngine.post_recv` take a WR chain and check
+    each WR (state, opcode, SGE count, inline size, atomic shape, queue room; memory keys,
+    ranges and access turn into error *completions*, as on hardware).  A refused WR comes
+    back as a :class:`PostFailure` — its index in the chain and a :class:`PostFault`
+    code — and the verbs layer words the error.  :meth:`CQEngine.poll` returns
+    :data:`Completion` records laid out as :class:`tcpverbs.WC`'s first nine fields, so
+    ``WC(*record)`` builds one.  :meth:`CQEngine.req_notify`, :meth:`CQEngine.wait` and
+    :meth:`ChannelEngine.get_cq_event` wait inside the engine.
+
+Events (engine -> verbs)
+    Queued :class:`EngineEvent` records, never calls into verbs objects: a QP went to
+    ERR (its ``ibv_event_type`` and reason; the full error, with the peer's reason where
+    there is one, is :attr:`QPEngine.error`), a CQ overran.  The verbs layer drains them
+    at its calls and in ``get_async_event``.  That a QP's connection is established is
+    state (:attr:`QPEngine.established`), not an event: ``IBV_EVENT_COMM_EST`` is
+    hardware's for a QP in RTR and would arrive before the errors programs wait for.
+
+The hello, RNR handling, TERMINATE, the flush of outstanding work on error and the drain
+of a closing connection are all the engine's.
+
+Locks
+-----
+Lock order, outermost first: a verbs QP's ``_lock`` (serialises the application's
+``modify``), then the engine's per-QP lock, then an engine CQ's lock, then its channel's.
+An engine never calls back into the verbs layer, so no engine lock is ever held while a
+verbs lock is taken.  Because an engine may move a QP to ERR at any moment,
+:meth:`QPEngine.modify` names the state it expects to leave and changes nothing when the
+QP is elsewhere.
+
+Choosing an engine
+------------------
+:func:`tcpverbs.engine.open_engine` picks one: ``Context(engine=...)``, else the
+``TCPVERBS_ENGINE`` environment variable, else the default.  ``python`` (package
+:mod:`tcpverbs.engine.py`) is the reference implementation.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..enums import ibv_event_type, ibv_qp_state
+from ..errors import TcpverbsError
+from ..wire.hello import Hello
+from ..wr import RecvWR, SendWR
+
+__all__ = [
+    "ENGINE_ENV",
+    "CQEngine",
+    "ChannelEngine",
+    "Completion",
+    "ContextEngine",
+    "EngineEvent",
+    "Overrun",
+    "PostFailure",
+    "PostFault",
+    "QPCaps",
+    "QPEngine",
+    "QPParams",
+    "QPSpec",
+]
+
+ENGINE_ENV = "TCPVERBS_ENGINE"
+
+# (wr_id, status, opcode, vendor_err, byte_len, qp_num, src_qp, imm_data, wc_flags):
+# the first nine fields of tcpverbs.WC, in order.
+Completion = tuple[int, int, int, int, int, int, int, int, int]
+
+
+class PostFault(enum.IntEnum):
+    """Why ``post_send`` / ``post_recv`` refused a WR (nothing from it on was posted).
+
+    ``value`` and ``limit`` of the :class:`PostFailure` carry the numbers the message
+    needs: the offending count or size and the bound it broke.
+    """
+
+    SETUP_FAILED = 1  # the connection never came up: QPEngine.error says why
+    BAD_STATE = 2  # value: the QP's state
+    BAD_OPCODE = 3  # value: the opcode (not supported by this wire mode)
+    TOO_MANY_SGE = 4  # value: num_sge, limit: the QP's max SGE
+    SGE_COUNT = 5  # value: num_sge, limit: len(sg_list)
+    INLINE_TOO_LONG = 6  # value: the length, limit: max_inline_data
+    NOT_INLINABLE = 7  # value: the opcode
+    ATOMIC_SHAPE = 8  # value: the number of SGEs, limit: their total length
+    QUEUE_FULL = 9  # limit: max_send_wr / max_recv_wr
+
+
+@dataclass(frozen=True, slots=True)
+class PostFailure:
+    """The WR at ``index`` of the posted chain was refused for ``fault``."""
+
+    index: int
+    fault: PostFault
+    value: int = 0
+    limit: int = 0
+
+
+class Overrun(Exception):
+    """Raised by :meth:`CQEngine.poll`: ``lost`` completions did not fit the CQ."""
+
+    def __init__(self, lost: int) -> None:
+        super().__init__(lost)
+        self.lost = lost
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    """An asynchronous event: ``handle`` is the QP number (QP events) or the CQ's handle
+    (``IBV_EVENT_CQ_ERR``)."""
+
+    event_type: ibv_event_type
+    handle: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class QPCaps:
+    max_send_wr: int
+    max_recv_wr: int
+    max_send_sge: int
+    max_recv_sge: int
+    max_inline_data: int
+
+
+@dataclass(slots=True)
+class QPParams:
+    """The attributes of ``ibv_modify_qp`` an engine uses (the rest are the verbs layer's)."""
+
+    access_flags: int = 0
+    max_rd_atomic: int = 1
+    max_dest_rd_atomic: int = 1
+    rnr_retry: int = 7
+    min_rnr_timer: int = 12
+    timeout: int = 14
+    retry_cnt: int = 7
+    dest_qp_num: int = 0
+
+
+class ChannelEngine(Protocol):
+    """A completion channel: ``fd`` is readable while an event is pending."""
+
+    fd: int
+
+    def get_cq_event(self, timeout: float | None) -> int | None:
+        """Block (GIL released) until an armed CQ of this channel completed; its handle,
+        or None after *timeout* seconds or once the channel is destroyed."""
+        ...
+
+    def destroy(self) -> None: ...
+
+
+class CQEngine(Protocol):
+    handle: int
+
+    def poll(self, num_entries: int) -> list[Completion]:
+        """Up to *num_entries* completions, oldest first; may first make progress on the
+        CQ's QPs.  Polling frees the WRs' queue slots.  Raises :class:`Overrun`."""
+        ...
+
+    def wait(self, num_entries: int, timeout: float | None, spin_us: int) -> list[Completion]:
+        """Poll for *spin_us*, then sleep until a completion; [] after *timeout* seconds
+        or once the CQ is destroyed.  Raises :class:`Overrun`."""
+        ...
+
+    def req_notify(self, solicited_only: bool) -> None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def statistics(self) -> dict[str, int]: ...
+
+    def destroy(self) -> None: ...
+
+
+class QPEngine(Protocol):
+    qp_num: int
+
+    @property
+    def state(self) -> ibv_qp_state:
+        """The current state: the verbs layer's last transition, or ERR set by the engine."""
+        ...
+
+    @property
+    def error(self) -> TcpverbsError | None:
+        """Why the QP is in ERR (None otherwise)."""
+        ...
+
+    @property
+    def setup_failed(self) -> bool:
+        """The QP went to ERR before its connection came up (its posts are refused)."""
+        ...
+
+    @property
+    def established(self) -> bool:
+        """The connection is up (rc: both hellos exchanged)."""
+        ...
+
+    def modify(self, expect: ibv_qp_state, new: ibv_qp_state, params: QPParams) -> bool:
+        """Move from *expect* to *new* (RESET -> INIT -> RTR -> RTS) with *params*;
+        False, changing nothing, when the QP is no longer in *expect*."""
+        ...
+
+    def attach(
+        self, sock: socket.socket, peer_hello: Hello | None, hello_timeout: float | None
+    ) -> bool:
+        """Take *sock* (connected, or connecting) as the QP's connection; False, leaving
+        *sock* to the caller, when the QP is not in RTR or RTS or already has one."""
+        ...
+
+    def fail(self, error: TcpverbsError, *, setup: bool = False) -> None:
+        """Move to ERR for *error* (outstanding work is flushed, an event queued)."""
+        ...
+
+    def reset(self) -> None:
+        """Move to RESET: connection closed, queues and unpolled completions dropped."""
+        ...
+
+    def destroy(self) -> None: ...
+
+    def post_send(self, wr: SendWR) -> PostFailure | None: ...
+
+    def post_recv(self, wr: RecvWR) -> PostFailure | None: ...
+
+    def statistics(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QPSpec:
+    qp_num: int
+    pd: int  # the PD's handle: a QP reaches the memory of its own PD only
+    caps: QPCaps
+    sq_sig_all: bool
+    wire: str  # "rc" | "stream"
+    scq: CQEngine
+    rcq: CQEngine
+
+
+class ContextEngine(Protocol):
+    """One opened device's engine."""
+
+    name: str  # "python", "native"
+
+    def reg_mr(self, key: int, pd: int, view: memoryview, addr: int, access: int) -> None:
+        """Register *view* (at address *addr*) under *key*, as both lkey and rkey."""
+        ...
+
+    def dereg_mr(self, key: int) -> None: ...
+
+    def create_channel(self) -> ChannelEngine: ...
+
+    def create_cq(self, handle: int, cqe: int, channel: ChannelEngine | None) -> CQEngine: ...
+
+    def create_qp(self, spec: QPSpec) -> QPEngine: ...
+
+    def next_event(self, timeout: float | None) -> EngineEvent | None:
+        """The oldest queued event; waits up to *timeout* (None: for ever, 0: not at all)."""
+        ...
+
+    def statistics(self) -> dict[str, int]:
+        """Counters summed over every QP and CQ (destroyed ones too) and the engine's own."""
+        ...
+
+    def close(self) -> None: ...

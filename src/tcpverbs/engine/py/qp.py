@@ -1,0 +1,474 @@
+"""A QP in the Python engine: its queues, the checks at post time, and its outcomes.
+
+Theory of operation
+-------------------
+A QP holds two queues of checked work (:mod:`.work`): ``sq`` (posted sends not yet taken
+by the transport) and ``rq`` (posted receives).  The *transport* (:mod:`.rc`,
+:mod:`.stream`) owns the TCP socket after the handoff, takes work from the queues, moves
+bytes, and reports outcomes through :meth:`PyQP.complete_send`,
+:meth:`PyQP.complete_recv` and :meth:`PyQP.enter_error`.  All of that happens under the
+QP's ``lock``, from the application's thread (inside ``post_*`` and ``CQ.poll``) or from
+the context's progress thread.
+
+Queue slots (``max_send_wr`` / ``max_recv_wr``) are taken at post time and given back
+when the WR's completion is *polled* (an unsignaled WR that succeeds gives its slot back
+as soon as it is acknowledged).  So an application that stops polling gets ``ENOMEM``
+from ``post_*`` instead of growing memory, as on hardware.
+
+A WR whose memory does not check out (lkey, range, access) is still queued, carrying its
+error, so that its error completion comes out in queue order, as on hardware.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ...device import MAX_MSG_SZ
+from ...enums import (
+    ibv_access_flags,
+    ibv_event_type,
+    ibv_qp_state,
+    ibv_send_flags,
+    ibv_wc_flags,
+    ibv_wc_opcode,
+    ibv_wc_status,
+    ibv_wr_opcode,
+)
+from ...errors import TcpverbsError
+from ...wire.hello import Hello
+from ...wr import SGE, RecvWR, SendWR
+from ..api import PostFailure, PostFault, QPParams, QPSpec
+from .cq import PyCQ
+from .rc import RcTransport
+from .stream import StreamTransport
+from .work import RecvWork, Segment, SendWork
+
+if TYPE_CHECKING:
+    from . import PyEngine
+    from .transport import Transport
+
+__all__ = ["PyQP"]
+
+S = ibv_qp_state
+WR = ibv_wr_opcode
+_OK = ibv_wc_status.IBV_WC_SUCCESS
+_FLUSH = ibv_wc_status.IBV_WC_WR_FLUSH_ERR
+_LOC_PROT = ibv_wc_status.IBV_WC_LOC_PROT_ERR
+_LOCAL_WRITE = int(ibv_access_flags.IBV_ACCESS_LOCAL_WRITE)
+_WITH_IMM = int(ibv_wc_flags.IBV_WC_WITH_IMM)
+_WC_OPCODE = {
+    WR.IBV_WR_SEND: ibv_wc_opcode.IBV_WC_SEND,
+    WR.IBV_WR_SEND_WITH_IMM: ibv_wc_opcode.IBV_WC_SEND,
+    WR.IBV_WR_RDMA_WRITE: ibv_wc_opcode.IBV_WC_RDMA_WRITE,
+    WR.IBV_WR_RDMA_WRITE_WITH_IMM: ibv_wc_opcode.IBV_WC_RDMA_WRITE,
+    WR.IBV_WR_RDMA_READ: ibv_wc_opcode.IBV_WC_RDMA_READ,
+    WR.IBV_WR_ATOMIC_CMP_AND_SWP: ibv_wc_opcode.IBV_WC_COMP_SWAP,
+    WR.IBV_WR_ATOMIC_FETCH_AND_ADD: ibv_wc_opcode.IBV_WC_FETCH_ADD,
+}
+_INLINE = int(ibv_send_flags.IBV_SEND_INLINE)
+_SIGNALED = int(ibv_send_flags.IBV_SEND_SIGNALED)
+_SOLICITED = int(ibv_send_flags.IBV_SEND_SOLICITED)
+_FENCE = int(ibv_send_flags.IBV_SEND_FENCE)
+_ATOMICS = frozenset({int(WR.IBV_WR_ATOMIC_CMP_AND_SWP), int(WR.IBV_WR_ATOMIC_FETCH_AND_ADD)})
+_WRITES_LOCAL = _ATOMICS | {int(WR.IBV_WR_RDMA_READ)}  # their local SGEs receive data
+_POSTABLE_SEND = (S.IBV_QPS_RTS, S.IBV_QPS_ERR)
+
+
+class PyQP:
+    def __init__(self, engine: PyEngine, spec: QPSpec) -> None:
+        self.engine = engine
+        self.qp_num = spec.qp_num
+        self.pd = spec.pd
+        self.caps = spec.caps
+        self.sq_sig_all = spec.sq_sig_all
+        self.wire = spec.wire
+        scq, rcq = spec.scq, spec.rcq
+        assert isinstance(scq, PyCQ) and isinstance(rcq, PyCQ)  # CQs of this engine
+        self.scq: PyCQ = scq
+        self.rcq: PyCQ = rcq
+        self.params = QPParams()
+        self.state = S.IBV_QPS_RESET
+        self.lock = threading.RLock()
+        self.sq: deque[SendWork] = deque()
+        self.rq: deque[RecvWork] = deque()
+        self.sq_used = 0
+        self.rq_used = 0
+        self.transport: Transport | None = None
+        self.stats: dict[str, int] = {}
+        self.generation = 0  # bumped by RESET: completions from before free no slots
+        self.error: TcpverbsError | None = None
+        self.setup_failed = False
+        self._destroyed = False
+        for cq in (scq, rcq):
+            cq.qps[self.qp_num] = self
+
+    # -- control --------------------------------------------------------------------
+    @property
+    def established(self) -> bool:
+        transport = self.transport
+        return transport is not None and transport.established
+
+    def modify(self, expect: ibv_qp_state, new: ibv_qp_state, params: QPParams) -> bool:
+        with self.lock:
+            if self.state is not expect or self._destroyed:
+                return False
+            self.params = params
+            self.state = new
+            if new is S.IBV_QPS_RTS and self.transport is not None:
+                self.transport.send_posted()
+            return True
+
+    def attach(
+        self, sock: socket.socket, peer_hello: Hello | None, hello_timeout: float | None
+    ) -> bool:
+        with self.lock:
+            if self.state not in (S.IBV_QPS_RTR, S.IBV_QPS_RTS) or self.transport is not None:
+                return False
+            transport: Transport
+            if self.wire == "stream":
+                transport = StreamTransport(self, sock)
+            else:  # the hello: *peer_hello* if the connection service read it already
+                transport = RcTransport(self, sock, peer_hello, hello_timeout)
+            self.transport = transport
+            transport.start()
+            return True
+
+    def fail(self, error: TcpverbsError, *, setup: bool = False) -> None:
+        self.enter_error(error, setup=setup)
+
+    def reset(self) -> None:
+        with self.lock:
+            self._close_transport()
+            self.sq.clear()
+            self.rq.clear()
+            self.sq_used = self.rq_used = 0
+            self.generation += 1
+            for cq in (self.scq, self.rcq):
+                cq.discard_qp(self)
+            self.error = None
+            self.setup_failed = False
+            self.state = S.IBV_QPS_RESET
+            self.params = QPParams()
+
+    def destroy(self) -> None:
+        with self.lock:
+            if self._destroyed:
+                return
+            self._destroyed = True
+            self._close_transport()
+            self.sq.clear()
+            self.rq.clear()
+        for cq in (self.scq, self.rcq):
+            cq.qps.pop(self.qp_num, None)
+        self.engine.retire_qp(self)
+
+    def _close_transport(self) -> None:
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.close(None)
+
+    def statistics(self) -> dict[str, int]:
+        with self.lock:
+            return {"sq_outstanding": self.sq_used, "rq_outstanding": self.rq_used, **self.stats}
+
+    # -- posting ----------------------------------------------------------------------
+    def post_send(self, wr: SendWR) -> PostFailure | None:
+        with self.lock:
+            try:
+                for index, one in enumerate(wr.chain()):
+                    failure = self._post_one_send(one, index)
+                    if failure is not None:
+                        return failure
+                return None
+            finally:  # WRs before a refused one were posted: they must go out
+                if self.transport is not None and self.state is S.IBV_QPS_RTS and self.sq:
+                    self.transport.send_posted()
+
+    def post_recv(self, wr: RecvWR) -> PostFailure | None:
+        with self.lock:
+            try:
+                for index, one in enumerate(wr.chain()):
+                    failure = self._post_one_recv(one, index)
+                    if failure is not None:
+                        return failure
+                return None
+            finally:
+                if self.transport is not None and self.rq:
+                    self.transport.recv_posted()
+
+    def _post_one_send(self, wr: SendWR, index: int) -> PostFailure | None:
+        state = self.state
+        if self.setup_failed:
+            return PostFailure(index, PostFault.SETUP_FAILED)
+        if state not in _POSTABLE_SEND:
+            return PostFailure(index, PostFault.BAD_STATE, int(state))
+        opcode = int(wr.opcode)
+        wc_opcode = _WC_OPCODE.get(opcode)  # type: ignore[call-overload]
+        if wc_opcode is None or (self.wire == "stream" and opcode != WR.IBV_WR_SEND):
+            return PostFailure(index, PostFault.BAD_OPCODE, opcode)
+        caps = self.caps
+        sges = wr.sg_list
+        num_sge = wr.num_sge
+        if num_sge > caps.max_send_sge:
+            return PostFailure(index, PostFault.TOO_MANY_SGE, num_sge, caps.max_send_sge)
+        if num_sge < 0 or num_sge > len(sges):
+            return PostFailure(index, PostFault.SGE_COUNT, num_sge, len(sges))
+        sges = sges[:num_sge]
+        flags = int(wr.send_flags)  # plain int: IntFlag's & costs microseconds per WR
+        inline = flags & _INLINE
+        length = sges[0].length if num_sge == 1 else sum(s.length for s in sges)
+        if inline and length > caps.max_inline_data:
+            return PostFailure(index, PostFault.INLINE_TOO_LONG, length, caps.max_inline_data)
+        writes_local = opcode in _WRITES_LOCAL
+        if inline and writes_local:
+            return PostFailure(index, PostFault.NOT_INLINABLE, opcode)
+        if opcode in _ATOMICS and (num_sge != 1 or length != 8):
+            return PostFailure(index, PostFault.ATOMIC_SHAPE, num_sge, length)
+        if self.sq_used >= caps.max_send_wr:
+            return PostFailure(index, PostFault.QUEUE_FULL, limit=caps.max_send_wr)
+        view = (
+            self._valid_view(sges[0], writable=writes_local)
+            if num_sge == 1 and not inline
+            else None
+        )
+        if view is not None:  # the usual case, resolved in one step
+            segments: list[Segment] = [view] if length else []
+            error = None
+        else:
+            segments, error = self._resolve(sges, writable=writes_local, inline=bool(inline))
+        if error is None and length > MAX_MSG_SZ:
+            error = (
+                ibv_wc_status.IBV_WC_LOC_LEN_ERR,
+                f"message of {length} bytes exceeds max_msg_sz",
+            )
+        if inline and error is None:
+            segments = [b"".join(segments)]  # the caller may reuse the buffer on return
+        # positional: keyword construction of this 17-field record costs more per WR
+        work = SendWork(
+            wr.wr_id,
+            opcode,
+            wc_opcode,
+            self.sq_sig_all or bool(flags & _SIGNALED),
+            bool(flags & _SOLICITED),
+            segments,
+            length,
+            wr.imm_data & 0xFFFFFFFF,
+            error,
+            0,
+            wr.rkey & 0xFFFFFFFF,
+            wr.remote_addr & 0xFFFFFFFFFFFFFFFF,
+            wr.compare_add & 0xFFFFFFFFFFFFFFFF,
+            wr.swap & 0xFFFFFFFFFFFFFFFF,
+            bool(flags & _FENCE),
+            writes_local,
+        )
+        self.sq_used += 1
+        if state is S.IBV_QPS_ERR:
+            self.complete_send(work, _FLUSH)
+        else:
+            self.sq.append(work)
+        return None
+
+    def _post_one_recv(self, wr: RecvWR, index: int) -> PostFailure | None:
+        state = self.state
+        if self.setup_failed:
+            return PostFailure(index, PostFault.SETUP_FAILED)
+        if state is S.IBV_QPS_RESET:
+            return PostFailure(index, PostFault.BAD_STATE, int(state))
+        caps = self.caps
+        sges = wr.sg_list
+        num_sge = wr.num_sge
+        if num_sge > caps.max_recv_sge:
+            return PostFailure(index, PostFault.TOO_MANY_SGE, num_sge, caps.max_recv_sge)
+        if num_sge < 0 or num_sge > len(sges):
+            return PostFailure(index, PostFault.SGE_COUNT, num_sge, len(sges))
+        if self.rq_used >= caps.max_recv_wr:
+            return PostFailure(index, PostFault.QUEUE_FULL, limit=caps.max_recv_wr)
+        work = None
+        if num_sge == 1:  # the usual receive, one valid SGE, resolved in one step
+            sge = sges[0]
+            view = self._valid_view(sge, writable=True)
+            if view is not None:
+                work = RecvWork(wr.wr_id, [view] if sge.length else [], sge.length)
+        if work is None:  # anything else: the general path finds the error, if any
+            segments, error = self._resolve(sges[:num_sge], writable=True, inline=False)
+            views = [s for s in segments if isinstance(s, memoryview)]
+            work = RecvWork(wr.wr_id, views, sum(len(v) for v in views), error)
+        self.rq_used += 1
+        if state is S.IBV_QPS_ERR:
+            self.complete_recv(work, _FLUSH)
+        else:
+            self.rq.append(work)
+        return None
+
+    def _valid_view(self, sge: SGE, *, writable: bool) -> memoryview | None:
+        """The memory of one SGE when it is valid, else None (:meth:`_resolve` says why)."""
+        region = self.engine.memory.get(sge.lkey)
+        if (
+            region is None
+            or region.pd != self.pd
+            or (writable and not region.access & _LOCAL_WRITE)
+        ):
+            return None
+        return region.slice(sge.addr, sge.length)
+
+    def _resolve(
+        self, sges: list[SGE], *, writable: bool, inline: bool
+    ) -> tuple[list[Segment], tuple[int, str] | None]:
+        """Memory of *sges* as views; an error becomes the WR's LOC_PROT_ERR completion."""
+        views: list[Segment] = []
+        memory = self.engine.memory
+        for i, sge in enumerate(sges):
+            region = memory.get(sge.lkey)
+            if region is not None and region.pd != self.pd:
+                region = None
+            if region is None and inline:  # ibv_post_send ignores lkey for inline data
+                region = memory.find(self.pd, sge.addr, sge.length)
+            if region is None:
+                return views, (
+                    _LOC_PROT,
+                    f"SGE {i}: lkey 0x{sge.lkey:x} is not an MR of this QP's PD",
+                )
+            if writable and not region.access & _LOCAL_WRITE:
+                return views, (
+                    _LOC_PROT,
+                    f"SGE {i}: MR 0x{sge.lkey:x} lacks IBV_ACCESS_LOCAL_WRITE",
+                )
+            view = region.slice(sge.addr, sge.length)
+            if view is None:
+                return views, (
+                    _LOC_PROT,
+                    f"SGE {i}: [0x{sge.addr:x}, +{sge.length}) is outside MR "
+                    f"[0x{region.addr:x}, +{region.length})",
+                )
+            if sge.length:
+                views.append(view)
+        return views, None
+
+    # -- outcomes (called with the lock held, by the transport or the state machine) --
+    def complete_send(self, work: SendWork, status: int, vendor_err: int = 0) -> None:
+        if status == _OK and not work.signaled:
+            self.sq_used -= 1
+            return
+        self.scq.push(
+            (
+                (
+                    work.wr_id,
+                    status,
+                    work.wc_opcode,
+                    vendor_err,
+                    work.length if status == _OK else 0,
+                    self.qp_num,
+                    0,
+                    0,
+                    0,
+                ),
+                self,
+                True,
+                self.generation,
+            )
+        )
+
+    def complete_recv(
+        self,
+        work: RecvWork,
+        status: int,
+        byte_len: int = 0,
+        imm: int | None = None,
+        solicited: bool = False,
+        vendor_err: int = 0,
+        opcode: int = ibv_wc_opcode.IBV_WC_RECV,
+    ) -> None:
+        self.rcq.push(
+            (
+                (
+                    work.wr_id,
+                    status,
+                    opcode,
+                    vendor_err,
+                    byte_len,
+                    self.qp_num,
+                    0,
+                    imm or 0,
+                    _WITH_IMM if imm is not None else 0,
+                ),
+                self,
+                False,
+                self.generation,
+            ),
+            solicited,
+        )
+
+    def slot_freed(self, is_send: bool, generation: int, count: int = 1) -> None:
+        """*count* completions of this QP were polled (or lost): their WRs' slots are free."""
+        with self.lock:
+            if generation != self.generation:  # posted before a RESET that freed it
+                return
+            if is_send:
+                self.sq_used = max(0, self.sq_used - count)
+            else:
+                self.rq_used = max(0, self.rq_used - count)
+
+    def enter_error(
+        self,
+        exc: TcpverbsError,
+        *,
+        setup: bool = False,
+        notify_peer: bool = True,
+        event: ibv_event_type = ibv_event_type.IBV_EVENT_QP_FATAL,
+    ) -> None:
+        """Move to ERR: close the connection and flush every outstanding WR, in order."""
+        with self.lock:
+            if self.state is S.IBV_QPS_ERR or self._destroyed:
+                return
+            self.state = S.IBV_QPS_ERR
+            self.error = exc
+            if setup:
+                self.setup_failed = True
+            transport, self.transport = self.transport, None
+            unfinished = transport.take_unfinished() if transport is not None else []
+            if transport is not None:
+                transport.close(exc if notify_peer else None)
+            for work in [*unfinished, *self.sq]:
+                self.complete_send(work, _FLUSH)
+            self.sq.clear()
+            for rwork in self.rq:
+                self.complete_recv(rwork, _FLUSH)
+            self.rq.clear()
+        self.engine.event(event, self.qp_num, exc.strerror or str(exc))
+
+    # -- scheduling ---------------------------------------------------------------------
+    def progress(self) -> None:
+        """Non-blocking progress from an application thread (``CQ.poll`` on empty)."""
+        if self.lock.acquire(blocking=False):
+            try:
+                if self.transport is not None:
+                    self.transport.app_polling()
+                    self.transport.progress()
+            finally:
+                self.lock.release()
+
+    def sleeper_enter(self, token: object) -> Transport | None:
+        """A thread sleeping on a completion channel reads this QP's socket now (see
+        ``PyChannel._sleep``); returns the transport it watches, or None."""
+        with self.lock:
+            transport = self.transport
+            if transport is None or not transport.reading:  # paused: the engine resumes it
+                return None
+            transport.sleeper_enter(token)
+            return transport
+
+    def sleeper_exit(self, transport: Transport, token: object) -> None:
+        with self.lock:
+            transport.sleeper_exit(token)
+
+    def app_blocking(self) -> None:
+        with self.lock:
+            if self.transport is not None:
+                self.transport.app_blocking()
+
+    def __repr__(self) -> str:
+        return f"<PyQP {self.qp_num} {self.wire} {self.state.name}>"

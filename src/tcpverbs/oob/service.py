@@ -1,0 +1,572 @@
+"""Connecting QPs the classic way: by GID and QP number exchanged out of band.
+
+Programs written for RDMA hardware swap (GID, QP number, PSN, rkey, address) over any
+side channel and call ``to_rtr`` with ``AHAttr(is_global=1, gr=GlobalRoute(dgid=...))``
+and ``dest_qp_num``.  tcpverbs turns that into a TCP connection by itself:
+
+* QP numbers carry a TCP port of their context: ``qp_num = port << 8 | index``.  The
+  port is *reserved* (a socket bound on all addresses, IPv4 and IPv6) when the context
+  hands out its first QP number, and *listened on* only once one of its QPs is connected
+  by GID + QP number.  Until then nothing is exposed: a context whose QPs are connected
+  by socket handoff never accepts a connection, and this service starts no thread.
+* Of the two QPs, the one with the larger ``(GID, qp_num)`` dials; the other waits.
+  Both may move to RTR in any order, in one thread or two processes.  A dial that is
+  refused (the peer's context does not listen yet) is tried again, backing off, until
+  ``CONNECT_TIMEOUT``.
+* The dialling side's hello names the QP it wants (``dest_qp_num``).  The service reads
+  that hello and hands the socket to that QP's engine if the QP waits for exactly this
+  peer (QP number *and* source address must match); a connection that arrives before
+  its QP reached RTR is parked for a while (the first ``MAX_PARKED`` of them).  Anything
+  else is closed.
+
+Memory stays bounded whatever arrives: at most ``MAX_INCOMING`` connections may be
+reading their hello, and at most ``MAX_PARKED`` parked connections per QP.
+
+Ownership and locks: the service owns its reactor thread, the bound sockets, the
+connections reading their hello, the parked ones and the dials in progress; it hands a
+connected socket (and the peer's hello) to a QP's engine with
+:meth:`~tcpverbs.engine.api.QPEngine.attach` and reports failures with
+:meth:`~tcpverbs.engine.api.QPEngine.fail`.  ``_lock`` guards the tables; no engine call
+is made while it is held.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
+from ..reactor import Reactor, Timer
+from ..wire.hello import HELLO_SIZE, Hello, HelloDecoder
+
+if TYPE_CHECKING:
+    from ..device import GID
+    from ..engine.api import QPEngine
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "MAX_PARKED",
+    "OobService",
+    "connect_socket",
+    "gid_address",
+    "hello_matches",
+]
+
+CONNECT_TIMEOUT = 30.0  # seconds a QP waits for its peer (dialling or waiting), or a parked one
+HELLO_READ_TIMEOUT = 10.0
+MAX_INCOMING = 64
+MAX_PARKED = 4  # connections waiting for one QP to reach RTR
+REDIAL_FIRST = 0.02  # seconds before a refused dial is tried again (then doubling)
+REDIAL_MAX = 1.0
+_QPS_PER_PORT = 255
+_ERR = select.EPOLLERR | select.EPOLLHUP
+
+
+def gid_address(gid: GID) -> str:
+    """The IP address a GID stands for (IPv4-mapped GIDs give the IPv4 address)."""
+    return str(gid.ip)
+
+
+def same_host(a: str, b: str) -> bool:
+    """Addresses equal, treating ``::ffff:1.2.3.4`` and ``1.2.3.4`` alike."""
+
+    def norm(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            return addr.ipv4_mapped
+        return addr
+
+    return norm(a) == norm(b)
+
+
+def hello_matches(hello: Hello, expect_qpn: int, expect_host: str, sock: socket.socket) -> bool:
+    """Is *sock* (with its *hello*) the peer a waiting QP expects?"""
+    try:
+        peer_host = sock.getpeername()[0]
+    except OSError:
+        return False
+    return hello.qp_num == expect_qpn and same_host(peer_host, expect_host)
+
+
+def connect_socket(gid: GID, qp_num: int, local: GID) -> socket.socket:
+    """Start (non-blocking) a TCP connection from *local* to the context owning *qp_num*
+    at *gid*; the caller watches its outcome.
+
+    The socket is bound to our own GID's address: the peer accepts the connection only
+    from the address it was told.  Errors that no retry can mend raise here.
+    """
+    host, mine = gid_address(gid), gid_address(local)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if (":" in mine) != (family == socket.AF_INET6):
+        raise TcpverbsError(
+            errno.EINVAL, f"sgid {local} and dgid {gid} are not of the same address family"
+        )
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.bind((mine, 0))
+    except OSError as exc:
+        sock.close()
+        raise TcpverbsError(exc.errno or errno.EINVAL, f"cannot bind to sgid {local}") from exc
+    err = sock.connect_ex((host, qp_num >> 8))
+    if err not in (0, errno.EINPROGRESS, errno.ECONNREFUSED):
+        sock.close()
+        raise TcpverbsError(err, f"cannot connect to QP {qp_num} at {host}")
+    return sock
+
+
+@dataclass(eq=False)
+class _Wait:
+    """A QP in RTR waiting for its peer to dial."""
+
+    qp: QPEngine
+    dest: int
+    host: str
+    timer: Timer | None = None
+
+
+@dataclass(eq=False)
+class _Parked:
+    sock: socket.socket
+    hello: Hello
+    timer: Timer | None = field(default=None)
+
+
+class OobService:
+    """One context's out-of-band connection service."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._lock = threading.Lock()
+        self._ports: list[_Port] = []
+        self._reactor: Reactor | None = None
+        self._listening = False
+        self._waits: dict[int, _Wait] = {}
+        self._parked: dict[int, list[_Parked]] = {}
+        self._dials: dict[int, _Dial] = {}
+        self._incoming: set[_Incoming] = set()
+        self._closed = False
+
+    # -- QP numbers ------------------------------------------------------------------
+    def alloc_qpn(self) -> int:
+        """A QP number that also says where to dial it; reserves a port, listens not."""
+        with self._lock:
+            for port in self._ports:
+                qpn = port.alloc()
+                if qpn is not None:
+                    return qpn
+            try:
+                port = _Port()
+            except OSError as exc:
+                raise TcpverbsError(
+                    exc.errno or errno.ENOMEM, f"cannot reserve a port for QP numbers: {exc}"
+                ) from exc
+            self._ports.append(port)
+            if self._listening:
+                port.listen(self, self._reactor_locked())
+            qpn = port.alloc()
+            assert qpn is not None
+            return qpn
+
+    def free_qpn(self, qpn: int) -> None:
+        self.cancel(qpn)
+        with self._lock:
+            for port in self._ports:
+                if port.release(qpn):
+                    break
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    @property
+    def parked(self) -> dict[int, int]:
+        """How many connections wait for each QP that is not in RTR yet."""
+        with self._lock:
+            return {qpn: len(waiting) for qpn, waiting in self._parked.items() if waiting}
+
+    # -- connecting ------------------------------------------------------------------
+    def dial(self, qp: QPEngine, sock: socket.socket, dest: int, host: str) -> None:
+        """Watch the connection *sock* (from :func:`connect_socket`) to QP *dest* at
+        *host* for *qp*: hand it over when it connects, dial again while refused."""
+        with self._lock:
+            reactor = self._start_listening()
+            dial = _Dial(self, reactor, qp, sock, dest, host)
+            self._dials[qp.qp_num] = dial
+        dial.start()
+
+    def expect(self, qp: QPEngine, dest: int, host: str) -> None:
+        """*qp* (in RTR) waits for QP *dest* at *host* to dial it."""
+        with self._lock:
+            reactor = self._start_listening()
+            parked = self._parked.pop(qp.qp_num, [])
+        for entry in parked:
+            if entry.timer is not None:
+                entry.timer.cancel()
+        for i, entry in enumerate(parked):
+            if hello_matches(entry.hello, dest, host, entry.sock) and qp.attach(
+                entry.sock, entry.hello, None
+            ):
+                for rest in parked[i + 1 :]:
+                    rest.sock.close()
+                return
+            entry.sock.close()  # not the expected peer
+        wait = _Wait(qp, dest, host)
+        wait.timer = reactor.call_later(CONNECT_TIMEOUT, lambda: self._expired(wait), _Quiet())
+        with self._lock:
+            self._waits[qp.qp_num] = wait
+
+    def cancel(self, qpn: int) -> None:
+        """QP *qpn* stops waiting or dialling (reset, destroyed, or failed)."""
+        with self._lock:
+            wait = self._waits.pop(qpn, None)
+            dial = self._dials.pop(qpn, None)
+            parked = self._parked.pop(qpn, [])
+        if wait is not None and wait.timer is not None:
+            wait.timer.cancel()
+        if dial is not None:
+            dial.stop()
+        for entry in parked:
+            if entry.timer is not None:
+                entry.timer.cancel()
+            entry.sock.close()
+
+    def waiting(self, qpn: int) -> bool:
+        """QP *qpn* waits for its peer to dial it."""
+        with self._lock:
+            return qpn in self._waits
+
+    def _expired(self, wait: _Wait) -> None:
+        with self._lock:
+            if self._waits.get(wait.qp.qp_num) is not wait:
+                return
+            del self._waits[wait.qp.qp_num]
+        wait.qp.fail(
+            TcpverbsError(
+                errno.ETIMEDOUT,
+                f"peer QP {wait.dest} at {wait.host} did not connect within {CONNECT_TIMEOUT:g} s",
+            ),
+            setup=True,
+        )
+
+    def _dial_done(self, dial: _Dial, error: TcpverbsError | None) -> None:
+        with self._lock:
+            if self._dials.get(dial.qp.qp_num) is not dial:
+                dial.sock.close()
+                return
+            del self._dials[dial.qp.qp_num]
+        if error is not None:
+            dial.sock.close()
+            dial.qp.fail(error, setup=True)
+        elif not dial.qp.attach(dial.sock, None, CONNECT_TIMEOUT):
+            dial.sock.close()  # the QP left RTR/RTS meanwhile
+
+    # -- arrivals (reactor thread) -----------------------------------------------------
+    def _arrived(self, sock: socket.socket, hello: Hello) -> None:
+        """A connection whose hello names QP ``hello.dest_qp_num``: hand over or park."""
+        qpn = hello.dest_qp_num
+        with self._lock:
+            wait = self._waits.get(qpn)
+            if wait is not None:
+                if not hello_matches(hello, wait.dest, wait.host, sock):
+                    wait = None  # not the expected peer: refused below
+                else:
+                    del self._waits[qpn]
+            elif self._allocated(qpn):
+                waiting = self._parked.setdefault(qpn, [])
+                if len(waiting) < MAX_PARKED:  # the first ones keep their place
+                    entry = _Parked(sock, hello)
+                    waiting.append(entry)
+                    entry.timer = self._reactor_locked().call_later(
+                        CONNECT_TIMEOUT, lambda: self._unpark(qpn, entry), _Quiet()
+                    )
+                    return
+        if wait is None:
+            sock.close()
+            return
+        if wait.timer is not None:
+            wait.timer.cancel()
+        if not wait.qp.attach(sock, hello, None):
+            sock.close()
+
+    def _allocated(self, qpn: int) -> bool:
+        return any(port.holds(qpn) for port in self._ports)
+
+    def _unpark(self, qpn: int, entry: _Parked) -> None:
+        with self._lock:
+            waiting = self._parked.get(qpn, [])
+            if entry in waiting:
+                waiting.remove(entry)
+        entry.sock.close()
+
+    # -- the reactor and the listening sockets --------------------------------------------
+    def _reactor_locked(self) -> Reactor:
+        if self._reactor is None:
+            self._reactor = Reactor(f"tcpverbs-oob-{self.device}")
+        return self._reactor
+
+    def _start_listening(self) -> Reactor:
+        """Listen on every reserved port (once); called with the lock held."""
+        if self._closed:
+            raise TcpverbsError(errno.EBADF, "the context is closed")
+        reactor = self._reactor_locked()
+        if not self._listening:
+            self._listening = True
+            for port in self._ports:
+                port.listen(self, reactor)
+        return reactor
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            waits, self._waits = list(self._waits.values()), {}
+            dials, self._dials = list(self._dials.values()), {}
+            parked, self._parked = list(self._parked.values()), {}
+            ports, self._ports = self._ports, []
+            reactor, self._reactor = self._reactor, None
+        for wait in waits:
+            if wait.timer is not None:
+                wait.timer.cancel()
+        for dial in dials:
+            dial.stop()
+        for entries in parked:
+            for entry in entries:
+                entry.sock.close()
+        for pending in list(self._incoming):
+            pending.drop()
+        for port in ports:
+            port.close()
+        if reactor is not None:
+            reactor.close()
+
+
+class _Quiet:
+    """The owner of a timer whose callback cannot fail in a way anyone must hear of."""
+
+    def on_events(self, events: int) -> None:
+        """Never registered for I/O."""
+
+    def on_crash(self, exc: BaseException) -> None:
+        """Nothing to tear down: the callback's own state is dropped with it."""
+
+    def on_reactor_close(self) -> None:
+        """Nothing held."""
+
+
+class _Port:
+    """A reserved TCP port: bound at once, listening only when the service says so."""
+
+    def __init__(self) -> None:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+        except OSError:  # no IPv6 in this kernel or namespace
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("0.0.0.0", 0))
+        sock.setblocking(False)
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self._free = list(range(_QPS_PER_PORT, 0, -1))
+        self._service: OobService | None = None
+        self._reactor: Reactor | None = None
+
+    def alloc(self) -> int | None:
+        return (self.port << 8) | self._free.pop() if self._free else None
+
+    def holds(self, qpn: int) -> bool:
+        return qpn >> 8 == self.port and (qpn & 0xFF) not in self._free and qpn & 0xFF != 0
+
+    def release(self, qpn: int) -> bool:
+        if qpn >> 8 != self.port:
+            return False
+        self._free.append(qpn & 0xFF)
+        return True
+
+    def listen(self, service: OobService, reactor: Reactor) -> None:
+        self.sock.listen(128)
+        self._service, self._reactor = service, reactor
+        reactor.register(self.sock.fileno(), self, select.EPOLLIN | _ERR)
+
+    def on_events(self, events: int) -> None:
+        service, reactor = self._service, self._reactor
+        assert service is not None and reactor is not None
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # EAGAIN, or closed under us
+                return
+            if len(service._incoming) >= MAX_INCOMING:
+                conn.close()
+                continue
+            _Incoming(service, reactor, conn).start()
+
+    def on_crash(self, exc: BaseException) -> None:
+        self.close()
+
+    def on_reactor_close(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            if self._reactor is not None:
+                self._reactor.unregister(self.sock.fileno())
+            self.sock.close()
+
+
+class _Incoming:
+    """A just-accepted connection whose hello says which QP it is for."""
+
+    def __init__(self, service: OobService, reactor: Reactor, sock: socket.socket) -> None:
+        self.service = service
+        self.reactor = reactor
+        self.sock = sock
+        self.decoder = HelloDecoder()
+        self.got = 0
+        self.timer: Timer | None = None
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self.service._incoming.add(self)
+        self.reactor.register(self.sock.fileno(), self, select.EPOLLIN | _ERR)
+        self.timer = self.reactor.call_later(HELLO_READ_TIMEOUT, self.drop, self)
+
+    def on_events(self, events: int) -> None:
+        try:
+            # exactly the hello: whatever follows belongs to the QP's transport
+            data = self.sock.recv(HELLO_SIZE - self.got)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.drop()
+            return
+        if not data:
+            self.drop()
+            return
+        self.got += len(data)
+        try:
+            hello, _ = self.decoder.receive(memoryview(data))
+        except RemoteProtocolError:
+            self.drop()
+            return
+        if hello is not None:
+            self._detach()
+            self.service._arrived(self.sock, hello)
+
+    def _detach(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.service._incoming.discard(self)
+        self.reactor.unregister(self.sock.fileno())
+
+    def drop(self) -> None:
+        if self.sock.fileno() >= 0:
+            self._detach()
+            self.sock.close()
+
+    def on_crash(self, exc: BaseException) -> None:
+        self.drop()
+
+    def on_reactor_close(self) -> None:
+        self.drop()
+
+
+class _Dial:
+    """A connection being dialled for a QP; refused dials are tried again."""
+
+    def __init__(
+        self,
+        service: OobService,
+        reactor: Reactor,
+        qp: QPEngine,
+        sock: socket.socket,
+        dest: int,
+        host: str,
+    ) -> None:
+        self.service = service
+        self.reactor = reactor
+        self.qp = qp
+        self.sock = sock
+        self.dest = dest
+        self.host = host
+        self.deadline = time.monotonic() + CONNECT_TIMEOUT
+        self.delay = REDIAL_FIRST
+        self.timer: Timer | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        self.reactor.register(self.sock.fileno(), self, select.EPOLLOUT | _ERR)
+
+    def on_events(self, events: int) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if not err:
+            try:
+                self.sock.getpeername()
+            except OSError:  # refused before we watched (connect_ex said so already)
+                err = errno.ECONNREFUSED
+        if not err:
+            self.reactor.unregister(self.sock.fileno())
+            self.service._dial_done(self, None)
+        elif err == errno.ECONNREFUSED and time.monotonic() + self.delay < self.deadline:
+            self.reactor.unregister(self.sock.fileno())
+            self.timer = self.reactor.call_later(self.delay, self._again, self)
+            self.delay = min(2 * self.delay, REDIAL_MAX)
+        elif err:
+            self.reactor.unregister(self.sock.fileno())
+            self.service._dial_done(
+                self,
+                ConnectionBrokenError(
+                    err, f"connecting to QP {self.dest} at {self.host}: {_strerror(err)}"
+                ),
+            )
+
+    def _again(self) -> None:
+        if self._stopped:
+            return
+        family, local = self.sock.family, self.sock.getsockname()[0]
+        self.sock.close()
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        try:
+            self.sock.bind((local, 0))
+            err = self.sock.connect_ex((self.host, self.dest >> 8))
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        if err in (0, errno.EINPROGRESS, errno.ECONNREFUSED):
+            self.start()  # a refusal shows up in epoll like any other outcome
+        else:
+            self.service._dial_done(
+                self,
+                ConnectionBrokenError(
+                    err, f"connecting to QP {self.dest} at {self.host}: {_strerror(err)}"
+                ),
+            )
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.sock.fileno() >= 0:
+            self.reactor.unregister(self.sock.fileno())
+            self.sock.close()
+
+    def on_crash(self, exc: BaseException) -> None:
+        self.service._dial_done(
+            self, TcpverbsError(errno.EIO, f"internal error while dialling: {exc!r}")
+        )
+
+    def on_reactor_close(self) -> None:
+        self.stop()
+
+
+def _strerror(err: int) -> str:
+    return os.strerror(err)
