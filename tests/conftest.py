@@ -5,14 +5,23 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import tcpverbs as v
+from tcpverbs.engine import available_engines
 from tcpverbs.testing import Endpoint, qp_pair
 
 LOCAL_WRITE = v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
 
 
+@pytest.fixture(params=available_engines())
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every engine that runs here: the tests through ``ctx`` are the conformance suite
+    each engine must pass (``TCPVERBS_ENGINE`` picks the engine of every other Context)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def ctx() -> Iterator[v.Context]:
-    with v.Context(name="tcpv_lo") as context:
+def ctx(engine: str) -> Iterator[v.Context]:
+    with v.Context(name="tcpv_lo", engine=engine) as context:
+        assert context.engine == engine
         yield context
 
 

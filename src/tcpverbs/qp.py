@@ -224,7 +224,7 @@ class QP(VerbsObject):
             if required & ~mask:
                 raise TcpverbsError(
                     errno.EINVAL,
-                    f"{cur.name} -> {new.name} requires attribute mask {required & ~mask!r}",
+                    f"{cur.name} -> {new.name} requires attribute mask {(required & ~mask).name}",
                 )
             self._check_attrs(attr, mask)
             plan: _Plan | None = None
@@ -239,7 +239,8 @@ class QP(VerbsObject):
             if not self._qp.modify(cur, new, self._params()):
                 self._attr = saved  # the engine moved the QP meanwhile (to ERR)
                 if plan is not None:
-                    plan.abandon()
+                    plan.abandon()  # a handed-over socket was ours already: closed
+                    attr.sock = None
                 raise TcpverbsError(errno.EINVAL, self._bad_transition(self._qp.state, new))
             if plan is not None:
                 attr.sock = None  # the library owns it now
