@@ -7,13 +7,14 @@ import pathlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 import tcpverbs as v
 from tcpverbs.oob import service as oob
-from tcpverbs.testing import ALL_ACCESS, Endpoint, make_endpoint, poll_until
+from tcpverbs.testing import ALL_ACCESS, Endpoint, connect, make_endpoint, poll_until
 from tcpverbs.wire import Hello
 
 W = v.ibv_wc_status
@@ -209,3 +210,36 @@ def test_mixed_address_families_are_refused(ctx: v.Context) -> None:
     with pytest.raises(v.TcpverbsError, match="same address family") as info:
         end.qp.to_rtr(attr)
     assert info.value.errno == errno.EINVAL and end.qp.qp_state == v.ibv_qp_state.IBV_QPS_INIT
+
+
+def test_a_context_connected_by_handoff_exposes_nothing(ctx: v.Context) -> None:
+    """QP numbers reserve a port, but only a GID + QP-number connection makes the context
+    listen: a socket-handoff user accepts no connection and runs no service thread."""
+    a, b = make_endpoint(ctx), make_endpoint(ctx)
+    connect(a.qp, b.qp)
+    assert not ctx._oob.listening
+    assert not [t for t in threading.enumerate() if t.name.startswith("tcpverbs-oob")]
+    with socket.socket() as probe:  # the reserved port refuses
+        assert probe.connect_ex(("127.0.0.1", a.qp.qp_num >> 8)) == errno.ECONNREFUSED
+
+
+def test_a_dial_before_the_peer_listens_is_tried_again(ctx: v.Context) -> None:
+    """Two contexts: the dialling QP reaches RTR while the peer's context listens on
+    nothing yet; once the peer's QP reaches RTR (and its context listens), the retried
+    dial connects."""
+    with v.Context(name="tcpv_lo") as other:
+        a, b = make_endpoint(ctx), make_endpoint(other)
+        gid = ctx.query_gid(1, 0)
+        dialer, waiter = (a, b) if a.qp.qp_num > b.qp.qp_num else (b, a)
+        dialer.qp.to_rtr(av_attr(gid, waiter.qp.qp_num))
+        dialer.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+        time.sleep(0.2)  # refused at least once: the waiter's context does not listen
+        assert not waiter.qp.ctx._oob.listening
+        assert dialer.qp.qp_state == v.ibv_qp_state.IBV_QPS_RTS
+        waiter.qp.to_rtr(av_attr(gid, dialer.qp.qp_num))
+        waiter.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+        src, dst = v.MR(dialer.pd, 8, ALL_ACCESS), v.MR(waiter.pd, 8, ALL_ACCESS)
+        src.write(b"redialed", 8)
+        write(dialer, src, 8, dst.rkey, dst.buf)
+        assert poll_until(dialer.scq)[0].status == W.IBV_WC_SUCCESS
+        assert dst.read(8, 0) == b"redialed"

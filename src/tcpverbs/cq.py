@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from itertools import starmap
 from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
@@ -159,7 +160,7 @@ class CQ(VerbsObject):
             records = self._cq.poll(num_entries)
         except Overrun as exc:
             raise self._overrun(exc) from None
-        return len(records), [WC(*record) for record in records]
+        return len(records), list(starmap(WC, records))
 
     def wait(
         self, num_entries: int = 1, timeout: float | None = None, spin_us: int | None = None
@@ -184,7 +185,7 @@ class CQ(VerbsObject):
         self._check_open()
         if not records:
             raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {timeout} s")
-        return [WC(*record) for record in records]
+        return list(starmap(WC, records))
 
     def _overrun(self, exc: Overrun) -> TcpverbsError:
         return TcpverbsError(
