@@ -55,6 +55,17 @@ def test_devinfo_verbose_has_limits_and_gids(capsys: pytest.CaptureFixture[str])
     assert "\t\t\tphys_state:\t\tLINK_UP (5)\n" in out
 
 
+def test_devinfo_verbose_names_the_engine(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TCPVERBS_ENGINE", raising=False)
+    assert main(["devinfo", "-d", "tcpv_lo", "-v"]) == 0
+    assert "\tengine:\t\t\t\tpython (available: python" in capsys.readouterr().out
+    monkeypatch.setenv("TCPVERBS_ENGINE", "nonsense")
+    assert main(["devinfo", "-d", "tcpv_lo", "-v"]) == 0
+    assert "nonsense (NOT available here" in capsys.readouterr().out
+
+
 def test_devinfo_all_devices_and_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["devinfo"]) == 0
     out = capsys.readouterr().out

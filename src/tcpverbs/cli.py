@@ -17,6 +17,7 @@ from .device import (
     query_gid,
     query_port_attr,
 )
+from .engine import available_engines, chosen_engine
 from .enums import ibv_atomic_cap, ibv_link_layer, ibv_mtu, ibv_port_state, ibv_transport_type
 from .errors import TcpverbsError
 
@@ -83,6 +84,9 @@ def _print_devinfo(dev: Device, port: int | None, verbose: bool) -> None:
     out(f"\thw_ver:\t\t\t\t0x{attr.hw_ver:X}")
     out(f"\tphys_port_cnt:\t\t\t{attr.phys_port_cnt}")
     if verbose:
+        engine, available = chosen_engine(), available_engines()
+        state = "available" if engine in available else "NOT available here; available"
+        out(f"\tengine:\t\t\t\t{engine} ({state}: {', '.join(available)})")
         out(f"\tmax_mr_size:\t\t\t0x{attr.max_mr_size:x}")
         out(f"\tpage_size_cap:\t\t\t0x{attr.page_size_cap:x}")
         out(f"\tmax_qp:\t\t\t\t{attr.max_qp}")

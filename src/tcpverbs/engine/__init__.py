@@ -15,7 +15,7 @@ from collections.abc import Callable
 from ..errors import TcpverbsError
 from .api import ENGINE_ENV, ContextEngine
 
-__all__ = ["ENGINES", "EngineFactory", "available_engines", "open_engine"]
+__all__ = ["ENGINES", "EngineFactory", "available_engines", "chosen_engine", "open_engine"]
 
 # an engine of one's own (tcpverbs.testing.FakeEngine, say): called with the device name
 # and the context's zerocopy_min
@@ -29,13 +29,18 @@ def available_engines() -> list[str]:
     return ["python"]
 
 
+def chosen_engine(choice: str | None = None) -> str:
+    """The name of the engine a context opened with *choice* gets."""
+    return choice if choice is not None else os.environ.get(ENGINE_ENV) or ENGINES[0]
+
+
 def open_engine(
     device: str, choice: str | EngineFactory | None = None, *, zerocopy_min: int | None = None
 ) -> ContextEngine:
     """The engine for a new context on *device*: *choice* names one, or builds one."""
     if callable(choice):
         return choice(device, zerocopy_min)
-    name = choice if choice is not None else os.environ.get(ENGINE_ENV) or ENGINES[0]
+    name = chosen_engine(choice)
     if name == "python":
         from .py import PyEngine
 
