@@ -85,8 +85,8 @@ def _print_devinfo(dev: Device, port: int | None, verbose: bool) -> None:
     out(f"\tphys_port_cnt:\t\t\t{attr.phys_port_cnt}")
     if verbose:
         engine, available = chosen_engine(), available_engines()
-        state = "available" if engine in available else "NOT available here; available"
-        out(f"\tengine:\t\t\t\t{engine} ({state}: {', '.join(available)})")
+        availability = "available" if engine in available else "NOT available here; available"
+        out(f"\tengine:\t\t\t\t{engine} ({availability}: {', '.join(available)})")
         out(f"\tmax_mr_size:\t\t\t0x{attr.max_mr_size:x}")
         out(f"\tpage_size_cap:\t\t\t0x{attr.page_size_cap:x}")
         out(f"\tmax_qp:\t\t\t\t{attr.max_qp}")
