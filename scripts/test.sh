@@ -21,5 +21,6 @@ fi
 echo "== ruff" && ruff check src tests examples benchmarks
 echo "== ruff format --check" && ruff format --check src tests examples benchmarks
 echo "== mypy" && mypy
-echo "== pytest"
-exec python -m pytest "$@"
+echo "== pytest (branch coverage; the floor is enforced)"
+exec python -m pytest --cov=tcpverbs --cov-branch --cov-report=term:skip-covered \
+    --cov-fail-under=90 "$@"
