@@ -243,3 +243,31 @@ def test_a_dial_before_the_peer_listens_is_tried_again(ctx: v.Context) -> None:
         write(dialer, src, 8, dst.rkey, dst.buf)
         assert poll_until(dialer.scq)[0].status == W.IBV_WC_SUCCESS
         assert dst.read(8, 0) == b"redialed"
+
+
+def test_of_the_parked_connections_only_the_expected_peer_is_taken(ctx: v.Context) -> None:
+    """Connections that arrive before their QP reaches RTR wait; at RTR the one from the
+    expected QP number is taken and the impostor before it is closed."""
+    a, b = make_endpoint(ctx), make_endpoint(ctx)
+    impostor = make_endpoint(ctx)
+    gid = ctx.query_gid(1, 0)
+    dialer, waiter = (a, b) if a.qp.qp_num > b.qp.qp_num else (b, a)
+    dialer.qp.to_rtr(av_attr(gid, waiter.qp.qp_num))  # the context listens from here
+    dialer.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+    fake = oob.connect_socket(gid, waiter.qp.qp_num, gid)
+    fake.setblocking(True)
+    fake.sendall(Hello(impostor.qp.qp_num, 1, 1, 1, dest_qp_num=waiter.qp.qp_num).encode())
+    deadline = time.monotonic() + 5
+    while ctx._oob.parked.get(waiter.qp.qp_num, 0) < 2:  # the impostor and the real one
+        assert time.monotonic() < deadline, f"not parked: {ctx._oob.parked}"
+        time.sleep(0.005)
+    waiter.qp.to_rtr(av_attr(gid, dialer.qp.qp_num))
+    waiter.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+    fake.settimeout(5)
+    assert fake.recv(100) == b""  # closed without a hello back
+    fake.close()
+    src, dst = v.MR(dialer.pd, 8, ALL_ACCESS), v.MR(waiter.pd, 8, ALL_ACCESS)
+    src.write(b"the real", 8)
+    write(dialer, src, 8, dst.rkey, dst.buf)
+    assert poll_until(dialer.scq)[0].status == W.IBV_WC_SUCCESS
+    assert dst.read(8, 0) == b"the real"

@@ -204,24 +204,28 @@ class OobService:
 
     def expect(self, qp: QPEngine, dest: int, host: str) -> None:
         """*qp* (in RTR) waits for QP *dest* at *host* to dial it."""
-        with self._lock:
+        qpn = qp.qp_num
+        wait = _Wait(qp, dest, host)
+        with self._lock:  # waiting from here on: an arrival from now is matched, not parked
             reactor = self._start_listening()
-            parked = self._parked.pop(qp.qp_num, [])
+            parked = self._parked.pop(qpn, [])
+            self._waits[qpn] = wait
         for entry in parked:
             if entry.timer is not None:
                 entry.timer.cancel()
         for i, entry in enumerate(parked):
-            if hello_matches(entry.hello, dest, host, entry.sock) and qp.attach(
-                entry.sock, entry.hello, None
-            ):
-                for rest in parked[i + 1 :]:
-                    rest.sock.close()
-                return
-            entry.sock.close()  # not the expected peer
-        wait = _Wait(qp, dest, host)
+            if hello_matches(entry.hello, dest, host, entry.sock):
+                with self._lock:
+                    ours = self._waits.get(qpn) is wait
+                    if ours:
+                        del self._waits[qpn]
+                if ours and qp.attach(entry.sock, entry.hello, None):
+                    for rest in parked[i + 1 :]:  # the ones before are closed already
+                        rest.sock.close()
+                    return
+            entry.sock.close()  # not the expected peer (or one arrived meanwhile)
+        # (an arrival that matched before this timer exists leaves it to find nothing)
         wait.timer = reactor.call_later(CONNECT_TIMEOUT, lambda: self._expired(wait), _Quiet())
-        with self._lock:
-            self._waits[qp.qp_num] = wait
 
     def cancel(self, qpn: int) -> None:
         """QP *qpn* stops waiting or dialling (reset, destroyed, or failed)."""
