@@ -228,3 +228,33 @@ def test_terminate_claiming_success_is_still_an_error(raw_peer: PeerFactory) -> 
     )
     (wc,) = poll_until(peer.end.scq)
     assert (wc.wr_id, wc.status, wc.byte_len) == (9, W.IBV_WC_REM_OP_ERR, 0)
+
+
+@pytest.mark.parametrize(
+    ("opcode", "answer"),
+    [
+        (v.ibv_wr_opcode.IBV_WR_RDMA_READ, Header(Opcode.ACK, msn=1)),
+        (v.ibv_wr_opcode.IBV_WR_ATOMIC_FETCH_AND_ADD, Header(Opcode.ACK, msn=1)),
+        (v.ibv_wr_opcode.IBV_WR_RDMA_READ, Header(Opcode.ATOMIC_RESP, msn=1)),
+        (v.ibv_wr_opcode.IBV_WR_ATOMIC_FETCH_AND_ADD, Header(Opcode.READ_RESP, msn=7)),
+    ],
+)
+def test_a_request_answered_wrongly_still_gets_its_one_completion(
+    raw_peer: PeerFactory, opcode: v.ibv_wr_opcode, answer: Header
+) -> None:
+    """A READ or atomic the peer ACKs (or answers as something else) is a protocol error
+    — and the WR still completes, flushed, and gives its queue slot back."""
+    peer = raw_peer()
+    mr = v.MR(peer.end.pd, 8, ALL_ACCESS)
+    wr = v.SendWR(9, opcode, 1, 0, [v.SGE(mr.buf, 8, mr.lkey)])
+    if opcode == v.ibv_wr_opcode.IBV_WR_RDMA_READ:
+        wr.set_wr_rdma(0x1234, 0x1000)
+    else:
+        wr.set_wr_atomic(0x1234, 0x1000, 1)
+    peer.end.qp.post_send(wr)
+    peer.send(encode_header(answer))
+    err = peer.wait_err()
+    assert isinstance(err, v.RemoteProtocolError) and err.errno == errno.EPROTO
+    (wc,) = poll_until(peer.end.scq)
+    assert (wc.wr_id, wc.status) == (9, W.IBV_WC_WR_FLUSH_ERR)
+    assert peer.end.qp.statistics()["sq_outstanding"] == 0

@@ -21,15 +21,45 @@ from *msn* on (go-back-N, as RC hardware does).  Nothing after the refused reque
 carried out, so re-sending a WRITE, READ or atomic is safe.  Reading never stops, so
 ACKs, READ responses and the peer's own one-sided traffic keep flowing meanwhile.
 
-This class holds only counters and checks them; it never sees payload or sockets.
+What lives here — every decision that changes the protocol's state, so that a second
+engine ports this module and no I/O code:
+
+* :class:`RcProtocol` — the message numbers of both directions and the coalesced ACK.
+* :class:`Requester` — the requester's in-flight window over the engine's work records:
+  when a request may be issued (``max_rd_atomic``, ``IBV_SEND_FENCE``), what an ACK
+  completes, which request a READ or atomic response answers (checked *before*
+  anything changes, so a misbehaving peer cannot make a request vanish: it stays in
+  the window and is flushed with the QP), what an RNR NAK does (retry count, go-back-N
+  rewind, the RESYNC number and the wait), and what a TERMINATE means for the request
+  it names (:func:`terminate_status`).
+* :data:`RESPONDER_FAULTS` — why the responder refuses a peer's request, and the status
+  the peer's requester reports, the errno of our QP's error and the async event of each.
+
+None of this sees payload, memory or sockets: the engine owns those and asks.
 """
 
 from __future__ import annotations
 
+import enum
+import errno
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from ..enums import ibv_event_type, ibv_wc_status, ibv_wr_opcode
 from ..errors import RemoteProtocolError
 from .frames import encode_ack
 
-__all__ = ["RNR_TIMER_MS", "RcProtocol"]
+__all__ = [
+    "NEEDS_RECEIVE",
+    "RESPONDER_FAULTS",
+    "RNR_TIMER_MS",
+    "RcProtocol",
+    "Requester",
+    "ResponderFault",
+    "RnrRetry",
+    "terminate_status",
+]
 
 # ibv_modify_qp(3) min_rnr_timer codes -> milliseconds (IB spec table 45)
 RNR_TIMER_MS = (
@@ -86,6 +116,18 @@ class RcProtocol:
         self.sent += 1
         return self.sent % _MSN_MOD
 
+    def acks(self, msn: int) -> int:
+        """How many requests a cumulative ACK of *msn* would newly acknowledge (raises if
+        it names one never sent); changes nothing."""
+        outstanding = self.sent - self.acked
+        delta = (msn - self.acked) % _MSN_MOD
+        if delta > outstanding:
+            raise RemoteProtocolError(
+                f"peer acknowledged request {msn}, but only {self.sent} were sent "
+                f"({self.acked} already acknowledged)"
+            )
+        return delta
+
     def on_ack(self, msn: int) -> int:
         """Apply a cumulative ACK; return how many requests it newly acknowledges."""
         outstanding = self.sent - self.acked
@@ -141,3 +183,218 @@ class RcProtocol:
             return None
         self._ack_sent = self.received
         return encode_ack(self.received % _MSN_MOD)
+
+
+# -- the requester's window -------------------------------------------------------------
+WR = ibv_wr_opcode
+W = ibv_wc_status
+
+# the requests that consume a receive at the responder: the only ones an RNR NAK may name
+NEEDS_RECEIVE = frozenset(
+    {int(WR.IBV_WR_SEND), int(WR.IBV_WR_SEND_WITH_IMM), int(WR.IBV_WR_RDMA_WRITE_WITH_IMM)}
+)
+_ATOMICS = frozenset({int(WR.IBV_WR_ATOMIC_CMP_AND_SWP), int(WR.IBV_WR_ATOMIC_FETCH_AND_ADD)})
+
+
+class Request(Protocol):
+    """What the requester needs of an engine's work record."""
+
+    opcode: int  # ibv_wr_opcode
+    length: int
+    seq: int  # set by Requester.issue: the request's MSN
+    fence: bool
+    needs_response: bool  # READ or atomic: completes on its response, not on an ACK
+    rnr_tries: int
+
+
+R = TypeVar("R", bound=Request)
+
+
+@dataclass(frozen=True, slots=True)
+class RnrRetry(Generic[R]):
+    """An RNR NAK to act on: wait *delay* seconds, send ``RESYNC(resync_msn)`` and send
+    *resend* again, in order."""
+
+    resend: list[R]
+    resync_msn: int
+    delay: float
+
+
+class Requester(Generic[R]):
+    """The in-flight window: requests issued and not yet acknowledged or answered.
+
+    Every method that may raise :class:`RemoteProtocolError` checks first and changes
+    nothing when it raises: the requests stay in :attr:`inflight` for the engine to flush.
+    """
+
+    __slots__ = ("inflight", "proto", "rd_outstanding")
+
+    def __init__(self, proto: RcProtocol) -> None:
+        self.proto = proto
+        self.inflight: deque[R] = deque()
+        self.rd_outstanding = 0  # READs/atomics issued and not yet answered
+
+    def may_issue(self, work: R, rd_limit: int) -> bool:
+        """Whether *work* may go now: a fence waits for every earlier READ and atomic,
+        and at most *rd_limit* of those are outstanding."""
+        if work.fence and self.rd_outstanding:
+            return False
+        return not (work.needs_response and self.rd_outstanding >= rd_limit)
+
+    def issue(self, work: R) -> None:
+        work.seq = self.proto.next_request()
+        self.inflight.append(work)
+        if work.needs_response:
+            self.rd_outstanding += 1
+
+    def on_ack(self, msn: int) -> list[R]:
+        """``ACK(msn)``: the requests it completes, oldest first."""
+        done = self._through(msn)
+        return [self.inflight.popleft() for _ in range(done)]
+
+    def _through(self, msn: int) -> int:
+        """How many requests up to *msn* an acknowledgement completes; raises, changing
+        nothing, if one of them is a READ or atomic that must be answered, not ACKed."""
+        count = self.proto.acks(msn)
+        for i in range(count):
+            work = self.inflight[i]
+            if work.needs_response:
+                raise RemoteProtocolError(
+                    f"peer acknowledged request {work.seq} ({_opname(work.opcode)}) "
+                    "without answering it"
+                )
+        self.proto.on_ack(msn)
+        return count
+
+    def _answering(self, msn: int) -> tuple[list[R], R]:
+        """A frame that answers request *msn* (so acknowledges every earlier one): the
+        earlier requests it completes, and *msn*'s own, left at the head of the window."""
+        before = (msn - 1) % _MSN_MOD
+        count = self.proto.acks(before)
+        inflight = self.inflight
+        if count >= len(inflight) or inflight[count].seq != msn:
+            raise _not_next(msn)
+        done = self.on_ack(before)
+        return done, inflight[0]
+
+    def on_read_response(self, msn: int, payload_len: int) -> tuple[list[R], R]:
+        """``READ_RESP(msn)`` of *payload_len* bytes: the requests it completes, and the
+        READ whose memory the payload fills (finished by :meth:`response_done`)."""
+        work = self._peek_answered(msn)
+        if work.opcode != WR.IBV_WR_RDMA_READ or payload_len != work.length:
+            raise RemoteProtocolError(
+                f"peer sent {payload_len} READ bytes for request {msn}, "
+                f"which is {_opname(work.opcode)} of {work.length} bytes"
+            )
+        return self._answering(msn)
+
+    def on_atomic_response(self, msn: int) -> tuple[list[R], R]:
+        work = self._peek_answered(msn)
+        if work.opcode not in _ATOMICS:
+            raise RemoteProtocolError(f"peer answered request {msn} as an atomic")
+        return self._answering(msn)
+
+    def _peek_answered(self, msn: int) -> R:
+        for work in self.inflight:
+            if work.seq == msn:
+                return work
+        raise _not_next(msn)
+
+    def response_done(self, work: R) -> None:
+        """The answer to *work* (the head of the window) is in place: it completes."""
+        assert self.inflight and self.inflight[0] is work
+        self.inflight.popleft()
+        self.proto.on_ack(work.seq)
+        self.rd_outstanding -= 1
+
+    def on_rnr_nak(self, msn: int, timer: int, rnr_retry: int) -> tuple[list[R], R | RnrRetry[R]]:
+        """``RNR_NAK(msn, timer)``: the requests before *msn* are done.  Then either the
+        refused request has used up its *rnr_retry* tries (``IBV_WC_RNR_RETRY_EXC_ERR``;
+        it is returned, out of the window) or everything from it on goes again."""
+        work = self._peek_answered(msn)
+        if work.opcode not in NEEDS_RECEIVE:
+            raise RemoteProtocolError(f"RNR NAK for request {msn}, which needs no receive")
+        done, work = self._answering(msn)
+        work.rnr_tries += 1
+        if rnr_retry != 7 and work.rnr_tries > rnr_retry:  # 7: retry for ever
+            self.inflight.popleft()
+            return done, work
+        resend = list(self.inflight)
+        self.inflight.clear()
+        self.rd_outstanding = 0
+        resync = self.proto.rewind()
+        return done, RnrRetry(resend, resync, RNR_TIMER_MS[timer & 31] / 1000)
+
+    def on_terminate(self, msn: int) -> R | None:
+        """The peer's TERMINATE names request *msn* (or none): that request, taken out."""
+        for work in self.inflight:
+            if work.seq == msn:
+                self.inflight.remove(work)
+                return work
+        return None
+
+
+def terminate_status(status: int) -> ibv_wc_status:
+    """The completion status of the request a TERMINATE names: the peer's status, but a
+    TERMINATE is always an error (an unknown, SUCCESS or FLUSH status is REM_OP_ERR)."""
+    try:
+        mapped = W(status)
+    except ValueError:
+        return W.IBV_WC_REM_OP_ERR
+    if mapped in (W.IBV_WC_SUCCESS, W.IBV_WC_WR_FLUSH_ERR):
+        return W.IBV_WC_REM_OP_ERR
+    return mapped
+
+
+def _not_next(msn: int) -> RemoteProtocolError:
+    return RemoteProtocolError(f"peer answered request {msn}, which is not the next one")
+
+
+def _opname(opcode: int) -> str:
+    try:
+        return WR(opcode).name
+    except ValueError:
+        return str(opcode)
+
+
+# -- the responder's refusals -----------------------------------------------------------
+class ResponderFault(enum.Enum):
+    """Why the responder does not carry out a peer's request."""
+
+    BAD_RKEY = "rkey names no valid MR of the target QP's PD"
+    MR_ACCESS = "the target MR lacks the access right"
+    QP_ACCESS = "the target QP's qp_access_flags lack the access right"
+    OUT_OF_RANGE = "the range is outside the target MR"
+    MR_GONE = "the target MR was deregistered while the payload landed"
+    MISALIGNED = "the atomic's target is not 8-byte aligned"
+    RECV_TOO_SMALL = "the message does not fit the posted receive"
+    RECV_BROKEN = "the posted receive WR failed its own checks"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultOutcome:
+    peer_status: ibv_wc_status  # what the TERMINATE tells the requester
+    errno: int  # of our QP's error
+    event: ibv_event_type  # our async event
+
+
+_ACCESS = FaultOutcome(
+    W.IBV_WC_REM_ACCESS_ERR, errno.EACCES, ibv_event_type.IBV_EVENT_QP_ACCESS_ERR
+)
+# The table every engine follows: fault -> (peer's status, our errno, our event).
+RESPONDER_FAULTS: dict[ResponderFault, FaultOutcome] = {
+    ResponderFault.BAD_RKEY: _ACCESS,
+    ResponderFault.MR_ACCESS: _ACCESS,
+    ResponderFault.QP_ACCESS: _ACCESS,
+    ResponderFault.OUT_OF_RANGE: _ACCESS,
+    ResponderFault.MR_GONE: _ACCESS,
+    ResponderFault.MISALIGNED: FaultOutcome(
+        W.IBV_WC_REM_INV_REQ_ERR, errno.EACCES, ibv_event_type.IBV_EVENT_QP_REQ_ERR
+    ),
+    ResponderFault.RECV_TOO_SMALL: FaultOutcome(
+        W.IBV_WC_REM_INV_REQ_ERR, errno.EMSGSIZE, ibv_event_type.IBV_EVENT_QP_FATAL
+    ),
+    ResponderFault.RECV_BROKEN: FaultOutcome(
+        W.IBV_WC_REM_OP_ERR, errno.EFAULT, ibv_event_type.IBV_EVENT_QP_FATAL
+    ),
+}

@@ -1,7 +1,8 @@
 """The ``rc`` transport: Reliable Connection semantics between two tcpverbs QPs.
 
 Requester: posted WRs become frames (header + payload views) queued together, so a burst
-leaves in one ``sendmsg``.  A WR moves to ``_inflight`` when queued.  SEND and WRITE
+leaves in one ``sendmsg``.  A WR enters the in-flight window (``wire.rc.Requester``)
+when queued.  SEND and WRITE
 complete when the peer's cumulative ACK covers them; READ and atomics complete when
 their response has been placed (a response also acknowledges every earlier request).
 At most ``min(max_rd_atomic, peer's max_dest_rd_atomic)`` READs/atomics are in flight;
@@ -28,7 +29,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ...device import MAX_MSG_SZ
-from ...enums import ibv_access_flags, ibv_event_type, ibv_wc_opcode, ibv_wc_status, ibv_wr_opcode
+from ...enums import ibv_access_flags, ibv_wc_opcode, ibv_wc_status, ibv_wr_opcode
 from ...errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
 from ...reactor import Timer
 from ...wire.frames import (
@@ -44,7 +45,14 @@ from ...wire.frames import (
     whole_send,
 )
 from ...wire.hello import Hello, HelloDecoder
-from ...wire.rc import RNR_TIMER_MS, RcProtocol
+from ...wire.rc import (
+    RESPONDER_FAULTS,
+    RcProtocol,
+    Requester,
+    ResponderFault,
+    RnrRetry,
+    terminate_status,
+)
 from .transport import Transport
 from .work import RecvWork, SendWork
 from .zerocopy import ZeroCopy, zerocopy_threshold
@@ -82,12 +90,12 @@ _MASK64 = (1 << 64) - 1
 _ATOMIC_LOCK = threading.Lock()
 
 
-class _RemoteError(Exception):
-    """A peer request that cannot be carried out: the status its requester reports."""
+class _Refused(Exception):
+    """A peer request the responder does not carry out (see ``wire.rc.RESPONDER_FAULTS``)."""
 
-    def __init__(self, status: ibv_wc_status, why: str) -> None:
+    def __init__(self, fault: ResponderFault, why: str) -> None:
         super().__init__(why)
-        self.status = status
+        self.fault = fault
         self.why = why
 
 
@@ -110,8 +118,7 @@ class RcTransport(Transport):
         self.peer: Hello | None = None
         self._hello_timer: Timer | None = None
         # requester
-        self._inflight: deque[SendWork] = deque()
-        self._rd_outstanding = 0  # READs/atomics sent and not yet answered
+        self.window: Requester[SendWork] = Requester(self.proto)
         # completions waiting for zerocopy notifications: (work, status, calls to wait for)
         self._held: deque[tuple[SendWork, int, int]] = deque()
         self._rnr_timer: Timer | None = None
@@ -201,8 +208,8 @@ class RcTransport(Transport):
         held, self._held = self._held, deque()
         for work, status, _ in held:
             self.qp.complete_send(work, status)
-        unfinished = list(self._inflight)
-        self._inflight.clear()
+        unfinished = list(self.window.inflight)
+        self.window.inflight.clear()
         return unfinished
 
     # -- completions and zerocopy -------------------------------------------------------
@@ -240,31 +247,27 @@ class RcTransport(Transport):
         if qp.state is not qp.state.IBV_QPS_RTS:
             self._flush()
             return
-        sq, tx, inflight, proto = qp.sq, self._tx, self._inflight, self.proto
+        sq, tx, window = qp.sq, self._tx, self.window
+        rd_limit = self._rd_limit
         if sq:
             self._queue_ack()  # a deferred ACK rides along (see _process)
         while sq:
             work = sq[0]
             if work.error is not None:
-                if inflight:  # earlier WRs complete first, as on hardware
+                if window.inflight:  # earlier WRs complete first, as on hardware
                     break
                 sq.popleft()
                 status, why = work.error
                 self._complete(work, status)
                 self._fail(TcpverbsError(_LOCAL_ERRNO.get(W(status), errno.EIO), why))
                 return
-            if work.fence and self._rd_outstanding:
-                break
-            if work.needs_response and self._rd_outstanding >= self._rd_limit:
+            if not window.may_issue(work, rd_limit):
                 break
             sq.popleft()
-            work.seq = proto.next_request()
+            window.issue(work)
             tx.append(self._request_header(work))
             if not work.needs_response:
                 tx.extend(work.segments)  # READ and atomic segments receive the answer
-            inflight.append(work)
-            if work.needs_response:
-                self._rd_outstanding += 1
             self.stats["wrs_sent"] += 1
             self.stats["frames_sent"] += 1
         self._flush()
@@ -292,83 +295,47 @@ class RcTransport(Transport):
             )
         return encode_header(header)
 
-    def _ack_through(self, msn: int, *, answering: bool = False) -> None:
-        """The peer carried out every request up to *msn*: complete them in order.
-
-        With *answering*, *msn* itself is a READ/atomic whose answer is being handled and
-        stays at the head of ``_inflight``.
-        """
-        upto = (msn - 1) % (1 << 32) if answering else msn
-        done = self.proto.on_ack(upto)
-        inflight = self._inflight
-        for _ in range(done):
-            work = inflight.popleft()
-            if work.needs_response:
-                raise RemoteProtocolError(
-                    f"peer acknowledged request {work.seq} ({WR(work.opcode).name}) "
-                    "without answering it"
-                )
+    def _completed(self, done: list[SendWork]) -> None:
+        for work in done:
             self._complete(work, _OK)
-        if answering and (not inflight or inflight[0].seq != msn):
-            raise RemoteProtocolError(f"peer answered request {msn}, which is not the next one")
 
     def _on_response_done(self, work: SendWork) -> None:
-        self._inflight.popleft()
-        self.proto.on_ack(work.seq)
-        self._rd_outstanding -= 1
+        self.window.response_done(work)
         self._complete(work, _OK)
         self._pump()
 
     def _on_read_response(self, h: Header) -> None:
-        self._ack_through(h.msn, answering=True)
-        work = self._inflight[0]
-        if work.opcode != WR.IBV_WR_RDMA_READ or h.payload_len != work.length:
-            raise RemoteProtocolError(
-                f"peer sent {h.payload_len} READ bytes for request {h.msn}, "
-                f"which is {WR(work.opcode).name} of {work.length} bytes"
-            )
+        done, work = self.window.on_read_response(h.msn, h.payload_len)
+        self._completed(done)
         self._expect_payload(h, work, work.segments)  # type: ignore[arg-type]
 
     def _on_atomic_response(self, h: Header) -> None:
-        self._ack_through(h.msn, answering=True)
-        work = self._inflight[0]
-        if work.opcode not in (WR.IBV_WR_ATOMIC_CMP_AND_SWP, WR.IBV_WR_ATOMIC_FETCH_AND_ADD):
-            raise RemoteProtocolError(f"peer answered request {h.msn} as an atomic")
+        done, work = self.window.on_atomic_response(h.msn)
+        self._completed(done)
         (view,) = work.segments
         view[:8] = h.compare_add.to_bytes(8, sys.byteorder)  # type: ignore[index]
         self._on_response_done(work)
 
     def _on_rnr_nak(self, h: Header) -> None:
-        self._ack_through(h.msn, answering=True)
-        work = self._inflight[0]
-        if work.opcode not in (
-            WR.IBV_WR_SEND,
-            WR.IBV_WR_SEND_WITH_IMM,
-            WR.IBV_WR_RDMA_WRITE_WITH_IMM,
-        ):
-            raise RemoteProtocolError(f"RNR NAK for request {h.msn}, which needs no receive")
+        done, outcome = self.window.on_rnr_nak(h.msn, h.timer, self.qp.params.rnr_retry)
+        self._completed(done)
         self.stats["rnr_naks_received"] += 1
-        work.rnr_tries += 1
-        retries = self.qp.params.rnr_retry
-        if retries != 7 and work.rnr_tries > retries:
-            self._inflight.popleft()
-            self._complete(work, W.IBV_WC_RNR_RETRY_EXC_ERR)
+        if not isinstance(outcome, RnrRetry):  # the refused request used up its tries
+            self._complete(outcome, W.IBV_WC_RNR_RETRY_EXC_ERR)
             self._fail(
                 TcpverbsError(
                     errno.ETIMEDOUT,
                     f"peer had no receive posted for request {h.msn} after "
-                    f"{retries} retries (rnr_retry)",
+                    f"{self.qp.params.rnr_retry} retries (rnr_retry)",
                 )
             )
             return
         # go back N: everything from the refused request on is sent again, in order
-        sq = self.qp.sq
-        while self._inflight:
-            sq.appendleft(self._inflight.pop())
-        self._rd_outstanding = 0
-        resume_at = self.proto.rewind()
-        delay = RNR_TIMER_MS[h.timer & 31] / 1000
-        self._rnr_timer = self.engine.call_later(delay, lambda: self._rnr_resume(resume_at), self)
+        self.qp.sq.extendleft(reversed(outcome.resend))
+        resync = outcome.resync_msn
+        self._rnr_timer = self.engine.call_later(
+            outcome.delay, lambda: self._rnr_resume(resync), self
+        )
 
     def _rnr_resume(self, msn: int) -> None:
         with self.qp.lock:
@@ -560,10 +527,10 @@ class RcTransport(Transport):
                 return
             try:
                 self._execute(h)
-            except _RemoteError as exc:
-                self._refuse(h, exc)
+            except _Refused as exc:
+                self._terminate(h, exc.fault, exc.why)
         elif op is Opcode.ACK:
-            self._ack_through(h.msn)
+            self._completed(self.window.on_ack(h.msn))
             if self.qp.sq:
                 self._pump()
         elif op is Opcode.READ_RESP:
@@ -580,17 +547,9 @@ class RcTransport(Transport):
     def _on_terminate(self, h: Header) -> None:
         reason = h.reason.decode("utf-8", "replace")
         if h.msn != NO_MSN:
-            for work in self._inflight:
-                if work.seq == h.msn:
-                    self._inflight.remove(work)
-                    try:
-                        status = W(h.status)
-                    except ValueError:
-                        status = W.IBV_WC_REM_OP_ERR
-                    if status in (_OK, W.IBV_WC_WR_FLUSH_ERR):  # a TERMINATE is an error
-                        status = W.IBV_WC_REM_OP_ERR
-                    self._complete(work, status)
-                    break
+            work = self.window.on_terminate(h.msn)
+            if work is not None:
+                self._complete(work, terminate_status(h.status))
         self._fail(
             ConnectionBrokenError(errno.ECONNABORTED, f"peer QP went to error: {reason}"),
             notify_peer=False,
@@ -610,7 +569,7 @@ class RcTransport(Transport):
                 )
                 self.qp.rq.popleft()
                 self.qp.complete_recv(work, W.IBV_WC_LOC_LEN_ERR)
-                self._terminate(h, W.IBV_WC_REM_INV_REQ_ERR, why, errno.EMSGSIZE)
+                self._terminate(h, ResponderFault.RECV_TOO_SMALL, why)
                 return
             self._expect_payload(h, work, work.segments)
         elif op is Opcode.WRITE or op is Opcode.WRITE_IMM:
@@ -645,22 +604,22 @@ class RcTransport(Transport):
         qp = self.qp
         region = qp.engine.memory.get(rkey)
         if region is None or not region.valid or region.pd != qp.pd:
-            raise _RemoteError(
-                W.IBV_WC_REM_ACCESS_ERR, f"rkey 0x{rkey:08x} is not a valid MR of the target QP"
+            raise _Refused(
+                ResponderFault.BAD_RKEY, f"rkey 0x{rkey:08x} is not a valid MR of the target QP"
             )
         if not region.access & need:
-            raise _RemoteError(
-                W.IBV_WC_REM_ACCESS_ERR,
+            raise _Refused(
+                ResponderFault.MR_ACCESS,
                 f"target MR 0x{rkey:08x} was registered without {need.name}",
             )
         if not qp.params.access_flags & need:
-            raise _RemoteError(
-                W.IBV_WC_REM_ACCESS_ERR, f"target QP's qp_access_flags do not allow {need.name}"
+            raise _Refused(
+                ResponderFault.QP_ACCESS, f"target QP's qp_access_flags do not allow {need.name}"
             )
         view = region.slice(addr, length)
         if view is None:
-            raise _RemoteError(
-                W.IBV_WC_REM_ACCESS_ERR,
+            raise _Refused(
+                ResponderFault.OUT_OF_RANGE,
                 f"[0x{addr:x}, +{length}) is outside target MR "
                 f"[0x{region.addr:x}, +{region.length})",
             )
@@ -668,8 +627,8 @@ class RcTransport(Transport):
 
     def _atomic(self, h: Header) -> int:
         if h.addr % 8:
-            raise _RemoteError(
-                W.IBV_WC_REM_INV_REQ_ERR, f"atomic target 0x{h.addr:x} is not 8-byte aligned"
+            raise _Refused(
+                ResponderFault.MISALIGNED, f"atomic target 0x{h.addr:x} is not 8-byte aligned"
             )
         view, _ = self._remote(h.rkey, h.addr, 8, A.IBV_ACCESS_REMOTE_ATOMIC)
         order = sys.byteorder
@@ -701,19 +660,9 @@ class RcTransport(Transport):
             qp.rq.popleft()
             status, why = work.error
             qp.complete_recv(work, status)
-            self._terminate(
-                h, W.IBV_WC_REM_OP_ERR, f"receive WR at the peer failed: {why}", errno.EFAULT
-            )
+            self._terminate(h, ResponderFault.RECV_BROKEN, f"receive WR at the peer failed: {why}")
             return None
         return work
-
-    def _refuse(self, h: Header, exc: _RemoteError) -> None:
-        event = (
-            ibv_event_type.IBV_EVENT_QP_ACCESS_ERR
-            if exc.status == W.IBV_WC_REM_ACCESS_ERR
-            else ibv_event_type.IBV_EVENT_QP_REQ_ERR
-        )
-        self._terminate(h, exc.status, exc.why, errno.EACCES, event)
 
     # -- payload placement ---------------------------------------------------------------
     def _expect_payload(
@@ -737,7 +686,7 @@ class RcTransport(Transport):
         self._target.clear()
         self._discard = True
         self._target_mr = None
-        self._refuse(h, _RemoteError(W.IBV_WC_REM_ACCESS_ERR, "target MR was deregistered"))
+        self._terminate(h, ResponderFault.MR_GONE, "target MR was deregistered")
         return False
 
     def _place(self, chunk: memoryview) -> None:
@@ -805,17 +754,15 @@ class RcTransport(Transport):
         )
 
     # -- errors -------------------------------------------------------------------------------
-    def _terminate(
-        self,
-        h: Header,
-        status: int,
-        why: str,
-        err: int,
-        event: ibv_event_type = ibv_event_type.IBV_EVENT_QP_FATAL,
-    ) -> None:
-        """The peer's request *h* failed here: tell it which and why, then go to ERR."""
-        self._goodbye = (self.proto.next_msn, status, why)
-        self._fail(TcpverbsError(err, f"{h.opcode.name} from the peer failed: {why}"), event=event)
+    def _terminate(self, h: Header, fault: ResponderFault, why: str) -> None:
+        """The peer's request *h* is refused for *fault*: tell it which and why (the status
+        ``RESPONDER_FAULTS`` gives), then go to ERR."""
+        outcome = RESPONDER_FAULTS[fault]
+        self._goodbye = (self.proto.next_msn, outcome.peer_status, why)
+        self._fail(
+            TcpverbsError(outcome.errno, f"{h.opcode.name} from the peer failed: {why}"),
+            event=outcome.event,
+        )
 
     def _settle(self) -> None:
         if self.established:
