@@ -39,6 +39,19 @@ def write(end: Endpoint, src: v.MR, n: int, rkey: int, addr: int, wr_id: int = 1
     end.qp.post_send(wr)
 
 
+def waiter_joins_and_dialer_writes(
+    dialer: Endpoint, waiter: Endpoint, gid: v.GID, data: bytes
+) -> None:
+    """The waiting QP reaches RTS; a WRITE from the dialler then lands in its memory."""
+    waiter.qp.to_rtr(av_attr(gid, dialer.qp.qp_num))
+    waiter.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+    src, dst = v.MR(dialer.pd, len(data), ALL_ACCESS), v.MR(waiter.pd, len(data), ALL_ACCESS)
+    src.write(data, len(data))
+    write(dialer, src, len(data), dst.rkey, dst.buf)
+    assert poll_until(dialer.scq)[0].status == W.IBV_WC_SUCCESS
+    assert dst.read(len(data), 0) == data
+
+
 @pytest.mark.parametrize("order", ["a first", "b first"])
 def test_two_qps_one_thread(ctx: v.Context, order: str) -> None:
     a, b = make_endpoint(ctx), make_endpoint(ctx)
@@ -181,13 +194,7 @@ def test_connection_arriving_before_rtr_is_parked(ctx: v.Context) -> None:
     while waiter.qp.qp_num not in ctx._oob.parked:  # the waiter is still in INIT
         assert time.monotonic() < deadline, "the connection was not parked"
         time.sleep(0.005)
-    waiter.qp.to_rtr(av_attr(gid, dialer.qp.qp_num))
-    waiter.qp.to_rts(v.QPAttr(max_rd_atomic=4))
-    src, dst = v.MR(dialer.pd, 8, ALL_ACCESS), v.MR(waiter.pd, 8, ALL_ACCESS)
-    src.write(b"parked!!", 8)
-    write(dialer, src, 8, dst.rkey, dst.buf)
-    assert poll_until(dialer.scq)[0].status == W.IBV_WC_SUCCESS
-    assert dst.read(8, 0) == b"parked!!"
+    waiter_joins_and_dialer_writes(dialer, waiter, gid, b"parked!!")
 
 
 def test_rd_atomic_limits_are_checked_before_anything_changes(ctx: v.Context) -> None:
@@ -236,13 +243,7 @@ def test_a_dial_before_the_peer_listens_is_tried_again(ctx: v.Context) -> None:
         time.sleep(0.2)  # refused at least once: the waiter's context does not listen
         assert not waiter.qp.ctx._oob.listening
         assert dialer.qp.qp_state == v.ibv_qp_state.IBV_QPS_RTS
-        waiter.qp.to_rtr(av_attr(gid, dialer.qp.qp_num))
-        waiter.qp.to_rts(v.QPAttr(max_rd_atomic=4))
-        src, dst = v.MR(dialer.pd, 8, ALL_ACCESS), v.MR(waiter.pd, 8, ALL_ACCESS)
-        src.write(b"redialed", 8)
-        write(dialer, src, 8, dst.rkey, dst.buf)
-        assert poll_until(dialer.scq)[0].status == W.IBV_WC_SUCCESS
-        assert dst.read(8, 0) == b"redialed"
+        waiter_joins_and_dialer_writes(dialer, waiter, gid, b"redialed")
 
 
 def test_of_the_parked_connections_only_the_expected_peer_is_taken(ctx: v.Context) -> None:
@@ -261,13 +262,7 @@ def test_of_the_parked_connections_only_the_expected_peer_is_taken(ctx: v.Contex
     while ctx._oob.parked.get(waiter.qp.qp_num, 0) < 2:  # the impostor and the real one
         assert time.monotonic() < deadline, f"not parked: {ctx._oob.parked}"
         time.sleep(0.005)
-    waiter.qp.to_rtr(av_attr(gid, dialer.qp.qp_num))
-    waiter.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+    waiter_joins_and_dialer_writes(dialer, waiter, gid, b"the real")
     fake.settimeout(5)
     assert fake.recv(100) == b""  # closed without a hello back
     fake.close()
-    src, dst = v.MR(dialer.pd, 8, ALL_ACCESS), v.MR(waiter.pd, 8, ALL_ACCESS)
-    src.write(b"the real", 8)
-    write(dialer, src, 8, dst.rkey, dst.buf)
-    assert poll_until(dialer.scq)[0].status == W.IBV_WC_SUCCESS
-    assert dst.read(8, 0) == b"the real"

@@ -130,13 +130,7 @@ class RcProtocol:
 
     def on_ack(self, msn: int) -> int:
         """Apply a cumulative ACK; return how many requests it newly acknowledges."""
-        outstanding = self.sent - self.acked
-        delta = (msn - self.acked) % _MSN_MOD
-        if delta > outstanding:
-            raise RemoteProtocolError(
-                f"peer acknowledged request {msn}, but only {self.sent} were sent "
-                f"({self.acked} already acknowledged)"
-            )
+        delta = self.acks(msn)
         self.acked += delta
         return delta
 
