@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import itertools
 import mmap
+import threading
+import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -165,3 +168,38 @@ def test_mr_access_is_fixed_at_registration() -> None:
         assert mr.access == v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
         with pytest.raises(AttributeError):
             mr.access = v.ibv_access_flags(0)  # type: ignore[misc]
+
+
+def _closing_wakes(wait: Callable[[], object], close: Callable[[], object]) -> BaseException:
+    """Run *wait* (a call that blocks without a timeout) in a thread, *close* its object,
+    and return what the waiter raised: it must not stay blocked."""
+    raised: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            wait()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    time.sleep(0.2)  # let it block
+    close()
+    thread.join(5)
+    assert not thread.is_alive(), "the blocked call outlived its object"
+    assert raised, "the blocked call returned instead of raising"
+    return raised[0]
+
+
+def test_closing_a_channel_ends_a_get_cq_event_without_timeout(ctx: v.Context) -> None:
+    channel = v.CompChannel(ctx)
+    cq = v.CQ(ctx, 4, channel=channel)
+    cq.req_notify()
+    exc = _closing_wakes(channel.get_cq_event, channel.close)
+    assert isinstance(exc, v.ClosedResourceError) and exc.errno == errno.EBADF
+
+
+def test_closing_a_context_ends_a_get_async_event_without_timeout(engine: str) -> None:
+    ctx = v.Context(name="tcpv_lo", engine=engine)
+    exc = _closing_wakes(ctx.get_async_event, ctx.close)
+    assert isinstance(exc, v.ClosedResourceError) and exc.errno == errno.EBADF
