@@ -720,7 +720,8 @@ def test_no_async_event_is_etimedout(fctx: v.Context, fake: FakeEngine) -> None:
 
 
 def test_events_of_a_closed_qp_still_find_it(fctx: v.Context, fake: FakeEngine) -> None:
-    """Events queued before a QP is closed are drained while its number still maps to it."""
+    """Events name QPs and CQs by handles that are never reused: read after the QP and CQ
+    were closed, they still find them (while the application holds them)."""
     qp, fq = make_qp(fctx, fake)
     cq = v.CQ(fctx, 4)
     fq.fail(v.TcpverbsError(errno.EPIPE, "broken pipe"))

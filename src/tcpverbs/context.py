@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import errno
 import itertools
-import queue
 import secrets
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,13 +23,13 @@ from .device import (
     query_port_attr,
 )
 from .engine import EngineFactory, open_engine
-from .engine.api import ContextEngine, EngineEvent
+from .engine.api import ContextEngine
 from .enums import ibv_event_type
 from .errors import TcpverbsError
 from .oob.service import OobService
 
 if TYPE_CHECKING:
-    from .qp import QP
+    pass
 
 __all__ = ["AsyncEvent", "Context"]
 
@@ -84,11 +84,12 @@ class Context(VerbsObject):
         self.zerocopy_min = zerocopy_min  # as given (the engine applies it)
         self._oob = OobService(self.name.decode())
         self._keys: set[int] = set()
-        self._qps: dict[int, QP] = {}
-        self._cqs: dict[int, CQ] = {}
-        self._handles = itertools.count(1)  # PD and CQ handles the engine knows them by
+        self._qpns: set[int] = set()
+        self._handles = itertools.count(1)  # what the engine knows PDs, CQs and QPs by
+        # handle -> object, for the events the engine names by handle (weak: an event
+        # read late finds its object while the application still holds it)
+        self._objects: weakref.WeakValueDictionary[int, VerbsObject] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
-        self._async: queue.SimpleQueue[AsyncEvent] = queue.SimpleQueue()
 
     @property
     def engine(self) -> str:
@@ -115,21 +116,19 @@ class Context(VerbsObject):
         raises ``EBADF``.
         """
         self._check_open()
-        self._drain_events()
-        try:
-            return self._async.get_nowait()
-        except queue.Empty:
-            pass
         record = self._engine.next_event(timeout)
         self._check_open()
         if record is None:
             raise TcpverbsError(errno.ETIMEDOUT, "no async event within the timeout")
-        return self._async_event(record)
+        return AsyncEvent(record.event_type, self._objects.get(record.handle), record.reason)
 
     # -- internals for children ---------------------------------------------------
-    def _new_handle(self) -> int:
+    def _new_handle(self, obj: VerbsObject) -> int:
+        """A handle for *obj* that no other object of this context ever gets."""
         with self._lock:
-            return next(self._handles)
+            handle = next(self._handles)
+            self._objects[handle] = obj
+            return handle
 
     def _new_key(self) -> int:
         """A fresh, unpredictable 32-bit memory key (never 0, never reused while live)."""
@@ -144,30 +143,17 @@ class Context(VerbsObject):
         with self._lock:
             self._keys.discard(key)
 
-    def _new_qpn(self, qp: QP) -> int:
+    def _new_qpn(self) -> int:
         """A QP number that also says where to dial it (see :mod:`tcpverbs.oob`)."""
         qpn = self._oob.alloc_qpn()
         with self._lock:
-            self._qps[qpn] = qp
+            self._qpns.add(qpn)
         return qpn
 
     def _free_qpn(self, qpn: int) -> None:
-        self._drain_events()  # events of this QP find it before its number is reused
         with self._lock:
-            self._qps.pop(qpn, None)
+            self._qpns.discard(qpn)
         self._oob.free_qpn(qpn)
-
-    def _drain_events(self) -> None:
-        """Move the engine's queued events into the async-event queue."""
-        while (record := self._engine.next_event(0)) is not None:
-            self._async.put(self._async_event(record))
-
-    def _async_event(self, record: EngineEvent) -> AsyncEvent:
-        table: dict[int, CQ] | dict[int, QP]
-        table = self._cqs if record.event_type == ibv_event_type.IBV_EVENT_CQ_ERR else self._qps
-        with self._lock:
-            element = table.get(record.handle)
-        return AsyncEvent(record.event_type, element, record.reason)
 
     def statistics(self) -> dict[str, int | str]:
         """Counters of everything this context did: the sum over its QPs and CQs (closed
@@ -180,7 +166,8 @@ class Context(VerbsObject):
         """
         self._check_open()
         with self._lock:
-            qps, cqs = len(self._qps), len(self._cqs)
+            qps = len(self._qpns)
+            cqs = sum(isinstance(c, CQ) for c in self._children.values())
         return {**self._engine.statistics(), "qps": qps, "cqs": cqs, "engine": self.engine}
 
     def _release(self) -> None:

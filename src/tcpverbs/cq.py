@@ -137,12 +137,10 @@ class CQ(VerbsObject):
         self.channel = channel
         self.spin_us = spin_us
         self._events_unacked = 0
-        self.handle = ctx._new_handle()
+        self.handle = ctx._new_handle(self)
         self._cq: CQEngine = ctx._engine.create_cq(
             self.handle, cqe, channel._channel if channel is not None else None
         )
-        with ctx._lock:
-            ctx._cqs[self.handle] = self
         if channel is not None:
             channel._cqs[self.handle] = self
 
@@ -222,9 +220,6 @@ class CQ(VerbsObject):
 
     def _release(self) -> None:
         self._cq.destroy()
-        self.ctx._drain_events()  # an overrun event finds this CQ before it is gone
-        with self.ctx._lock:
-            self.ctx._cqs.pop(self.handle, None)
         if self.channel is not None:
             self.channel._cqs.pop(self.handle, None)
 

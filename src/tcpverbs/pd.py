@@ -22,7 +22,7 @@ class PD(VerbsObject):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.ctx = ctx
-        self.handle = ctx._new_handle()
+        self.handle = ctx._new_handle(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._children)} MRs and QPs"

@@ -133,13 +133,15 @@ class QP(VerbsObject):
         self.scq: CQ = scq
         self.rcq: CQ = rcq
         self.sq_sig_all = bool(init_attr.sq_sig_all)
-        self.qp_num = self.ctx._new_qpn(self)
+        self.qp_num = self.ctx._new_qpn()
+        self.handle = self.ctx._new_handle(self)
         self._attr = QPAttr(qp_state=S.IBV_QPS_RESET, cap=self.cap)
         self._lock = threading.Lock()  # serialises the application's modify() calls
         cap = self.cap
         try:
             self._qp: QPEngine = self.ctx._engine.create_qp(
                 QPSpec(
+                    self.handle,
                     self.qp_num,
                     pd.handle,
                     QPCaps(

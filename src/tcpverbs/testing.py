@@ -153,7 +153,7 @@ def chain(wrs: list[WRT]) -> WRT:
 #
 # ``FakeEngine`` implements the protocols of :mod:`tcpverbs.engine.api` with no sockets and
 # no threads, so the verbs layer's own logic (validation, the state machine, the wording of
-# errors, the object tree, the draining of events) can be tested without I/O::
+# errors, the object tree, the mapping of events to objects) can be tested without I/O::
 #
 #     fake = FakeEngine()
 #     ctx = Context(name="tcpv_lo", engine=fake.factory)
@@ -344,7 +344,7 @@ class FakeQP:
         self.error = error
         self.setup_failed = self.setup_failed or setup
         self.engine.queue_event(
-            ibv_event_type.IBV_EVENT_QP_FATAL, self.qp_num, error.strerror or str(error)
+            ibv_event_type.IBV_EVENT_QP_FATAL, self.spec.handle, error.strerror or str(error)
         )
 
     def reset(self) -> None:

@@ -33,8 +33,10 @@ Data-path calls
 Events (engine -> verbs)
     Queued :class:`EngineEvent` records, never calls into verbs objects: a QP went to
     ERR (its ``ibv_event_type`` and reason; the full error, with the peer's reason where
-    there is one, is :attr:`QPEngine.error`), a CQ overran.  The verbs layer drains them
-    at its calls and in ``get_async_event``.  That a QP's connection is established is
+    there is one, is :attr:`QPEngine.error`), a CQ overran.  Each names its object by
+    the handle the verbs layer gave it at creation (never reused, unlike QP numbers), so
+    an event read late still finds its object; ``get_async_event`` takes them from
+    :meth:`ContextEngine.next_event`.  That a QP's connection is established is
     state (:attr:`QPEngine.established`), not an event: ``IBV_EVENT_COMM_EST`` is
     hardware's for a QP in RTR and would arrive before the errors programs wait for.
 
@@ -130,8 +132,8 @@ class Overrun(Exception):
 
 @dataclass(frozen=True, slots=True)
 class EngineEvent:
-    """An asynchronous event: ``handle`` is the QP number (QP events) or the CQ's handle
-    (``IBV_EVENT_CQ_ERR``)."""
+    """An asynchronous event about the QP or CQ the verbs layer created with ``handle``
+    (handles are never reused, unlike QP numbers)."""
 
     event_type: ibv_event_type
     handle: int
@@ -251,6 +253,7 @@ class QPEngine(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class QPSpec:
+    handle: int  # what the QP's events name
     qp_num: int
     pd: int  # the PD's handle: a QP reaches the memory of its own PD only
     caps: QPCaps

@@ -80,6 +80,7 @@ _POSTABLE_SEND = (S.IBV_QPS_RTS, S.IBV_QPS_ERR)
 class PyQP:
     def __init__(self, engine: PyEngine, spec: QPSpec) -> None:
         self.engine = engine
+        self.handle = spec.handle
         self.qp_num = spec.qp_num
         self.pd = spec.pd
         self.caps = spec.caps
@@ -438,7 +439,7 @@ class PyQP:
             for rwork in self.rq:
                 self.complete_recv(rwork, _FLUSH)
             self.rq.clear()
-        self.engine.event(event, self.qp_num, exc.strerror or str(exc))
+        self.engine.event(event, self.handle, exc.strerror or str(exc))
 
     # -- scheduling ---------------------------------------------------------------------
     def progress(self) -> None:
