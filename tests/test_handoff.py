@@ -5,13 +5,14 @@ from __future__ import annotations
 import errno
 import socket
 import threading
+import time
 
 import pytest
 
 import tcpverbs as v
 from tcpverbs import cm
 from tcpverbs.engine.py import rc as rc_engine
-from tcpverbs.testing import make_endpoint, poll_until, tcp_socket_pair
+from tcpverbs.testing import make_endpoint, poll_until, qp_pair, tcp_socket_pair
 from tcpverbs.wire import Hello
 
 W = v.ibv_wc_status
@@ -177,3 +178,20 @@ def test_cm_errors(ctx: v.Context) -> None:
         with pytest.raises(v.TcpverbsError) as info:
             listener.accept(pd, init, timeout=0.05)
         assert info.value.errno == errno.ETIMEDOUT
+
+
+def test_established_says_when_the_connection_is_up(ctx: v.Context) -> None:
+    """rc: once both hellos are exchanged; stream: from the handoff (no hello)."""
+    a, b = make_endpoint(ctx), make_endpoint(ctx)
+    assert not a.qp.established
+    sa, sb = tcp_socket_pair()
+    a.qp.to_rtr(v.QPAttr(sock=sa))
+    assert not a.qp.established  # the peer's hello has not come: it has not even started
+    b.qp.to_rtr(v.QPAttr(sock=sb))
+    deadline = time.monotonic() + 5
+    while not (a.qp.established and b.qp.established):
+        assert time.monotonic() < deadline, "the hellos were not exchanged"
+        a.rcq.poll()
+        b.rcq.poll()
+    c, d = qp_pair(ctx, "stream")
+    assert c.qp.established and d.qp.established

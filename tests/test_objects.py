@@ -203,3 +203,45 @@ def test_closing_a_context_ends_a_get_async_event_without_timeout(engine: str) -
     ctx = v.Context(name="tcpv_lo", engine=engine)
     exc = _closing_wakes(ctx.get_async_event, ctx.close)
     assert isinstance(exc, v.ClosedResourceError) and exc.errno == errno.EBADF
+
+
+def test_closing_a_context_wakes_every_thread_in_get_async_event(engine: str) -> None:
+    ctx = v.Context(name="tcpv_lo", engine=engine)
+    raised: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            ctx.get_async_event()
+        except BaseException as exc:
+            raised.append(exc)
+
+    threads = [threading.Thread(target=waiter, daemon=True) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    ctx.close()
+    for thread in threads:
+        thread.join(5)
+    assert not any(t.is_alive() for t in threads), "a waiter outlived the context"
+    assert len(raised) == 3 and all(isinstance(e, v.ClosedResourceError) for e in raised)
+
+
+def test_an_event_of_a_cq_closed_meanwhile_still_names_it(ctx: v.Context) -> None:
+    """An event read after its CQ was closed still comes out with that (closed) CQ."""
+    import select
+
+    from tcpverbs.testing import ALL_ACCESS, connect, make_endpoint
+
+    channel = v.CompChannel(ctx)
+    cq = v.CQ(ctx, 8, channel=channel)
+    pd = v.PD(ctx)
+    qp = v.QP(pd, v.QPInitAttr(scq=cq, rcq=cq, cap=v.QPCap(4, 4, 1, 1, 0)), v.QPAttr())
+    other = make_endpoint(ctx)
+    connect(qp, other.qp)
+    mine, theirs = v.MR(pd, 8, A.IBV_ACCESS_LOCAL_WRITE), v.MR(other.pd, 8, ALL_ACCESS)
+    other.qp.post_recv(v.RecvWR(1, 1, [v.SGE(theirs.buf, 8, theirs.lkey)]))
+    cq.req_notify()
+    qp.post_send(v.SendWR(2, v.ibv_wr_opcode.IBV_WR_SEND, 1, 0, [v.SGE(mine.buf, 8, mine.lkey)]))
+    assert select.select([channel.fd], [], [], 5)[0], "no completion event"
+    cq.close()  # (and the QP that uses it)
+    assert channel.get_cq_event(timeout=1) is cq

@@ -801,3 +801,33 @@ def test_closing_the_context_closes_everything(fake: FakeEngine) -> None:
         v.PD(ctx)
     ctx.close()
     assert fake.called("close") == [("close",)]
+
+
+# -- an engine that refuses ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["create_qp", "create_cq", "create_channel"])
+def test_an_engine_that_refuses_to_create_leaves_nothing_behind(
+    fctx: v.Context, fake: FakeEngine, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """The object joins the tree only once the engine made its half: a refusal leaves no
+    half-made child that would break closing its parents."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise v.TcpverbsError(errno.EMFILE, "out of descriptors")
+
+    pd = v.PD(fctx)
+    cq = v.CQ(fctx, 4)
+    monkeypatch.setattr(fake, what, refuse)
+    with pytest.raises(v.TcpverbsError) as info:
+        if what == "create_qp":
+            v.QP(pd, v.QPInitAttr(scq=cq, rcq=cq))
+        elif what == "create_cq":
+            v.CQ(fctx, 4)
+        else:
+            v.CompChannel(fctx)
+    assert info.value.errno == errno.EMFILE
+    assert len(pd._children) == 0 and len(cq._children) == 0
+    monkeypatch.undo()
+    fctx.close()  # every child closes cleanly, and the engine with them
+    assert fake.called("close")

@@ -8,7 +8,6 @@ import secrets
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
 from .cq import CQ, DEFAULT_SPIN_US
@@ -27,9 +26,6 @@ from .engine.api import ContextEngine
 from .enums import ibv_event_type
 from .errors import TcpverbsError
 from .oob.service import OobService
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["AsyncEvent", "Context"]
 
@@ -167,7 +163,7 @@ class Context(VerbsObject):
         self._check_open()
         with self._lock:
             qps = len(self._qpns)
-            cqs = sum(isinstance(c, CQ) for c in self._children.values())
+            cqs = sum(isinstance(c, CQ) for c in list(self._children.values()))
         return {**self._engine.statistics(), "qps": qps, "cqs": cqs, "engine": self.engine}
 
     def _release(self) -> None:

@@ -76,11 +76,15 @@ class CompChannel(VerbsObject):
     """
 
     def __init__(self, ctx: Context) -> None:
-        super().__init__(ctx)
+        ctx._check_open()
         self.ctx = ctx
         self._channel: ChannelEngine = ctx._engine.create_channel()
+        try:
+            super().__init__(ctx)
+        except BaseException:
+            self._channel.destroy()
+            raise
         self.fd = self._channel.fd
-        self._cqs: dict[int, CQ] = {}
 
     def get_cq_event(self, cq: CQ | None = None, timeout: float | None = None) -> CQ:
         """Block until an armed CQ of this channel got a completion; return that CQ.
@@ -92,9 +96,11 @@ class CompChannel(VerbsObject):
         self._check_open()
         handle = self._channel.get_cq_event(timeout)
         self._check_open()
-        got = self._cqs.get(handle) if handle is not None else None
-        if got is None:
+        if handle is None:
             raise TcpverbsError(errno.ETIMEDOUT, "no completion event within the timeout")
+        got = self.ctx._objects.get(handle)
+        if not isinstance(got, CQ):  # the CQ is gone, and nobody holds it any more
+            raise TcpverbsError(errno.EBADF, "completion event of a CQ that no longer exists")
         got._events_unacked += 1
         if cq is not None and got is not cq:
             raise TcpverbsError(errno.EINVAL, "completion event belongs to another CQ")
@@ -130,7 +136,8 @@ class CQ(VerbsObject):
         if comp_vector != 0:
             raise TcpverbsError(errno.EINVAL, "tcpverbs contexts have one completion vector (0)")
         parents: tuple[VerbsObject, ...] = (ctx,) if channel is None else (ctx, channel)
-        super().__init__(*parents)
+        for parent in parents:
+            parent._check_open()
         self.ctx = ctx
         self.cqe = cqe
         self.cq_context = cq_context
@@ -141,8 +148,11 @@ class CQ(VerbsObject):
         self._cq: CQEngine = ctx._engine.create_cq(
             self.handle, cqe, channel._channel if channel is not None else None
         )
-        if channel is not None:
-            channel._cqs[self.handle] = self
+        try:  # joins the tree only once the engine has it: a failure leaves nothing behind
+            super().__init__(*parents)
+        except BaseException:
+            self._cq.destroy()
+            raise
 
     # -- application side --------------------------------------------------------
     def poll(self, num_entries: int = 1) -> tuple[int, list[WC]]:
@@ -220,8 +230,6 @@ class CQ(VerbsObject):
 
     def _release(self) -> None:
         self._cq.destroy()
-        if self.channel is not None:
-            self.channel._cqs.pop(self.handle, None)
 
     def __len__(self) -> int:
         return self._cq.pending

@@ -110,8 +110,6 @@ _RTS_MASK = (
     | M.IBV_QP_MAX_QP_RD_ATOMIC
 )
 
-WR = ibv_wr_opcode
-
 
 class QP(VerbsObject):
     """``ibv_create_qp``: ``QP(pd, QPInitAttr(...), qp_attr=None)``.
@@ -124,7 +122,6 @@ class QP(VerbsObject):
         parents: list[VerbsObject] = [pd, scq]
         if rcq is not scq:
             parents.append(rcq)
-        super().__init__(*parents)
         self.pd = pd
         self.ctx = pd.ctx
         self.init_attr = init_attr
@@ -160,6 +157,12 @@ class QP(VerbsObject):
         except BaseException:
             self.ctx._free_qpn(self.qp_num)
             raise
+        try:  # joins the tree only once the engine has it: a failure leaves nothing behind
+            super().__init__(*parents)
+        except BaseException:
+            self._qp.destroy()
+            self.ctx._free_qpn(self.qp_num)
+            raise
         # the data path calls the engine directly: one attribute lookup less per WR
         self._post_send = self._qp.post_send
         self._post_recv = self._qp.post_recv
@@ -174,6 +177,11 @@ class QP(VerbsObject):
     @property
     def qp_type(self) -> ibv_qp_type:
         return ibv_qp_type.IBV_QPT_RC
+
+    @property
+    def established(self) -> bool:
+        """The connection is up (rc: both hellos exchanged; stream: from the handoff)."""
+        return self._qp.established
 
     @property
     def error(self) -> TcpverbsError | None:
@@ -398,8 +406,9 @@ class QP(VerbsObject):
         return PostError(err, why, wr, index)
 
     def _release(self) -> None:
-        self.ctx._oob.cancel(self.qp_num)
-        self._qp.destroy()
+        with self._lock:  # no modify() half-way: a connection plan never outlives the QP
+            self.ctx._oob.cancel(self.qp_num)
+            self._qp.destroy()
         self.ctx._free_qpn(self.qp_num)
 
     def statistics(self) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """A reactor thread: one epoll loop with timers, woken early by an eventfd.
 
 The Python engine runs one per context for its progress (:mod:`tcpverbs.engine.py`), and
-the out-of-band connection service one of its own (:mod:`tcpverbs.cm.oob`), so that
+the out-of-band connection service one of its own (:mod:`tcpverbs.oob`), so that
 neither reaches into the other.  Handlers take whatever locks they need themselves.
 An exception escaping a handler is a bug; it is not allowed to kill the thread (every
 other handler would hang): the handler's ``on_crash`` pays for it instead.

@@ -229,3 +229,20 @@ def test_an_exception_inside_a_channel_sleep_hands_the_socket_back_to_the_engine
     while not len(rcq) and time.monotonic() < deadline:
         time.sleep(0.01)  # nobody polls: only the progress thread can receive it
     assert len(rcq) == 1
+
+
+def test_a_destroyed_qp_takes_no_connection(ctx: v.Context) -> None:
+    """A socket handed over (by the out-of-band service) after the QP was destroyed is
+    refused and left to the caller: no transport, no socket kept open."""
+    from tcpverbs.testing import make_endpoint, tcp_socket_pair
+
+    end = make_endpoint(ctx)
+    handed, peer = tcp_socket_pair()
+    end.qp.to_rtr(v.QPAttr(sock=handed))
+    engine_qp = end.qp._qp
+    end.qp.close()
+    mine, theirs = tcp_socket_pair()
+    assert engine_qp.attach(mine, None, None) is False
+    assert mine.fileno() != -1  # still the caller's
+    for sock in (mine, theirs, peer):
+        sock.close()

@@ -213,11 +213,6 @@ class QPEngine(Protocol):
         ...
 
     @property
-    def setup_failed(self) -> bool:
-        """The QP went to ERR before its connection came up (its posts are refused)."""
-        ...
-
-    @property
     def established(self) -> bool:
         """The connection is up (rc: both hellos exchanged)."""
         ...

@@ -196,11 +196,15 @@ class OobService:
     def dial(self, qp: QPEngine, sock: socket.socket, dest: int, host: str) -> None:
         """Watch the connection *sock* (from :func:`connect_socket`) to QP *dest* at
         *host* for *qp*: hand it over when it connects, dial again while refused."""
-        with self._lock:
-            reactor = self._start_listening()
-            dial = _Dial(self, reactor, qp, sock, dest, host)
-            self._dials[qp.qp_num] = dial
-        dial.start()
+        try:
+            with self._lock:
+                reactor = self._start_listening()
+                dial = _Dial(self, reactor, qp, sock, dest, host)
+                self._dials[qp.qp_num] = dial
+            dial.start()
+        except BaseException:
+            sock.close()
+            raise
 
     def expect(self, qp: QPEngine, dest: int, host: str) -> None:
         """*qp* (in RTR) waits for QP *dest* at *host* to dial it."""
@@ -219,7 +223,7 @@ class OobService:
                     ours = self._waits.get(qpn) is wait
                     if ours:
                         del self._waits[qpn]
-                if ours and qp.attach(entry.sock, entry.hello, None):
+                if ours and self._hand_over(qp, entry.sock, entry.hello, None):
                     for rest in parked[i + 1 :]:  # the ones before are closed already
                         rest.sock.close()
                     return
@@ -269,8 +273,23 @@ class OobService:
         if error is not None:
             dial.sock.close()
             dial.qp.fail(error, setup=True)
-        elif not dial.qp.attach(dial.sock, None, CONNECT_TIMEOUT):
-            dial.sock.close()  # the QP left RTR/RTS meanwhile
+        else:
+            self._hand_over(dial.qp, dial.sock, None, CONNECT_TIMEOUT)
+
+    def _hand_over(
+        self, qp: QPEngine, sock: socket.socket, hello: Hello | None, timeout: float | None
+    ) -> bool:
+        """Give *sock* to *qp*'s engine; a QP that cannot take it keeps no stale wait, and
+        one whose engine fails to start the connection goes to ERR saying so."""
+        try:
+            taken = qp.attach(sock, hello, timeout)
+        except Exception as exc:
+            sock.close()
+            qp.fail(TcpverbsError(errno.EIO, f"starting the connection: {exc!r}"), setup=True)
+            return False
+        if not taken:
+            sock.close()  # the QP left RTR/RTS (or was destroyed) meanwhile
+        return taken
 
     # -- arrivals (reactor thread) -----------------------------------------------------
     def _arrived(self, sock: socket.socket, hello: Hello) -> None:
@@ -297,8 +316,7 @@ class OobService:
             return
         if wait.timer is not None:
             wait.timer.cancel()
-        if not wait.qp.attach(sock, hello, None):
-            sock.close()
+        self._hand_over(wait.qp, sock, hello, None)
 
     def _allocated(self, qpn: int) -> bool:
         return any(port.holds(qpn) for port in self._ports)
@@ -306,8 +324,9 @@ class OobService:
     def _unpark(self, qpn: int, entry: _Parked) -> None:
         with self._lock:
             waiting = self._parked.get(qpn, [])
-            if entry in waiting:
-                waiting.remove(entry)
+            if entry not in waiting:  # taken (or cancelled) meanwhile: not ours to close
+                return
+            waiting.remove(entry)
         entry.sock.close()
 
     # -- the reactor and the listening sockets --------------------------------------------
@@ -506,6 +525,7 @@ class _Dial:
         self.delay = REDIAL_FIRST
         self.timer: Timer | None = None
         self._stopped = False
+        self._lock = threading.Lock()  # stop() (any thread) against a redial (reactor)
 
     def start(self) -> None:
         self.reactor.register(self.sock.fileno(), self, select.EPOLLOUT | _ERR)
@@ -534,34 +554,36 @@ class _Dial:
             )
 
     def _again(self) -> None:
-        if self._stopped:
-            return
-        family, local = self.sock.family, self.sock.getsockname()[0]
-        self.sock.close()
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setblocking(False)
-        try:
-            self.sock.bind((local, 0))
-            err = self.sock.connect_ex((self.host, self.dest >> 8))
-        except OSError as exc:
-            err = exc.errno or errno.EIO
-        if err in (0, errno.EINPROGRESS, errno.ECONNREFUSED):
-            self.start()  # a refusal shows up in epoll like any other outcome
-        else:
-            self.service._dial_done(
-                self,
-                ConnectionBrokenError(
-                    err, f"connecting to QP {self.dest} at {self.host}: {_strerror(err)}"
-                ),
-            )
+        with self._lock:
+            if self._stopped:
+                return
+            family, local = self.sock.family, self.sock.getsockname()[0]
+            self.sock.close()
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+            self.sock.setblocking(False)
+            try:
+                self.sock.bind((local, 0))
+                err = self.sock.connect_ex((self.host, self.dest >> 8))
+            except OSError as exc:
+                err = exc.errno or errno.EIO
+            if err in (0, errno.EINPROGRESS, errno.ECONNREFUSED):
+                self.start()  # a refusal shows up in epoll like any other outcome
+                return
+        self.service._dial_done(  # an error no redial mends
+            self,
+            ConnectionBrokenError(
+                err, f"connecting to QP {self.dest} at {self.host}: {_strerror(err)}"
+            ),
+        )
 
     def stop(self) -> None:
-        self._stopped = True
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.sock.fileno() >= 0:
-            self.reactor.unregister(self.sock.fileno())
-            self.sock.close()
+        with self._lock:
+            self._stopped = True
+            if self.timer is not None:
+                self.timer.cancel()
+            if self.sock.fileno() >= 0:
+                self.reactor.unregister(self.sock.fileno())
+                self.sock.close()
 
     def on_crash(self, exc: BaseException) -> None:
         self.service._dial_done(

@@ -15,11 +15,13 @@ outcomes, error flush), :mod:`.cq` (completions, channels, the waiting policy),
 
 from __future__ import annotations
 
+import errno
 import queue
 import threading
 from collections import Counter
 
 from ...enums import ibv_event_type
+from ...errors import TcpverbsError
 from ...reactor import Reactor
 from ..api import ChannelEngine, EngineEvent, QPSpec
 from .cq import PyChannel, PyCQ
@@ -59,9 +61,15 @@ class PyEngine:
         self._closed = False
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def reactor(self) -> Reactor:
-        """The progress thread, started on first use."""
+        """The progress thread, started on first use (never again once closed)."""
         with self._lock:
+            if self._closed:
+                raise TcpverbsError(errno.EBADF, "the context's engine is closed")
             if self._reactor is None:
                 self._reactor = Reactor(f"tcpverbs-{self.device}")
             return self._reactor
@@ -112,9 +120,12 @@ class PyEngine:
         if self._closed:
             return None
         try:
-            return self._events.get(block=timeout != 0, timeout=timeout or None)
+            event = self._events.get(block=timeout != 0, timeout=timeout or None)
         except queue.Empty:
             return None
+        if event is None:  # closed: pass the wake-up on to the next waiter
+            self._events.put(None)
+        return event
 
     # -- statistics ---------------------------------------------------------------
     def statistics(self) -> dict[str, int]:

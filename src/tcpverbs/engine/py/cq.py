@@ -254,11 +254,11 @@ class PyCQ:
         with self.lock:
             if self._closed:
                 return
-            if len(self.entries) >= self.cqe:
+            lost = len(self.entries) >= self.cqe
+            if lost:
                 self._lost += 1
                 self.stats["overruns"] += 1
                 overrun = self._lost == 1
-                entry[1].slot_freed(entry[2], entry[3])  # never to be polled
             else:
                 self.entries.append(entry)
                 overrun = False
@@ -268,6 +268,8 @@ class PyCQ:
             if self.armed and (not self._solicited_only or solicited or entry[0][1] != 0):
                 self.armed = False
                 notify = True
+        if lost:  # never to be polled: its slot is free now (QP lock, outside the CQ's)
+            entry[1].slot_freed(entry[2], entry[3])
         if overrun:
             self.engine.event(ibv_event_type.IBV_EVENT_CQ_ERR, self.handle, "CQ overrun")
         if notify and self.channel is not None:

@@ -126,15 +126,24 @@ class PyQP:
         self, sock: socket.socket, peer_hello: Hello | None, hello_timeout: float | None
     ) -> bool:
         with self.lock:
-            if self.state not in (S.IBV_QPS_RTR, S.IBV_QPS_RTS) or self.transport is not None:
+            if (
+                self.state not in (S.IBV_QPS_RTR, S.IBV_QPS_RTS)
+                or self.transport is not None
+                or self._destroyed
+                or self.engine.closed
+            ):
                 return False
             transport: Transport
             if self.wire == "stream":
                 transport = StreamTransport(self, sock)
             else:  # the hello: *peer_hello* if the connection service read it already
                 transport = RcTransport(self, sock, peer_hello, hello_timeout)
+            try:
+                transport.start()
+            except BaseException:
+                transport.close(None)
+                raise
             self.transport = transport
-            transport.start()
             return True
 
     def fail(self, error: TcpverbsError, *, setup: bool = False) -> None:

@@ -153,7 +153,7 @@ class RcTransport(Transport):
             dest_qp_num=qp.params.dest_qp_num,
         )
         self._tx.append(hello.encode())
-        self._hello_timer = self.engine.call_later(self._hello_timeout, self._hello_expired, self)
+        self._hello_timer = self.reactor.call_later(self._hello_timeout, self._hello_expired, self)
         self._flush()
         if self._early_hello is not None:  # read by the connection listener already
             try:
@@ -333,7 +333,7 @@ class RcTransport(Transport):
         # go back N: everything from the refused request on is sent again, in order
         self.qp.sq.extendleft(reversed(outcome.resend))
         resync = outcome.resync_msn
-        self._rnr_timer = self.engine.call_later(
+        self._rnr_timer = self.reactor.call_later(
             outcome.delay, lambda: self._rnr_resume(resync), self
         )
 

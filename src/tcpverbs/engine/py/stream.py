@@ -126,7 +126,7 @@ class StreamTransport(Transport):
         if qp.sq and not unacked:
             self._pump()
         if unacked and (self._ack_timer is None or self._ack_timer.cancelled):
-            self._ack_timer = self.engine.call_later(self._ack_delay, self._on_ack_timer, self)
+            self._ack_timer = self.reactor.call_later(self._ack_delay, self._on_ack_timer, self)
             self._ack_delay = min(self._ack_delay * 2, ACK_POLL_MAX)
 
     def _on_ack_timer(self) -> None:

@@ -1,6 +1,7 @@
 """What every transport shares: the socket, the transmit queue, interest, teardown.
 
-A transport is created at the INIT → RTR handoff and lives until the QP leaves the
+A transport is created when the QP gets its connection — at the INIT → RTR handoff, or
+when the out-of-band service hands over a socket — and lives until the QP leaves the
 connected states.  Every method is called with the QP's lock held (the engine's
 callbacks take it themselves), so a transport needs no locking of its own.
 
@@ -66,7 +67,7 @@ class Transport:
         self.sock = sock
         self.fd = sock.fileno()
         sock.setblocking(False)
-        self.engine: Reactor = qp.engine.reactor
+        self.reactor: Reactor = qp.engine.reactor
         self._tx: deque[Segment] = deque()
         self._tx_base = 0  # segments ever written out: position of _tx[0] in the stream
         self._closed = False
@@ -87,7 +88,7 @@ class Transport:
     # -- interface used by the QP ---------------------------------------------------
     def start(self) -> None:
         self._registered_events = self._events()
-        self.engine.register(self.fd, self, self._registered_events)
+        self.reactor.register(self.fd, self, self._registered_events)
 
     def send_posted(self) -> None:
         """New WRs are in ``qp.sq`` (and the QP is in RTS)."""
@@ -114,13 +115,13 @@ class Transport:
         self._cancel_timers()
         if self._park_timer is not None:
             self._park_timer.cancel()
-        self.engine.unregister(self.fd)
+        self.reactor.unregister(self.fd)
         if reason is None:
             self._settle()
             self._close_socket()
             return
         self._say_goodbye(reason)
-        _Drainer(self.engine, self.sock).start()
+        _Drainer(self.reactor, self.sock).start()
 
     # -- engine callbacks -------------------------------------------------------------
     def on_events(self, events: int) -> None:
@@ -202,7 +203,7 @@ class Transport:
             self._arm_park_check(APP_POLL_GRACE)
 
     def _arm_park_check(self, delay: float) -> None:
-        self._park_timer = self.engine.call_later(delay, lambda: self._check_parked(delay), self)
+        self._park_timer = self.reactor.call_later(delay, lambda: self._check_parked(delay), self)
 
     def _check_parked(self, waited: float) -> None:
         # Reading a float and two bools needs no lock: taking the QP lock here would make
@@ -278,7 +279,7 @@ class Transport:
             self._want_write = write
         events = self._events()
         if events != self._registered_events and not self._closed:
-            self.engine.modify(self.fd, events)
+            self.reactor.modify(self.fd, events)
             self._registered_events = events  # only once epoll has it
 
     def _flush(self) -> bool:
@@ -407,8 +408,8 @@ class _Drainer:
 
     _buf = bytearray(65536)
 
-    def __init__(self, engine: Reactor, sock: socket.socket) -> None:
-        self.engine = engine
+    def __init__(self, reactor: Reactor, sock: socket.socket) -> None:
+        self.reactor = reactor
         self.sock = sock
         self.timer: Timer | None = None
 
@@ -418,8 +419,8 @@ class _Drainer:
         except OSError:
             self.sock.close()
             return
-        self.engine.register(self.sock.fileno(), self, select.EPOLLIN | _ERR)
-        self.timer = self.engine.call_later(DRAIN_TIMEOUT, self._done, self)
+        self.reactor.register(self.sock.fileno(), self, select.EPOLLIN | _ERR)
+        self.timer = self.reactor.call_later(DRAIN_TIMEOUT, self._done, self)
 
     def on_events(self, events: int) -> None:
         while True:
@@ -443,5 +444,5 @@ class _Drainer:
         if self.timer is not None:
             self.timer.cancel()
         if self.sock.fileno() >= 0:
-            self.engine.unregister(self.sock.fileno())
+            self.reactor.unregister(self.sock.fileno())
             self.sock.close()

@@ -1,6 +1,6 @@
 """Work requests as the engine sees them: validated, with memory already resolved.
 
-Internal: built by :mod:`tcpverbs.qp` at post time, consumed by :mod:`tcpverbs.engine`.
+Internal: built by :mod:`.qp` at post time, consumed by the transports.
 A WR whose memory could not be resolved still enters the queue, carrying ``error``, so
 that its error completion comes out in queue order like on hardware.
 """
