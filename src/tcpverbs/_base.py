@@ -19,7 +19,7 @@ __all__ = ["VerbsObject"]
 class VerbsObject:
     """Base of every verbs object."""
 
-    _closed: bool
+    _closed: bool = True  # until __init__ joins the tree (a half-made object is not open)
 
     def __init__(self, *parents: VerbsObject) -> None:
         self._closed = False

@@ -26,6 +26,7 @@ from .engine.api import ContextEngine
 from .enums import ibv_event_type
 from .errors import TcpverbsError
 from .oob.service import OobService
+from .qp import QP
 
 __all__ = ["AsyncEvent", "Context"]
 
@@ -80,7 +81,6 @@ class Context(VerbsObject):
         self.zerocopy_min = zerocopy_min  # as given (the engine applies it)
         self._oob = OobService(self.name.decode())
         self._keys: set[int] = set()
-        self._qpns: set[int] = set()
         self._handles = itertools.count(1)  # what the engine knows PDs, CQs and QPs by
         # handle -> object, for the events the engine names by handle (weak: an event
         # read late finds its object while the application still holds it)
@@ -139,18 +139,6 @@ class Context(VerbsObject):
         with self._lock:
             self._keys.discard(key)
 
-    def _new_qpn(self) -> int:
-        """A QP number that also says where to dial it (see :mod:`tcpverbs.oob`)."""
-        qpn = self._oob.alloc_qpn()
-        with self._lock:
-            self._qpns.add(qpn)
-        return qpn
-
-    def _free_qpn(self, qpn: int) -> None:
-        with self._lock:
-            self._qpns.discard(qpn)
-        self._oob.free_qpn(qpn)
-
     def statistics(self) -> dict[str, int | str]:
         """Counters of everything this context did: the sum over its QPs and CQs (closed
         ones included), the engine's, and the counted system calls; ``engine`` names the
@@ -162,8 +150,9 @@ class Context(VerbsObject):
         """
         self._check_open()
         with self._lock:
-            qps = len(self._qpns)
-            cqs = sum(isinstance(c, CQ) for c in list(self._children.values()))
+            live = [obj for obj in list(self._objects.values()) if not obj.closed]
+        qps = sum(isinstance(obj, QP) for obj in live)
+        cqs = sum(isinstance(obj, CQ) for obj in live)
         return {**self._engine.statistics(), "qps": qps, "cqs": cqs, "engine": self.engine}
 
     def _release(self) -> None:

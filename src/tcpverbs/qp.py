@@ -130,7 +130,7 @@ class QP(VerbsObject):
         self.scq: CQ = scq
         self.rcq: CQ = rcq
         self.sq_sig_all = bool(init_attr.sq_sig_all)
-        self.qp_num = self.ctx._new_qpn()
+        self.qp_num = self.ctx._oob.alloc_qpn()  # it also says where to dial the QP
         self.handle = self.ctx._new_handle(self)
         self._attr = QPAttr(qp_state=S.IBV_QPS_RESET, cap=self.cap)
         self._lock = threading.Lock()  # serialises the application's modify() calls
@@ -155,13 +155,13 @@ class QP(VerbsObject):
                 )
             )
         except BaseException:
-            self.ctx._free_qpn(self.qp_num)
+            self.ctx._oob.free_qpn(self.qp_num)
             raise
         try:  # joins the tree only once the engine has it: a failure leaves nothing behind
             super().__init__(*parents)
         except BaseException:
             self._qp.destroy()
-            self.ctx._free_qpn(self.qp_num)
+            self.ctx._oob.free_qpn(self.qp_num)
             raise
         # the data path calls the engine directly: one attribute lookup less per WR
         self._post_send = self._qp.post_send
@@ -409,7 +409,7 @@ class QP(VerbsObject):
         with self._lock:  # no modify() half-way: a connection plan never outlives the QP
             self.ctx._oob.cancel(self.qp_num)
             self._qp.destroy()
-        self.ctx._free_qpn(self.qp_num)
+        self.ctx._oob.free_qpn(self.qp_num)
 
     def statistics(self) -> dict[str, int]:
         """Counters of this QP's traffic (see the engine's transport for their meaning)."""

@@ -176,6 +176,8 @@ class OobService:
             return qpn
 
     def free_qpn(self, qpn: int) -> None:
+        """QP *qpn* is gone: nothing waits, dials or is parked for its number any more
+        (whoever frees it may have cancelled already; cancelling is idempotent)."""
         self.cancel(qpn)
         with self._lock:
             for port in self._ports:
