@@ -10,6 +10,11 @@ Run as ``python tests/peer_proc.py ROLE [options]``:
   ``count * size`` bytes), print ``stalled``, post no more receives and wait to be killed.
 * ``rc-client`` / ``stream-client HOST PORT``: send ``--count`` messages of ``--size``
   bytes with a verifiable pattern, receive the echo, verify it, exit 0.
+* ``rc-probe`` / ``stream-probe HOST PORT``: connect with ``--qp-timeout`` and
+  ``--retry-cnt``, exchange one message with an echo server, print ``ready``, wait for a
+  line on stdin, then post ``--count`` receives and SENDs of ``--size`` bytes and print
+  one JSON line: every completion's status, when the first error came, whether the echo
+  was intact, ``qp.error`` and the async event (the black-hole tests).
 
 A watchdog (``--timeout``) ends the process whatever happens.  The tests import
 :func:`spawn`, :func:`pattern` and :func:`exchange` from here too.
@@ -18,6 +23,7 @@ A watchdog (``--timeout``) ends the process whatever happens.  The tests import
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -173,6 +179,59 @@ def client(wire: str, host: str, port: int, count: int, size: int) -> None:
     qp.close()
 
 
+def probe(wire: str, host: str, port: int, count: int, size: int, attr: v.QPAttr) -> None:
+    pd, cq, init = setup(wire, count + 1)
+    qp = connect(host, port, pd, init, attr)
+    if exchange(qp, pd, cq, 1, size) != pattern(1, size):
+        raise SystemExit("the first echo differs")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    total = count * size
+    smr, rmr = v.MR(pd, total, LOCAL_WRITE), v.MR(pd, total, LOCAL_WRITE)
+    smr.write(pattern(count, size), total)
+    start = time.monotonic()
+    if wire == "rc":
+        for i in range(count):
+            post_recv(qp, rmr, i, i * size, size)
+    else:
+        post_recv(qp, rmr, 0, 0, total)
+    for i in range(count):
+        post_send(qp, smr, i, i * size, size)
+    sends: list[str] = []  # the statuses of the SENDs, in completion order
+    first_error: float | None = None
+    got = 0
+    deadline = start + 120
+    while (len(sends) < count or (got < total and first_error is None)) and (
+        time.monotonic() < deadline
+    ):
+        _, wcs = cq.poll(16)
+        if not wcs:
+            time.sleep(0.001)
+        for wc in wcs:
+            if wc.status != OK and first_error is None:
+                first_error = time.monotonic() - start
+            if wc.opcode == v.ibv_wc_opcode.IBV_WC_SEND:  # also on errors (tcpverbs sets it)
+                sends.append(v.ibv_wc_status(wc.status).name)
+            elif wc.status == OK:
+                got += wc.byte_len
+                if wire == "stream" and got < total:
+                    post_recv(qp, rmr, 0, got, total - got)
+    event = qp.ctx.get_async_event(timeout=0) if first_error is not None else None
+    print(
+        json.dumps(
+            {
+                "sends": sends,
+                "first_error": first_error,
+                "echo_intact": got == total and rmr.read(total, 0) == pattern(count, size),
+                "error": None if qp.error is None else [qp.error.errno, qp.error.strerror],
+                "event": None if event is None else event.event_type.name,
+                "state": qp.qp_state.name,
+            }
+        ),
+        flush=True,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("role")
@@ -182,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--timeout", type=int, default=60)
     parser.add_argument("--zerocopy-min", type=int, default=None)
+    parser.add_argument("--qp-timeout", type=int, default=14, help="QPAttr.timeout")
+    parser.add_argument("--retry-cnt", type=int, default=7, help="QPAttr.retry_cnt")
     args = parser.parse_args(argv)
     CONTEXT_OPTIONS["zerocopy_min"] = args.zerocopy_min
     signal.alarm(args.timeout)  # watchdog: SIGALRM ends the process
@@ -193,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif kind == "client":
         host, port = args.address
         client(wire, host, int(port), args.count, args.size)
+    elif kind == "probe":
+        host, port = args.address
+        attr = v.QPAttr(timeout=args.qp_timeout, retry_cnt=args.retry_cnt)
+        probe(wire, host, int(port), args.count, args.size, attr)
     else:
         parser.error(f"unknown role {args.role!r}")
 
@@ -207,7 +272,9 @@ def spawn(*args: str, prefix: Sequence[str] = ()) -> Iterator[subprocess.Popen[s
     On exit the process is killed if still running and always reaped, pipes closed.
     """
     cmd = [*prefix, sys.executable, str(SCRIPT), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         yield proc
     finally:

@@ -8,6 +8,8 @@ is deleted in teardown.  Needs root and iproute2; skipped otherwise.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import subprocess
@@ -15,8 +17,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+
+from tcpverbs.engine.api import requester_timeout
 
 from .peer_proc import finish, read_line, spawn
 
@@ -119,6 +124,83 @@ def netem(net: Net) -> Iterator[Netem]:
     yield add
     for ns, dev in added:
         run(*in_ns(ns), "tc", "qdisc", "del", "dev", dev, "root")
+
+
+@pytest.fixture
+def black_hole(net: Net) -> Iterator[Callable[[bool], None]]:
+    """``black_hole(True)`` drops every packet between A and B (nftables in B, both
+    directions); ``black_hole(False)`` lifts it.  Lifted after the test."""
+    if shutil.which("nft") is None:
+        pytest.skip("`nft` is not installed (Debian package nftables)")
+    table = ("inet", "tcpv_black_hole")
+
+    def switch(on: bool) -> None:
+        if on:
+            rules = (
+                f"table {table[0]} {table[1]} {{\n"
+                f"  chain in {{ type filter hook input priority 0; ip saddr {ADDR_A} drop; }}\n"
+                f"  chain out {{ type filter hook output priority 0; ip daddr {ADDR_A} drop; }}\n"
+                "}\n"
+            )
+            result = subprocess.run(
+                [*in_ns(NS_B), "nft", "-f", "-"],
+                input=rules,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                pytest.skip(f"nftables does not work here: {result.stderr.strip()}")
+        else:
+            must(*in_ns(NS_B), "nft", "delete", "table", *table)
+
+    yield switch
+    run(*in_ns(NS_B), "nft", "delete", "table", *table)
+
+
+def probe_through(
+    wire: str, black_hole: Callable[[bool], None], hole: float | None, *qp_attr: str
+) -> dict[str, Any]:
+    """An echo server in A, a ``{wire}-probe`` in B: once both are up, a black hole opens
+    (lifted after *hole* seconds, or never), the probe posts 8 SENDs of 64 KiB; its report."""
+    count, size = 8, 64 * KIB
+    sizes = ("--count", str(count + 1), "--size", str(size))
+    with spawn(f"{wire}-echo", "--host", ADDR_A, *sizes, prefix=in_ns(NS_A)) as server:
+        port = read_line(server)
+        probe_args = ("--count", str(count), "--size", str(size), *qp_attr)
+        with spawn(f"{wire}-probe", ADDR_A, port, *probe_args, prefix=in_ns(NS_B)) as probe:
+            assert read_line(probe) == "ready"
+            black_hole(True)
+            assert probe.stdin is not None
+            probe.stdin.write("go\n")
+            probe.stdin.flush()
+            if hole is not None:
+                time.sleep(hole)
+                black_hole(False)
+            report: dict[str, Any] = json.loads(read_line(probe))
+    return report
+
+
+def test_black_hole_times_out_as_verbs_say(wire: str, black_hole: Callable[[bool], None]) -> None:
+    """timeout 16, retry_cnt 3: 4.096 µs * 2^16 * 4 = 1.07 s.  Then the oldest WR
+    completes IBV_WC_RETRY_EXC_ERR, the rest flush, the QP is in ERR with an event."""
+    limit = requester_timeout(16, 3)
+    assert limit is not None and 1.0 < limit < 1.1
+    report = probe_through(wire, black_hole, None, "--qp-timeout", "16", "--retry-cnt", "3")
+    assert report["sends"] == ["IBV_WC_RETRY_EXC_ERR"] + ["IBV_WC_WR_FLUSH_ERR"] * 7, report
+    assert limit <= report["first_error"] < 2 * limit, report
+    assert report["error"][0] == errno.ETIMEDOUT and "timeout 16" in report["error"][1]
+    assert report["event"] == "IBV_EVENT_QP_FATAL" and report["state"] == "IBV_QPS_ERR"
+
+
+def test_black_hole_that_lifts_in_time_loses_nothing(
+    wire: str, black_hole: Callable[[bool], None]
+) -> None:
+    """timeout 18, retry_cnt 3 (4.3 s) and a 1 s black hole: TCP retransmits, all is well."""
+    report = probe_through(wire, black_hole, 1.0, "--qp-timeout", "18", "--retry-cnt", "3")
+    assert report["sends"] == ["IBV_WC_SUCCESS"] * 8, report
+    assert report["echo_intact"] and report["error"] is None, report
+    assert report["state"] == "IBV_QPS_RTS"
 
 
 def echo_between_namespaces(wire: str, host: str, count: int, size: int, *extra: str) -> None:

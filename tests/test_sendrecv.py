@@ -356,6 +356,10 @@ def test_peer_close_flushes_everything_outstanding(pair: PairFactory, wire: str)
     b.qp.close()
     wcs = poll_until(a.rcq, 3)
     assert [(w.wr_id, w.status) for w in wcs] == [(i, W.IBV_WC_WR_FLUSH_ERR) for i in range(3)]
+    if wire == "stream":  # the EOF ended the receive side only; our next bytes draw a reset
+        assert a.qp.qp_state == v.ibv_qp_state.IBV_QPS_RTS
+        send(a, rmr, 8, wr_id=8)
+        assert [(w.wr_id, w.status) for w in poll_until(a.scq)] == [(8, W.IBV_WC_WR_FLUSH_ERR)]
     assert a.qp.qp_state == v.ibv_qp_state.IBV_QPS_ERR
     assert isinstance(a.qp.error, v.ConnectionBrokenError)
     # posting to a QP in ERR completes with a flush

@@ -7,9 +7,11 @@ posted); a signaled SEND completes once TCP has acknowledged its last byte.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -29,18 +31,29 @@ LOCAL_WRITE = v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
 KIB, MIB = 1024, 1024 * 1024
 
 
-@pytest.fixture
-def plain(ctx: v.Context) -> Iterator[tuple[Endpoint, socket.socket]]:
-    """A stream QP in RTS and the plain socket at the other end of its connection."""
-    end = make_endpoint(ctx, "stream", v.QPCap(256, 256, 1, 1, 0))
+def to_plain_peer(
+    end: Endpoint, rcvbuf: int | None = None, attr: v.QPAttr | None = None
+) -> socket.socket:
+    """Connect *end*'s stream QP (to RTS, with *attr*) to a plain socket over loopback;
+    return that socket.  *rcvbuf* fixes its receive buffer (no autotuning), so that
+    what it has not read holds back the acknowledgements."""
     with socket.socket() as listener:
+        if rcvbuf is not None:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         mine = socket.create_connection(listener.getsockname())
         theirs, _ = listener.accept()
     end.qp.to_rtr(v.QPAttr(sock=mine))
-    end.qp.to_rts(v.QPAttr())
-    with theirs:
+    end.qp.to_rts(attr or v.QPAttr())
+    return theirs
+
+
+@pytest.fixture
+def plain(ctx: v.Context) -> Iterator[tuple[Endpoint, socket.socket]]:
+    """A stream QP in RTS and the plain socket at the other end of its connection."""
+    end = make_endpoint(ctx, "stream", v.QPCap(256, 256, 1, 1, 0))
+    with to_plain_peer(end) as theirs:
         yield end, theirs
 
 
@@ -105,9 +118,9 @@ def test_receive_completes_with_what_landed(plain: tuple[Endpoint, socket.socket
     assert mr.read(15, 0) == b"0123456789abcde"
 
 
-def test_peer_close_flushes_receives(plain: tuple[Endpoint, socket.socket]) -> None:
+def test_half_close_ends_only_the_receive_side(plain: tuple[Endpoint, socket.socket]) -> None:
     end, theirs = plain
-    mr = v.MR(end.pd, 4096, LOCAL_WRITE)
+    mr = v.MR(end.pd, MIB, LOCAL_WRITE)
     theirs.sendall(b"last words")
     theirs.shutdown(socket.SHUT_WR)
     post_recv(end.qp, mr, 1, 0, 4096)
@@ -115,23 +128,97 @@ def test_peer_close_flushes_receives(plain: tuple[Endpoint, socket.socket]) -> N
     first, second = poll_until(end.rcq, 2)
     assert (first.wr_id, first.status, first.byte_len) == (1, W.IBV_WC_SUCCESS, 10)
     assert (second.wr_id, second.status) == (2, W.IBV_WC_WR_FLUSH_ERR)
-    assert end.qp.qp_state == v.ibv_qp_state.IBV_QPS_ERR
+    assert end.qp.qp_state == v.ibv_qp_state.IBV_QPS_RTS and end.qp.error is None
+    post_recv(end.qp, mr, 3, 0, 4096)  # a receive posted after the end flushes at once
+    (third,) = poll_until(end.rcq)
+    assert (third.wr_id, third.status) == (3, W.IBV_WC_WR_FLUSH_ERR)
+    data = os.urandom(MIB)  # the other direction goes on
+    mr.write(data, len(data))
+    post_send(end.qp, mr, 4, 0, len(data))
+    assert recv_all(theirs, len(data)) == data
+    (sent,) = poll_until(end.scq)
+    assert (sent.wr_id, sent.status, sent.byte_len) == (4, W.IBV_WC_SUCCESS, len(data))
+    end.qp.close()
+    assert theirs.recv(1) == b""  # and ends when the application closes the QP
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["reads-at-once", "reads-late"])
+def test_peer_that_read_everything_and_closed_never_flushes_a_send(
+    ctx: v.Context, late: bool
+) -> None:
+    """Every byte reached the peer: every SEND completes SUCCESS, even though the peer's
+    EOF arrives right behind the acknowledgement of the last bytes."""
+    count, size = 16, 64 * KIB
+    end = make_endpoint(ctx, "stream", v.QPCap(count, 4, 1, 1, 0))
+    theirs = to_plain_peer(end, rcvbuf=64 * KIB)  # the last SENDs wait for its reads
+    mr = v.MR(end.pd, count * size, LOCAL_WRITE)
+    data = os.urandom(count * size)
+    mr.write(data, len(data))
+
+    def peer() -> None:
+        with theirs:
+            if late:
+                time.sleep(0.3)
+            assert recv_all(theirs, len(data)) == data
+
+    rmr = v.MR(end.pd, 16, LOCAL_WRITE)
+    post_recv(end.qp, rmr, 99, 0, 16)  # watching for the peer's data: it sees the EOF
+    reader = threading.Thread(target=peer)
+    reader.start()
+    for i in range(count):
+        post_send(end.qp, mr, i, i * size, size)
+    got: list[v.WC] = []
+    while len(got) < count:  # sleep in wait(), as the application that saw the loss did
+        got += end.scq.wait(count - len(got), timeout=10)
+    reader.join()
+    assert [(wc.wr_id, wc.status) for wc in got] == [(i, W.IBV_WC_SUCCESS) for i in range(count)]
+    (wc,) = poll_until(end.rcq)  # the receive ends with the stream
+    assert (wc.wr_id, wc.status) == (99, W.IBV_WC_WR_FLUSH_ERR)
+
+
+def test_reset_delivers_what_the_kernel_already_holds(
+    plain: tuple[Endpoint, socket.socket],
+) -> None:
+    end, theirs = plain
+    data = os.urandom(64 * KIB)
+    theirs.sendall(data)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    theirs.close()  # linger 0: RST
+    time.sleep(0.2)  # the reset has arrived; the data waits in our kernel
+    assert end.qp.qp_state == v.ibv_qp_state.IBV_QPS_RTS  # held: nothing of ours is lost
+    mr = v.MR(end.pd, len(data), LOCAL_WRITE)
+    lens = receive_exactly(end, mr, len(data))
+    assert sum(lens) == len(data) and mr.read(len(data), 0) == data
+    event = end.qp.ctx.get_async_event(timeout=5)  # then the reset is reported
+    assert (event.event_type, event.element) == (v.ibv_event_type.IBV_EVENT_QP_FATAL, end.qp)
     assert isinstance(end.qp.error, v.ConnectionBrokenError)
+    assert end.qp.error.errno == errno.ECONNRESET
+    post_recv(end.qp, mr, 7, 0, 16)
+    (wc,) = poll_until(end.rcq)
+    assert (wc.wr_id, wc.status) == (7, W.IBV_WC_WR_FLUSH_ERR)
+
+
+def test_reset_with_receives_posted_fills_them_first(
+    plain: tuple[Endpoint, socket.socket],
+) -> None:
+    end, theirs = plain
+    mr = v.MR(end.pd, 64 * KIB, LOCAL_WRITE)
+    for i in range(4):
+        post_recv(end.qp, mr, i, i * 16 * KIB, 16 * KIB)
+    theirs.sendall(b"x" * 1000)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    theirs.close()
+    got = poll_until(end.rcq, 4)
+    assert (got[0].wr_id, got[0].status, got[0].byte_len) == (0, W.IBV_WC_SUCCESS, 1000)
+    assert [wc.status for wc in got[1:]] == [W.IBV_WC_WR_FLUSH_ERR] * 3
+    assert end.qp.qp_state == v.ibv_qp_state.IBV_QPS_ERR
 
 
 def test_send_completes_only_when_the_peer_has_read(ctx: v.Context) -> None:
     """A 32 MiB SEND cannot fit in the kernel's buffers: no completion until the peer reads."""
     size = 32 * MIB
     end = make_endpoint(ctx, "stream", v.QPCap(4, 4, 1, 1, 0))
-    with socket.socket() as listener:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * KIB)  # no autotuning
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        mine = socket.create_connection(listener.getsockname())
-        theirs, _ = listener.accept()
-    with theirs:
-        end.qp.to_rtr(v.QPAttr(sock=mine))
-        end.qp.to_rts(v.QPAttr())
+    with to_plain_peer(end, rcvbuf=256 * KIB) as theirs:
         data = os.urandom(size)
         mr = v.MR(end.pd, size, LOCAL_WRITE)
         mr.write(data, size)

@@ -110,6 +110,20 @@ _RTS_MASK = (
     | M.IBV_QP_MAX_QP_RD_ATOMIC
 )
 
+# the integer attributes ibv_modify_qp checks: (mask bit, name, lowest, highest)
+_ATTR_RANGES = (
+    (M.IBV_QP_PATH_MTU, "path_mtu", 1, 5),  # an ibv_mtu
+    (M.IBV_QP_RQ_PSN, "rq_psn", 0, 0xFFFFFF),  # 24-bit fields
+    (M.IBV_QP_SQ_PSN, "sq_psn", 0, 0xFFFFFF),
+    (M.IBV_QP_DEST_QPN, "dest_qp_num", 0, 0xFFFFFF),
+    (M.IBV_QP_TIMEOUT, "timeout", 0, 31),  # 5-bit
+    (M.IBV_QP_MIN_RNR_TIMER, "min_rnr_timer", 0, 31),
+    (M.IBV_QP_RETRY_CNT, "retry_cnt", 0, 7),  # 3-bit
+    (M.IBV_QP_RNR_RETRY, "rnr_retry", 0, 7),
+    (M.IBV_QP_MAX_QP_RD_ATOMIC, "max_rd_atomic", 0, MAX_QP_RD_ATOM),
+    (M.IBV_QP_MAX_DEST_RD_ATOMIC, "max_dest_rd_atomic", 0, MAX_QP_RD_ATOM),
+)
+
 
 class QP(VerbsObject):
     """``ibv_create_qp``: ``QP(pd, QPInitAttr(...), qp_attr=None)``.
@@ -294,25 +308,10 @@ class QP(VerbsObject):
                 raise TcpverbsError(
                     errno.EINVAL, f"unsupported qp_access_flags 0x{attr.qp_access_flags:x}"
                 )
-        if mask & M.IBV_QP_PATH_MTU and not 1 <= attr.path_mtu <= 5:
-            raise TcpverbsError(errno.EINVAL, f"path_mtu {attr.path_mtu} is not an ibv_mtu")
-        if mask & M.IBV_QP_RNR_RETRY and not 0 <= attr.rnr_retry <= 7:
-            raise TcpverbsError(errno.EINVAL, f"rnr_retry {attr.rnr_retry} is outside 0..7")
-        if mask & M.IBV_QP_RETRY_CNT and not 0 <= attr.retry_cnt <= 7:
-            raise TcpverbsError(errno.EINVAL, f"retry_cnt {attr.retry_cnt} is outside 0..7")
-        if mask & M.IBV_QP_MIN_RNR_TIMER and not 0 <= attr.min_rnr_timer <= 31:
-            raise TcpverbsError(
-                errno.EINVAL, f"min_rnr_timer {attr.min_rnr_timer} is outside 0..31"
-            )
-        for bit, name in (
-            (M.IBV_QP_MAX_QP_RD_ATOMIC, "max_rd_atomic"),
-            (M.IBV_QP_MAX_DEST_RD_ATOMIC, "max_dest_rd_atomic"),
-        ):
+        for bit, name, low, high in _ATTR_RANGES:
             value = getattr(attr, name)
-            if mask & bit and not (isinstance(value, int) and 0 <= value <= MAX_QP_RD_ATOM):
-                raise TcpverbsError(
-                    errno.EINVAL, f"{name} {value!r} is outside 0..{MAX_QP_RD_ATOM}"
-                )
+            if mask & bit and not (isinstance(value, int) and low <= value <= high):
+                raise TcpverbsError(errno.EINVAL, f"{name} {value!r} is outside {low}..{high}")
 
     # -- connection -------------------------------------------------------------------
     def _plan_connection(self, attr: QPAttr, mask: M) -> _Plan:

@@ -163,6 +163,25 @@ class QPParams:
     dest_qp_num: int = 0
 
 
+MIN_REQUESTER_TIMEOUT = 1.0  # seconds: TCP's own retransmission makes shorter spurious
+
+
+def requester_timeout(timeout: int, retry_cnt: int) -> float | None:
+    """Seconds the requester waits for a sign of life from the peer while work is
+    outstanding, from ``QPAttr.timeout`` and ``retry_cnt``: the verbs formula
+    ``4.096 µs * 2^timeout * (retry_cnt + 1)``, at least :data:`MIN_REQUESTER_TIMEOUT`;
+    None (for ever) for ``timeout`` 0, as in verbs.
+
+    Every engine applies it the same way: once nothing has arrived from the peer's host
+    (no data, no TCP acknowledgement) for that long while a send WR is outstanding, the
+    oldest outstanding WR completes with ``IBV_WC_RETRY_EXC_ERR``, the rest flush, and
+    the QP goes to ERR with ``IBV_EVENT_QP_FATAL``.
+    """
+    if timeout == 0:
+        return None
+    return max(4.096e-6 * (1 << timeout) * (retry_cnt + 1), MIN_REQUESTER_TIMEOUT)
+
+
 class ChannelEngine(Protocol):
     """A completion channel: ``fd`` is readable while an event is pending."""
 

@@ -429,8 +429,12 @@ class PyQP:
         setup: bool = False,
         notify_peer: bool = True,
         event: ibv_event_type = ibv_event_type.IBV_EVENT_QP_FATAL,
+        first_status: int = _FLUSH,
     ) -> None:
-        """Move to ERR: close the connection and flush every outstanding WR, in order."""
+        """Move to ERR: close the connection and flush every outstanding WR, in order.
+
+        *first_status* goes to the oldest outstanding send WR instead of the flush (the
+        one a timeout struck, ``IBV_WC_RETRY_EXC_ERR``)."""
         with self.lock:
             if self.state is S.IBV_QPS_ERR or self._destroyed:
                 return
@@ -442,8 +446,10 @@ class PyQP:
             unfinished = transport.take_unfinished() if transport is not None else []
             if transport is not None:
                 transport.close(exc if notify_peer else None)
+            status = first_status
             for work in [*unfinished, *self.sq]:
-                self.complete_send(work, _FLUSH)
+                self.complete_send(work, status)
+                status = _FLUSH
             self.sq.clear()
             for rwork in self.rq:
                 self.complete_recv(rwork, _FLUSH)

@@ -249,6 +249,7 @@ class RcTransport(Transport):
             return
         sq, tx, window = qp.sq, self._tx, self.window
         rd_limit = self._rd_limit
+        idle = not window.inflight
         if sq:
             self._queue_ack()  # a deferred ACK rides along (see _process)
         while sq:
@@ -270,7 +271,12 @@ class RcTransport(Transport):
                 tx.extend(work.segments)  # READ and atomic segments receive the answer
             self.stats["wrs_sent"] += 1
             self.stats["frames_sent"] += 1
+        if idle and window.inflight:
+            self._requester_busy()
         self._flush()
+
+    def _awaiting_peer(self) -> bool:
+        return bool(self.window.inflight) and self._rnr_timer is None
 
     @staticmethod
     def _request_header(work: SendWork) -> bytes:

@@ -7,14 +7,25 @@ completes when TCP has acknowledged its last byte: the bytes we wrote minus what
 kernel still holds unacknowledged (``SIOCOUTQ``).  Acknowledgements raise no epoll
 event, so while sends await them the transport checks on a short, backing-off timer
 (and on every ``CQ.poll``).
+
+The end of the stream is TCP's, not the QP's:
+
+* **EOF** (the peer called ``shutdown(SHUT_WR)`` or ``close``) ends the receive side only:
+  posted receives, and every receive posted later, complete with ``IBV_WC_WR_FLUSH_ERR``
+  while the QP stays in RTS; SENDs go on and complete as TCP acknowledges them.  If the
+  peer closed entirely, the next bytes we send draw a reset, and that fails the QP.
+* **A reset** fails the QP — after the bytes the kernel already holds are delivered into
+  posted receives.  With none posted and nothing outstanding in the send direction, the
+  stream is *held*: it waits (in RTS, unwatched) for receives to take that data.
+* **Before any flush**, the kernel is asked once more what it has acknowledged
+  (``SIOCOUTQ`` is still right after a reset): a SEND the peer received completes SUCCESS,
+  never flushed — an application that resends flushed work must not send twice.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import socket
-import struct
 import termios
 from collections import deque
 from typing import TYPE_CHECKING
@@ -31,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["StreamTransport"]
 
 _OK = ibv_wc_status.IBV_WC_SUCCESS
-_OUTQ = struct.Struct("i")
+_FLUSH = ibv_wc_status.IBV_WC_WR_FLUSH_ERR
 ACK_POLL_FIRST = 0.0002  # seconds
 ACK_POLL_MAX = 0.02
 
@@ -47,6 +58,7 @@ class StreamTransport(Transport):
         self._ack_delay = ACK_POLL_FIRST
         self._checking = False
         self._want_read = bool(qp.rq)
+        self._ended = False  # the peer's EOF: the receive side is over
 
     def start(self) -> None:
         super().start()
@@ -68,6 +80,10 @@ class StreamTransport(Transport):
         self._receive()
 
     def take_unfinished(self) -> list[SendWork]:
+        try:  # what TCP acknowledged is done, whatever happens next
+            self._complete_acked(self._outq())
+        except OSError:
+            pass
         unfinished = list(self._unacked)
         self._unacked.clear()
         return unfinished
@@ -82,6 +98,7 @@ class StreamTransport(Transport):
         if self._closed or qp.state is not qp.state.IBV_QPS_RTS:
             return
         sq, unacked = qp.sq, self._unacked
+        idle = not unacked
         while sq:
             work = sq[0]
             if work.error is not None:
@@ -98,7 +115,12 @@ class StreamTransport(Transport):
             work.seq = self._queued
             unacked.append(work)
             self.stats["wrs_sent"] += 1
+        if idle and unacked:
+            self._requester_busy()
         self._flush()  # then _tx_drained starts watching acknowledgements
+
+    def _awaiting_peer(self) -> bool:
+        return bool(self._unacked)
 
     def _tx_drained(self) -> None:
         # EPOLLOUT finished a partial write: acknowledgements must be watched from here on
@@ -112,17 +134,21 @@ class StreamTransport(Transport):
         finally:
             self._checking = False
 
-    def _check_acked_once(self) -> None:
-        try:
-            outq = _OUTQ.unpack(fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0" * 4))[0]
-        except OSError as exc:
-            self._fail(from_oserror(exc, "reading the send queue"), notify_peer=False)
-            return
+    def _complete_acked(self, outq: int) -> None:
         acked = self.stats["bytes_sent"] - outq
         unacked, qp = self._unacked, self.qp
         while unacked and unacked[0].seq <= acked:
             qp.complete_send(unacked.popleft(), _OK)
             self._ack_delay = ACK_POLL_FIRST
+
+    def _check_acked_once(self) -> None:
+        try:
+            outq = self._outq()
+        except OSError as exc:
+            self._fail(from_oserror(exc, "reading the send queue"), notify_peer=False)
+            return
+        self._complete_acked(outq)
+        unacked, qp = self._unacked, self.qp
         if qp.sq and not unacked:
             self._pump()
         if unacked and (self._ack_timer is None or self._ack_timer.cancelled):
@@ -140,6 +166,10 @@ class StreamTransport(Transport):
     def _receive(self) -> None:
         qp = self.qp
         rq = qp.rq
+        if self._ended:  # nothing more will come: receives end at once
+            while rq:
+                qp.complete_recv(rq.popleft(), _FLUSH)
+            return
         while rq and not self._closed:
             work = rq[0]
             if work.error is not None:
@@ -158,5 +188,33 @@ class StreamTransport(Transport):
             rq.popleft()
             self.stats["wrs_received"] += 1
             qp.complete_recv(work, _OK, n)
-        if not self._closed:
-            self._set_interest(read=bool(rq))
+        if self._closed or self._ended:
+            return
+        if self._pending_error is not None and not self._readable_bytes():
+            self._broken(self._pending_error, "connection failed")  # all of it landed
+            return
+        self._set_interest(read=bool(rq))
+
+    def _peer_closed(self) -> None:
+        """EOF: the peer will send nothing more; our direction goes on (see the module)."""
+        self._ended = True
+        self._set_interest(read=False)
+        self._receive()
+
+    def _socket_failed(self, exc: OSError) -> None:
+        self._pending_error = exc
+        self._receive()  # into the receives already posted
+        if self._closed:
+            return
+        if not self._unacked and not self.qp.sq and not self._tx and self._readable_bytes():
+            # data is waiting and nothing of ours is: hold the connection until
+            # receives take the data (their reads end in the reset and fail the QP)
+            self._unwatch()
+            return
+        self._broken(exc, "connection failed")
+
+    def _readable_bytes(self) -> int:
+        try:
+            return self._ioctl_int(termios.FIONREAD)
+        except OSError:
+            return 0

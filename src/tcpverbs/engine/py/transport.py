@@ -13,18 +13,22 @@ copies).  A partial write leaves the remainder queued and asks epoll for EPOLLOU
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import select
 import socket
+import struct
+import termios
 import time
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
 from typing import TYPE_CHECKING
 
-from ...enums import ibv_event_type
+from ...enums import ibv_event_type, ibv_wc_status
 from ...errors import ConnectionBrokenError, TcpverbsError, from_oserror
 from ...reactor import Reactor, Timer
+from ..api import requester_timeout
 from .work import Segment, SendWork
 from .zerocopy import MSG_ZEROCOPY, ZeroCopy
 
@@ -53,7 +57,15 @@ STAT_KEYS = (
 DRAIN_TIMEOUT = 5.0  # seconds a closed connection waits for the peer's FIN
 APP_POLL_GRACE = 0.002  # seconds without CQ.poll before the progress thread reads again
 PARK_CHECK_MAX = 0.032  # longest pause between two looks at a parked connection
+WATCH_TICKS = 4  # looks per requester timeout at whether the peer still answers
+WINDOW_PROBES_UNANSWERED = 3  # a closed window whose probes go unanswered: the peer is gone
 _ERR = select.EPOLLERR | select.EPOLLHUP
+# struct tcp_info (linux/tcp.h): tcpi_probes (byte 3), tcpi_unacked (byte 24),
+# tcpi_last_data_recv and tcpi_last_ack_recv (bytes 52 and 56, milliseconds ago)
+_TCP_INFO = struct.Struct("=3xB20xI24xII")
+_INT = struct.Struct("i")
+_RETRY_EXC = ibv_wc_status.IBV_WC_RETRY_EXC_ERR
+_FLUSH_ERR = ibv_wc_status.IBV_WC_WR_FLUSH_ERR
 _NOSIGNAL = int(socket.MSG_NOSIGNAL)  # a plain int: MsgFlag's | and & build enums per call
 
 
@@ -80,6 +92,12 @@ class Transport:
         self._want_read = True
         self._want_write = False
         self._registered_events = 0
+        # the socket's error (SO_ERROR reads and clears it) while what the kernel still
+        # holds is delivered: the end of that data is then this error, not an EOF
+        self._pending_error: OSError | None = None
+        self._watched = True  # registered with the reactor (a held stream is not)
+        self._watchdog: Timer | None = None  # the requester timeout's next look
+        self._busy_since = 0.0  # monotonic time requester work became outstanding
         self.stats = qp.stats  # counters live on the QP: they outlast a connection
         for key in STAT_KEYS:
             self.stats.setdefault(key, 0)
@@ -113,8 +131,9 @@ class Transport:
             return
         self._closed = True
         self._cancel_timers()
-        if self._park_timer is not None:
-            self._park_timer.cancel()
+        for timer in (self._park_timer, self._watchdog):
+            if timer is not None:
+                timer.cancel()
         self.reactor.unregister(self.fd)
         if reason is None:
             self._settle()
@@ -130,8 +149,8 @@ class Transport:
                 return
             if events & select.EPOLLERR:
                 err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:  # 0: stale (the fd was reused); the reads below tell the truth
-                    self._broken(OSError(err, os.strerror(err)), "connection failed")
+                if err:  # 0: stale, or zerocopy notifications; the reads below tell
+                    self._socket_failed(OSError(err, os.strerror(err)))
                     return
                 if self._zerocopy is not None:  # zerocopy notifications are queued
                     self._reap_zerocopy()
@@ -243,7 +262,92 @@ class Transport:
             self._closed = True
             self._close_socket()
 
+    # -- the requester timeout (QPAttr.timeout and retry_cnt) ----------------------------
+    def _requester_busy(self) -> None:
+        """Send work just became outstanding (none was): from now on the peer must answer
+        within the requester timeout (:func:`..api.requester_timeout`).
+
+        One look every quarter of the timeout (a timer, not a cost per WR) asks the
+        kernel how long ago anything arrived from the peer's host (``TCP_INFO``): an
+        acknowledgement of our bytes, a window probe's answer or data.  So a peer that
+        is alive but slow to read (a closed window) never times out; a black hole does.
+        """
+        self._busy_since = time.monotonic()
+        if self._watchdog is None:
+            limit = requester_timeout(self.qp.params.timeout, self.qp.params.retry_cnt)
+            if limit is not None:
+                self._watchdog = self.reactor.call_later(
+                    limit / WATCH_TICKS, self._on_watchdog, self
+                )
+
+    def _awaiting_peer(self) -> bool:
+        """Whether send work waits for the peer now (an RNR wait, say, does not)."""
+        raise NotImplementedError
+
+    def _on_watchdog(self) -> None:
+        with self.qp.lock:
+            self._watchdog = None
+            if self._closed or not self._awaiting_peer():
+                return  # the next outstanding work arms it again
+            params = self.qp.params
+            limit = requester_timeout(params.timeout, params.retry_cnt)
+            if limit is None:
+                return
+            silent = min(self._peer_silence(), time.monotonic() - self._busy_since)
+            if silent < limit:
+                delay = max(min(limit / WATCH_TICKS, limit - silent), 0.01)
+                self._watchdog = self.reactor.call_later(delay, self._on_watchdog, self)
+                return
+            self._fail(
+                ConnectionBrokenError(
+                    errno.ETIMEDOUT,
+                    f"nothing arrived from the peer for {silent:.2f} s while work was "
+                    f"outstanding (timeout {params.timeout}, retry_cnt {params.retry_cnt}: "
+                    f"{limit:.2f} s)",
+                ),
+                first_status=_RETRY_EXC,
+            )
+
+    def _peer_silence(self) -> float:
+        """Seconds since the peer's host last sent us anything (0 if unknown, or if its
+        window is closed and its probes are being answered)."""
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+            probes, unacked, data_ms, ack_ms = _TCP_INFO.unpack_from(info)
+        except (OSError, struct.error):
+            return 0.0
+        silent: float = min(data_ms, ack_ms) / 1000
+        if silent and not unacked and probes < WINDOW_PROBES_UNANSWERED and self._unsent():
+            # bytes wait, none in flight: the peer closed its window.  TCP probes it at
+            # intervals that grow to minutes, and the peer's kernel rate-limits its
+            # answers, so the time since the last answer says nothing; a run of
+            # unanswered probes does
+            return 0.0
+        return silent
+
+    def _outq(self) -> int:
+        """Bytes written but not yet acknowledged by the peer's TCP (``SIOCOUTQ``)."""
+        return self._ioctl_int(termios.TIOCOUTQ)
+
+    def _unsent(self) -> int:
+        try:
+            return self._outq()
+        except OSError:
+            return 0
+
+    def _ioctl_int(self, request: int) -> int:
+        return int(_INT.unpack(fcntl.ioctl(self.fd, request, b"\0" * 4))[0])
+
     # -- helpers for subclasses -------------------------------------------------------
+    def _socket_failed(self, exc: OSError) -> None:
+        """The connection failed (a reset, a timeout).  What the kernel received before
+        is still readable — a plain socket reads it before the error — so it is taken
+        (frames processed, ACKs honoured, data placed) before the QP goes to ERR."""
+        self._pending_error = exc
+        self.on_readable()
+        if not self._closed:
+            self._broken(exc, "connection failed")
+
     def _fail(
         self,
         exc: TcpverbsError,
@@ -251,8 +355,11 @@ class Transport:
         setup: bool = False,
         notify_peer: bool = True,
         event: ibv_event_type = ibv_event_type.IBV_EVENT_QP_FATAL,
+        first_status: int = ibv_wc_status.IBV_WC_WR_FLUSH_ERR,
     ) -> None:
-        self.qp.enter_error(exc, setup=setup, notify_peer=notify_peer, event=event)
+        self.qp.enter_error(
+            exc, setup=setup, notify_peer=notify_peer, event=event, first_status=first_status
+        )
 
     def _say_goodbye(self, reason: TcpverbsError) -> None:
         """Last bytes before a graceful close (rc sends TERMINATE)."""
@@ -278,9 +385,14 @@ class Transport:
         if write is not None:
             self._want_write = write
         events = self._events()
-        if events != self._registered_events and not self._closed:
+        if events != self._registered_events and not self._closed and self._watched:
             self.reactor.modify(self.fd, events)
             self._registered_events = events  # only once epoll has it
+
+    def _unwatch(self) -> None:
+        """Stop the reactor watching the socket (its error would be reported for ever)."""
+        self._watched = False
+        self.reactor.unregister(self.fd)
 
     def _flush(self) -> bool:
         """Write queued segments; True when the queue is empty.  Errors fail the QP."""
@@ -365,7 +477,10 @@ class Transport:
             return 0
         self.stats["recv_calls"] += 1
         if n == 0:
-            self._peer_closed()
+            if self._pending_error is not None:  # the data before a reset has all landed
+                self._broken(self._pending_error, "connection failed")
+            else:
+                self._peer_closed()
             return 0
         self.stats["bytes_received"] += n
         return n
@@ -386,6 +501,8 @@ class Transport:
             from_oserror(exc, f"{doing} {self._where()}".rstrip()),
             setup=not self.established,
             notify_peer=False,
+            # TCP itself gave up retransmitting: the verbs name for that
+            first_status=_RETRY_EXC if exc.errno == errno.ETIMEDOUT else _FLUSH_ERR,
         )
 
     def _where(self) -> str:
