@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import pathlib
 import socket
 import subprocess
@@ -266,3 +267,140 @@ def test_of_the_parked_connections_only_the_expected_peer_is_taken(ctx: v.Contex
     fake.settimeout(5)
     assert fake.recv(100) == b""  # closed without a hello back
     fake.close()
+
+
+# -- strangers on the connection port (docs/semantics.md, "Connecting") ---------------------
+
+STRANGER = "127.0.0.2"  # loopback too, but another address than the peers' 127.0.0.1
+
+
+def stranger_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind((STRANGER, 0))
+    return sock
+
+
+def dialer_and_waiter(ctx: v.Context) -> tuple[Endpoint, Endpoint]:
+    a, b = make_endpoint(ctx), make_endpoint(ctx)
+    return (a, b) if a.qp.qp_num > b.qp.qp_num else (b, a)
+
+
+def listen_without_connecting(ctx: v.Context) -> None:
+    """Make the context listen: a third QP waits for a peer that never comes."""
+    lurker = make_endpoint(ctx)
+    lurker.qp.to_rtr(av_attr(ctx.query_gid(1, 0), (1 << 24) - 1))
+    assert ctx._oob.listening
+
+
+def test_idle_connections_cannot_lock_the_expected_peer_out(ctx: v.Context) -> None:
+    """A stranger keeps re-opening more connections than the hello table holds and sends
+    nothing; the real pair still connects, at once."""
+    dialer, waiter = dialer_and_waiter(ctx)
+    gid = ctx.query_gid(1, 0)
+    waiter.qp.to_rtr(av_attr(gid, dialer.qp.qp_num))  # listening, waiting for the dialer
+    port = waiter.qp.qp_num >> 8
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def squat() -> None:
+        while not stop.is_set():
+            for sock in list(held):  # replace the ones the service dropped
+                sock.setblocking(False)
+                try:
+                    if sock.recv(1) == b"":
+                        held.remove(sock)
+                        sock.close()
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    held.remove(sock)
+                    sock.close()
+            while len(held) < oob.MAX_INCOMING + 16:
+                sock = stranger_socket()
+                if sock.connect_ex(("127.0.0.1", port)):
+                    sock.close()
+                    break
+                held.append(sock)
+            time.sleep(0.01)
+
+    squatter = threading.Thread(target=squat)
+    squatter.start()
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        dialer.qp.to_rtr(av_attr(gid, waiter.qp.qp_num))
+        dialer.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+        waiter.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+        src, dst = v.MR(dialer.pd, 8, ALL_ACCESS), v.MR(waiter.pd, 8, ALL_ACCESS)
+        src.write(b"came in!", 8)
+        write(dialer, src, 8, dst.rkey, dst.buf)
+        assert poll_until(dialer.scq, timeout=10)[0].status == W.IBV_WC_SUCCESS
+        took = time.monotonic() - started
+        assert dst.read(8, 0) == b"came in!"
+        assert took < oob.HELLO_DEADLINE, f"the real peer waited {took:.2f} s"
+        strangers = sum(i.host == STRANGER for i in ctx._oob._incoming)
+        assert strangers <= oob.MAX_INCOMING_PER_HOST
+    finally:
+        stop.set()
+        squatter.join()
+        for sock in held:
+            sock.close()
+
+
+def test_hellos_from_elsewhere_cannot_take_the_expected_peers_place(ctx: v.Context) -> None:
+    """Before the waiting QP reaches RTR, a stranger parks many hellos naming it (each
+    claiming another QP number); the real dialler still gets its place and is taken."""
+    listen_without_connecting(ctx)
+    dialer, waiter = dialer_and_waiter(ctx)
+    gid = ctx.query_gid(1, 0)
+    squatters = []
+    for n in range(oob.MAX_PARKED + 4):
+        sock = stranger_socket()
+        sock.connect(("127.0.0.1", waiter.qp.qp_num >> 8))
+        sock.sendall(Hello(1 << 8 | n + 1, 1, 1, 1, dest_qp_num=waiter.qp.qp_num).encode())
+        squatters.append(sock)
+    dialer.qp.to_rtr(av_attr(gid, waiter.qp.qp_num))
+    dialer.qp.to_rts(v.QPAttr(max_rd_atomic=4))
+    deadline = time.monotonic() + 5
+    while dialer.qp.qp_num not in {e.hello.qp_num for e in parked_entries(ctx, waiter)}:
+        assert time.monotonic() < deadline, f"the real peer was not parked: {ctx._oob.parked}"
+        time.sleep(0.005)
+    assert ctx._oob.parked[waiter.qp.qp_num] <= oob.MAX_PARKED
+    strangers = [e for e in parked_entries(ctx, waiter) if e.host == STRANGER]
+    assert len(strangers) <= oob.MAX_PARKED_PER_HOST
+    waiter_joins_and_dialer_writes(dialer, waiter, gid, b"my place")
+    for sock in squatters:
+        sock.close()
+
+
+def parked_entries(ctx: v.Context, end: Endpoint) -> list[oob._Parked]:
+    with ctx._oob._lock:
+        return list(ctx._oob._parked.get(end.qp.qp_num, []))
+
+
+def thread_cpu_seconds(name_prefix: str) -> float:
+    """CPU time (user + system) of this process's thread whose name starts so."""
+    (thread,) = [t for t in threading.enumerate() if t.name.startswith(name_prefix)]
+    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_connection_flood_costs_the_service_bounded_cpu(ctx: v.Context) -> None:
+    """Another process connects and closes as fast as it can for 2 s: the service's
+    thread accepts at most ACCEPT_RATE per second and so stays mostly idle."""
+    listen_without_connecting(ctx)
+    port = ctx._oob._ports[0].port
+    flood = (
+        "import socket, time\n"
+        "end = time.monotonic() + 2\n"
+        "while time.monotonic() < end:\n"
+        "    s = socket.socket(); s.setblocking(False); s.bind(('127.0.0.2', 0))\n"
+        f"    s.connect_ex(('127.0.0.1', {port})); s.close()\n"
+    )
+    before = thread_cpu_seconds("tcpverbs-oob")
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", flood], check=True, timeout=30)
+    spent = thread_cpu_seconds("tcpverbs-oob") - before
+    wall = time.monotonic() - started
+    assert spent < 0.25 * wall, f"the service thread used {spent:.2f} s of CPU in {wall:.2f} s"

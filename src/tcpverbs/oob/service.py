@@ -16,11 +16,23 @@ and ``dest_qp_num``.  tcpverbs turns that into a TCP connection by itself:
 * The dialling side's hello names the QP it wants (``dest_qp_num``).  The service reads
   that hello and hands the socket to that QP's engine if the QP waits for exactly this
   peer (QP number *and* source address must match); a connection that arrives before
-  its QP reached RTR is parked for a while (the first ``MAX_PARKED`` of them).  Anything
+  its QP reached RTR is parked for a while (within the limits below).  Anything
   else is closed.
 
-Memory stays bounded whatever arrives: at most ``MAX_INCOMING`` connections may be
-reading their hello, and at most ``MAX_PARKED`` parked connections per QP.
+Whatever arrives, memory, CPU and the legitimate peer's chances stay bounded (what
+this protects against and what it does not: docs/semantics.md, "Connecting"):
+
+* **The hello phase** — at most ``MAX_INCOMING`` connections may be reading their hello,
+  at most ``MAX_INCOMING_PER_HOST`` from one address, each for ``HELLO_DEADLINE`` at
+  most; when the table is full a newcomer takes the place of the oldest connection of
+  the address that holds the most, so idle connections from one place cannot lock
+  others out.  A connection that sends anything but a hello is dropped at once.
+* **Accepting** — at most ``ACCEPT_RATE`` connections per second (a burst of
+  ``ACCEPT_BURST``); beyond that the listening sockets are left alone until the budget
+  refills, and the kernel's backlog takes the flood, not this thread.
+* **Parking** — a QP not yet in RTR keeps at most ``MAX_PARKED`` connections, at most
+  ``MAX_PARKED_PER_HOST`` per address (the first ones keep their place there), so
+  hellos from elsewhere cannot take the expected peer's place.
 
 Ownership and locks: the service owns its reactor thread, the bound sockets, the
 connections reading their hello, the parked ones and the dials in progress; it hands a
@@ -39,8 +51,10 @@ import select
 import socket
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
 from ..reactor import Reactor, Timer
@@ -60,12 +74,18 @@ __all__ = [
 ]
 
 CONNECT_TIMEOUT = 30.0  # seconds a QP waits for its peer (dialling or waiting), or a parked one
-HELLO_READ_TIMEOUT = 10.0
-MAX_INCOMING = 64
-MAX_PARKED = 4  # connections waiting for one QP to reach RTR
+HELLO_DEADLINE = 2.0  # seconds an accepted connection has for its whole hello
+MAX_INCOMING = 64  # connections reading their hello
+MAX_INCOMING_PER_HOST = 16
+ACCEPT_RATE = 500.0  # connections accepted per second, at most...
+ACCEPT_BURST = 64  # ... after a burst of this many
+MAX_PARKED = 8  # connections waiting for one QP to reach RTR
+MAX_PARKED_PER_HOST = 2
+ACCEPT_PAUSE = ACCEPT_BURST / 4 / ACCEPT_RATE  # seconds without accepting once over budget
 REDIAL_FIRST = 0.02  # seconds before a refused dial is tried again (then doubling)
 REDIAL_MAX = 1.0
 _QPS_PER_PORT = 255
+_T = TypeVar("_T")
 _ERR = select.EPOLLERR | select.EPOLLHUP
 
 
@@ -74,16 +94,31 @@ def gid_address(gid: GID) -> str:
     return str(gid.ip)
 
 
+def host_key(text: str) -> str:
+    """An address in one spelling: ``::ffff:1.2.3.4`` and ``1.2.3.4`` are the same host."""
+    addr = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
 def same_host(a: str, b: str) -> bool:
     """Addresses equal, treating ``::ffff:1.2.3.4`` and ``1.2.3.4`` alike."""
+    return host_key(a) == host_key(b)
 
-    def norm(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        addr = ipaddress.ip_address(text.split("%", 1)[0])
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            return addr.ipv4_mapped
-        return addr
 
-    return norm(a) == norm(b)
+def peer_host(sock: socket.socket) -> str | None:
+    try:
+        return host_key(sock.getpeername()[0])
+    except (OSError, ValueError):
+        return None
+
+
+def _crowded(entries: list[_T], host_of: Callable[[_T], str]) -> _T:
+    """The oldest of *entries* (oldest first) from the address that has the most."""
+    counts = Counter(host_of(e) for e in entries)
+    top = max(counts.values())
+    return next(e for e in entries if counts[host_of(e)] == top)
 
 
 def hello_matches(hello: Hello, expect_qpn: int, expect_host: str, sock: socket.socket) -> bool:
@@ -136,6 +171,7 @@ class _Wait:
 class _Parked:
     sock: socket.socket
     hello: Hello
+    host: str
     timer: Timer | None = field(default=None)
 
 
@@ -151,7 +187,10 @@ class OobService:
         self._waits: dict[int, _Wait] = {}
         self._parked: dict[int, list[_Parked]] = {}
         self._dials: dict[int, _Dial] = {}
-        self._incoming: set[_Incoming] = set()
+        # reading their hello, oldest first (a dict as an ordered set; reactor thread)
+        self._incoming: dict[_Incoming, None] = {}
+        self._accept_tokens = float(ACCEPT_BURST)
+        self._tokens_at = time.monotonic()
         self._closed = False
 
     # -- QP numbers ------------------------------------------------------------------
@@ -297,6 +336,9 @@ class OobService:
     def _arrived(self, sock: socket.socket, hello: Hello) -> None:
         """A connection whose hello names QP ``hello.dest_qp_num``: hand over or park."""
         qpn = hello.dest_qp_num
+        host = peer_host(sock)
+        evicted: _Parked | None = None
+        parked = False
         with self._lock:
             wait = self._waits.get(qpn)
             if wait is not None:
@@ -304,15 +346,26 @@ class OobService:
                     wait = None  # not the expected peer: refused below
                 else:
                     del self._waits[qpn]
-            elif self._allocated(qpn):
+            elif host is not None and self._allocated(qpn):
                 waiting = self._parked.setdefault(qpn, [])
-                if len(waiting) < MAX_PARKED:  # the first ones keep their place
-                    entry = _Parked(sock, hello)
+                # the first ones from an address keep their place; an address that holds
+                # more than others gives one up, so the expected peer's place stays free
+                if sum(e.host == host for e in waiting) < MAX_PARKED_PER_HOST:
+                    if len(waiting) >= MAX_PARKED:
+                        evicted = _crowded(waiting, lambda e: e.host)
+                        waiting.remove(evicted)
+                    entry = _Parked(sock, hello, host)
                     waiting.append(entry)
                     entry.timer = self._reactor_locked().call_later(
                         CONNECT_TIMEOUT, lambda: self._unpark(qpn, entry), _Quiet()
                     )
-                    return
+                    parked = True
+        if evicted is not None:
+            if evicted.timer is not None:
+                evicted.timer.cancel()
+            evicted.sock.close()
+        if parked:
+            return
         if wait is None:
             sock.close()
             return
@@ -330,6 +383,30 @@ class OobService:
                 return
             waiting.remove(entry)
         entry.sock.close()
+
+    # -- admission (reactor thread) ----------------------------------------------------
+    def _may_accept(self) -> bool:
+        """Take one accept from the budget (``ACCEPT_RATE``, ``ACCEPT_BURST``)."""
+        now = time.monotonic()
+        self._accept_tokens = min(
+            float(ACCEPT_BURST), self._accept_tokens + (now - self._tokens_at) * ACCEPT_RATE
+        )
+        self._tokens_at = now
+        if self._accept_tokens < 1:
+            return False
+        self._accept_tokens -= 1
+        return True
+
+    def _admit(self, conn: socket.socket, reactor: Reactor) -> None:
+        """A just-accepted connection gets a place to read its hello in, or is closed."""
+        host = peer_host(conn)
+        incoming = list(self._incoming)
+        if host is None or sum(i.host == host for i in incoming) >= MAX_INCOMING_PER_HOST:
+            conn.close()
+            return
+        if len(incoming) >= MAX_INCOMING:
+            _crowded(incoming, lambda i: i.host).drop()
+        _Incoming(self, reactor, conn, host).start()
 
     # -- the reactor and the listening sockets --------------------------------------------
     def _reactor_locked(self) -> Reactor:
@@ -404,6 +481,7 @@ class _Port:
         self._free = list(range(_QPS_PER_PORT, 0, -1))
         self._service: OobService | None = None
         self._reactor: Reactor | None = None
+        self._paused: Timer | None = None  # accepting again when it fires
 
     def alloc(self) -> int | None:
         return (self.port << 8) | self._free.pop() if self._free else None
@@ -426,14 +504,22 @@ class _Port:
         service, reactor = self._service, self._reactor
         assert service is not None and reactor is not None
         while True:
+            if not service._may_accept():
+                # out of budget: stop watching until it refills; meanwhile the kernel's
+                # backlog holds (or refuses) what comes, at no cost to this thread
+                reactor.unregister(self.sock.fileno())
+                self._paused = reactor.call_later(ACCEPT_PAUSE, self._resume, self)
+                return
             try:
                 conn, _ = self.sock.accept()
             except OSError:  # EAGAIN, or closed under us
                 return
-            if len(service._incoming) >= MAX_INCOMING:
-                conn.close()
-                continue
-            _Incoming(service, reactor, conn).start()
+            service._admit(conn, reactor)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if self.sock.fileno() >= 0 and self._reactor is not None:
+            self._reactor.register(self.sock.fileno(), self, select.EPOLLIN | _ERR)
 
     def on_crash(self, exc: BaseException) -> None:
         self.close()
@@ -442,6 +528,8 @@ class _Port:
         self.close()
 
     def close(self) -> None:
+        if self._paused is not None:
+            self._paused.cancel()
         if self.sock.fileno() >= 0:
             if self._reactor is not None:
                 self._reactor.unregister(self.sock.fileno())
@@ -451,19 +539,22 @@ class _Port:
 class _Incoming:
     """A just-accepted connection whose hello says which QP it is for."""
 
-    def __init__(self, service: OobService, reactor: Reactor, sock: socket.socket) -> None:
+    def __init__(
+        self, service: OobService, reactor: Reactor, sock: socket.socket, host: str
+    ) -> None:
         self.service = service
         self.reactor = reactor
         self.sock = sock
+        self.host = host
         self.decoder = HelloDecoder()
         self.got = 0
         self.timer: Timer | None = None
 
     def start(self) -> None:
         self.sock.setblocking(False)
-        self.service._incoming.add(self)
+        self.service._incoming[self] = None
         self.reactor.register(self.sock.fileno(), self, select.EPOLLIN | _ERR)
-        self.timer = self.reactor.call_later(HELLO_READ_TIMEOUT, self.drop, self)
+        self.timer = self.reactor.call_later(HELLO_DEADLINE, self.drop, self)
 
     def on_events(self, events: int) -> None:
         try:
@@ -490,7 +581,7 @@ class _Incoming:
     def _detach(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.service._incoming.discard(self)
+        self.service._incoming.pop(self, None)
         self.reactor.unregister(self.sock.fileno())
 
     def drop(self) -> None:
