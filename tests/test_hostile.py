@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -17,7 +18,14 @@ import pytest
 
 import tcpverbs as v
 from tcpverbs.engine.py import rc as rc_engine
-from tcpverbs.testing import ALL_ACCESS, Endpoint, make_endpoint, poll_until, tcp_socket_pair
+from tcpverbs.testing import (
+    ALL_ACCESS,
+    Endpoint,
+    make_endpoint,
+    poll_until,
+    qp_pair,
+    tcp_socket_pair,
+)
 from tcpverbs.wire import HELLO_SIZE, Hello
 from tcpverbs.wire.frames import FrameDecoder, Header, Opcode, encode_header
 
@@ -258,3 +266,64 @@ def test_a_request_answered_wrongly_still_gets_its_one_completion(
     (wc,) = poll_until(peer.end.scq)
     assert (wc.wr_id, wc.status) == (9, W.IBV_WC_WR_FLUSH_ERR)
     assert peer.end.qp.statistics()["sq_outstanding"] == 0
+
+
+def test_a_flood_of_tiny_frames_holds_neither_a_poll_nor_the_other_connections(
+    raw_peer: PeerFactory, ctx: v.Context
+) -> None:
+    """A peer that keeps the socket full of valid 8-byte WRITEs: each CQ.poll returns
+    after a bounded amount of work, and the progress thread keeps serving another
+    connection of the context (READs that only the target's progress thread answers)."""
+    peer = raw_peer()
+    target = v.MR(peer.end.pd, 64, ALL_ACCESS)
+    write = Header(Opcode.WRITE, rkey=target.rkey, addr=target.buf, payload_len=8)
+    burst = (encode_header(write) + b"12345678") * 4096
+    a, b = qp_pair(ctx)
+    src, dst = v.MR(b.pd, 8, ALL_ACCESS), v.MR(a.pd, 8, ALL_ACCESS)
+    src.write(b"elsewise", 8)
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            try:
+                peer.sock.sendall(burst)
+            except OSError:
+                return
+
+    def drain() -> None:  # the ACKs we get back
+        while not stop.is_set():
+            try:
+                if not peer.sock.recv(65536):
+                    return
+            except OSError:
+                return
+
+    threads = [threading.Thread(target=flood), threading.Thread(target=drain)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.2)
+        longest, reads = 0.0, 0
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            peer.end.rcq.poll()
+            longest = max(longest, time.monotonic() - started)
+            read = v.SendWR(reads, v.ibv_wr_opcode.IBV_WR_RDMA_READ, 1, 0, [sge(dst, 8)])
+            read.set_wr_rdma(src.rkey, src.buf)
+            a.qp.post_send(read)
+            assert poll_until(a.scq, timeout=5)[0].status == W.IBV_WC_SUCCESS
+            reads += 1
+    finally:
+        stop.set()
+        peer.sock.shutdown(socket.SHUT_RDWR)
+        for t in threads:
+            t.join()
+    frames = peer.end.qp.statistics()["frames_received"]
+    assert frames > 20_000, "the flood did not happen"
+    assert longest < 0.5, f"a poll took {longest:.3f} s"
+    assert reads >= 10 and dst.read(8, 0) == b"elsewise"
+
+
+def sge(mr: v.MR, length: int) -> v.SGE:
+    return v.SGE(mr.buf, length, mr.lkey)

@@ -436,6 +436,14 @@ FAULTS = [
     ),
     (PostFault.ATOMIC_SHAPE, 2, 16, errno.EINVAL, errno.EINVAL, "got 2 SGEs of 16 bytes"),
     (PostFault.QUEUE_FULL, 0, 8, errno.ENOMEM, errno.ENOMEM, "send queue full (8 WRs"),
+    (  # the engine names the field (here "wr_id"); the verbs layer shows its value
+        PostFault.BAD_FIELD,
+        0,
+        64,
+        errno.EINVAL,
+        errno.EINVAL,
+        "wr_id must be an int in 0..2^64-1, got int 10",
+    ),
 ]
 
 
@@ -467,7 +475,8 @@ def test_post_faults_are_worded(
     the failure's index; the WRs before it were posted."""
     qp, fq = make_qp(fctx, fake, wire)
     wrs = [v.SendWR(wr_id=100 + i) for i in range(3)]
-    fq.refuse = PostFailure(index, fault, value, limit)
+    field = "wr_id" if fault is PostFault.BAD_FIELD else ""
+    fq.refuse = PostFailure(index, fault, value, limit, field)
     with pytest.raises(v.PostError) as info:
         qp.post_send(chain(wrs))
     err = info.value

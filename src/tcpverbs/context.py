@@ -24,7 +24,7 @@ from .device import (
 from .engine import EngineFactory, open_engine
 from .engine.api import ContextEngine
 from .enums import ibv_event_type
-from .errors import TcpverbsError
+from .errors import TcpverbsError, check_timeout
 from .oob.service import OobService
 from .qp import QP
 
@@ -112,7 +112,7 @@ class Context(VerbsObject):
         raises ``EBADF``.
         """
         self._check_open()
-        record = self._engine.next_event(timeout)
+        record = self._engine.next_event(check_timeout(timeout))
         self._check_open()
         if record is None:
             raise TcpverbsError(errno.ETIMEDOUT, "no async event within the timeout")

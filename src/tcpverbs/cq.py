@@ -20,7 +20,7 @@ from ._base import VerbsObject
 from .device import MAX_CQE
 from .engine.api import ChannelEngine, Completion, CQEngine, Overrun
 from .enums import ibv_wc_opcode, ibv_wc_status
-from .errors import TcpverbsError
+from .errors import TcpverbsError, check_int, check_timeout
 
 if TYPE_CHECKING:
     from .context import Context
@@ -31,11 +31,11 @@ DEFAULT_SPIN_US = 50  # CQ.wait polls this long before it sleeps (Context(spin_u
 MAX_SPIN_US = 10_000_000
 
 
+_INT_MAX = 2**31 - 1  # num_entries is a C int in ibv_poll_cq
+
+
 def check_spin(spin_us: int) -> None:
-    if not isinstance(spin_us, int) or not 0 <= spin_us <= MAX_SPIN_US:
-        raise TcpverbsError(
-            errno.EINVAL, f"spin_us must be an int in 0..{MAX_SPIN_US}, got {spin_us!r}"
-        )
+    check_int("spin_us", spin_us, 0, MAX_SPIN_US)
 
 
 @dataclass(slots=True)
@@ -94,7 +94,7 @@ class CompChannel(VerbsObject):
         event raise ``ETIMEDOUT``; closing the channel meanwhile raises ``EBADF``.
         """
         self._check_open()
-        handle = self._channel.get_cq_event(timeout)
+        handle = self._channel.get_cq_event(check_timeout(timeout))
         self._check_open()
         if handle is None:
             raise TcpverbsError(errno.ETIMEDOUT, "no completion event within the timeout")
@@ -162,8 +162,8 @@ class CQ(VerbsObject):
         thread that spins on ``poll`` drives its own traffic.
         """
         self._check_open()
-        if num_entries < 1:
-            raise TcpverbsError(errno.EINVAL, f"num_entries must be >= 1, got {num_entries}")
+        if num_entries.__class__ is not int or num_entries < 1:  # (the hot path: no call)
+            check_int("num_entries", num_entries, 1, _INT_MAX)
         try:
             records = self._cq.poll(num_entries)
         except Overrun as exc:
@@ -183,8 +183,8 @@ class CQ(VerbsObject):
         channel; an armed one still gets its event.
         """
         self._check_open()
-        if num_entries < 1:
-            raise TcpverbsError(errno.EINVAL, f"num_entries must be >= 1, got {num_entries}")
+        check_int("num_entries", num_entries, 1, _INT_MAX)
+        timeout = check_timeout(timeout)
         spin = self._spin_budget(spin_us)
         try:
             records: list[Completion] = self._cq.wait(num_entries, timeout, spin)

@@ -432,7 +432,11 @@ def find_device(name: str | bytes | None = None) -> Device:
                 "no tcpverbs devices: no network interface is up with an IP address",
             )
         return devices[0]
-    wanted = name.encode() if isinstance(name, str) else bytes(name)
+    if not isinstance(name, str | bytes):
+        raise TcpverbsError(
+            errno.EINVAL, f"a device name is a str or bytes, got {type(name).__name__}"
+        )
+    wanted = name.encode() if isinstance(name, str) else name
     for dev in devices:
         if dev.name == wanted:
             return dev

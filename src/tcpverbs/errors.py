@@ -93,3 +93,22 @@ def from_oserror(exc: OSError, doing: str) -> TcpverbsError:
     ):
         return ConnectionBrokenError(err, f"{doing}: {reason}")
     return TcpverbsError(err, f"{doing}: {reason}")
+
+
+# -- argument checks at the API's edge (each names the argument it refuses) ---------------
+
+
+def check_int(name: str, value: object, low: int, high: int) -> int:
+    """*value* if it is an int in *low* .. *high*, else ``EINVAL`` naming *name*."""
+    if not isinstance(value, int) or not low <= value <= high:
+        raise TcpverbsError(_errno.EINVAL, f"{name} must be an int in {low}..{high}, got {value!r}")
+    return value
+
+
+def check_timeout(timeout: object) -> float | None:
+    """A timeout in seconds: None (for ever) or a number >= 0, else ``EINVAL``."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise TcpverbsError(_errno.EINVAL, f"timeout must be None or seconds >= 0, got {timeout!r}")
+    return float(timeout)

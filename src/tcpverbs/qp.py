@@ -19,6 +19,7 @@ transition or attribute changes nothing and raises ``EINVAL``.
 from __future__ import annotations
 
 import errno
+import re
 import threading
 from typing import TYPE_CHECKING
 
@@ -292,7 +293,7 @@ class QP(VerbsObject):
 
     def _check_attrs(self, attr: QPAttr, mask: M) -> None:
         if mask & M.IBV_QP_PORT and attr.port_num != 1:
-            raise TcpverbsError(errno.EINVAL, f"port_num {attr.port_num}: the device has port 1")
+            raise TcpverbsError(errno.EINVAL, f"port_num {attr.port_num!r}: the device has port 1")
         if mask & M.IBV_QP_PKEY_INDEX and attr.pkey_index != 0:
             raise TcpverbsError(
                 errno.EINVAL, f"pkey_index {attr.pkey_index}: the table has one entry"
@@ -304,10 +305,10 @@ class QP(VerbsObject):
                 | ibv_access_flags.IBV_ACCESS_REMOTE_READ
                 | ibv_access_flags.IBV_ACCESS_REMOTE_ATOMIC
             )
-            if attr.qp_access_flags & ~allowed:
-                raise TcpverbsError(
-                    errno.EINVAL, f"unsupported qp_access_flags 0x{attr.qp_access_flags:x}"
-                )
+            flags = attr.qp_access_flags
+            if not isinstance(flags, int) or flags & ~allowed:
+                shown = f"0x{flags:x}" if isinstance(flags, int) else repr(flags)
+                raise TcpverbsError(errno.EINVAL, f"unsupported qp_access_flags {shown}")
         for bit, name, low, high in _ATTR_RANGES:
             value = getattr(attr, name)
             if mask & bit and not (isinstance(value, int) and low <= value <= high):
@@ -399,6 +400,8 @@ class QP(VerbsObject):
             why = f"{_opname(value)} cannot be inline"
         elif fault is PostFault.ATOMIC_SHAPE:
             why = f"atomics take one 8-byte local SGE, got {value} SGEs of {limit} bytes"
+        elif fault is PostFault.BAD_FIELD:
+            why = _bad_field_words(wr, failure.field, limit, verb)
         else:  # QUEUE_FULL
             err = errno.ENOMEM
             why = f"{queue} queue full ({limit} WRs outstanding; poll the CQ)"
@@ -459,6 +462,23 @@ class _Wait:
 
 
 _Plan = _Handoff | _Dial | _Wait
+
+
+def _bad_field_words(wr: object, path: str, bits: int, verb: str) -> str:
+    """Say what is wrong with the field at *path* (``"sg_list[1].length"``) of *wr*."""
+    kind = "SendWR" if verb == "post_send" else "RecvWR"
+    if not isinstance(wr, SendWR | RecvWR):
+        return f"{verb} takes a {kind}, got {type(wr).__name__}"
+    value: object = wr
+    for part in re.findall(r"\w+|\[\d+\]", path):
+        if part.startswith("["):
+            value = value[int(part[1:-1])]  # type: ignore[index]
+        else:
+            value = getattr(value, "sg" if part == "sg_list" else part, None)
+    if bits == 0:
+        wanted = "a list of SGE" if path == "sg_list" else "an SGE"
+        return f"{path} must be {wanted}, got {type(value).__name__} {value!r}"
+    return f"{path} must be an int in 0..2^{bits}-1, got {type(value).__name__} {value!r}"
 
 
 def _opname(opcode: int) -> str:

@@ -110,6 +110,7 @@ class PostFault(enum.IntEnum):
     NOT_INLINABLE = 7  # value: the opcode
     ATOMIC_SHAPE = 8  # value: the number of SGEs, limit: their total length
     QUEUE_FULL = 9  # limit: max_send_wr / max_recv_wr
+    BAD_FIELD = 10  # field: the path of the field (``"sg_list[1].length"``), limit: its bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,55 @@ class PostFailure:
     fault: PostFault
     value: int = 0
     limit: int = 0
+    field: str = ""
+
+
+# The integer fields of a WR and an SGE and their widths in bits (struct ibv_send_wr,
+# ibv_recv_wr, ibv_sge).  A value outside 0 .. 2^bits - 1, or not an int, is refused with
+# PostFault.BAD_FIELD — never truncated, never stored as it is.
+SEND_WR_FIELDS = {
+    "wr_id": 64,
+    "opcode": 32,
+    "send_flags": 32,
+    "imm_data": 32,
+    "rkey": 32,
+    "remote_addr": 64,
+    "compare_add": 64,
+    "swap": 64,
+}
+RECV_WR_FIELDS = {"wr_id": 64}
+SGE_FIELDS = {"addr": 64, "length": 32, "lkey": 32}
+
+
+def find_bad_field(wr: object, fields: dict[str, int]) -> tuple[str, int] | None:
+    """The first field of *wr* (a SendWR or RecvWR) that is not what it must be, as
+    ``(path, bits)`` (bits 0: not the right kind of object); None if all are right.
+
+    The slow path of a post: an engine checks cheaply (a type error or a range test on
+    the whole WR) and calls this only to name the culprit.
+    """
+    for name, bits in fields.items():
+        if not _fits(getattr(wr, name, None), bits):
+            return name, bits
+    num_sge = getattr(wr, "num_sge", None)
+    if not _fits(num_sge, 31):
+        return "num_sge", 31
+    sg = getattr(wr, "sg", None)
+    if sg is None:
+        return None
+    if not isinstance(sg, list | tuple):
+        return "sg_list", 0
+    for i, sge in enumerate(sg[:num_sge]):
+        for name, bits in SGE_FIELDS.items():
+            if not hasattr(sge, name):
+                return f"sg_list[{i}]", 0
+            if not _fits(getattr(sge, name), bits):
+                return f"sg_list[{i}].{name}", bits
+    return None
+
+
+def _fits(value: object, bits: int) -> bool:
+    return isinstance(value, int) and 0 <= value < 1 << bits
 
 
 class Overrun(Exception):

@@ -79,7 +79,13 @@ class PyEngine:
         self.memory.reg(key, pd, view, addr, access)
 
     def dereg_mr(self, key: int) -> None:
-        self.memory.dereg(key)
+        region = self.memory.dereg(key)
+        if region is None:
+            return
+        with self._lock:
+            qps = [qp for qp in self._qps.values() if qp.pd == region.pd]
+        for qp in qps:  # the only QPs that can reach it, locally or from the peer
+            qp.revoke(region)
 
     def create_channel(self) -> PyChannel:
         return PyChannel()

@@ -4,10 +4,13 @@ One table answers both questions: may a local SGE use this memory (lkey: same PD
 ``LOCAL_WRITE`` where written) and may the peer reach it (rkey: the target QP's PD,
 range, the ``REMOTE_*`` right).  A key is both lkey and rkey of its region.
 
-``dereg`` is synchronous: it marks the region invalid and drops it from the table under
-the table's lock, so no lookup finds it after ``dereg`` returns; a payload already landing
-in it checks :attr:`Region.valid` as it goes.  Views already handed to queued work keep the
-memory itself alive until that work is done.
+``dereg`` marks the region invalid and drops it from the table under the table's lock, so
+no lookup finds it after ``dereg`` returns; a payload already landing in it checks
+:attr:`Region.valid` as it goes.  The engine then revokes it from every QP of its PD
+(``PyEngine.dereg_mr``): each QP's lock is taken once, so no placement into the region is
+under way when deregistration returns, and a QP with work that uses the region goes to
+ERR.  Views already handed to queued work keep the memory itself alive (Python memory is
+never freed under a view), so nothing is ever written to freed memory.
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ class MemoryTable:
         with self._lock:
             self._regions[key] = Region(key, pd, view, addr, access)
 
-    def dereg(self, key: int) -> None:
+    def dereg(self, key: int) -> Region | None:
         with self._lock:
             region = self._regions.pop(key, None)
             if region is not None:
                 region.valid = False
+            return region
 
     def find(self, pd: int, addr: int, length: int) -> Region | None:
         """A region of *pd* holding ``[addr, addr + length)`` whatever its key (inline

@@ -21,9 +21,11 @@ error, so that its error completion comes out in queue order, as on hardware.
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 from collections import deque
+from operator import index as index_of
 from typing import TYPE_CHECKING
 
 from ...device import MAX_MSG_SZ
@@ -40,8 +42,17 @@ from ...enums import (
 from ...errors import TcpverbsError
 from ...wire.hello import Hello
 from ...wr import SGE, RecvWR, SendWR
-from ..api import PostFailure, PostFault, QPParams, QPSpec
+from ..api import (
+    RECV_WR_FIELDS,
+    SEND_WR_FIELDS,
+    PostFailure,
+    PostFault,
+    QPParams,
+    QPSpec,
+    find_bad_field,
+)
 from .cq import PyCQ
+from .memory import Region
 from .rc import RcTransport
 from .stream import StreamTransport
 from .work import RecvWork, Segment, SendWork
@@ -75,6 +86,27 @@ _FENCE = int(ibv_send_flags.IBV_SEND_FENCE)
 _ATOMICS = frozenset({int(WR.IBV_WR_ATOMIC_CMP_AND_SWP), int(WR.IBV_WR_ATOMIC_FETCH_AND_ADD)})
 _WRITES_LOCAL = _ATOMICS | {int(WR.IBV_WR_RDMA_READ)}  # their local SGEs receive data
 _POSTABLE_SEND = (S.IBV_QPS_RTS, S.IBV_QPS_ERR)
+
+
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+# what reading a malformed WR raises (a str where an int belongs, a tuple for an SGE, a
+# value out of range): the post is refused with the culprit named (find_bad_field)
+_BAD_INPUT = (TypeError, AttributeError, ValueError, OverflowError, IndexError)
+
+
+def _check_sge(sge: SGE) -> None:
+    addr, length, lkey = sge.addr, sge.length, sge.lkey
+    if (addr | length | lkey) < 0 or length > _U32 or lkey > _U32 or addr > _U64:
+        raise ValueError("an SGE field is out of range")  # (a non-int: TypeError at "|")
+
+
+def _bad_field(wr: object, index: int, fields: dict[str, int], exc: Exception) -> PostFailure:
+    found = find_bad_field(wr, fields)
+    if found is None:  # the error was not about the WR: a bug, not bad input
+        raise exc
+    path, bits = found
+    return PostFailure(index, PostFault.BAD_FIELD, limit=bits, field=path)
 
 
 class PyQP:
@@ -187,24 +219,30 @@ class PyQP:
     # -- posting ----------------------------------------------------------------------
     def post_send(self, wr: SendWR) -> PostFailure | None:
         with self.lock:
+            index, one = 0, wr
             try:
                 for index, one in enumerate(wr.chain()):
                     failure = self._post_one_send(one, index)
                     if failure is not None:
                         return failure
                 return None
+            except _BAD_INPUT as exc:  # nothing of that WR was posted: name the culprit
+                return _bad_field(one, index, SEND_WR_FIELDS, exc)
             finally:  # WRs before a refused one were posted: they must go out
                 if self.transport is not None and self.state is S.IBV_QPS_RTS and self.sq:
                     self.transport.send_posted()
 
     def post_recv(self, wr: RecvWR) -> PostFailure | None:
         with self.lock:
+            index, one = 0, wr
             try:
                 for index, one in enumerate(wr.chain()):
                     failure = self._post_one_recv(one, index)
                     if failure is not None:
                         return failure
                 return None
+            except _BAD_INPUT as exc:
+                return _bad_field(one, index, RECV_WR_FIELDS, exc)
             finally:
                 if self.transport is not None and self.rq:
                     self.transport.recv_posted()
@@ -215,7 +253,21 @@ class PyQP:
             return PostFailure(index, PostFault.SETUP_FAILED)
         if state not in _POSTABLE_SEND:
             return PostFailure(index, PostFault.BAD_STATE, int(state))
-        opcode = int(wr.opcode)
+        opcode = index_of(wr.opcode)  # plain ints: IntFlag's | and & cost microseconds
+        flags = index_of(wr.send_flags)
+        wr_id, imm, rkey = wr.wr_id, wr.imm_data, wr.rkey
+        remote_addr, compare_add, swap = wr.remote_addr, wr.compare_add, wr.swap
+        if (wr_id | opcode | flags | imm | rkey | remote_addr | compare_add | swap) < 0 or (
+            wr_id > _U64
+            or opcode > _U32
+            or flags > _U32
+            or imm > _U32
+            or rkey > _U32
+            or remote_addr > _U64
+            or compare_add > _U64
+            or swap > _U64
+        ):  # (a non-int raised TypeError at the "|")
+            raise ValueError("a field is out of range")
         wc_opcode = _WC_OPCODE.get(opcode)  # type: ignore[call-overload]
         if wc_opcode is None or (self.wire == "stream" and opcode != WR.IBV_WR_SEND):
             return PostFailure(index, PostFault.BAD_OPCODE, opcode)
@@ -227,7 +279,6 @@ class PyQP:
         if num_sge < 0 or num_sge > len(sges):
             return PostFailure(index, PostFault.SGE_COUNT, num_sge, len(sges))
         sges = sges[:num_sge]
-        flags = int(wr.send_flags)  # plain int: IntFlag's & costs microseconds per WR
         inline = flags & _INLINE
         length = sges[0].length if num_sge == 1 else sum(s.length for s in sges)
         if inline and length > caps.max_inline_data:
@@ -239,16 +290,21 @@ class PyQP:
             return PostFailure(index, PostFault.ATOMIC_SHAPE, num_sge, length)
         if self.sq_used >= caps.max_send_wr:
             return PostFailure(index, PostFault.QUEUE_FULL, limit=caps.max_send_wr)
-        view = (
-            self._valid_view(sges[0], writable=writes_local)
+        region = (
+            self._valid_region(sges[0], writable=writes_local)
             if num_sge == 1 and not inline
             else None
         )
+        view = region.slice(sges[0].addr, length) if region is not None else None
+        regions: tuple[Region, ...]
         if view is not None:  # the usual case, resolved in one step
             segments: list[Segment] = [view] if length else []
             error = None
+            regions = (region,)  # type: ignore[assignment]
         else:
-            segments, error = self._resolve(sges, writable=writes_local, inline=bool(inline))
+            segments, error, regions = self._resolve(
+                sges, writable=writes_local, inline=bool(inline)
+            )
         if error is None and length > MAX_MSG_SZ:
             error = (
                 ibv_wc_status.IBV_WC_LOC_LEN_ERR,
@@ -256,24 +312,27 @@ class PyQP:
             )
         if inline and error is None:
             segments = [b"".join(segments)]  # the caller may reuse the buffer on return
+            regions = ()  # copied: deregistration no longer matters
         # positional: keyword construction of this 17-field record costs more per WR
         work = SendWork(
-            wr.wr_id,
+            wr_id,
             opcode,
             wc_opcode,
             self.sq_sig_all or bool(flags & _SIGNALED),
             bool(flags & _SOLICITED),
             segments,
             length,
-            wr.imm_data & 0xFFFFFFFF,
+            imm,
             error,
             0,
-            wr.rkey & 0xFFFFFFFF,
-            wr.remote_addr & 0xFFFFFFFFFFFFFFFF,
-            wr.compare_add & 0xFFFFFFFFFFFFFFFF,
-            wr.swap & 0xFFFFFFFFFFFFFFFF,
+            rkey,
+            remote_addr,
+            compare_add,
+            swap,
             bool(flags & _FENCE),
             writes_local,
+            0,
+            regions,
         )
         self.sq_used += 1
         if state is S.IBV_QPS_ERR:
@@ -297,16 +356,21 @@ class PyQP:
             return PostFailure(index, PostFault.SGE_COUNT, num_sge, len(sges))
         if self.rq_used >= caps.max_recv_wr:
             return PostFailure(index, PostFault.QUEUE_FULL, limit=caps.max_recv_wr)
+        wr_id = wr.wr_id
+        if (wr_id | 0) < 0 or wr_id > _U64:  # (a non-int raises TypeError at the "|")
+            raise ValueError("wr_id is out of range")
         work = None
         if num_sge == 1:  # the usual receive, one valid SGE, resolved in one step
             sge = sges[0]
-            view = self._valid_view(sge, writable=True)
+            region = self._valid_region(sge, writable=True)
+            view = region.slice(sge.addr, sge.length) if region is not None else None
             if view is not None:
-                work = RecvWork(wr.wr_id, [view] if sge.length else [], sge.length)
+                regions: tuple[Region, ...] = (region,) if region is not None else ()
+                work = RecvWork(wr_id, [view] if sge.length else [], sge.length, None, regions)
         if work is None:  # anything else: the general path finds the error, if any
-            segments, error = self._resolve(sges[:num_sge], writable=True, inline=False)
+            segments, error, regions = self._resolve(sges[:num_sge], writable=True, inline=False)
             views = [s for s in segments if isinstance(s, memoryview)]
-            work = RecvWork(wr.wr_id, views, sum(len(v) for v in views), error)
+            work = RecvWork(wr_id, views, sum(len(v) for v in views), error, regions)
         self.rq_used += 1
         if state is S.IBV_QPS_ERR:
             self.complete_recv(work, _FLUSH)
@@ -314,8 +378,10 @@ class PyQP:
             self.rq.append(work)
         return None
 
-    def _valid_view(self, sge: SGE, *, writable: bool) -> memoryview | None:
-        """The memory of one SGE when it is valid, else None (:meth:`_resolve` says why)."""
+    def _valid_region(self, sge: SGE, *, writable: bool) -> Region | None:
+        """The region of one SGE when it may be used, else None (:meth:`_resolve` then
+        says why; the range is the caller's to check)."""
+        _check_sge(sge)
         region = self.engine.memory.get(sge.lkey)
         if (
             region is None
@@ -323,40 +389,42 @@ class PyQP:
             or (writable and not region.access & _LOCAL_WRITE)
         ):
             return None
-        return region.slice(sge.addr, sge.length)
+        return region
 
     def _resolve(
         self, sges: list[SGE], *, writable: bool, inline: bool
-    ) -> tuple[list[Segment], tuple[int, str] | None]:
-        """Memory of *sges* as views; an error becomes the WR's LOC_PROT_ERR completion."""
+    ) -> tuple[list[Segment], tuple[int, str] | None, tuple[Region, ...]]:
+        """Memory of *sges* as views, and the regions they lie in; an error becomes the
+        WR's LOC_PROT_ERR completion."""
         views: list[Segment] = []
+        used: list[Region] = []
         memory = self.engine.memory
         for i, sge in enumerate(sges):
+            _check_sge(sge)
             region = memory.get(sge.lkey)
             if region is not None and region.pd != self.pd:
                 region = None
             if region is None and inline:  # ibv_post_send ignores lkey for inline data
                 region = memory.find(self.pd, sge.addr, sge.length)
+            why = None
+            view = None
             if region is None:
-                return views, (
-                    _LOC_PROT,
-                    f"SGE {i}: lkey 0x{sge.lkey:x} is not an MR of this QP's PD",
-                )
-            if writable and not region.access & _LOCAL_WRITE:
-                return views, (
-                    _LOC_PROT,
-                    f"SGE {i}: MR 0x{sge.lkey:x} lacks IBV_ACCESS_LOCAL_WRITE",
-                )
-            view = region.slice(sge.addr, sge.length)
-            if view is None:
-                return views, (
-                    _LOC_PROT,
-                    f"SGE {i}: [0x{sge.addr:x}, +{sge.length}) is outside MR "
-                    f"[0x{region.addr:x}, +{region.length})",
-                )
+                why = f"SGE {i}: lkey 0x{sge.lkey:x} is not an MR of this QP's PD"
+            elif writable and not region.access & _LOCAL_WRITE:
+                why = f"SGE {i}: MR 0x{sge.lkey:x} lacks IBV_ACCESS_LOCAL_WRITE"
+            else:
+                view = region.slice(sge.addr, sge.length)
+                if view is None:
+                    why = (
+                        f"SGE {i}: [0x{sge.addr:x}, +{sge.length}) is outside MR "
+                        f"[0x{region.addr:x}, +{region.length})"
+                    )
+            if why is not None or view is None or region is None:
+                return views, (_LOC_PROT, why or "?"), ()
             if sge.length:
                 views.append(view)
-        return views, None
+                used.append(region)
+        return views, None, tuple(used)
 
     # -- outcomes (called with the lock held, by the transport or the state machine) --
     def complete_send(self, work: SendWork, status: int, vendor_err: int = 0) -> None:
@@ -422,6 +490,27 @@ class PyQP:
             else:
                 self.rq_used = max(0, self.rq_used - count)
 
+    def revoke(self, region: Region) -> None:
+        """*region* was deregistered (it is invalid already).  Taking the lock waits out a
+        placement into it that is under way; work that still uses it completes with
+        ``IBV_WC_LOC_PROT_ERR`` and the QP goes to ERR, as on hardware."""
+        with self.lock:
+            if self.state is S.IBV_QPS_ERR or self._destroyed:
+                return
+            in_flight = self.transport.outstanding() if self.transport is not None else ()
+            works: list[SendWork | RecvWork] = [*in_flight, *self.sq, *self.rq]
+            for work in works:
+                if region in work.regions:
+                    self.enter_error(
+                        TcpverbsError(
+                            errno.EFAULT,
+                            f"MR 0x{region.key:08x} was deregistered while work request "
+                            f"{work.wr_id} used it",
+                        ),
+                        revoked=region,
+                    )
+                    return
+
     def enter_error(
         self,
         exc: TcpverbsError,
@@ -430,11 +519,13 @@ class PyQP:
         notify_peer: bool = True,
         event: ibv_event_type = ibv_event_type.IBV_EVENT_QP_FATAL,
         first_status: int = _FLUSH,
+        revoked: Region | None = None,
     ) -> None:
         """Move to ERR: close the connection and flush every outstanding WR, in order.
 
         *first_status* goes to the oldest outstanding send WR instead of the flush (the
-        one a timeout struck, ``IBV_WC_RETRY_EXC_ERR``)."""
+        one a timeout struck, ``IBV_WC_RETRY_EXC_ERR``); WRs that use the *revoked*
+        region complete with ``IBV_WC_LOC_PROT_ERR``."""
         with self.lock:
             if self.state is S.IBV_QPS_ERR or self._destroyed:
                 return
@@ -448,11 +539,13 @@ class PyQP:
                 transport.close(exc if notify_peer else None)
             status = first_status
             for work in [*unfinished, *self.sq]:
-                self.complete_send(work, status)
+                hit = revoked is not None and revoked in work.regions
+                self.complete_send(work, _LOC_PROT if hit else status)
                 status = _FLUSH
             self.sq.clear()
             for rwork in self.rq:
-                self.complete_recv(rwork, _FLUSH)
+                hit = revoked is not None and revoked in rwork.regions
+                self.complete_recv(rwork, _LOC_PROT if hit else _FLUSH)
             self.rq.clear()
         self.engine.event(event, self.handle, exc.strerror or str(exc))
 

@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ...device import MAX_MSG_SZ
@@ -67,6 +68,12 @@ HELLO_TIMEOUT = 10.0  # seconds to wait for the peer's hello
 STAGING_SIZE = 256 * 1024
 DIRECT_MIN = 16 * 1024  # payload left at least this big goes straight to its destination
 TX_BACKLOG = 1024  # unsent answers (to the peer's requests) above which we stop reading
+# Work one call may do on one connection — a CQ.poll, or a turn of the progress thread —
+# before it moves on: frames handled, with each read counting READ_COST.  So no peer,
+# however fast it sends, holds the application or the other connections (about 10 ms of
+# tiny frames; up to 16 reads of payload straight into memory).
+WORK_PER_CALL = 512
+READ_COST = 32
 
 W = ibv_wc_status
 WR = ibv_wr_opcode
@@ -133,6 +140,8 @@ class RcTransport(Transport):
         self._read_paused = False  # stopped reading until our answers drain
         self._answer_ends: deque[int] = deque()  # stream positions just past queued answers
         self._goodbye: tuple[int, int, str] | None = None
+        self._budget = 0  # work left in this call (see WORK_PER_CALL)
+        self._resume_timer: Timer | None = None  # goes on where a call's budget ran out
         for key in ("rnr_naks_sent", "rnr_naks_received", "remote_ops"):
             self.stats.setdefault(key, 0)
 
@@ -182,7 +191,7 @@ class RcTransport(Transport):
         self._pump()
 
     def _cancel_timers(self) -> None:
-        for timer in (self._hello_timer, self._rnr_timer):
+        for timer in (self._hello_timer, self._rnr_timer, self._resume_timer):
             if timer is not None:
                 timer.cancel()
 
@@ -201,6 +210,9 @@ class RcTransport(Transport):
 
     def on_readable(self) -> None:
         self._process()
+
+    def outstanding(self) -> Iterable[SendWork]:
+        return self.window.inflight
 
     def take_unfinished(self) -> list[SendWork]:
         # completions held for zerocopy come out first: they are earlier, and successful
@@ -364,6 +376,7 @@ class RcTransport(Transport):
         the application stops polling, the parked-reads check (``Transport._park_reads``).
         """
         owed_before = self.proto.ack_owed
+        self._budget = WORK_PER_CALL
         try:
             got = self._receive_loop()
         except RemoteProtocolError as exc:
@@ -376,6 +389,16 @@ class RcTransport(Transport):
             self._queue_ack()
         if self._tx:
             self._flush()
+        if self._budget <= 0 and not self._closed and self._resume_timer is None:
+            # more may be waiting (in staging, where epoll cannot see it): the progress
+            # thread goes on with it after a turn for everything else
+            self._resume_timer = self.reactor.call_later(0, self._resume, self)
+
+    def _resume(self) -> None:
+        with self.qp.lock:
+            self._resume_timer = None
+            if not self._closed:
+                self._process()
 
     def _queue_ack(self) -> None:
         ack = self.proto.take_ack()
@@ -385,7 +408,7 @@ class RcTransport(Transport):
     def _receive_loop(self) -> bool:
         """Read until the socket is drained; True if anything arrived."""
         got = False
-        while not self._closed:
+        while not self._closed and self._budget > 0:
             if self._rx_start == self._rx_end:
                 self._rx_start = self._rx_end = 0
                 if self._answers_queued() > TX_BACKLOG:  # a peer that does not read them
@@ -399,6 +422,7 @@ class RcTransport(Transport):
                 if drained is None:
                     return got
                 got = True
+                self._budget -= READ_COST
             else:
                 drained = False
             used = self._consume(self._sv[self._rx_start : self._rx_end])
@@ -476,7 +500,8 @@ class RcTransport(Transport):
         """Handle the frames in *data*; return the bytes used."""
         pos, end = 0, len(data)
         decoder = self.decoder
-        while pos < end and not self._closed:
+        while pos < end and not self._closed and self._budget > 0:
+            self._budget -= 1
             if not self.established:
                 hello, used = self._hello.receive(data[pos:])
                 pos += used

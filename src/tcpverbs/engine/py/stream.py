@@ -28,6 +28,7 @@ import errno
 import socket
 import termios
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ...enums import ibv_wc_status
@@ -78,6 +79,14 @@ class StreamTransport(Transport):
 
     def on_readable(self) -> None:
         self._receive()
+
+    def close(self, reason: TcpverbsError | None) -> None:
+        # no goodbye to say, and no draining: bytes the peer sends after the QP failed
+        # must draw a reset (its SEND fails), not be acknowledged and dropped here
+        super().close(None)
+
+    def outstanding(self) -> Iterable[SendWork]:
+        return self._unacked
 
     def take_unfinished(self) -> list[SendWork]:
         try:  # what TCP acknowledged is done, whatever happens next

@@ -21,7 +21,7 @@ import struct
 import termios
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -122,6 +122,10 @@ class Transport:
 
     def take_unfinished(self) -> list[SendWork]:
         """Send WRs handed to the wire whose outcome is not known yet (to be flushed)."""
+        raise NotImplementedError
+
+    def outstanding(self) -> Iterable[SendWork]:
+        """Send WRs handed to the wire whose outcome is not known yet (a look only)."""
         raise NotImplementedError
 
     def close(self, reason: TcpverbsError | None) -> None:

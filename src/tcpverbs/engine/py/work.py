@@ -8,6 +8,10 @@ that its error completion comes out in queue order like on hardware.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .memory import Region
 
 __all__ = ["RecvWork", "SendWork"]
 
@@ -33,6 +37,7 @@ class SendWork:
     fence: bool = False  # wait for earlier READs and atomics
     needs_response: bool = False  # READ / atomic: completes on its response, not an ACK
     rnr_tries: int = 0
+    regions: tuple[Region, ...] = ()  # the local memory it uses (deregistration revokes it)
 
 
 @dataclass(slots=True, eq=False)
@@ -41,3 +46,4 @@ class RecvWork:
     segments: list[memoryview]
     capacity: int
     error: tuple[int, str] | None = None
+    regions: tuple[Region, ...] = ()
