@@ -2,7 +2,7 @@
 
     python examples/rdma_write_read.py
 
-The "server" side only registers memory and publishes (GID, QP number, rkey, address) —
+The "server" side only registers memory and publishes (GID, QP number, PSN, rkey, address) —
 here through a dict standing in for any out-of-band channel.  The client then WRITEs into
 that memory, READs it back and bumps a counter with FETCH_AND_ADD, while the server
 application does nothing at all.
@@ -10,6 +10,7 @@ application does nothing at all.
 
 from __future__ import annotations
 
+import random
 import sys
 
 import tcpverbs as v
@@ -29,23 +30,28 @@ def main() -> None:
             pd_s, v.QPInitAttr(scq=cq_s, rcq=cq_s, **init), v.QPAttr(qp_access_flags=ALL_ACCESS)
         )
         client = v.QP(pd_c, v.QPInitAttr(scq=cq_c, rcq=cq_c, **init), v.QPAttr())
-        # the out-of-band exchange (a TCP socket, a file, a job scheduler...)
+        # the out-of-band exchange (a TCP socket, a file, a job scheduler...); the random
+        # PSNs are how each side's context knows the connection comes from the other
+        psn = {server: random.getrandbits(24), client: random.getrandbits(24)}
         published = {
             "gid": gid,
             "qpn": server.qp_num,
+            "psn": psn[server],
             "rkey": server_mr.rkey,
             "addr": server_mr.buf,
         }
-        for qp, peer_qpn in ((server, client.qp_num), (client, published["qpn"])):
+        peers = ((server, client.qp_num, psn[client]), (client, published["qpn"], psn[server]))
+        for qp, peer_qpn, peer_psn in peers:
             route = v.GlobalRoute(dgid=gid, sgid_index=0)
             qp.to_rtr(
                 v.QPAttr(
                     ah_attr=v.AHAttr(is_global=1, gr=route),
                     dest_qp_num=peer_qpn,
+                    rq_psn=peer_psn,
                     max_dest_rd_atomic=4,
                 )
             )
-            qp.to_rts(v.QPAttr(max_rd_atomic=4))
+            qp.to_rts(v.QPAttr(sq_psn=psn[qp], max_rd_atomic=4))
         local = v.MR(pd_c, 4096, ALL_ACCESS)
         local.write(b"written by RDMA", 15)
         write = v.SendWR(1, OP.IBV_WR_RDMA_WRITE, 1, 0, [v.SGE(local.buf, 15, local.lkey)])

@@ -17,19 +17,20 @@ import tcpverbs as v
 from tcpverbs.oob import service as oob
 from tcpverbs.testing import ALL_ACCESS, Endpoint, connect, make_endpoint, poll_until
 from tcpverbs.wire import Hello
+from tcpverbs.wire.frames import Header, Opcode, encode_header
 
 W = v.ibv_wc_status
 OP = v.ibv_wr_opcode
 
 
-def av_attr(gid: v.GID, dest_qp_num: int, sgid_index: int = 0) -> v.QPAttr:
+def av_attr(gid: v.GID, dest_qp_num: int, sgid_index: int = 0, rq_psn: int = 0) -> v.QPAttr:
     """What a verbs program for RoCE passes to to_rtr."""
     return v.QPAttr(
         ah_attr=v.AHAttr(
             is_global=1, gr=v.GlobalRoute(dgid=gid, sgid_index=sgid_index), port_num=1
         ),
         dest_qp_num=dest_qp_num,
-        rq_psn=0,
+        rq_psn=rq_psn,
         max_dest_rd_atomic=4,
     )
 
@@ -49,7 +50,8 @@ def waiter_joins_and_dialer_writes(
     src, dst = v.MR(dialer.pd, len(data), ALL_ACCESS), v.MR(waiter.pd, len(data), ALL_ACCESS)
     src.write(data, len(data))
     write(dialer, src, len(data), dst.rkey, dst.buf)
-    assert poll_until(dialer.scq)[0].status == W.IBV_WC_SUCCESS
+    status = poll_until(dialer.scq)[0].status
+    assert status == W.IBV_WC_SUCCESS, (status, dialer.qp.error, waiter.qp.error)
     assert dst.read(len(data), 0) == data
 
 
@@ -404,3 +406,96 @@ def test_a_connection_flood_costs_the_service_bounded_cpu(ctx: v.Context) -> Non
     spent = thread_cpu_seconds("tcpverbs-oob") - before
     wall = time.monotonic() - started
     assert spent < 0.25 * wall, f"the service thread used {spent:.2f} s of CPU in {wall:.2f} s"
+
+
+# -- the peer proves who it is with the PSNs exchanged out of band ---------------------------
+
+WAITER_PSN, DIALLER_PSN = 0x5EED01, 0x5EED02  # each side's sq_psn, told to the other
+
+
+def auth_frame(psn: int) -> bytes:
+    return encode_header(Header(Opcode.AUTH, psn=psn))
+
+
+def dial_as(port: int, qp_num: int, dest: int, psn: int, auth: int) -> socket.socket:
+    """A hand-made dialler on this host claiming *qp_num*, with the proofs it guessed."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(Hello(qp_num, 1, 1, 1, dest_qp_num=dest, psn=psn).encode() + auth_frame(auth))
+    return sock
+
+
+def closed_without_answer(sock: socket.socket) -> bool:
+    """Closed (or reset: what we sent was left unread) before a byte came back."""
+    sock.settimeout(5)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("waiter_in", ["RTR", "RTS"])
+def test_an_impostor_on_the_peers_own_host_is_turned_away(ctx: v.Context, waiter_in: str) -> None:
+    """Same address, the expected QP number, wrong PSNs: closed, and the real peer, which
+    comes after it, is taken.  In RTR the waiting QP checks the AUTH frame, in RTS the
+    hello."""
+    dialer, waiter = dialer_and_waiter(ctx)
+    gid = ctx.query_gid(1, 0)
+    waiter.qp.to_rtr(av_attr(gid, dialer.qp.qp_num, rq_psn=DIALLER_PSN))
+    if waiter_in == "RTS":
+        waiter.qp.to_rts(v.QPAttr(sq_psn=WAITER_PSN, max_rd_atomic=4))
+    port = waiter.qp.qp_num >> 8
+    impostor = dial_as(port, dialer.qp.qp_num, waiter.qp.qp_num, psn=0, auth=0x123)
+    assert closed_without_answer(impostor)
+    assert ctx._oob.waiting(waiter.qp.qp_num)  # still waiting for the real one
+    dialer.qp.to_rtr(av_attr(gid, waiter.qp.qp_num, rq_psn=WAITER_PSN))
+    dialer.qp.to_rts(v.QPAttr(sq_psn=DIALLER_PSN, max_rd_atomic=4))
+    if waiter_in == "RTR":
+        waiter.qp.to_rts(v.QPAttr(sq_psn=WAITER_PSN, max_rd_atomic=4))
+    src, dst = v.MR(dialer.pd, 8, ALL_ACCESS), v.MR(waiter.pd, 8, ALL_ACCESS)
+    src.write(b"the real", 8)
+    write(dialer, src, 8, dst.rkey, dst.buf)
+    assert poll_until(dialer.scq)[0].status == W.IBV_WC_SUCCESS
+    assert dst.read(8, 0) == b"the real"
+
+
+@pytest.mark.parametrize("stays", ["waiter", "dialer"])
+def test_a_qp_that_stays_in_rtr_is_reached(ctx: v.Context, stays: str) -> None:
+    """A receive-only QP never reaches RTS.  If it is the waiting one, the dialler's AUTH
+    proves the dialler; if it is the dialler (no AUTH), its hello does, once the waiting
+    QP is in RTS.  Either way the other QP's SEND arrives."""
+    dialer, waiter = dialer_and_waiter(ctx)
+    gid = ctx.query_gid(1, 0)
+    psn = {dialer.qp.qp_num: DIALLER_PSN, waiter.qp.qp_num: WAITER_PSN}
+    receiver, sender = (waiter, dialer) if stays == "waiter" else (dialer, waiter)
+    dst = v.MR(receiver.pd, 8, ALL_ACCESS)
+    receiver.qp.post_recv(v.RecvWR(7, 1, [v.SGE(dst.buf, 8, dst.lkey)]))
+    for me, peer in ((receiver, sender), (sender, receiver)):
+        me.qp.to_rtr(av_attr(gid, peer.qp.qp_num, rq_psn=psn[peer.qp.qp_num]))
+    sender.qp.to_rts(v.QPAttr(sq_psn=psn[sender.qp.qp_num], max_rd_atomic=4))
+    src = v.MR(sender.pd, 8, ALL_ACCESS)
+    src.write(b"rtr only", 8)
+    sender.qp.post_send(v.SendWR(8, OP.IBV_WR_SEND, 1, 0, [v.SGE(src.buf, 8, src.lkey)]))
+    assert poll_until(receiver.rcq)[0].wr_id == 7 and dst.read(8, 0) == b"rtr only"
+    assert receiver.qp.qp_state == v.ibv_qp_state.IBV_QPS_RTR
+
+
+def test_psns_that_do_not_pair_up_never_connect(
+    ctx: v.Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The application's own mistake looks like an impostor: refused; the waiting QP
+    times out, the dialler learns its connection was closed during the hello."""
+    monkeypatch.setattr(oob, "CONNECT_TIMEOUT", 1.0)
+    dialer, waiter = dialer_and_waiter(ctx)
+    gid = ctx.query_gid(1, 0)
+    waiter.qp.to_rtr(av_attr(gid, dialer.qp.qp_num, rq_psn=DIALLER_PSN))
+    waiter.qp.to_rts(v.QPAttr(sq_psn=WAITER_PSN, max_rd_atomic=4))
+    dialer.qp.to_rtr(av_attr(gid, waiter.qp.qp_num, rq_psn=WAITER_PSN ^ 1))
+    dialer.qp.to_rts(v.QPAttr(sq_psn=DIALLER_PSN ^ 1, max_rd_atomic=4))
+    errors = {}
+    for _ in range(2):
+        event = ctx.get_async_event(timeout=10)
+        errors[event.element] = event.element.error
+    assert errors[waiter.qp].errno == errno.ETIMEDOUT
+    assert "hello" in errors[dialer.qp].strerror

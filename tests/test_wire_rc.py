@@ -344,11 +344,11 @@ def test_hello_vector(vec: dict[str, Any]) -> None:
     assert expected.encode() == data
     for cuts in splits(len(data)):
         assert feed_hello(data, cuts) == expected
-    # the hello takes exactly its 36 bytes: a first frame may follow in the same read
+    # the hello takes exactly its 40 bytes: a first frame may follow in the same read
     hello, used = HelloDecoder().receive(memoryview(data + bytes.fromhex("1000000000000004")))
     assert hello == expected and used == HELLO_SIZE
     # the layout of the document's diagram, by hand
-    assert len(data) == 36 and data[:8] == b"TCPVERBS"
+    assert len(data) == 40 and data[:8] == b"TCPVERBS"
 
     def be(a: int, b: int) -> int:
         return int.from_bytes(data[a:b], "big")
@@ -361,7 +361,7 @@ def test_hello_vector(vec: dict[str, Any]) -> None:
         fields["max_msg_sz"],
     )
     assert (data[32], data[33]) == (fields["max_rd_atomic"], fields["max_dest_rd_atomic"])
-    assert data[34:36] == b"\0\0"
+    assert data[34:36] == b"\0\0" and be(36, 40) == fields["psn"]
 
 
 @pytest.mark.parametrize("vec", HELLOS["invalid"], ids=_ids(HELLOS["invalid"]))

@@ -270,6 +270,8 @@ class QP(VerbsObject):
             if plan is not None:
                 attr.sock = None  # the library owns it now
                 plan.start(self)
+            if (cur, new) == (S.IBV_QPS_RTR, S.IBV_QPS_RTS):
+                self.ctx._oob.rts(self.qp_num, self._attr.sq_psn)  # a waiting QP's proof
 
     def _bad_transition(self, cur: ibv_qp_state, new: ibv_qp_state) -> str:
         why = f"invalid QP state transition {cur.name} -> {new.name}"
@@ -289,6 +291,8 @@ class QP(VerbsObject):
             a.timeout,
             a.retry_cnt,
             a.dest_qp_num,
+            a.rq_psn,
+            a.sq_psn,
         )
 
     def _check_attrs(self, attr: QPAttr, mask: M) -> None:
@@ -455,7 +459,7 @@ class _Wait:
         self.dest, self.host = dest, host
 
     def start(self, qp: QP) -> None:
-        qp.ctx._oob.expect(qp._qp, self.dest, self.host)
+        qp.ctx._oob.expect(qp._qp, self.dest, self.host, qp._attr.rq_psn)
 
     def abandon(self) -> None:
         """Nothing started."""

@@ -211,6 +211,8 @@ class QPParams:
     timeout: int = 14
     retry_cnt: int = 7
     dest_qp_num: int = 0
+    rq_psn: int = 0  # rc: sent in the hello, the peer's proof of who it is
+    sq_psn: int = 0  # rc: sent in an AUTH frame once in RTS (tcpverbs.oob.service)
 
 
 MIN_REQUESTER_TIMEOUT = 1.0  # seconds: TCP's own retransmission makes shorter spurious

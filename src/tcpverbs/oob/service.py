@@ -15,9 +15,17 @@ and ``dest_qp_num``.  tcpverbs turns that into a TCP connection by itself:
   ``CONNECT_TIMEOUT``.
 * The dialling side's hello names the QP it wants (``dest_qp_num``).  The service reads
   that hello and hands the socket to that QP's engine if the QP waits for exactly this
-  peer (QP number *and* source address must match); a connection that arrives before
-  its QP reached RTR is parked for a while (within the limits below).  Anything
-  else is closed.
+  peer (QP number *and* source address must match) and the peer *proves* it is that
+  peer; a connection that arrives before its QP reached RTR is parked for a while
+  (within the limits below).  Anything else is closed.
+* The proof: QP numbers are predictable, PSNs are what the two programs exchanged out
+  of band (random ones, as rdma-core's examples choose them).  The dialler's hello
+  carries its ``rq_psn`` — the waiting QP's ``sq_psn`` — and, once in RTS, the dialler
+  sends its ``sq_psn`` — the waiting QP's ``rq_psn`` — in an AUTH frame.  The waiting QP
+  accepts the first that matches: the hello's as soon as it knows its own ``sq_psn``
+  (RTS), the AUTH's at once (it knows its ``rq_psn`` from RTR).  So a QP that stays in
+  RTR is reachable, and so is one whose peer does.  A connection whose proof is wrong
+  is closed and the QP goes on waiting for the real peer.
 
 Whatever arrives, memory, CPU and the legitimate peer's chances stay bounded (what
 this protects against and what it does not: docs/semantics.md, "Connecting"):
@@ -49,6 +57,7 @@ import ipaddress
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -58,6 +67,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
 from ..reactor import Reactor, Timer
+from ..wire.frames import BASE, Opcode
 from ..wire.hello import HELLO_SIZE, Hello, HelloDecoder
 
 if TYPE_CHECKING:
@@ -85,6 +95,9 @@ ACCEPT_PAUSE = ACCEPT_BURST / 4 / ACCEPT_RATE  # seconds without accepting once 
 REDIAL_FIRST = 0.02  # seconds before a refused dial is tried again (then doubling)
 REDIAL_MAX = 1.0
 _QPS_PER_PORT = 255
+_AUTH = struct.Struct("!BBHII")  # an AUTH frame: the base header and the psn
+AUTH_SIZE = _AUTH.size
+assert BASE.size + 4 == AUTH_SIZE
 _T = TypeVar("_T")
 _ERR = select.EPOLLERR | select.EPOLLHUP
 
@@ -164,7 +177,10 @@ class _Wait:
     qp: QPEngine
     dest: int
     host: str
+    rq_psn: int  # what the peer's AUTH must carry
+    sq_psn: int | None = None  # what the peer's hello must carry; known from RTS on
     timer: Timer | None = None
+    candidates: list[_Candidate] = field(default_factory=list)  # proving who they are
 
 
 @dataclass(eq=False)
@@ -247,10 +263,11 @@ class OobService:
             sock.close()
             raise
 
-    def expect(self, qp: QPEngine, dest: int, host: str) -> None:
-        """*qp* (in RTR) waits for QP *dest* at *host* to dial it."""
+    def expect(self, qp: QPEngine, dest: int, host: str, rq_psn: int) -> None:
+        """*qp* (in RTR) waits for QP *dest* at *host* to dial it; *rq_psn* is what the
+        peer's AUTH must say."""
         qpn = qp.qp_num
-        wait = _Wait(qp, dest, host)
+        wait = _Wait(qp, dest, host, rq_psn)
         with self._lock:  # waiting from here on: an arrival from now is matched, not parked
             reactor = self._start_listening()
             parked = self._parked.pop(qpn, [])
@@ -258,19 +275,82 @@ class OobService:
         for entry in parked:
             if entry.timer is not None:
                 entry.timer.cancel()
-        for i, entry in enumerate(parked):
+        for entry in parked:
             if hello_matches(entry.hello, dest, host, entry.sock):
-                with self._lock:
-                    ours = self._waits.get(qpn) is wait
-                    if ours:
-                        del self._waits[qpn]
-                if ours and self._hand_over(qp, entry.sock, entry.hello, None):
-                    for rest in parked[i + 1 :]:  # the ones before are closed already
-                        rest.sock.close()
-                    return
-            entry.sock.close()  # not the expected peer (or one arrived meanwhile)
-        # (an arrival that matched before this timer exists leaves it to find nothing)
-        wait.timer = reactor.call_later(CONNECT_TIMEOUT, lambda: self._expired(wait), _Quiet())
+                self._consider(wait, entry.sock, entry.hello)
+            else:
+                entry.sock.close()  # not the expected peer
+        with self._lock:
+            if self._waits.get(qpn) is not wait:
+                return  # taken already
+            # (an arrival that matched before this timer exists leaves it to find nothing)
+            wait.timer = reactor.call_later(CONNECT_TIMEOUT, lambda: self._expired(wait), _Quiet())
+
+    def rts(self, qpn: int, sq_psn: int) -> None:
+        """QP *qpn* reached RTS: a waiting one can check the hellos' proof now (on the
+        service's thread, which alone reads the candidates' sockets)."""
+        with self._lock:
+            wait = self._waits.get(qpn)
+            if wait is None or self._reactor is None:
+                return
+            wait.sq_psn = sq_psn
+            self._reactor.call_later(0, lambda: self._check_hellos(wait), _Quiet())
+
+    def _check_hellos(self, wait: _Wait) -> None:
+        with self._lock:
+            candidates = list(wait.candidates)
+        for candidate in candidates:
+            if candidate.hello.psn != wait.sq_psn:
+                candidate.drop()  # its hello does not prove it (its AUTH could not either)
+            elif candidate.reading_auth:
+                candidate.proven = True  # handed over once its AUTH is read through
+            else:
+                self._accept(wait, candidate)
+                return
+
+    def _consider(self, wait: _Wait, sock: socket.socket, hello: Hello) -> None:
+        """*sock* came from the expected address and QP number: take it once it proves
+        it is the peer (see the module), close it if it cannot."""
+        with self._lock:
+            known = wait.sq_psn
+            reactor = self._reactor
+            crowded = sum(c.host == peer_host(sock) for c in wait.candidates)
+            if (
+                self._waits.get(wait.qp.qp_num) is not wait
+                or reactor is None
+                or (known is not None and hello.psn != known)
+                or len(wait.candidates) >= MAX_PARKED
+                or crowded >= MAX_PARKED_PER_HOST
+            ):
+                sock.close()
+                return
+            candidate = _Candidate(self, reactor, wait, sock, hello)
+            wait.candidates.append(candidate)
+        if known is not None:  # its hello proves it already
+            self._accept(wait, candidate)
+        else:
+            candidate.start()
+
+    def _accept(self, wait: _Wait, winner: _Candidate) -> None:
+        """*winner* proved it is the peer: hand it over; the other candidates go."""
+        with self._lock:
+            if self._waits.get(wait.qp.qp_num) is not wait or winner not in wait.candidates:
+                return
+            del self._waits[wait.qp.qp_num]
+            others = [c for c in wait.candidates if c is not winner]
+            wait.candidates.clear()
+        if wait.timer is not None:
+            wait.timer.cancel()
+        for other in others:
+            other.drop()
+        sock = winner.detach()
+        if sock is not None:
+            self._hand_over(wait.qp, sock, winner.hello, None)
+
+    def _unproven(self, wait: _Wait, candidate: _Candidate) -> None:
+        with self._lock:
+            if candidate in wait.candidates:
+                wait.candidates.remove(candidate)
 
     def cancel(self, qpn: int) -> None:
         """QP *qpn* stops waiting or dialling (reset, destroyed, or failed)."""
@@ -278,8 +358,8 @@ class OobService:
             wait = self._waits.pop(qpn, None)
             dial = self._dials.pop(qpn, None)
             parked = self._parked.pop(qpn, [])
-        if wait is not None and wait.timer is not None:
-            wait.timer.cancel()
+        if wait is not None:
+            _end_wait(wait)
         if dial is not None:
             dial.stop()
         for entry in parked:
@@ -297,6 +377,7 @@ class OobService:
             if self._waits.get(wait.qp.qp_num) is not wait:
                 return
             del self._waits[wait.qp.qp_num]
+        _end_wait(wait)
         wait.qp.fail(
             TcpverbsError(
                 errno.ETIMEDOUT,
@@ -344,8 +425,6 @@ class OobService:
             if wait is not None:
                 if not hello_matches(hello, wait.dest, wait.host, sock):
                     wait = None  # not the expected peer: refused below
-                else:
-                    del self._waits[qpn]
             elif host is not None and self._allocated(qpn):
                 waiting = self._parked.setdefault(qpn, [])
                 # the first ones from an address keep their place; an address that holds
@@ -369,9 +448,7 @@ class OobService:
         if wait is None:
             sock.close()
             return
-        if wait.timer is not None:
-            wait.timer.cancel()
-        self._hand_over(wait.qp, sock, hello, None)
+        self._consider(wait, sock, hello)
 
     def _allocated(self, qpn: int) -> bool:
         return any(port.holds(qpn) for port in self._ports)
@@ -436,8 +513,7 @@ class OobService:
             ports, self._ports = self._ports, []
             reactor, self._reactor = self._reactor, None
         for wait in waits:
-            if wait.timer is not None:
-                wait.timer.cancel()
+            _end_wait(wait)
         for dial in dials:
             dial.stop()
         for entries in parked:
@@ -449,6 +525,15 @@ class OobService:
             port.close()
         if reactor is not None:
             reactor.close()
+
+
+def _end_wait(wait: _Wait) -> None:
+    """The wait is over (cancelled, expired, closed): its timer and candidates go."""
+    if wait.timer is not None:
+        wait.timer.cancel()
+    candidates, wait.candidates = list(wait.candidates), []
+    for candidate in candidates:
+        candidate.drop()
 
 
 class _Quiet:
@@ -588,6 +673,79 @@ class _Incoming:
         if self.sock.fileno() >= 0:
             self._detach()
             self.sock.close()
+
+    def on_crash(self, exc: BaseException) -> None:
+        self.drop()
+
+    def on_reactor_close(self) -> None:
+        self.drop()
+
+
+class _Candidate:
+    """A connection from the expected address and QP number whose proof is pending: it
+    waits for the dialler's AUTH frame (or for its QP's RTS, see ``OobService.rts``)."""
+
+    def __init__(
+        self,
+        service: OobService,
+        reactor: Reactor,
+        wait: _Wait,
+        sock: socket.socket,
+        hello: Hello,
+    ) -> None:
+        self.service = service
+        self.reactor = reactor
+        self.wait = wait
+        self.sock = sock
+        self.hello = hello
+        self.host = peer_host(sock) or "?"
+        self._buf = b""
+        self._registered = False
+        self.proven = False  # by its hello; its AUTH, begun already, is read through first
+
+    @property
+    def reading_auth(self) -> bool:
+        """Part of its AUTH frame is read: handing the socket over now would cut it."""
+        return bool(self._buf)
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self.reactor.register(self.sock.fileno(), self, select.EPOLLIN | _ERR)
+        self._registered = True
+
+    def on_events(self, events: int) -> None:
+        if not self._registered:  # an event from before it was handed over: not ours
+            return
+        try:  # exactly the AUTH frame: what follows is the QP's
+            data = self.sock.recv(AUTH_SIZE - len(self._buf))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.drop()
+            return
+        self._buf += data
+        if len(self._buf) < AUTH_SIZE:
+            return
+        opcode, flags, _, length, psn = _AUTH.unpack(self._buf)
+        if self.proven or (opcode, flags, length, psn) == (Opcode.AUTH, 0, 4, self.wait.rq_psn):
+            self.service._accept(self.wait, self)
+        else:
+            self.drop()
+
+    def detach(self) -> socket.socket | None:
+        """Stop watching; the socket, if still open, is the caller's."""
+        if self._registered and self.sock.fileno() >= 0:
+            self.reactor.unregister(self.sock.fileno())
+        self._registered = False
+        return self.sock if self.sock.fileno() >= 0 else None
+
+    def drop(self) -> None:
+        self.service._unproven(self.wait, self)
+        sock = self.detach()
+        if sock is not None:
+            sock.close()
 
     def on_crash(self, exc: BaseException) -> None:
         self.drop()

@@ -59,6 +59,7 @@ class Opcode(IntEnum):
     TERMINATE = 17
     RNR_NAK = 18
     RESYNC = 19
+    AUTH = 20
 
 
 # Frames that are requests: numbered implicitly, carried out in order by the responder.
@@ -97,6 +98,7 @@ _LAYOUTS: dict[Opcode, tuple[tuple[str, ...], str, bool]] = {
     Opcode.TERMINATE: (("msn", "status"), "IB3x", True),
     Opcode.RNR_NAK: (("msn", "timer"), "IB3x", False),
     Opcode.RESYNC: (("msn",), "I", False),
+    Opcode.AUTH: (("psn",), "I", False),
 }
 
 
@@ -133,6 +135,7 @@ class Header:
     status: int = 0
     timer: int = 0
     reason: bytes = b""
+    psn: int = 0
 
 
 def header_size(opcode: Opcode) -> int:

@@ -1,15 +1,18 @@
 """The connection hello exchanged by ``rc`` QPs right after the socket handoff.
 
 Both ends send their hello at once and then read the peer's, so neither waits for the
-other (two QPs driven by one thread connect fine).  Layout (big-endian, 36 bytes)::
+other (two QPs driven by one thread connect fine).  Layout (big-endian, 40 bytes)::
 
     magic "TCPVERBS" | version u16 | wire mode u8 | flags u8 | qp_num u32 |
     dest_qp_num u32 | max_send_wr u32 | max_recv_wr u32 | max_msg_sz u32 |
-    max_rd_atomic u8 | max_dest_rd_atomic u8 | reserved u16
+    max_rd_atomic u8 | max_dest_rd_atomic u8 | reserved u16 | psn u32
 
 ``dest_qp_num`` is the QP the sender wants to reach (0 after a socket handoff, where the
 socket itself says who the peer is): a context's connection listener uses it to find the
-QP an incoming connection belongs to.
+QP an incoming connection belongs to.  ``psn`` is the sender's ``rq_psn`` — the PSN the
+receiver chose for its send queue and told the sender out of band — so that a listener
+can tell the expected peer from anyone else who knows the QP numbers (see
+``tcpverbs.oob.service``).
 
 The magic is checked byte by byte as it arrives, so a peer that is not tcpverbs (an HTTP
 server, netcat) is rejected at its first wrong byte instead of after a timeout.
@@ -27,8 +30,8 @@ from ..errors import RemoteProtocolError
 __all__ = ["HELLO_SIZE", "MAGIC", "PROTOCOL_VERSION", "Hello", "HelloDecoder", "WireMode"]
 
 MAGIC = b"TCPVERBS"
-PROTOCOL_VERSION = 1
-_HELLO = struct.Struct("!8sHBBIIIIIBBH")
+PROTOCOL_VERSION = 2
+_HELLO = struct.Struct("!8sHBBIIIIIBBHI")
 HELLO_SIZE = _HELLO.size
 
 
@@ -50,6 +53,7 @@ class Hello:
     mode: WireMode = WireMode.RC
     version: int = PROTOCOL_VERSION
     dest_qp_num: int = 0
+    psn: int = 0
 
     def encode(self) -> bytes:
         return _HELLO.pack(
@@ -65,6 +69,7 @@ class Hello:
             self.max_rd_atomic,
             self.max_dest_rd_atomic,
             0,
+            self.psn,
         )
 
     def check_peer(self, peer: Hello) -> None:
@@ -104,9 +109,11 @@ class HelloDecoder:
             )
         if len(self._buf) < HELLO_SIZE:
             return None, take
-        (_, version, mode, _flags, qpn, dqpn, sw, rw, msg, rd, drd, _) = _HELLO.unpack(self._buf)
+        (_, version, mode, _flags, qpn, dqpn, sw, rw, msg, rd, drd, _, psn) = _HELLO.unpack(
+            self._buf
+        )
         try:
             wire_mode = WireMode(mode)
         except ValueError:
             raise RemoteProtocolError(f"peer hello names unknown wire mode {mode}") from None
-        return Hello(qpn, sw, rw, msg, rd, drd, wire_mode, version, dqpn), take
+        return Hello(qpn, sw, rw, msg, rd, drd, wire_mode, version, dqpn, psn), take

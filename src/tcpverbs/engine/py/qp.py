@@ -151,6 +151,7 @@ class PyQP:
             self.params = params
             self.state = new
             if new is S.IBV_QPS_RTS and self.transport is not None:
+                self.transport.entered_rts()
                 self.transport.send_posted()
             return True
 

@@ -160,8 +160,11 @@ class RcTransport(Transport):
             qp.params.max_rd_atomic,
             qp.params.max_dest_rd_atomic,
             dest_qp_num=qp.params.dest_qp_num,
+            psn=qp.params.rq_psn,
         )
         self._tx.append(hello.encode())
+        if qp.state is qp.state.IBV_QPS_RTS:
+            self._tx.append(self._auth())
         self._hello_timer = self.reactor.call_later(self._hello_timeout, self._hello_expired, self)
         self._flush()
         if self._early_hello is not None:  # read by the connection listener already
@@ -169,6 +172,14 @@ class RcTransport(Transport):
                 self._on_hello(self._early_hello)
             except RemoteProtocolError as exc:
                 self._fail(exc, setup=True)
+
+    def entered_rts(self) -> None:
+        self._tx.append(self._auth())  # written with what send_posted writes next
+
+    def _auth(self) -> bytes:
+        """Our sq_psn: the second proof a listening peer may check (oob.service)."""
+        self.stats["frames_sent"] += 1
+        return encode_header(Header(Opcode.AUTH, psn=self.qp.params.sq_psn))
 
     def _hello_expired(self) -> None:
         with self.qp.lock:
@@ -572,6 +583,8 @@ class RcTransport(Transport):
             self._on_rnr_nak(h)
         elif op is Opcode.RESYNC:
             self.proto.on_resync(h.msn)
+        elif op is Opcode.AUTH:
+            pass  # for the peer's connection service; checked there, if at all
         else:  # TERMINATE
             self._on_terminate(h)
 

@@ -112,6 +112,9 @@ class Transport:
         """New WRs are in ``qp.sq`` (and the QP is in RTS)."""
         raise NotImplementedError
 
+    def entered_rts(self) -> None:
+        """The QP just moved to RTS (its ``sq_psn`` is known now)."""
+
     def recv_posted(self) -> None:
         """New WRs are in ``qp.rq``."""
         raise NotImplementedError
