@@ -7,7 +7,8 @@ truncated or missing, the whole repeated into a flood and dribbled in small writ
 QP has a receive, a SEND, a WRITE and a READ outstanding.  Whatever arrives, once the
 peer hangs up: every one of those WRs has exactly one completion, the QP is in ERR, the
 process is up, and memory stays bounded.  The run is bounded (``max_examples``) so it
-fits CI; raise ``TCPVERBS_FUZZ_EXAMPLES`` for a longer one.
+fits CI; raise ``TCPVERBS_FUZZ_EXAMPLES`` for a longer one (with ``--timeout 0``: the
+whole run is one test).
 """
 
 from __future__ import annotations

@@ -88,17 +88,16 @@ _WRITES_LOCAL = _ATOMICS | {int(WR.IBV_WR_RDMA_READ)}  # their local SGEs receiv
 _POSTABLE_SEND = (S.IBV_QPS_RTS, S.IBV_QPS_ERR)
 
 
-_U32 = 0xFFFFFFFF
-_U64 = 0xFFFFFFFFFFFFFFFF
 # what reading a malformed WR raises (a str where an int belongs, a tuple for an SGE, a
 # value out of range): the post is refused with the culprit named (find_bad_field)
 _BAD_INPUT = (TypeError, AttributeError, ValueError, OverflowError, IndexError)
 
 
 def _check_sge(sge: SGE) -> None:
-    addr, length, lkey = sge.addr, sge.length, sge.lkey
-    if (addr | length | lkey) < 0 or length > _U32 or lkey > _U32 or addr > _U64:
-        raise ValueError("an SGE field is out of range")  # (a non-int: TypeError at "|")
+    """Raise unless every field of *sge* is an int within its width (a negative or too
+    wide one leaves bits above it; one that is not an int raises TypeError at "|")."""
+    if (sge.addr >> 64) or (sge.length | sge.lkey) >> 32:
+        raise ValueError("an SGE field is out of range")
 
 
 def _bad_field(wr: object, index: int, fields: dict[str, int], exc: Exception) -> PostFailure:
@@ -258,16 +257,9 @@ class PyQP:
         flags = index_of(wr.send_flags)
         wr_id, imm, rkey = wr.wr_id, wr.imm_data, wr.rkey
         remote_addr, compare_add, swap = wr.remote_addr, wr.compare_add, wr.swap
-        if (wr_id | opcode | flags | imm | rkey | remote_addr | compare_add | swap) < 0 or (
-            wr_id > _U64
-            or opcode > _U32
-            or flags > _U32
-            or imm > _U32
-            or rkey > _U32
-            or remote_addr > _U64
-            or compare_add > _U64
-            or swap > _U64
-        ):  # (a non-int raised TypeError at the "|")
+        # one test per width: a negative value or one too wide leaves bits above it (and
+        # a value that is not an int raises TypeError at the "|")
+        if (wr_id | remote_addr | compare_add | swap) >> 64 or (opcode | flags | imm | rkey) >> 32:
             raise ValueError("a field is out of range")
         wc_opcode = _WC_OPCODE.get(opcode)  # type: ignore[call-overload]
         if wc_opcode is None or (self.wire == "stream" and opcode != WR.IBV_WR_SEND):
@@ -291,17 +283,17 @@ class PyQP:
             return PostFailure(index, PostFault.ATOMIC_SHAPE, num_sge, length)
         if self.sq_used >= caps.max_send_wr:
             return PostFailure(index, PostFault.QUEUE_FULL, limit=caps.max_send_wr)
-        region = (
-            self._valid_region(sges[0], writable=writes_local)
+        one = (
+            self._resolve_one(sges[0], writable=writes_local)
             if num_sge == 1 and not inline
             else None
         )
-        view = region.slice(sges[0].addr, length) if region is not None else None
         regions: tuple[Region, ...]
-        if view is not None:  # the usual case, resolved in one step
+        if one is not None:  # the usual case, resolved in one step
+            view, region = one
             segments: list[Segment] = [view] if length else []
             error = None
-            regions = (region,)  # type: ignore[assignment]
+            regions = (region,)
         else:
             segments, error, regions = self._resolve(
                 sges, writable=writes_local, inline=bool(inline)
@@ -358,16 +350,15 @@ class PyQP:
         if self.rq_used >= caps.max_recv_wr:
             return PostFailure(index, PostFault.QUEUE_FULL, limit=caps.max_recv_wr)
         wr_id = wr.wr_id
-        if (wr_id | 0) < 0 or wr_id > _U64:  # (a non-int raises TypeError at the "|")
+        if wr_id >> 64:  # negative or too wide (a non-int raises TypeError here)
             raise ValueError("wr_id is out of range")
         work = None
         if num_sge == 1:  # the usual receive, one valid SGE, resolved in one step
             sge = sges[0]
-            region = self._valid_region(sge, writable=True)
-            view = region.slice(sge.addr, sge.length) if region is not None else None
-            if view is not None:
-                regions: tuple[Region, ...] = (region,) if region is not None else ()
-                work = RecvWork(wr_id, [view] if sge.length else [], sge.length, None, regions)
+            one = self._resolve_one(sge, writable=True)
+            if one is not None:
+                view, region = one
+                work = RecvWork(wr_id, [view] if sge.length else [], sge.length, None, (region,))
         if work is None:  # anything else: the general path finds the error, if any
             segments, error, regions = self._resolve(sges[:num_sge], writable=True, inline=False)
             views = [s for s in segments if isinstance(s, memoryview)]
@@ -379,18 +370,23 @@ class PyQP:
             self.rq.append(work)
         return None
 
-    def _valid_region(self, sge: SGE, *, writable: bool) -> Region | None:
-        """The region of one SGE when it may be used, else None (:meth:`_resolve` then
-        says why; the range is the caller's to check)."""
-        _check_sge(sge)
-        region = self.engine.memory.get(sge.lkey)
+    def _resolve_one(self, sge: SGE, *, writable: bool) -> tuple[memoryview, Region] | None:
+        """The memory of one SGE and its region when it may be used, else None
+        (:meth:`_resolve` then says why).  The hot path of every post."""
+        addr, length, lkey = sge.addr, sge.length, sge.lkey
+        if (addr >> 64) or (length | lkey) >> 32:  # (as _check_sge)
+            raise ValueError("an SGE field is out of range")
+        region = self.engine.memory.get(lkey)
         if (
             region is None
             or region.pd != self.pd
             or (writable and not region.access & _LOCAL_WRITE)
         ):
             return None
-        return region
+        start = addr - region.addr
+        if start < 0 or start + length > region.length:
+            return None
+        return region.view[start : start + length], region
 
     def _resolve(
         self, sges: list[SGE], *, writable: bool, inline: bool

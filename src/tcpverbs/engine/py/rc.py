@@ -511,8 +511,9 @@ class RcTransport(Transport):
         """Handle the frames in *data*; return the bytes used."""
         pos, end = 0, len(data)
         decoder = self.decoder
-        while pos < end and not self._closed and self._budget > 0:
-            self._budget -= 1
+        budget = self._budget  # (a local: this loop runs once per frame)
+        while pos < end and budget > 0 and not self._closed:
+            budget -= 1
             if not self.established:
                 hello, used = self._hello.receive(data[pos:])
                 pos += used
@@ -537,6 +538,7 @@ class RcTransport(Transport):
             pos += used
             if header is not None:
                 self._on_header(header)
+        self._budget = budget
         return pos
 
     def _receive_whole(self, payload: memoryview, flags: int, imm: int | None) -> bool:
