@@ -6,7 +6,9 @@ PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
-stamp="$VENV/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
+# reinstall (and so rebuild the C extension) when the build or the C sources change
+stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" \
+    "$ROOT"/src/tcpverbs/_native/*.[ch] | sha1sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"

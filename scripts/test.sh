@@ -3,11 +3,15 @@
 # Installs what the tests need; tests whose kernel feature or tool is missing skip with a reason.
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 
-# Tools for the multi-host and interop tests (iproute2 for netns/veth/netem, socat, nc).
+# Tools for the multi-host and interop tests (iproute2 for netns/veth/netem, nftables for
+# black holes, socat, nc) and for fuzzing the C code (clang brings libFuzzer and the
+# sanitizers).
 need=()
 command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
 command -v socat >/dev/null || need+=(socat)
 command -v nc >/dev/null || need+=(netcat-openbsd)
+command -v clang >/dev/null || need+=(clang)
 if [ "${#need[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${need[*]} for the network tests"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" \
@@ -17,6 +21,9 @@ fi
 if [ "$(id -u)" = 0 ] && command -v modprobe >/dev/null; then
     modprobe -q sch_netem 2>/dev/null || true
 fi
+
+# the native extension is built by the install above: its tests must not skip here
+export TCPVERBS_REQUIRE_NATIVE=1
 
 echo "== ruff" && ruff check src tests examples benchmarks
 echo "== ruff format --check" && ruff format --check src tests examples benchmarks

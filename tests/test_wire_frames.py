@@ -20,6 +20,8 @@ from tcpverbs.wire.frames import (
     whole_send,
 )
 
+from .test_wire_rc import DECODERS
+
 U32 = st.integers(0, 2**32 - 1)
 U64 = st.integers(0, 2**64 - 1)
 MAX_PAYLOAD = 1 << 20
@@ -156,16 +158,17 @@ def test_malformed_headers_are_rejected(raw: bytes, message: str) -> None:
         dec.receive(memoryview(b"\x01"))  # unusable after an error
 
 
-def test_payload_state_is_enforced() -> None:
-    dec = FrameDecoder(100)
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_payload_state_is_enforced(name: str) -> None:
+    dec = DECODERS[name](100)  # the reference and its C twin alike
     header, _ = dec.receive(memoryview(encode_header(Header(Opcode.SEND, payload_len=5))))
     assert header is not None and header.payload_len == 5 and dec.in_payload
     with pytest.raises(ValueError, match="payload state"):
         dec.receive(memoryview(b"abc"))
-    with pytest.raises(ValueError, match="expected"):
+    with pytest.raises(ValueError, match="consumed 6 payload bytes, 5 expected"):
         dec.payload_consumed(6)
     dec.payload_consumed(5)
-    assert dec.at_boundary
+    assert dec.at_boundary and dec.max_payload == 100
 
 
 def test_encode_refuses_payload_on_control_frames() -> None:

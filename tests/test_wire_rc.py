@@ -188,8 +188,26 @@ def feed(
             chunk = chunk[used:]
 
 
-def decode(data: bytes, max_payload: int, cuts: list[int]) -> tuple[list[Any], FrameDecoder]:
-    dec = FrameDecoder(max_payload)
+# the frame decoders held to the vectors: the Python reference and, when it is built,
+# its C twin (tcpverbs._native)
+DECODERS: dict[str, Any] = {"python": FrameDecoder}
+try:
+    from tcpverbs._native import FrameDecoder as NativeFrameDecoder
+
+    DECODERS["native"] = NativeFrameDecoder
+except ImportError:  # not built: the native tests say so (tests/test_native_frames.py)
+    pass
+
+
+@pytest.fixture(params=sorted(DECODERS))
+def decoder(request: pytest.FixtureRequest) -> Any:
+    return DECODERS[request.param]
+
+
+def decode(
+    data: bytes, max_payload: int, cuts: list[int], cls: Any = FrameDecoder
+) -> tuple[list[Any], FrameDecoder]:
+    dec = cls(max_payload)
     out: list[tuple[Header, bytearray]] = []
     feed(dec, data, cuts, out)
     return [(h, bytes(p)) for h, p in out], dec
@@ -202,14 +220,14 @@ def splits(n: int) -> list[list[int]]:
 
 # -- frames.json -------------------------------------------------------------------------
 @pytest.mark.parametrize("vec", FRAMES["vectors"], ids=_ids(FRAMES["vectors"]))
-def test_frame_vector(vec: dict[str, Any]) -> None:
+def test_frame_vector(vec: dict[str, Any], decoder: Any) -> None:
     data = bytes.fromhex(vec["hex"])
     expected = [
         (expected_header(f), bytes.fromhex(p))
         for f, p in zip(vec["frames"], vec["payloads"], strict=True)
     ]
     for cuts in splits(len(data)):
-        got, dec = decode(data, vec["max_payload"], cuts)
+        got, dec = decode(data, vec["max_payload"], cuts, decoder)
         assert got == expected, cuts
         assert dec.at_boundary
         # the encoder writes exactly these bytes back from what was decoded
@@ -278,10 +296,12 @@ def test_documented_header_layout_by_hand() -> None:
     assert cas[20:28] == b"\xff" * 8 and cas[28:36] == b"\xff" * 7 + b"\xfe"
 
 
-def raising_point(data: bytes, max_payload: int, cuts: list[int]) -> tuple[int, str]:
+def raising_point(
+    data: bytes, max_payload: int, cuts: list[int], cls: Any = FrameDecoder
+) -> tuple[int, str]:
     """Feed *data* cut at *cuts*; return how many bytes had been delivered when the
     decoder raised (the end of the chunk it raised in) and the message."""
-    dec = FrameDecoder(max_payload)
+    dec = cls(max_payload)
     out: list[tuple[Header, bytearray]] = []
     for a, b in pieces(len(data), cuts):
         try:
@@ -295,26 +315,26 @@ def raising_point(data: bytes, max_payload: int, cuts: list[int]) -> tuple[int, 
 
 
 @pytest.mark.parametrize("vec", FRAMES["malformed"], ids=_ids(FRAMES["malformed"]))
-def test_malformed_vector(vec: dict[str, Any]) -> None:
+def test_malformed_vector(vec: dict[str, Any], decoder: Any) -> None:
     data = bytes.fromhex(vec["hex"])
     at, decidable = vec["at"], vec["decidable"]
     assert 1 <= decidable <= at <= len(data)
     # byte by byte: the error comes with byte number `at`, not before
-    where, message = raising_point(data, vec["max_payload"], list(range(1, len(data))))
+    where, message = raising_point(data, vec["max_payload"], list(range(1, len(data))), decoder)
     assert where == at
     assert vec["error"] in message
     # at every single cut, in the chunk that holds byte `at`
     for cut in range(len(data) + 1):
-        where, message = raising_point(data, vec["max_payload"], [cut])
+        where, message = raising_point(data, vec["max_payload"], [cut], decoder)
         assert where == (cut if cut >= at else len(data)), cut
         assert vec["error"] in message
 
 
 @pytest.mark.parametrize("vec", FRAMES["truncated"], ids=_ids(FRAMES["truncated"]))
-def test_truncated_vector(vec: dict[str, Any]) -> None:
+def test_truncated_vector(vec: dict[str, Any], decoder: Any) -> None:
     data = bytes.fromhex(vec["hex"])
     for cuts in splits(len(data)):
-        got, dec = decode(data, vec["max_payload"], cuts)
+        got, dec = decode(data, vec["max_payload"], cuts, decoder)
         assert len(got) == vec["frames"]
         assert not dec.at_boundary  # the engine calls the end of the stream an error
 

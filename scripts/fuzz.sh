@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Fuzz the native engine's C parsers with libFuzzer under AddressSanitizer and
+# UndefinedBehaviorSanitizer:  scripts/fuzz.sh [seconds per harness, default 60]
+# Needs clang (Debian: apt-get install clang).  Finds a crash -> non-zero exit, with the
+# input saved under fuzz/crashes/ and the sanitizer's report on stderr.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SECONDS_PER_HARNESS="${1:-60}"
+CC="${CC:-clang}"
+OUT="${TMPDIR:-/tmp}/tcpverbs-fuzz"
+mkdir -p "$OUT" "$ROOT/fuzz/crashes"
+NATIVE="$ROOT/src/tcpverbs/_native"
+FLAGS=(-std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer
+       -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I "$NATIVE")
+
+"$CC" "${FLAGS[@]}" "$ROOT/fuzz/frames_fuzz.c" "$NATIVE/frames.c" -o "$OUT/frames_fuzz"
+corpus="$OUT/frames_corpus"
+mkdir -p "$corpus"
+# seed the corpus with the golden vectors' streams (2 leading bytes: limit, read size)
+python3 - "$ROOT/tests/golden/frames.json" "$corpus" <<'PY'
+import json, pathlib, sys
+golden, corpus = json.loads(pathlib.Path(sys.argv[1]).read_text()), pathlib.Path(sys.argv[2])
+for kind in ("vectors", "malformed", "truncated"):
+    for i, vec in enumerate(golden[kind]):
+        (corpus / f"{kind}-{i}").write_bytes(b"\x03\xff" + bytes.fromhex(vec["hex"]))
+PY
+echo "fuzzing the frame decoder for ${SECONDS_PER_HARNESS} s"
+UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    "$OUT/frames_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=4096 \
+    -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$corpus"

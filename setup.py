@@ -1,0 +1,21 @@
+"""The C extension of the native engine (issue #10); everything else is pyproject.toml.
+
+C11, warnings are errors, no dependency beyond libc and CPython.  ``pip install -e .``
+(which ``scripts/_env.sh`` runs) compiles it in place.
+"""
+
+from setuptools import Extension, setup
+
+NATIVE = "src/tcpverbs/_native"
+
+setup(
+    ext_modules=[
+        Extension(
+            "tcpverbs._native",
+            sources=[f"{NATIVE}/module.c", f"{NATIVE}/frames.c"],
+            depends=[f"{NATIVE}/frames.h"],
+            include_dirs=[NATIVE],
+            extra_compile_args=["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Werror"],
+        )
+    ]
+)

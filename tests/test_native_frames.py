@@ -1,0 +1,132 @@
+"""The C frame decoder (``tcpverbs._native``) against its Python reference.
+
+The golden vectors run against both in tests/test_wire_rc.py.  Here hypothesis feeds the
+two the same byte streams — well-formed frames, damaged ones and noise — cut into reads
+at the same random points, and every event must be the same: each header, each payload
+byte, the error (its message and the byte it came at) and whether the stream ended on a
+frame boundary.  The coverage-guided fuzzer of the C decoder under ASan and UBSan is
+``fuzz/frames_fuzz.c`` (``scripts/fuzz.sh``; a short run is a test here too).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcpverbs.errors import RemoteProtocolError
+from tcpverbs.wire.frames import MAX_REASON, FrameDecoder, Header, Opcode, encode_header
+
+try:
+    from tcpverbs._native import FrameDecoder as NativeFrameDecoder
+except ImportError:  # pragma: no cover - CI builds it (TCPVERBS_REQUIRE_NATIVE)
+    if os.environ.get("TCPVERBS_REQUIRE_NATIVE"):
+        raise
+    pytest.skip("tcpverbs._native is not built (pip install -e .)", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[1]
+U32, U64 = 2**32 - 1, 2**64 - 1
+
+
+@st.composite
+def good_frame(draw: st.DrawFn) -> bytes:
+    op = draw(st.sampled_from(list(Opcode)))
+    u32, u64 = st.integers(0, U32), st.integers(0, U64)
+    h = Header(
+        op,
+        flags=draw(st.sampled_from([0, 1])),
+        imm=draw(u32),
+        rkey=draw(u32),
+        addr=draw(u64),
+        length=draw(u32),
+        compare_add=draw(u64),
+        swap=draw(u64),
+        msn=draw(u32),
+        status=draw(st.integers(0, 255)),
+        timer=draw(st.integers(0, 255)),
+        psn=draw(u32),
+    )
+    payload = b""
+    if op is Opcode.TERMINATE:
+        h.reason = draw(st.binary(max_size=MAX_REASON))
+    elif op in (Opcode.SEND, Opcode.SEND_IMM, Opcode.WRITE, Opcode.WRITE_IMM, Opcode.READ_RESP):
+        payload = draw(st.binary(max_size=300))
+        h.payload_len = len(payload)
+    return encode_header(h) + payload
+
+
+def damaged(frame: bytes, data: st.DataObject) -> bytes:
+    """*frame* with one byte changed, or cut short."""
+    if not frame:
+        return frame
+    i = data.draw(st.integers(0, len(frame) - 1))
+    if data.draw(st.booleans()):
+        return frame[:i]
+    return frame[:i] + bytes([data.draw(st.integers(0, 255))]) + frame[i + 1 :]
+
+
+def run(cls: Any, stream: bytes, cuts: list[int], max_payload: int) -> list[Any]:
+    """Every event of decoding *stream* delivered in the reads *cuts* makes."""
+    dec = cls(max_payload)
+    events: list[Any] = []
+    bounds = [0, *sorted({c for c in cuts if 0 < c < len(stream)}), len(stream)]
+    for a, b in itertools.pairwise(bounds):
+        chunk = memoryview(stream)[a:b]
+        while chunk:
+            if dec.payload_remaining:
+                k = min(dec.payload_remaining, len(chunk))
+                events.append(("payload", bytes(chunk[:k])))
+                dec.payload_consumed(k)
+                chunk = chunk[k:]
+                continue
+            try:
+                header, used = dec.receive(chunk)
+            except RemoteProtocolError as exc:
+                events.append(("error", b, exc.strerror, exc.errno))
+                with pytest.raises(RemoteProtocolError):  # and it stays broken
+                    dec.receive(memoryview(b"\x10"))
+                return events
+            events.append(("used", used))
+            if header is not None:
+                events.append(("header", header))
+            chunk = chunk[used:]
+    events.append(("end", dec.at_boundary, dec.payload_remaining))
+    return events
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_the_c_decoder_does_what_the_python_one_does(data: st.DataObject) -> None:
+    frames = data.draw(st.lists(good_frame(), max_size=8))
+    if frames and data.draw(st.booleans()):  # damage one of them
+        i = data.draw(st.integers(0, len(frames) - 1))
+        frames[i] = damaged(frames[i], data)
+    if data.draw(st.booleans()):
+        frames.append(data.draw(st.binary(max_size=64)))  # and some noise after
+    stream = b"".join(frames)
+    cuts = data.draw(st.lists(st.integers(0, max(0, len(stream))), max_size=12))
+    max_payload = data.draw(st.sampled_from([0, 1, 64, 300, 4096, 2**31]))
+    expected = run(FrameDecoder, stream, cuts, max_payload)
+    assert run(NativeFrameDecoder, stream, cuts, max_payload) == expected
+
+
+def test_the_fuzzer_runs_clean_for_a_while() -> None:
+    """``scripts/fuzz.sh`` for a few seconds: libFuzzer, ASan and UBSan on the C decoder
+    (any crash, leak or undefined behaviour fails it)."""
+    if shutil.which("clang") is None:
+        pytest.skip("clang is not installed (the Debian package clang brings libFuzzer)")
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "fuzz.sh"), "10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
