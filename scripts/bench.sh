@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark: tcpverbs against plain Python sockets (and iperf3), on loopback, in one run.
+# The benchmark: tcpverbs against plain Python sockets, pyzmq and iperf3, on loopback, in one run.
 # Prints the tables, writes benchmarks/results/latest.json and two PNGs.
 # Pass --quick for a short smoke run, --rounds N for more (or fewer) repetitions.
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
