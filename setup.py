@@ -12,8 +12,13 @@ setup(
     ext_modules=[
         Extension(
             "tcpverbs._native",
-            sources=[f"{NATIVE}/module.c", f"{NATIVE}/frames.c", f"{NATIVE}/ring.c"],
-            depends=[f"{NATIVE}/frames.h", f"{NATIVE}/ring.h"],
+            sources=[
+                f"{NATIVE}/module.c",
+                f"{NATIVE}/frames.c",
+                f"{NATIVE}/ring.c",
+                f"{NATIVE}/memtable.c",
+            ],
+            depends=[f"{NATIVE}/frames.h", f"{NATIVE}/ring.h", f"{NATIVE}/memtable.h"],
             include_dirs=[NATIVE],
             extra_compile_args=["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Werror"],
         )

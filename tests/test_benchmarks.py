@@ -223,11 +223,12 @@ def test_a_failing_iperf3_leaves_an_empty_column_not_a_lost_run(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = tmp_path / "iperf3"  # a server that waits, a client that fails at once
-    fake.write_text('#!/bin/sh\ncase "$*" in *" -s "*|"-s "*) exec sleep 30 ;; *) exit 1 ;; esac\n')
+    server = "exec sleep 29.731"  # (a duration nothing else on the machine uses)
+    fake.write_text(f'#!/bin/sh\ncase "$*" in *" -s "*|"-s "*) {server} ;; *) exit 1 ;; esac\n')
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     assert compare.iperf3(4096) is None
-    assert _alive("sleep 30") == []
+    assert _alive("sleep 29.731") == []
 
 
 def test_per_message_costs_use_the_counts_the_runs_report(tmp_path: pathlib.Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = ROOT / "src" / "tcpverbs" / "_native"
 # each C test, and the sources it tests
-C_TESTS = {"test_ring.c": ["ring.c"]}
+C_TESTS = {"test_ring.c": ["ring.c"], "test_memtable.c": ["memtable.c"]}
 SANITIZERS = {"asan+ubsan": "address,undefined", "tsan": "thread"}
 
 
