@@ -38,6 +38,7 @@ def test_c_unit_tests_pass_under_sanitizers(test: str, sanitizer: str, tmp_path:
             "-fno-sanitize-recover=all",
             "-pthread",
             f"-I{NATIVE}",
+            f"-I{ROOT / 'tests' / 'native'}",
             str(ROOT / "tests" / "native" / test),
             *(str(NATIVE / src) for src in C_TESTS[test]),
             "-o",

@@ -6,15 +6,9 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "check.h"
 #include "memtable.h"
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                                 \
-        }                                                                            \
-    } while (0)
 
 static int owner_tag[4];
 
