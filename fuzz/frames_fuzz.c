@@ -5,7 +5,8 @@
  * peer's byte stream, delivered in reads of that size as an engine delivers it, payload
  * consumed as placed.  Besides the sanitizers' checks, the decoder's own contract is
  * asserted: it never claims more bytes than it was given, it always consumes something
- * unless it fails, a header's payload is what it says, and once it fails it stays failed.
+ * unless it fails, a header's payload is what it says, once it fails it stays failed,
+ * and every header it yields encodes (tv_encode_header) to bytes that decode to it again.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,6 +19,20 @@
         if (!(cond)) \
             abort(); \
     } while (0)
+
+/* encode *h, decode the bytes with a fresh decoder: the same header must come back */
+static void check_round_trip(const tv_header *h, uint64_t max_payload) {
+    static uint8_t wire[TV_MAX_HEADER + TV_MAX_REASON];
+    static tv_decoder again;
+    static tv_header back;
+    size_t n = tv_encode_header(h, wire, sizeof wire);
+    CHECK(n >= TV_BASE);
+    tv_decoder_init(&again, max_payload);
+    size_t used = 0;
+    CHECK(tv_decode(&again, wire, n, &back, &used) == TV_HEADER && used == n);
+    CHECK(memcmp(&back, h, offsetof(tv_header, reason)) == 0);
+    CHECK(memcmp(back.reason, h->reason, h->reason_len) == 0);
+}
 
 static const uint64_t LIMITS[] = {0, 1, 64, 4096, 1u << 20, 2147483648u, UINT32_MAX};
 
@@ -58,6 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 CHECK(h.reason_len <= TV_MAX_REASON);
                 CHECK(d.payload_remaining == h.payload_len);
                 CHECK(h.payload_len <= d.max_payload || h.payload_len == 0);
+                check_round_trip(&h, d.max_payload);
             } else {
                 CHECK(used == left); /* a partial header is kept, all of it */
             }

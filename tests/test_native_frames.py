@@ -26,6 +26,7 @@ from tcpverbs.wire.frames import MAX_REASON, FrameDecoder, Header, Opcode, encod
 
 try:
     from tcpverbs._native import FrameDecoder as NativeFrameDecoder
+    from tcpverbs._native import encode_header as native_encode_header
 except ImportError:  # pragma: no cover - CI builds it (TCPVERBS_REQUIRE_NATIVE)
     if os.environ.get("TCPVERBS_REQUIRE_NATIVE"):
         raise
@@ -36,7 +37,9 @@ U32, U64 = 2**32 - 1, 2**64 - 1
 
 
 @st.composite
-def good_frame(draw: st.DrawFn) -> bytes:
+def good_header(draw: st.DrawFn) -> tuple[Header, bytes]:
+    """A valid header of any opcode, every field drawn over its whole width, and its
+    payload (a TERMINATE's reason is part of the header)."""
     op = draw(st.sampled_from(list(Opcode)))
     u32, u64 = st.integers(0, U32), st.integers(0, U64)
     h = Header(
@@ -59,6 +62,12 @@ def good_frame(draw: st.DrawFn) -> bytes:
     elif op in (Opcode.SEND, Opcode.SEND_IMM, Opcode.WRITE, Opcode.WRITE_IMM, Opcode.READ_RESP):
         payload = draw(st.binary(max_size=300))
         h.payload_len = len(payload)
+    return h, payload
+
+
+@st.composite
+def good_frame(draw: st.DrawFn) -> bytes:
+    h, payload = draw(good_header())
     return encode_header(h) + payload
 
 
@@ -115,6 +124,21 @@ def test_the_c_decoder_does_what_the_python_one_does(data: st.DataObject) -> Non
     max_payload = data.draw(st.sampled_from([0, 1, 64, 300, 4096, 2**31]))
     expected = run(FrameDecoder, stream, cuts, max_payload)
     assert run(NativeFrameDecoder, stream, cuts, max_payload) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(item=good_header())
+def test_the_c_encoder_writes_what_the_python_one_writes(item: tuple[Header, bytes]) -> None:
+    header, _ = item
+    assert native_encode_header(header) == encode_header(header)
+
+
+def test_the_c_encoder_refuses_what_the_python_one_refuses() -> None:
+    for bad in (Header(Opcode.ACK, payload_len=3), Header(Opcode.READ_REQ, payload_len=1)):
+        with pytest.raises(ValueError, match="frames carry no payload"):
+            native_encode_header(bad)
+        with pytest.raises(ValueError, match="frames carry no payload"):
+            encode_header(bad)
 
 
 def test_the_fuzzer_runs_clean_for_a_while() -> None:

@@ -191,8 +191,10 @@ def feed(
 # the frame decoders held to the vectors: the Python reference and, when it is built,
 # its C twin (tcpverbs._native)
 DECODERS: dict[str, Any] = {"python": FrameDecoder}
+NATIVE_ENCODE: Any = None
 try:
     from tcpverbs._native import FrameDecoder as NativeFrameDecoder
+    from tcpverbs._native import encode_header as NATIVE_ENCODE
 
     DECODERS["native"] = NativeFrameDecoder
 except ImportError:  # not built: the native tests say so (tests/test_native_frames.py)
@@ -230,8 +232,10 @@ def test_frame_vector(vec: dict[str, Any], decoder: Any) -> None:
         got, dec = decode(data, vec["max_payload"], cuts, decoder)
         assert got == expected, cuts
         assert dec.at_boundary
-        # the encoder writes exactly these bytes back from what was decoded
+        # the encoder (and its C twin) writes exactly these bytes back from what was decoded
         assert b"".join(encode_header(h) + p for h, p in got) == data
+        if NATIVE_ENCODE is not None:
+            assert b"".join(NATIVE_ENCODE(h) + p for h, p in got) == data
     # and the document's layout reads the same frames out of them
     by_hand = parse_by_the_document(data)
     assert len(by_hand) == len(expected)

@@ -150,6 +150,58 @@ static int collect_reason(tv_decoder *d, const uint8_t *data, size_t len, tv_hea
     return TV_HEADER;
 }
 
+static void put32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static void put64(uint8_t *p, uint64_t v) {
+    put32(p, (uint32_t)(v >> 32));
+    put32(p + 4, (uint32_t)v);
+}
+
+size_t tv_encode_header(const tv_header *h, uint8_t *out, size_t cap) {
+    const struct layout *lay = &LAYOUTS[h->opcode];
+    if (lay->name == NULL)
+        return 0;
+    uint32_t reason = 0, payload = h->payload_len;
+    if (h->opcode == TV_TERMINATE) {
+        reason = h->reason_len < TV_MAX_REASON ? h->reason_len : TV_MAX_REASON;
+        payload = reason; /* a TERMINATE's reason travels as its payload */
+    } else if (payload && !lay->has_payload) {
+        return 0;
+    }
+    size_t size = (size_t)TV_BASE + lay->ext + reason;
+    if (cap < size || payload > UINT32_MAX - lay->ext)
+        return 0;
+    out[0] = h->opcode;
+    out[1] = h->flags;
+    out[2] = out[3] = 0;
+    put32(out + 4, lay->ext + payload);
+    uint8_t *p = out + TV_BASE;
+    for (int i = 0; i < 4 && lay->fields[i] != F_NONE; i++) {
+        switch (lay->fields[i]) {
+        case F_IMM: put32(p, h->imm); p += 4; break;
+        case F_RKEY: put32(p, h->rkey); p += 4; break;
+        case F_LENGTH: put32(p, h->length); p += 4; break;
+        case F_MSN: put32(p, h->msn); p += 4; break;
+        case F_PSN: put32(p, h->psn); p += 4; break;
+        case F_ADDR: put64(p, h->addr); p += 8; break;
+        case F_CA: put64(p, h->compare_add); p += 8; break;
+        case F_SWAP: put64(p, h->swap); p += 8; break;
+        case F_STATUS: *p++ = h->status; break;
+        case F_TIMER: *p++ = h->timer; break;
+        case F_PAD3: p[0] = p[1] = p[2] = 0; p += 3; break;
+        default: break;
+        }
+    }
+    if (reason)
+        memcpy(p, h->reason, reason);
+    return size;
+}
+
 int tv_decode(tv_decoder *d, const uint8_t *data, size_t len, tv_header *out, size_t *used) {
     *used = 0;
     if (d->broken) {

@@ -93,6 +93,12 @@ int tv_payload_consumed(tv_decoder *d, uint64_t n);
 /* Between frames: the only place a connection may end cleanly. */
 int tv_at_boundary(const tv_decoder *d);
 
+/* Write the header *h (and a TERMINATE's reason, cut to TV_MAX_REASON) to out[0:cap];
+ * the payload (h->payload_len bytes) is the caller's to send after it.  Returns the
+ * bytes written, or 0 if the opcode is unknown, a control frame claims payload, or cap
+ * is too small (TV_MAX_HEADER + TV_MAX_REASON always suffices). */
+size_t tv_encode_header(const tv_header *h, uint8_t *out, size_t cap);
+
 /* The name of an opcode, or NULL if the protocol has no such opcode. */
 const char *tv_opcode_name(unsigned opcode);
 

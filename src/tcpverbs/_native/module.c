@@ -1,8 +1,9 @@
 /* tcpverbs._native: the C building blocks of the native engine, seen from Python.
  *
- * For now one type, FrameDecoder, with the interface of tcpverbs.wire.frames.FrameDecoder
- * (receive / payload_consumed / payload_remaining / at_boundary / in_payload), so that
- * the differential test and the golden vectors can hold the C decoder to the Python one.
+ * For now the frame codec: FrameDecoder, with the interface of
+ * tcpverbs.wire.frames.FrameDecoder (receive / payload_consumed / payload_remaining /
+ * at_boundary / in_payload), and encode_header(), so that the differential tests and the
+ * golden vectors can hold the C code to the Python one.
  *
  * Ownership: each FrameDecoder object owns its tv_decoder.  The Header, Opcode and
  * RemoteProtocolError classes are looked up once, at the first decoder made (not at
@@ -142,6 +143,74 @@ static PyObject *get_in_payload(FrameDecoderObject *self, void *closure) {
     return PyBool_FromLong(self->dec.payload_remaining > 0);
 }
 
+/* An attribute of the Python Header as an unsigned integer of `bits` bits; -1 (with the
+ * exception set) if it is missing, not an int or out of range. */
+static int header_field(PyObject *header, const char *name, int bits, uint64_t *out) {
+    PyObject *value = PyObject_GetAttrString(header, name);
+    if (value == NULL)
+        return -1;
+    unsigned long long v = PyLong_AsUnsignedLongLong(value);
+    Py_DECREF(value);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (bits < 64 && v >> bits) {
+        PyErr_Format(PyExc_ValueError, "Header.%s %llu does not fit %d bits", name, v, bits);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static PyObject *encode_header(PyObject *module, PyObject *header) {
+    (void)module;
+    static const struct { const char *name; int bits; } fields[] = {
+        {"opcode", 8}, {"flags", 8}, {"payload_len", 32}, {"imm", 32}, {"rkey", 32},
+        {"addr", 64}, {"length", 32}, {"compare_add", 64}, {"swap", 64}, {"msn", 32},
+        {"status", 8}, {"timer", 8}, {"psn", 32},
+    };
+    uint64_t v[sizeof fields / sizeof fields[0]];
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (header_field(header, fields[i].name, fields[i].bits, &v[i]) < 0)
+            return NULL;
+    tv_header h = {
+        .opcode = (uint8_t)v[0], .flags = (uint8_t)v[1], .payload_len = (uint32_t)v[2],
+        .imm = (uint32_t)v[3], .rkey = (uint32_t)v[4], .addr = v[5], .length = (uint32_t)v[6],
+        .compare_add = v[7], .swap = v[8], .msn = (uint32_t)v[9], .status = (uint8_t)v[10],
+        .timer = (uint8_t)v[11], .psn = (uint32_t)v[12],
+    };
+    if (h.opcode == TV_TERMINATE) {
+        PyObject *reason = PyObject_GetAttrString(header, "reason");
+        if (reason == NULL)
+            return NULL;
+        char *bytes;
+        Py_ssize_t len;
+        if (PyBytes_AsStringAndSize(reason, &bytes, &len) < 0) {
+            Py_DECREF(reason);
+            return NULL;
+        }
+        h.reason_len = len > TV_MAX_REASON ? TV_MAX_REASON : (uint32_t)len;
+        memcpy(h.reason, bytes, h.reason_len);
+        Py_DECREF(reason);
+    }
+    uint8_t out[TV_MAX_HEADER + TV_MAX_REASON];
+    size_t n = tv_encode_header(&h, out, sizeof out);
+    if (n == 0) {
+        const char *name = tv_opcode_name(h.opcode);
+        if (name == NULL)
+            PyErr_Format(PyExc_ValueError, "unknown frame opcode 0x%02x", (unsigned)h.opcode);
+        else
+            PyErr_Format(PyExc_ValueError, "%s frames carry no payload", name);
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)n);
+}
+
+static PyMethodDef module_methods[] = {
+    {"encode_header", (PyCFunction)encode_header, METH_O,
+     "encode_header(header) -> bytes: as tcpverbs.wire.frames.encode_header."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef decoder_methods[] = {
     {"receive", (PyCFunction)decoder_receive, METH_O,
      "receive(data) -> (Header | None, consumed): bytes up to the end of one header."},
@@ -175,6 +244,7 @@ static struct PyModuleDef native_module = {
     .m_name = "tcpverbs._native",
     .m_doc = PyDoc_STR("C building blocks of the native engine."),
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
