@@ -17,8 +17,14 @@ setup(
                 f"{NATIVE}/frames.c",
                 f"{NATIVE}/ring.c",
                 f"{NATIVE}/memtable.c",
+                f"{NATIVE}/rcproto.c",
             ],
-            depends=[f"{NATIVE}/frames.h", f"{NATIVE}/ring.h", f"{NATIVE}/memtable.h"],
+            depends=[
+                f"{NATIVE}/frames.h",
+                f"{NATIVE}/ring.h",
+                f"{NATIVE}/memtable.h",
+                f"{NATIVE}/rcproto.h",
+            ],
             include_dirs=[NATIVE],
             extra_compile_args=["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Werror"],
         )

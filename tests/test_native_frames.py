@@ -1,4 +1,5 @@
-"""The C frame decoder (``tcpverbs._native``) against its Python reference.
+"""The C sans-IO pieces (``tcpverbs._native``) against their Python references: the frame
+codec and the rc protocol state.
 
 The golden vectors run against both in tests/test_wire_rc.py.  Here hypothesis feeds the
 two the same byte streams — well-formed frames, damaged ones and noise — cut into reads
@@ -23,9 +24,11 @@ from hypothesis import strategies as st
 
 from tcpverbs.errors import RemoteProtocolError
 from tcpverbs.wire.frames import MAX_REASON, FrameDecoder, Header, Opcode, encode_header
+from tcpverbs.wire.rc import RcProtocol
 
 try:
     from tcpverbs._native import FrameDecoder as NativeFrameDecoder
+    from tcpverbs._native import RcProtocol as NativeRcProtocol
     from tcpverbs._native import encode_header as native_encode_header
 except ImportError:  # pragma: no cover - CI builds it (TCPVERBS_REQUIRE_NATIVE)
     if os.environ.get("TCPVERBS_REQUIRE_NATIVE"):
@@ -139,6 +142,41 @@ def test_the_c_encoder_refuses_what_the_python_one_refuses() -> None:
             native_encode_header(bad)
         with pytest.raises(ValueError, match="frames carry no payload"):
             encode_header(bad)
+
+
+RC_CALLS = ("next_request", "rewind", "refuse", "request_done", "take_ack")
+RC_MSN_CALLS = ("acks", "on_ack", "on_resync")
+
+
+def rc_state(p: Any) -> tuple[Any, ...]:
+    return (p.sent, p.acked, p.received, p._ack_sent, p.discarding, p.next_msn, p.ack_owed)
+
+
+def rc_call(p: Any, name: str, *args: int) -> Any:
+    try:
+        return ("ok", getattr(p, name)(*args))
+    except RemoteProtocolError as exc:
+        return ("error", exc.strerror, exc.errno)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_c_rc_protocol_does_what_the_python_one_does(data: st.DataObject) -> None:
+    """Random calls, with message numbers near the counters (and across 2^32), give the
+    same results, errors and state in both."""
+    ref, twin = RcProtocol(), NativeRcProtocol()
+    start = data.draw(st.sampled_from([0, 5, 2**32 - 3]))
+    for p in (ref, twin):
+        p.sent = p.acked = p.received = p._ack_sent = start
+    for _ in range(data.draw(st.integers(1, 40))):
+        name = data.draw(st.sampled_from(RC_CALLS + RC_MSN_CALLS))
+        args: tuple[int, ...] = ()
+        if name in RC_MSN_CALLS:
+            near = data.draw(st.sampled_from([ref.acked, ref.sent, ref.received]))
+            offset = data.draw(st.integers(-2, 3))
+            args = (data.draw(st.sampled_from([(near + offset) % 2**32, 0, 2**32 - 1])),)
+        assert rc_call(twin, name, *args) == rc_call(ref, name, *args), (name, args)
+        assert rc_state(twin) == rc_state(ref)
 
 
 def test_the_fuzzer_runs_clean_for_a_while() -> None:

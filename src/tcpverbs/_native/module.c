@@ -1,9 +1,9 @@
 /* tcpverbs._native: the C building blocks of the native engine, seen from Python.
  *
- * For now the frame codec: FrameDecoder, with the interface of
- * tcpverbs.wire.frames.FrameDecoder (receive / payload_consumed / payload_remaining /
- * at_boundary / in_payload), and encode_header(), so that the differential tests and the
- * golden vectors can hold the C code to the Python one.
+ * For now the sans-IO pieces, each with the interface of its Python reference so that
+ * the differential tests and the golden vectors can hold the C code to it: the frame
+ * codec (FrameDecoder as tcpverbs.wire.frames.FrameDecoder, encode_header()) and the rc
+ * protocol state (RcProtocol as tcpverbs.wire.rc.RcProtocol).
  *
  * Ownership: each FrameDecoder object owns its tv_decoder.  The Header, Opcode and
  * RemoteProtocolError classes are looked up once, at the first decoder made (not at
@@ -14,6 +14,7 @@
 #include <Python.h>
 
 #include "frames.h"
+#include "rcproto.h"
 
 static PyObject *Header;  /* tcpverbs.wire.frames.Header */
 static PyObject *Opcode;  /* tcpverbs.wire.frames.Opcode */
@@ -205,6 +206,196 @@ static PyObject *encode_header(PyObject *module, PyObject *header) {
     return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)n);
 }
 
+/* -- RcProtocol: the twin of tcpverbs.wire.rc.RcProtocol ------------------------------ */
+typedef struct {
+    PyObject_HEAD
+    tv_rcproto p;
+} RcProtocolObject;
+
+static int rcproto_init(RcProtocolObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist))
+        return -1;
+    if (load_classes() < 0)
+        return -1;
+    tv_rc_init(&self->p);
+    return 0;
+}
+
+static int msn_arg(PyObject *arg, uint32_t *msn) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (v > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "MSN %llu does not fit 32 bits", v);
+        return -1;
+    }
+    *msn = (uint32_t)v;
+    return 0;
+}
+
+static PyObject *protocol_error(const char *why) {
+    PyObject *exc = PyObject_CallFunction(ProtocolError, "s", why);
+    if (exc != NULL) {
+        PyErr_SetObject(ProtocolError, exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static PyObject *ack_frame(uint32_t msn) {
+    tv_header h = {.opcode = TV_ACK, .msn = msn};
+    uint8_t out[TV_MAX_HEADER];
+    size_t n = tv_encode_header(&h, out, sizeof out);
+    return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)n);
+}
+
+static PyObject *rc_next_request(RcProtocolObject *self, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromUnsignedLong(tv_rc_next_request(&self->p));
+}
+
+static PyObject *rc_acks(RcProtocolObject *self, PyObject *arg) {
+    uint32_t msn;
+    uint64_t delta;
+    char err[TV_RC_ERROR_LEN];
+    if (msn_arg(arg, &msn) < 0)
+        return NULL;
+    if (tv_rc_acks(&self->p, msn, &delta, err, sizeof err) < 0)
+        return protocol_error(err);
+    return PyLong_FromUnsignedLongLong(delta);
+}
+
+static PyObject *rc_on_ack(RcProtocolObject *self, PyObject *arg) {
+    uint32_t msn;
+    uint64_t delta;
+    char err[TV_RC_ERROR_LEN];
+    if (msn_arg(arg, &msn) < 0)
+        return NULL;
+    if (tv_rc_on_ack(&self->p, msn, &delta, err, sizeof err) < 0)
+        return protocol_error(err);
+    return PyLong_FromUnsignedLongLong(delta);
+}
+
+static PyObject *rc_rewind(RcProtocolObject *self, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromUnsignedLong(tv_rc_rewind(&self->p));
+}
+
+static PyObject *rc_refuse(RcProtocolObject *self, PyObject *unused) {
+    (void)unused;
+    uint32_t msn;
+    if (tv_rc_refuse(&self->p, &msn))
+        return ack_frame(msn);
+    return PyBytes_FromStringAndSize("", 0);
+}
+
+static PyObject *rc_on_resync(RcProtocolObject *self, PyObject *arg) {
+    uint32_t msn;
+    char err[TV_RC_ERROR_LEN];
+    if (msn_arg(arg, &msn) < 0)
+        return NULL;
+    if (tv_rc_on_resync(&self->p, msn, err, sizeof err) < 0)
+        return protocol_error(err);
+    Py_RETURN_NONE;
+}
+
+static PyObject *rc_request_done(RcProtocolObject *self, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromUnsignedLong(tv_rc_request_done(&self->p));
+}
+
+static PyObject *rc_take_ack(RcProtocolObject *self, PyObject *unused) {
+    (void)unused;
+    uint32_t msn;
+    if (tv_rc_take_ack(&self->p, &msn))
+        return ack_frame(msn);
+    Py_RETURN_NONE;
+}
+
+static PyObject *rc_get_next_msn(RcProtocolObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLong(tv_rc_next_msn(&self->p));
+}
+
+static PyObject *rc_get_ack_owed(RcProtocolObject *self, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(tv_rc_ack_owed(&self->p));
+}
+
+static PyObject *rc_get_discarding(RcProtocolObject *self, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(self->p.discarding);
+}
+
+static int rc_set_discarding(RcProtocolObject *self, PyObject *value, void *closure) {
+    (void)closure;
+    int truth = value == NULL ? -1 : PyObject_IsTrue(value);
+    if (truth < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "cannot delete discarding");
+        return -1;
+    }
+    self->p.discarding = truth;
+    return 0;
+}
+
+/* the counters, by offset: read and written as Python ints (tests set them to wrap) */
+static PyObject *rc_get_counter(RcProtocolObject *self, void *closure) {
+    return PyLong_FromUnsignedLongLong(*(uint64_t *)((char *)&self->p + (size_t)closure));
+}
+
+static int rc_set_counter(RcProtocolObject *self, PyObject *value, void *closure) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "cannot delete a counter");
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(value);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *(uint64_t *)((char *)&self->p + (size_t)closure) = v;
+    return 0;
+}
+
+static PyMethodDef rcproto_methods[] = {
+    {"next_request", (PyCFunction)rc_next_request, METH_NOARGS, "Number the next request."},
+    {"acks", (PyCFunction)rc_acks, METH_O, "Requests ACK(msn) would acknowledge."},
+    {"on_ack", (PyCFunction)rc_on_ack, METH_O, "Apply a cumulative ACK."},
+    {"rewind", (PyCFunction)rc_rewind, METH_NOARGS, "After an RNR NAK: the RESYNC MSN."},
+    {"refuse", (PyCFunction)rc_refuse, METH_NOARGS, "Start discarding; the ACK owed."},
+    {"on_resync", (PyCFunction)rc_on_resync, METH_O, "The peer resumes at msn."},
+    {"request_done", (PyCFunction)rc_request_done, METH_NOARGS, "One more carried out."},
+    {"take_ack", (PyCFunction)rc_take_ack, METH_NOARGS, "The coalesced ACK owed, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef rcproto_getset[] = {
+    {"next_msn", (getter)rc_get_next_msn, NULL, "the peer's next request", NULL},
+    {"ack_owed", (getter)rc_get_ack_owed, NULL, "an ACK is owed", NULL},
+    {"discarding", (getter)rc_get_discarding, (setter)rc_set_discarding, "after RNR", NULL},
+    {"sent", (getter)rc_get_counter, (setter)rc_set_counter, "requests issued",
+     (void *)offsetof(tv_rcproto, sent)},
+    {"acked", (getter)rc_get_counter, (setter)rc_set_counter, "requests acknowledged",
+     (void *)offsetof(tv_rcproto, acked)},
+    {"received", (getter)rc_get_counter, (setter)rc_set_counter, "peer requests done",
+     (void *)offsetof(tv_rcproto, received)},
+    {"_ack_sent", (getter)rc_get_counter, (setter)rc_set_counter, "last ACK taken",
+     (void *)offsetof(tv_rcproto, ack_sent)},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RcProtocolType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tcpverbs._native.RcProtocol",
+    .tp_doc = PyDoc_STR("rc protocol state in C (see tcpverbs.wire.rc.RcProtocol)."),
+    .tp_basicsize = sizeof(RcProtocolObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)rcproto_init,
+    .tp_methods = rcproto_methods,
+    .tp_getset = rcproto_getset,
+};
+
 static PyMethodDef module_methods[] = {
     {"encode_header", (PyCFunction)encode_header, METH_O,
      "encode_header(header) -> bytes: as tcpverbs.wire.frames.encode_header."},
@@ -247,15 +438,23 @@ static struct PyModuleDef native_module = {
     .m_methods = module_methods,
 };
 
+static int add_type(PyObject *m, const char *name, PyTypeObject *type) {
+    if (PyType_Ready(type) < 0)
+        return -1;
+    Py_INCREF(type);
+    if (PyModule_AddObject(m, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&FrameDecoderType) < 0)
-        return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL)
         return NULL;
-    Py_INCREF(&FrameDecoderType);
-    if (PyModule_AddObject(m, "FrameDecoder", (PyObject *)&FrameDecoderType) < 0) {
-        Py_DECREF(&FrameDecoderType);
+    if (add_type(m, "FrameDecoder", &FrameDecoderType) < 0 ||
+        add_type(m, "RcProtocol", &RcProtocolType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
