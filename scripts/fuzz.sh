@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzz the native engine's C parsers with libFuzzer under AddressSanitizer and
+# Fuzz the native engine's C code that a peer's bytes reach (the frame decoder, the rc
+# requester's window) with libFuzzer under AddressSanitizer and
 # UndefinedBehaviorSanitizer:  scripts/fuzz.sh [seconds per harness, default 60]
 # Needs clang (Debian: apt-get install clang).  Finds a crash -> non-zero exit, with the
 # input saved under fuzz/crashes/ and the sanitizer's report on stderr.
@@ -14,6 +15,8 @@ FLAGS=(-std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer
        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I "$NATIVE")
 
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/frames_fuzz.c" "$NATIVE/frames.c" -o "$OUT/frames_fuzz"
+"$CC" "${FLAGS[@]}" "$ROOT/fuzz/requester_fuzz.c" "$NATIVE/requester.c" "$NATIVE/rcproto.c" \
+    -o "$OUT/requester_fuzz"
 corpus="$OUT/frames_corpus"
 mkdir -p "$corpus"
 # seed the corpus with the golden vectors' streams (2 leading bytes: limit, read size)
@@ -24,7 +27,11 @@ for kind in ("vectors", "malformed", "truncated"):
     for i, vec in enumerate(golden[kind]):
         (corpus / f"{kind}-{i}").write_bytes(b"\x03\xff" + bytes.fromhex(vec["hex"]))
 PY
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 echo "fuzzing the frame decoder for ${SECONDS_PER_HARNESS} s"
-UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-    "$OUT/frames_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=4096 \
+"$OUT/frames_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=4096 \
     -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$corpus"
+echo "fuzzing the requester's window for ${SECONDS_PER_HARNESS} s"
+mkdir -p "$OUT/requester_corpus"
+"$OUT/requester_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=512 \
+    -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$OUT/requester_corpus"

@@ -192,11 +192,16 @@ def feed(
 # its C twin (tcpverbs._native)
 DECODERS: dict[str, Any] = {"python": FrameDecoder}
 NATIVE_ENCODE: Any = None
+# the requester's window likewise: (protocol state, window) classes
+REQUESTERS: dict[str, tuple[Any, Any]] = {"python": (RcProtocol, Requester)}
 try:
     from tcpverbs._native import FrameDecoder as NativeFrameDecoder
+    from tcpverbs._native import RcProtocol as NativeRcProtocol
+    from tcpverbs._native import Requester as NativeRequester
     from tcpverbs._native import encode_header as NATIVE_ENCODE
 
     DECODERS["native"] = NativeFrameDecoder
+    REQUESTERS["native"] = (NativeRcProtocol, NativeRequester)
 except ImportError:  # not built: the native tests say so (tests/test_native_frames.py)
     pass
 
@@ -466,11 +471,14 @@ class Window:
     them: WRs wait in order in the queue until ``may_issue``; an RNR retry puts the
     requests to send again back at its head."""
 
-    def __init__(self, rd_limit: int = 16, start: dict[str, int] | None = None) -> None:
-        self.proto = RcProtocol()
+    def __init__(
+        self, rd_limit: int = 16, start: dict[str, int] | None = None, impl: str = "python"
+    ) -> None:
+        proto_class, requester_class = REQUESTERS[impl]
+        self.proto = proto_class()
         if start:
             self.proto.sent, self.proto.acked = start["sent"], start["acked"]
-        self.req: Requester[Work] = Requester(self.proto)
+        self.req: Requester[Work] = requester_class(self.proto)
         self.queue: deque[Work] = deque()
         self.works: dict[str, Work] = {}
         self.rd_limit = rd_limit
@@ -559,9 +567,10 @@ def run_step(win: Window, step: dict[str, Any]) -> dict[str, Any]:
     raise AssertionError(f"unknown step {kind}")
 
 
+@pytest.mark.parametrize("impl", sorted(REQUESTERS))
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=_ids(SCENARIOS))
-def test_requester_scenario(scenario: dict[str, Any]) -> None:
-    win = Window(scenario.get("rd_limit", 16), scenario.get("start"))
+def test_requester_scenario(scenario: dict[str, Any], impl: str) -> None:
+    win = Window(scenario.get("rd_limit", 16), scenario.get("start"), impl)
     for i, step in enumerate(scenario["steps"]):
         expect = step["expect"]
         where = f"step {i}: {step}"
@@ -589,6 +598,22 @@ def test_requester_scenario(scenario: dict[str, Any]) -> None:
             assert win.req.rd_outstanding == expect["rd_outstanding"], where
         if "queued" in expect:
             assert names(win.queue) == expect["queued"], where
+
+
+@pytest.mark.parametrize("impl", sorted(REQUESTERS))
+def test_an_ack_past_a_request_that_left_the_window_is_refused(impl: str) -> None:
+    """A SEND refused beyond rnr_retry leaves the window unacknowledged: an ACK that
+    covers it is the peer's error (it was a crash of the reference, found by the C
+    twin's differential test)."""
+    win = Window(impl=impl)
+    first = win.issue("w1", WR.IBV_WR_SEND)
+    win.issue("w2", WR.IBV_WR_SEND)
+    done, outcome = win.rnr_nak(first.seq, 14, 0)
+    assert done == [] and outcome is first
+    before = win.snapshot()
+    with pytest.raises(RemoteProtocolError, match="but only 1 requests are in flight"):
+        win.req.on_ack(2)
+    assert win.snapshot() == before
 
 
 def test_scenarios_cover_the_brief() -> None:
@@ -689,14 +714,15 @@ def _answerable(req: Requester[Work]) -> int:
     return len(req.inflight)
 
 
+@pytest.mark.parametrize("impl", sorted(REQUESTERS))
 @settings(max_examples=400, deadline=None)
-@given(st.data())
-def test_requester_never_loses_or_duplicates_a_request(data: st.DataObject) -> None:
+@given(data=st.data())
+def test_requester_never_loses_or_duplicates_a_request(data: st.DataObject, impl: str) -> None:
     """Random inputs drawn from the current state (mostly what a correct peer would send,
     some that it would not): every request is queued, in flight or returned exactly once;
     a protocol error changes nothing."""
     start = data.draw(st.sampled_from([0, 2**32 - 3, 2**32 - 1]) | st.integers(0, 2**32 - 1))
-    win = Window(data.draw(st.integers(1, 3)), {"sent": start, "acked": start})
+    win = Window(data.draw(st.integers(1, 3)), {"sent": start, "acked": start}, impl)
     req, proto = win.req, win.proto
     ledger = Ledger(win)
     live = True

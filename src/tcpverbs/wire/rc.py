@@ -250,6 +250,12 @@ class Requester(Generic[R]):
         """How many requests up to *msn* an acknowledgement completes; raises, changing
         nothing, if one of them is a READ or atomic that must be answered, not ACKed."""
         count = self.proto.acks(msn)
+        if count > len(self.inflight):  # a request left the window unacknowledged (an RNR
+            # NAK's refused one, or a TERMINATE's): the connection is over, ACKs are wrong
+            raise RemoteProtocolError(
+                f"peer acknowledged request {msn}, but only {len(self.inflight)} "
+                "requests are in flight"
+            )
         for i in range(count):
             work = self.inflight[i]
             if work.needs_response:

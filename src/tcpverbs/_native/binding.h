@@ -1,0 +1,35 @@
+/* What the CPython binding's files share (module.c, py_frames.c, py_rc.c).
+ *
+ * The Python classes the binding builds or raises (Header, Opcode, RnrRetry,
+ * RemoteProtocolError) are looked up once, by tv_py_load_classes(), at the first object
+ * made -- not at import, since tcpverbs.wire may one day import this module -- and kept
+ * for the process.  Everything here runs with the GIL held.
+ */
+#ifndef TCPVERBS_NATIVE_BINDING_H
+#define TCPVERBS_NATIVE_BINDING_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+extern PyObject *tv_py_Header;        /* tcpverbs.wire.frames.Header */
+extern PyObject *tv_py_Opcode;        /* tcpverbs.wire.frames.Opcode */
+extern PyObject *tv_py_ProtocolError; /* tcpverbs.errors.RemoteProtocolError */
+extern PyObject *tv_py_RnrRetry;      /* tcpverbs.wire.rc.RnrRetry */
+
+int tv_py_load_classes(void);
+/* Raise RemoteProtocolError(why); returns NULL for the caller to return. */
+PyObject *tv_py_protocol_error(const char *why);
+/* A message sequence number argument (a 32-bit unsigned int). */
+int tv_py_msn_arg(PyObject *arg, uint32_t *msn);
+
+/* py_frames.c */
+extern PyTypeObject tv_py_FrameDecoderType;
+PyObject *tv_py_encode_header(PyObject *module, PyObject *header);
+
+/* py_rc.c */
+extern PyTypeObject tv_py_RcProtocolType;
+extern PyTypeObject tv_py_RequesterType;
+PyObject *tv_py_terminate_status(PyObject *module, PyObject *arg);
+
+#endif
