@@ -12,10 +12,13 @@ a short run is a test here too).
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import shutil
 import subprocess
+import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +265,88 @@ def test_the_c_requester_does_what_the_python_one_does(data: st.DataObject) -> N
 def test_the_c_terminate_status_is_the_reference() -> None:
     for status in [*range(40), 255, 2**31, 2**32 - 1]:
         assert native_terminate_status(status) == terminate_status(status), status
+
+
+# -- the binding is safe against what Python code can do (found by review) ---------------
+class Rec:
+    """A work record the requester accepts."""
+
+    def __init__(self, opcode: int, seq: int = -1) -> None:
+        self.opcode, self.length, self.fence = opcode, 8, False
+        self.needs_response = opcode in (4, 5, 6)  # READ and the atomics
+        self.rnr_tries, self.seq = 0, seq
+
+
+def test_a_setter_that_calls_back_into_the_requester_breaks_nothing() -> None:
+    """Setting rnr_tries runs Python code, which may use the requester again: the
+    references handed out stay right (this crashed before)."""
+    from tcpverbs._native import Requester
+
+    req = Requester(NativeRcProtocol(), 8)
+
+    class Reentrant(Rec):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name == "rnr_tries" and value == 1:
+                extra = Rec(2)
+                req.issue(extra)
+                req.on_ack(extra.seq)
+            object.__setattr__(self, name, value)
+
+    a, b = Reentrant(2), Rec(2)
+    req.issue(a)
+    req.issue(b)
+    done, outcome = req.on_rnr_nak(a.seq, 0, 3)
+    assert done == [] and isinstance(outcome, RnrRetry) and outcome.resend == [a, b]
+    assert a.rnr_tries == 1 and sys.getrefcount(b) == sys.getrefcount(Rec(2)) + 1
+
+
+def test_a_work_that_refuses_its_number_leaves_the_window_as_it_was() -> None:
+    from tcpverbs._native import Requester
+
+    class NoSeq:
+        __slots__ = ("fence", "length", "needs_response", "opcode", "rnr_tries")
+
+        def __init__(self) -> None:
+            self.opcode, self.length, self.fence = 2, 0, False
+            self.needs_response, self.rnr_tries = False, 0
+
+    proto = NativeRcProtocol()
+    req = Requester(proto, 4)
+    with pytest.raises(AttributeError):
+        req.issue(NoSeq())
+    assert req.inflight == [] and proto.sent == 0
+
+
+def test_misuse_and_bad_numbers_are_refused_not_wrapped() -> None:
+    from tcpverbs._native import Requester
+
+    req = Requester(NativeRcProtocol(), 4)
+    send = Rec(2)
+    req.issue(send)
+    with pytest.raises(ValueError, match="awaits no answer"):
+        req.response_done(send)  # a SEND has no answer to place
+    assert req.rd_outstanding == 0 and req.inflight == [send]
+    with pytest.raises(ValueError, match="rd_limit"):
+        req.may_issue(Rec(4), -1)
+    with pytest.raises(ValueError, match="rnr_retry"):
+        req.on_rnr_nak(send.seq, 0, -1)
+    with pytest.raises(ValueError, match="payload_len"):
+        req.on_read_response(send.seq, -1)
+    with pytest.raises(ValueError, match="max_payload"):
+        NativeFrameDecoder(-1)  # a negative limit must not become "no limit"
+
+
+def test_a_requester_in_a_reference_cycle_is_collected() -> None:
+    from tcpverbs._native import Requester
+
+    req = Requester(NativeRcProtocol(), 4)
+    work = Rec(2)
+    work.owner = req  # type: ignore[attr-defined]
+    req.issue(work)
+    gone = weakref.ref(work)
+    del work, req
+    gc.collect()
+    assert gone() is None
 
 
 def test_the_fuzzer_runs_clean_for_a_while() -> None:

@@ -14,16 +14,26 @@ typedef struct {
 
 static int decoder_init(FrameDecoderObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"max_payload", NULL};
-    unsigned long long max_payload;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "K", kwlist, &max_payload))
+    PyObject *limit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O", kwlist, &limit))
         return -1;
+    /* checked: a negative limit must not wrap into "no limit" (the defence against a
+     * peer's huge lengths) */
+    unsigned long long max_payload = PyLong_AsUnsignedLongLong(limit);
+    if (max_payload == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "max_payload must be an int in 0..2^64-1");
+        }
+        return -1;
+    }
     if (tv_py_load_classes() < 0)
         return -1;
     tv_decoder_init(&self->dec, max_payload);
     return 0;
 }
 
-/* The Python tv_py_Header for *h: tv_py_Header(opcode, flags, payload_len, imm, rkey, addr, length,
+/* The Python Header for *h: Header(opcode, flags, payload_len, imm, rkey, addr, length,
  * compare_add, swap, msn, status, timer, reason, psn) -- the dataclass's field order. */
 static PyObject *make_header(const tv_header *h) {
     PyObject *op = PyObject_CallFunction(tv_py_Opcode, "i", (int)h->opcode);
@@ -41,6 +51,8 @@ static PyObject *make_header(const tv_header *h) {
 
 static PyObject *decoder_receive(FrameDecoderObject *self, PyObject *arg) {
     Py_buffer view;
+    if (tv_py_load_classes() < 0) /* (made with __new__ alone: no __init__ ran) */
+        return NULL;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     size_t used = 0;

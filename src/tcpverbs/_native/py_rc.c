@@ -203,18 +203,53 @@ static int work_field(PyObject *work, const char *name, uint64_t *out) {
     return 0;
 }
 
+static int work_flag(PyObject *work, const char *name, uint8_t *out) {
+    PyObject *v = PyObject_GetAttrString(work, name);
+    if (v == NULL)
+        return -1;
+    int truth = PyObject_IsTrue(v); /* as the reference reads it */
+    Py_DECREF(v);
+    if (truth < 0)
+        return -1;
+    *out = (uint8_t)truth;
+    return 0;
+}
+
+/* An unsigned argument of at most `bits` bits: ValueError (not a wrap) otherwise. */
+static int unsigned_arg(PyObject *arg, const char *name, int bits, uint64_t *out) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s must be an int in 0..2^%d-1", name, bits);
+        }
+        return -1;
+    }
+    if (bits < 64 && v >> bits) {
+        PyErr_Format(PyExc_ValueError, "%s must be an int in 0..2^%d-1", name, bits);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 /* The tv_request of a Python work record (opcode, length, fence, needs_response,
  * rnr_tries). */
 static int request_of(PyObject *work, tv_request *w) {
-    uint64_t opcode, length, fence, needs, tries;
+    uint64_t opcode, length, tries;
+    uint8_t fence, needs;
     if (work_field(work, "opcode", &opcode) < 0 || work_field(work, "length", &length) < 0 ||
-        work_field(work, "fence", &fence) < 0 ||
-        work_field(work, "needs_response", &needs) < 0 ||
+        work_flag(work, "fence", &fence) < 0 ||
+        work_flag(work, "needs_response", &needs) < 0 ||
         work_field(work, "rnr_tries", &tries) < 0)
         return -1;
+    if (opcode > UINT32_MAX || tries > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "opcode and rnr_tries must fit 32 bits");
+        return -1;
+    }
     *w = (tv_request){.cookie = (uint64_t)(uintptr_t)work, .length = length,
                       .opcode = (uint32_t)opcode, .rnr_tries = (uint32_t)tries,
-                      .fence = fence != 0, .needs_response = needs != 0};
+                      .fence = fence, .needs_response = needs};
     return 0;
 }
 
@@ -269,19 +304,38 @@ static int requester_init(RequesterObject *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-static void requester_dealloc(RequesterObject *self) {
-    if (self->win != NULL) {
+/* The window's work objects and the protocol are this object's references: the cyclic
+ * collector must see them (work -> engine -> requester cycles are possible). */
+static int requester_traverse(RequesterObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->proto);
+    if (self->win != NULL)
         for (uint32_t i = 0; i < self->r.len; i++)
-            Py_DECREF(WORK(tv_req_at(&self->r, i)));
+            Py_VISIT(WORK(tv_req_at(&self->r, i)));
+    return 0;
+}
+
+static int requester_clear(RequesterObject *self) {
+    if (self->win != NULL) {
+        while (self->r.len) { /* empty the window first, then drop the references */
+            PyObject *work = WORK(tv_req_at(&self->r, self->r.len - 1));
+            self->r.len--;
+            Py_DECREF(work);
+        }
     }
+    Py_CLEAR(self->proto);
+    return 0;
+}
+
+static void requester_dealloc(RequesterObject *self) {
+    PyObject_GC_UnTrack(self);
+    requester_clear(self);
     PyMem_Free(self->win);
     PyMem_Free(self->done);
-    Py_XDECREF(self->proto);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int requester_ready(RequesterObject *self) {
-    if (self->win == NULL) {
+    if (self->win == NULL || self->proto == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Requester.__init__ was not called");
         return -1;
     }
@@ -289,13 +343,13 @@ static int requester_ready(RequesterObject *self) {
 }
 
 static PyObject *rq_may_issue(RequesterObject *self, PyObject *args) {
-    PyObject *work;
-    unsigned int rd_limit;
+    PyObject *work, *limit_obj;
+    uint64_t rd_limit;
     tv_request w;
-    if (requester_ready(self) < 0 || !PyArg_ParseTuple(args, "OI", &work, &rd_limit) ||
-        request_of(work, &w) < 0)
+    if (requester_ready(self) < 0 || !PyArg_ParseTuple(args, "OO", &work, &limit_obj) ||
+        unsigned_arg(limit_obj, "rd_limit", 32, &rd_limit) < 0 || request_of(work, &w) < 0)
         return NULL;
-    return PyBool_FromLong(tv_req_may_issue(&self->r, &w, rd_limit));
+    return PyBool_FromLong(tv_req_may_issue(&self->r, &w, (uint32_t)rd_limit));
 }
 
 static PyObject *rq_issue(RequesterObject *self, PyObject *work) {
@@ -307,8 +361,22 @@ static PyObject *rq_issue(RequesterObject *self, PyObject *work) {
         return NULL;
     }
     Py_INCREF(work);
-    if (set_int(work, "seq", w.seq) < 0)
+    uint32_t len = self->r.len;
+    uint64_t sent = self->r.proto->sent;
+    if (set_int(work, "seq", w.seq) < 0) {
+        /* the reference raises before the work enters the window: take it out again,
+         * unless the setter ran code that used this requester meanwhile (then the
+         * window is what that code made it, and the work stays in flight) */
+        if (self->r.len == len && self->r.proto->sent == sent &&
+            WORK(tv_req_at(&self->r, len - 1)) == work) {
+            self->r.len--;
+            self->r.proto->sent--;
+            if (w.needs_response)
+                self->r.rd_outstanding--;
+            Py_DECREF(work);
+        }
         return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -330,11 +398,12 @@ static PyObject *answered(RequesterObject *self, uint32_t n) {
 }
 
 static PyObject *rq_on_read_response(RequesterObject *self, PyObject *args) {
-    PyObject *msn_obj;
-    unsigned long long payload_len;
+    PyObject *msn_obj, *len_obj;
+    uint64_t payload_len;
     uint32_t msn, n;
-    if (requester_ready(self) < 0 || !PyArg_ParseTuple(args, "OK", &msn_obj, &payload_len) ||
-        tv_py_msn_arg(msn_obj, &msn) < 0)
+    if (requester_ready(self) < 0 || !PyArg_ParseTuple(args, "OO", &msn_obj, &len_obj) ||
+        tv_py_msn_arg(msn_obj, &msn) < 0 ||
+        unsigned_arg(len_obj, "payload_len", 64, &payload_len) < 0)
         return NULL;
     if (tv_req_on_read_response(&self->r, msn, payload_len, self->done, &n) < 0)
         return tv_py_protocol_error(self->r.error);
@@ -359,24 +428,32 @@ static PyObject *rq_response_done(RequesterObject *self, PyObject *work) {
         return NULL;
     }
     tv_request out;
-    tv_req_response_done(&self->r, &out);
+    if (tv_req_response_done(&self->r, &out) < 0) {
+        PyErr_SetString(PyExc_ValueError, "response_done for a request that awaits no answer");
+        return NULL;
+    }
     Py_DECREF(WORK(&out));
     Py_RETURN_NONE;
 }
 
 static PyObject *rq_on_rnr_nak(RequesterObject *self, PyObject *args) {
-    PyObject *msn_obj;
-    unsigned int timer, rnr_retry;
+    PyObject *msn_obj, *timer_obj, *retry_obj;
+    uint64_t timer, rnr_retry;
     uint32_t msn, n;
     tv_rnr_outcome out;
-    if (requester_ready(self) < 0 || !PyArg_ParseTuple(args, "OII", &msn_obj, &timer, &rnr_retry) ||
-        tv_py_msn_arg(msn_obj, &msn) < 0)
+    if (requester_ready(self) < 0 ||
+        !PyArg_ParseTuple(args, "OOO", &msn_obj, &timer_obj, &retry_obj) ||
+        tv_py_msn_arg(msn_obj, &msn) < 0 || unsigned_arg(timer_obj, "timer", 8, &timer) < 0 ||
+        unsigned_arg(retry_obj, "rnr_retry", 32, &rnr_retry) < 0)
         return NULL;
-    if (tv_req_on_rnr_nak(&self->r, msn, (uint8_t)timer, rnr_retry, self->done, &n, &out) < 0)
+    if (tv_req_on_rnr_nak(&self->r, msn, (uint8_t)timer, (uint32_t)rnr_retry, self->done, &n,
+                          &out) < 0)
         return tv_py_protocol_error(self->r.error);
+    /* Take every reference out of the shared scratch array before any Python code runs
+     * (setting rnr_tries below may call back into this requester and reuse it). */
+    PyObject *done = take_list(self->done, n);
     if (out.exhausted) {
         PyObject *refused = WORK(&out.refused); /* the window's reference, now ours */
-        PyObject *done = take_list(self->done, n);
         if (done == NULL || set_int(refused, "rnr_tries", out.refused.rnr_tries) < 0) {
             Py_XDECREF(done);
             Py_DECREF(refused);
@@ -384,19 +461,16 @@ static PyObject *rq_on_rnr_nak(RequesterObject *self, PyObject *args) {
         }
         return Py_BuildValue("(NN)", done, refused);
     }
-    tv_request *resent = self->done + n;
-    for (uint32_t i = 0; i < out.resend; i++)
-        if (set_int(WORK(&resent[i]), "rnr_tries", resent[i].rnr_tries) < 0)
-            return NULL; /* (references stay with the objects: a leak on a failed setattr) */
-    PyObject *done = take_list(self->done, n);
-    PyObject *resend = take_list(resent, out.resend);
-    if (done == NULL || resend == NULL) {
+    uint32_t tries = self->done[n].rnr_tries; /* the refused one: the first resent */
+    PyObject *resend = take_list(self->done + n, out.resend);
+    if (done == NULL || resend == NULL ||
+        set_int(PyList_GET_ITEM(resend, 0), "rnr_tries", tries) < 0) {
         Py_XDECREF(done);
         Py_XDECREF(resend);
         return NULL;
     }
-    PyObject *retry = PyObject_CallFunction(tv_py_RnrRetry, "NId", resend, (unsigned)out.resync_msn,
-                                            out.delay_ms / 1000);
+    PyObject *retry = PyObject_CallFunction(tv_py_RnrRetry, "NId", resend,
+                                            (unsigned)out.resync_msn, out.delay_ms / 1000);
     if (retry == NULL) {
         Py_DECREF(done);
         return NULL;
@@ -469,10 +543,12 @@ PyTypeObject tv_py_RequesterType = {
     .tp_name = "tcpverbs._native.Requester",
     .tp_doc = PyDoc_STR("The rc requester's window in C (see tcpverbs.wire.rc.Requester)."),
     .tp_basicsize = sizeof(RequesterObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)requester_init,
     .tp_dealloc = (destructor)requester_dealloc,
+    .tp_traverse = (traverseproc)requester_traverse,
+    .tp_clear = (inquiry)requester_clear,
     .tp_methods = requester_methods,
     .tp_getset = requester_getset,
 };

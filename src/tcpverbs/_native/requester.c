@@ -184,8 +184,8 @@ int tv_req_on_atomic_response(tv_requester *r, uint32_t msn, tv_request *done,
 }
 
 int tv_req_response_done(tv_requester *r, tv_request *out) {
-    if (r->len == 0)
-        return -1;
+    if (r->len == 0 || !r->win[r->head].needs_response || r->rd_outstanding == 0)
+        return -1; /* only an answered READ or atomic completes this way */
     *out = r->win[r->head];
     r->head = (r->head + 1) % r->capacity;
     r->len--;

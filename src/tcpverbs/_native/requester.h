@@ -65,7 +65,8 @@ int tv_req_on_read_response(tv_requester *r, uint32_t msn, uint64_t payload_len,
                             tv_request *done, uint32_t *ndone);
 int tv_req_on_atomic_response(tv_requester *r, uint32_t msn, tv_request *done,
                               uint32_t *ndone);
-/* The answer of the head request is in place: it completes (copied to *out). */
+/* The answer of the head request is in place: it completes (copied to *out); -1 if the
+ * head is not a READ or atomic awaiting its answer. */
 int tv_req_response_done(tv_requester *r, tv_request *out);
 /* RNR_NAK(msn, timer): requests before msn complete into done[0..*ndone), then *out. */
 int tv_req_on_rnr_nak(tv_requester *r, uint32_t msn, uint8_t timer, uint32_t rnr_retry,

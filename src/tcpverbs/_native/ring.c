@@ -28,8 +28,10 @@ tv_ring *tv_ring_init(void *mem, uint32_t slots, uint32_t slot_size) {
 uint32_t tv_ring_capacity(const tv_ring *r) { return r->mask + 1; }
 
 uint32_t tv_ring_count(const tv_ring *r) {
-    uint32_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+    /* head first: it never passes tail, so a tail read after it is at least as new and
+     * the difference cannot go "negative" (about 2^32) for a third thread */
     uint32_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+    uint32_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
     return tail - head; /* free-running: the difference is right across wrap-around */
 }
 

@@ -7,7 +7,8 @@
  * publishes it with a release store of `tail`; the consumer sees it with an acquire load
  * of `tail`, reads the slot, and gives it back with a release store of `head`.  No lock,
  * no system call.  Where several threads produce into one ring (the completions of many
- * QPs into one CQ), they serialise on a lock of their own around tv_ring_produce().
+ * QPs into one CQ), they hold a lock of their own from tv_ring_produce_slot() through
+ * filling the slot to tv_ring_produce(): otherwise two of them get the same slot.
  *
  * Layout: the header (indices on separate cache lines, so producer and consumer do not
  * share one) is followed by the slots in one block of memory with no pointers in it, so
