@@ -12,13 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "frames.h"
-
-#define CHECK(cond) \
-    do {            \
-        if (!(cond)) \
-            abort(); \
-    } while (0)
 
 /* encode *h, decode the bytes with a fresh decoder: the same header must come back */
 static void check_round_trip(const tv_header *h, uint64_t max_payload) {

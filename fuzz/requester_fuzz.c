@@ -12,13 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "requester.h"
-
-#define CHECK(cond) \
-    do {            \
-        if (!(cond)) \
-            abort(); \
-    } while (0)
 
 enum { CAP = 8 };
 

@@ -12,7 +12,8 @@ OUT="${TMPDIR:-/tmp}/tcpverbs-fuzz"
 mkdir -p "$OUT" "$ROOT/fuzz/crashes"
 NATIVE="$ROOT/src/tcpverbs/_native"
 FLAGS=(-std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer
-       -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I "$NATIVE")
+       -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I "$NATIVE"
+       -I "$ROOT/tests/native")
 
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/frames_fuzz.c" "$NATIVE/frames.c" -o "$OUT/frames_fuzz"
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/requester_fuzz.c" "$NATIVE/requester.c" "$NATIVE/rcproto.c" \

@@ -79,11 +79,10 @@ def qp_error(cq: v.CQ) -> object:
     return [qp.error for qp in getattr(cq, "_qps", {}).values()]
 
 
-def exchange(qp: v.QP, pd: v.PD, cq: v.CQ, count: int, size: int) -> bytes:
-    """Send ``pattern(count, size)`` as *count* SENDs, receive as many bytes back; return them.
-
-    rc: one receive per message; stream: one receive at a time over what is still missing.
-    """
+def post_pattern(qp: v.QP, pd: v.PD, count: int, size: int) -> v.MR:
+    """Post receives for *count* messages of *size* bytes (rc: one per message; stream:
+    one over all of it), then SEND ``pattern(count, size)`` as *count* WRs; the MR the
+    echo lands in."""
     total = count * size
     smr, rmr = v.MR(pd, total, LOCAL_WRITE), v.MR(pd, total, LOCAL_WRITE)
     smr.write(pattern(count, size), total)
@@ -94,6 +93,16 @@ def exchange(qp: v.QP, pd: v.PD, cq: v.CQ, count: int, size: int) -> bytes:
         post_recv(qp, rmr, 0, 0, total)
     for i in range(count):
         post_send(qp, smr, i, i * size, size)
+    return rmr
+
+
+def exchange(qp: v.QP, pd: v.PD, cq: v.CQ, count: int, size: int) -> bytes:
+    """Send ``pattern(count, size)`` as *count* SENDs, receive as many bytes back; return them.
+
+    rc: one receive per message; stream: one receive at a time over what is still missing.
+    """
+    total = count * size
+    rmr = post_pattern(qp, pd, count, size)
     sent = got = 0
     while sent < count or got < total:
         wc = one(cq)
@@ -187,16 +196,8 @@ def probe(wire: str, host: str, port: int, count: int, size: int, attr: v.QPAttr
     print("ready", flush=True)
     sys.stdin.readline()
     total = count * size
-    smr, rmr = v.MR(pd, total, LOCAL_WRITE), v.MR(pd, total, LOCAL_WRITE)
-    smr.write(pattern(count, size), total)
     start = time.monotonic()
-    if wire == "rc":
-        for i in range(count):
-            post_recv(qp, rmr, i, i * size, size)
-    else:
-        post_recv(qp, rmr, 0, 0, total)
-    for i in range(count):
-        post_send(qp, smr, i, i * size, size)
+    rmr = post_pattern(qp, pd, count, size)
     sends: list[str] = []  # the statuses of the SENDs, in completion order
     first_error: float | None = None
     got = 0

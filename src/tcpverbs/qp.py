@@ -33,7 +33,7 @@ from .enums import (
     ibv_qp_type,
     ibv_wr_opcode,
 )
-from .errors import PostError, TcpverbsError
+from .errors import PostError, TcpverbsError, check_int
 from .oob import service as oob
 from .oob.sockets import take_socket
 from .qp_attr import QPAttr, QPCap, QPInitAttr
@@ -314,9 +314,8 @@ class QP(VerbsObject):
                 shown = f"0x{flags:x}" if isinstance(flags, int) else repr(flags)
                 raise TcpverbsError(errno.EINVAL, f"unsupported qp_access_flags {shown}")
         for bit, name, low, high in _ATTR_RANGES:
-            value = getattr(attr, name)
-            if mask & bit and not (isinstance(value, int) and low <= value <= high):
-                raise TcpverbsError(errno.EINVAL, f"{name} {value!r} is outside {low}..{high}")
+            if mask & bit:
+                check_int(name, getattr(attr, name), low, high)
 
     # -- connection -------------------------------------------------------------------
     def _plan_connection(self, attr: QPAttr, mask: M) -> _Plan:

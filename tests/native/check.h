@@ -1,5 +1,5 @@
-/* CHECK(cond): the C unit tests' assertion (tests/native/); aborts with where it failed,
- * so the sanitizers print a stack too. */
+/* CHECK(cond): the assertion of the C unit tests (tests/native/) and the fuzz harnesses
+ * (fuzz/); aborts with where it failed, so the sanitizers print a stack too. */
 #ifndef TCPVERBS_TESTS_CHECK_H
 #define TCPVERBS_TESTS_CHECK_H
 

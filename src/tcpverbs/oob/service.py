@@ -134,13 +134,10 @@ def _crowded(entries: list[_T], host_of: Callable[[_T], str]) -> _T:
     return next(e for e in entries if counts[host_of(e)] == top)
 
 
-def hello_matches(hello: Hello, expect_qpn: int, expect_host: str, sock: socket.socket) -> bool:
-    """Is *sock* (with its *hello*) the peer a waiting QP expects?"""
-    try:
-        peer_host = sock.getpeername()[0]
-    except OSError:
-        return False
-    return hello.qp_num == expect_qpn and same_host(peer_host, expect_host)
+def hello_matches(hello: Hello, expect_qpn: int, expect_host: str, host: str | None) -> bool:
+    """Is the connection from *host* (:func:`peer_host`; None: unknown) with *hello* the
+    peer a waiting QP expects?"""
+    return host is not None and hello.qp_num == expect_qpn and same_host(host, expect_host)
 
 
 def connect_socket(gid: GID, qp_num: int, local: GID) -> socket.socket:
@@ -276,8 +273,8 @@ class OobService:
             if entry.timer is not None:
                 entry.timer.cancel()
         for entry in parked:
-            if hello_matches(entry.hello, dest, host, entry.sock):
-                self._consider(wait, entry.sock, entry.hello)
+            if hello_matches(entry.hello, dest, host, entry.host):
+                self._consider(wait, entry.sock, entry.hello, entry.host)
             else:
                 entry.sock.close()  # not the expected peer
         with self._lock:
@@ -308,13 +305,13 @@ class OobService:
                 self._accept(wait, candidate)
                 return
 
-    def _consider(self, wait: _Wait, sock: socket.socket, hello: Hello) -> None:
-        """*sock* came from the expected address and QP number: take it once it proves
-        it is the peer (see the module), close it if it cannot."""
+    def _consider(self, wait: _Wait, sock: socket.socket, hello: Hello, host: str) -> None:
+        """*sock* came from the expected address (*host*) and QP number: take it once it
+        proves it is the peer (see the module), close it if it cannot."""
         with self._lock:
             known = wait.sq_psn
             reactor = self._reactor
-            crowded = sum(c.host == peer_host(sock) for c in wait.candidates)
+            crowded = sum(c.host == host for c in wait.candidates)
             if (
                 self._waits.get(wait.qp.qp_num) is not wait
                 or reactor is None
@@ -324,7 +321,7 @@ class OobService:
             ):
                 sock.close()
                 return
-            candidate = _Candidate(self, reactor, wait, sock, hello)
+            candidate = _Candidate(self, reactor, wait, sock, hello, host)
             wait.candidates.append(candidate)
         if known is not None:  # its hello proves it already
             self._accept(wait, candidate)
@@ -423,7 +420,7 @@ class OobService:
         with self._lock:
             wait = self._waits.get(qpn)
             if wait is not None:
-                if not hello_matches(hello, wait.dest, wait.host, sock):
+                if not hello_matches(hello, wait.dest, wait.host, host):
                     wait = None  # not the expected peer: refused below
             elif host is not None and self._allocated(qpn):
                 waiting = self._parked.setdefault(qpn, [])
@@ -445,10 +442,10 @@ class OobService:
             evicted.sock.close()
         if parked:
             return
-        if wait is None:
+        if wait is None or host is None:  # (a matching wait implies a known host)
             sock.close()
             return
-        self._consider(wait, sock, hello)
+        self._consider(wait, sock, hello, host)
 
     def _allocated(self, qpn: int) -> bool:
         return any(port.holds(qpn) for port in self._ports)
@@ -692,13 +689,14 @@ class _Candidate:
         wait: _Wait,
         sock: socket.socket,
         hello: Hello,
+        host: str,
     ) -> None:
         self.service = service
         self.reactor = reactor
         self.wait = wait
         self.sock = sock
         self.hello = hello
-        self.host = peer_host(sock) or "?"
+        self.host = host
         self._buf = b""
         self._registered = False
         self.proven = False  # by its hello; its AUTH, begun already, is read through first

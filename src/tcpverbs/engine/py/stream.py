@@ -210,20 +210,9 @@ class StreamTransport(Transport):
         self._set_interest(read=False)
         self._receive()
 
-    def _socket_failed(self, exc: OSError) -> None:
-        self._pending_error = exc
-        self._receive()  # into the receives already posted
-        if self._closed:
-            return
-        if not self._unacked and not self.qp.sq and not self._tx and self._readable_bytes():
-            # data is waiting and nothing of ours is: hold the connection until
-            # receives take the data (their reads end in the reset and fail the QP)
-            self._unwatch()
-            return
-        self._broken(exc, "connection failed")
+    def _hold_after_failure(self) -> bool:
+        # data is waiting and nothing of ours is: receives posted later take it
+        return not (self._unacked or self.qp.sq or self._tx) and self._readable_bytes() > 0
 
     def _readable_bytes(self) -> int:
-        try:
-            return self._ioctl_int(termios.FIONREAD)
-        except OSError:
-            return 0
+        return self._ioctl_int(termios.FIONREAD, on_error=0)

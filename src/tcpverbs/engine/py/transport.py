@@ -337,13 +337,16 @@ class Transport:
         return self._ioctl_int(termios.TIOCOUTQ)
 
     def _unsent(self) -> int:
-        try:
-            return self._outq()
-        except OSError:
-            return 0
+        return self._ioctl_int(termios.TIOCOUTQ, on_error=0)
 
-    def _ioctl_int(self, request: int) -> int:
-        return int(_INT.unpack(fcntl.ioctl(self.fd, request, b"\0" * 4))[0])
+    def _ioctl_int(self, request: int, *, on_error: int | None = None) -> int:
+        """The int an ioctl returns; *on_error* (if given) when it fails."""
+        try:
+            return int(_INT.unpack(fcntl.ioctl(self.fd, request, b"\0" * 4))[0])
+        except OSError:
+            if on_error is None:
+                raise
+            return on_error
 
     # -- helpers for subclasses -------------------------------------------------------
     def _socket_failed(self, exc: OSError) -> None:
@@ -352,8 +355,17 @@ class Transport:
         (frames processed, ACKs honoured, data placed) before the QP goes to ERR."""
         self._pending_error = exc
         self.on_readable()
-        if not self._closed:
-            self._broken(exc, "connection failed")
+        if self._closed:
+            return
+        if self._hold_after_failure():
+            self._unwatch()  # receives posted later take the data; their reads end in exc
+            return
+        self._broken(exc, "connection failed")
+
+    def _hold_after_failure(self) -> bool:
+        """Keep a failed connection (unwatched) because received data waits that only
+        receives posted later can take (stream overrides it)."""
+        return False
 
     def _fail(
         self,
