@@ -26,11 +26,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tcpverbs.enums import ibv_wr_opcode
 from tcpverbs.errors import RemoteProtocolError
 from tcpverbs.wire.frames import MAX_REASON, FrameDecoder, Header, Opcode, encode_header
 from tcpverbs.wire.rc import RcProtocol, RnrRetry, terminate_status
 
-from .test_wire_rc import _ALL_OPS, Window, names
+from .test_native_c import own_runtime
+from .test_wire_rc import _ALL_OPS, Window, Work, names
+
+SEND, READ = ibv_wr_opcode.IBV_WR_SEND, ibv_wr_opcode.IBV_WR_RDMA_READ
 
 try:
     from tcpverbs._native import FrameDecoder as NativeFrameDecoder
@@ -268,15 +272,6 @@ def test_the_c_terminate_status_is_the_reference() -> None:
 
 
 # -- the binding is safe against what Python code can do (found by review) ---------------
-class Rec:
-    """A work record the requester accepts."""
-
-    def __init__(self, opcode: int, seq: int = -1) -> None:
-        self.opcode, self.length, self.fence = opcode, 8, False
-        self.needs_response = opcode in (4, 5, 6)  # READ and the atomics
-        self.rnr_tries, self.seq = 0, seq
-
-
 def test_a_setter_that_calls_back_into_the_requester_breaks_nothing() -> None:
     """Setting rnr_tries runs Python code, which may use the requester again: the
     references handed out stay right (this crashed before)."""
@@ -284,20 +279,20 @@ def test_a_setter_that_calls_back_into_the_requester_breaks_nothing() -> None:
 
     req = Requester(NativeRcProtocol(), 8)
 
-    class Reentrant(Rec):
+    class Reentrant(Work):
         def __setattr__(self, name: str, value: Any) -> None:
             if name == "rnr_tries" and value == 1:
-                extra = Rec(2)
+                extra = Work.make("x", SEND)
                 req.issue(extra)
                 req.on_ack(extra.seq)
             object.__setattr__(self, name, value)
 
-    a, b = Reentrant(2), Rec(2)
+    a, b = Reentrant.make("a", SEND), Work.make("b", SEND)
     req.issue(a)
     req.issue(b)
     done, outcome = req.on_rnr_nak(a.seq, 0, 3)
     assert done == [] and isinstance(outcome, RnrRetry) and outcome.resend == [a, b]
-    assert a.rnr_tries == 1 and sys.getrefcount(b) == sys.getrefcount(Rec(2)) + 1
+    assert a.rnr_tries == 1 and sys.getrefcount(b) == sys.getrefcount(Work.make("t", SEND)) + 1
 
 
 def test_a_work_that_refuses_its_number_leaves_the_window_as_it_was() -> None:
@@ -321,13 +316,13 @@ def test_misuse_and_bad_numbers_are_refused_not_wrapped() -> None:
     from tcpverbs._native import Requester
 
     req = Requester(NativeRcProtocol(), 4)
-    send = Rec(2)
+    send = Work.make("s", SEND)
     req.issue(send)
     with pytest.raises(ValueError, match="awaits no answer"):
         req.response_done(send)  # a SEND has no answer to place
     assert req.rd_outstanding == 0 and req.inflight == [send]
     with pytest.raises(ValueError, match="rd_limit"):
-        req.may_issue(Rec(4), -1)
+        req.may_issue(Work.make("r", READ), -1)
     with pytest.raises(ValueError, match="rnr_retry"):
         req.on_rnr_nak(send.seq, 0, -1)
     with pytest.raises(ValueError, match="payload_len"):
@@ -340,7 +335,7 @@ def test_a_requester_in_a_reference_cycle_is_collected() -> None:
     from tcpverbs._native import Requester
 
     req = Requester(NativeRcProtocol(), 4)
-    work = Rec(2)
+    work = Work.make("w", SEND)
     work.owner = req  # type: ignore[attr-defined]
     req.issue(work)
     gone = weakref.ref(work)
@@ -361,5 +356,6 @@ def test_the_fuzzer_runs_clean_for_a_while() -> None:
         text=True,
         timeout=300,
         check=False,
+        env=own_runtime(),  # the fuzzers carry their own ASan
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
