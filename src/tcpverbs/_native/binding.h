@@ -32,4 +32,11 @@ extern PyTypeObject tv_py_RcProtocolType;
 extern PyTypeObject tv_py_RequesterType;
 PyObject *tv_py_terminate_status(PyObject *module, PyObject *arg);
 
+/* py_engine.c */
+extern PyTypeObject tv_py_EngineType;
+extern PyTypeObject tv_py_ChannelType;
+extern PyTypeObject tv_py_CQType;
+extern PyTypeObject tv_py_QPType;
+int tv_py_engine_init_names(void);
+
 #endif

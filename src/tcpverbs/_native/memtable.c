@@ -117,23 +117,54 @@ int tv_mem_reg(tv_memtable *t, uint32_t key, uint64_t pd, uint64_t addr, uint64_
     return status;
 }
 
-void *tv_mem_dereg(tv_memtable *t, uint32_t key) {
+tv_region *tv_mem_take(tv_memtable *t, uint32_t key) {
     pthread_mutex_lock(&t->lock);
     int64_t i = find(t, key);
-    if (i < 0) {
-        pthread_mutex_unlock(&t->lock);
-        return NULL;
+    tv_region *region = i < 0 ? NULL : t->slots[i];
+    if (region != NULL) {
+        t->slots[i] = TOMBSTONE; /* no lookup finds it from here on */
+        t->count--;
+        t->tombstones++;
     }
-    tv_region *region = t->slots[i];
-    t->slots[i] = TOMBSTONE; /* no lookup finds it from here on */
-    t->count--;
-    t->tombstones++;
+    pthread_mutex_unlock(&t->lock);
+    return region;
+}
+
+void *tv_mem_release(tv_memtable *t, tv_region *region) {
+    pthread_mutex_lock(&t->lock);
     while (region->pins != 0) /* the region lives outside the table until then */
         pthread_cond_wait(&t->unpinned, &t->lock);
     pthread_mutex_unlock(&t->lock);
     void *owner = region->owner;
     free(region);
     return owner;
+}
+
+void *tv_mem_dereg(tv_memtable *t, uint32_t key) {
+    tv_region *region = tv_mem_take(t, key);
+    return region == NULL ? NULL : tv_mem_release(t, region);
+}
+
+void *tv_mem_take_any(tv_memtable *t) {
+    tv_region *region = NULL;
+    pthread_mutex_lock(&t->lock);
+    for (uint32_t i = 0; i < t->capacity && region == NULL; i++)
+        if (t->slots[i] != NULL && t->slots[i] != TOMBSTONE)
+            region = t->slots[i];
+    pthread_mutex_unlock(&t->lock);
+    return region == NULL ? NULL : tv_mem_dereg(t, region->key);
+}
+
+int tv_mem_find(tv_memtable *t, uint64_t pd, uint64_t addr, uint64_t length) {
+    int found = 0;
+    pthread_mutex_lock(&t->lock);
+    for (uint32_t i = 0; i < t->capacity && !found; i++) {
+        const tv_region *r = t->slots[i];
+        found = r != NULL && r != TOMBSTONE && r->pd == pd && addr >= r->addr &&
+                addr - r->addr <= r->length && length <= r->length - (addr - r->addr);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return found;
 }
 
 int tv_mem_check(tv_memtable *t, uint32_t key, uint64_t pd, uint64_t addr, uint64_t length,

@@ -68,6 +68,20 @@ int tv_mem_reg(tv_memtable *t, uint32_t key, uint64_t pd, uint64_t addr, uint64_
 /* Remove the region: no lookup finds it from now on; then wait until no pin is left.
  * Returns its owner (for the caller to release), or NULL if there was no such key. */
 void *tv_mem_dereg(tv_memtable *t, uint32_t key);
+/* The two halves of tv_mem_dereg, for an engine that must make the work holding pins
+ * let go in between (it revokes queued work): take the region out of the table (NULL if
+ * no such key) -- it stays allocated, and pins still refer to it -- then release it:
+ * wait until no pin is left, free it, and return its owner. */
+tv_region *tv_mem_take(tv_memtable *t, uint32_t key);
+void *tv_mem_release(tv_memtable *t, tv_region *region);
+
+/* Deregister some region left in the table and return its owner; NULL once none is
+ * left (the table's owner releases what is left before destroying it). */
+void *tv_mem_take_any(tv_memtable *t);
+
+/* Whether some region of PD `pd` holds [addr, addr + length), whatever its key (inline
+ * data: ibv_post_send ignores the lkey).  A scan of the table: the slow path only. */
+int tv_mem_find(tv_memtable *t, uint64_t pd, uint64_t addr, uint64_t length);
 
 /* May [addr, addr + length) of region `key` be used by PD `pd` with rights `need`?
  * With TV_MEM_OK and `pinned` not NULL, the region is pinned and *pinned points to it

@@ -108,7 +108,11 @@ PyMODINIT_FUNC PyInit__native(void) {
         return NULL;
     if (add_type(m, "FrameDecoder", &tv_py_FrameDecoderType) < 0 ||
         add_type(m, "RcProtocol", &tv_py_RcProtocolType) < 0 ||
-        add_type(m, "Requester", &tv_py_RequesterType) < 0) {
+        add_type(m, "Requester", &tv_py_RequesterType) < 0 ||
+        add_type(m, "Engine", &tv_py_EngineType) < 0 ||
+        add_type(m, "Channel", &tv_py_ChannelType) < 0 ||
+        add_type(m, "CQ", &tv_py_CQType) < 0 || add_type(m, "QP", &tv_py_QPType) < 0 ||
+        tv_py_engine_init_names() < 0) {
         Py_DECREF(m);
         return NULL;
     }

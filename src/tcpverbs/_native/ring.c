@@ -60,3 +60,11 @@ void tv_ring_consume(tv_ring *r) {
     uint32_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
     atomic_store_explicit(&r->head, head + 1, memory_order_release); /* the slot is free */
 }
+
+void *tv_ring_peek(tv_ring *r, uint32_t i) {
+    uint32_t head = atomic_load_explicit(&r->head, memory_order_relaxed); /* ours */
+    uint32_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+    if (i >= tail - head)
+        return NULL;
+    return r->slots + (size_t)((head + i) & r->mask) * r->slot_size;
+}

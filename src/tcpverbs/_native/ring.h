@@ -53,6 +53,11 @@ void tv_ring_produce(tv_ring *r);
 const void *tv_ring_consume_slot(tv_ring *r);
 void tv_ring_consume(tv_ring *r);
 
+/* Consumer side: the i-th filled slot from the oldest (0: the oldest), or NULL past the
+ * newest.  The consumer may still change a slot it has not given back (an engine keeps
+ * per-WR progress there). */
+void *tv_ring_peek(tv_ring *r, uint32_t i);
+
 /* Filled slots now (exact for the producer or consumer thread, a snapshot otherwise). */
 uint32_t tv_ring_count(const tv_ring *r);
 uint32_t tv_ring_capacity(const tv_ring *r);

@@ -1,7 +1,8 @@
 """Engines, and the choice of one.
 
 :mod:`.api` is the contract between the verbs objects and any engine; :mod:`.py` is the
-pure-Python engine.  :func:`open_engine` picks the engine of a new context: the
+pure-Python engine (the reference), :mod:`.native` the C one (``tcpverbs._native``; the
+``stream`` wire mode so far).  :func:`open_engine` picks the engine of a new context: the
 *choice* passed to ``Context(engine=...)``, else the ``TCPVERBS_ENGINE`` environment
 variable, else the default.
 """
@@ -21,12 +22,20 @@ __all__ = ["ENGINES", "EngineFactory", "available_engines", "chosen_engine", "op
 # and the context's zerocopy_min
 EngineFactory = Callable[[str, int | None], ContextEngine]
 
-ENGINES = ("python",)  # every engine this package knows, default first
+ENGINES = ("python", "native")  # every engine this package knows, default first
 
 
 def available_engines() -> list[str]:
-    """The engines that can run here (a native one only once it is built)."""
-    return ["python"]
+    """The engines that can run here (the native one only once its extension is built)."""
+    return [name for name in ENGINES if name != "native" or _native_built()]
+
+
+def _native_built() -> bool:
+    try:
+        from .. import _native  # type: ignore[attr-defined]
+    except ImportError:
+        return False
+    return hasattr(_native, "Engine")
 
 
 def chosen_engine(choice: str | None = None) -> str:
@@ -45,6 +54,10 @@ def open_engine(
         from .py import PyEngine
 
         return PyEngine(device, zerocopy_min=zerocopy_min)
+    if name == "native" and _native_built():
+        from .native import NativeEngine
+
+        return NativeEngine(device, zerocopy_min=zerocopy_min)
     source = "engine=" if choice is not None else f"{ENGINE_ENV}="
     raise TcpverbsError(
         errno.EINVAL if name not in ENGINES else errno.EOPNOTSUPP,

@@ -24,24 +24,12 @@ from ...enums import ibv_event_type
 from ...errors import TcpverbsError
 from ...reactor import Reactor
 from ..api import ChannelEngine, EngineEvent, QPSpec
+from ..stats import cumulative, total
 from .cq import PyChannel, PyCQ
 from .memory import MemoryTable
 from .qp import PyQP
 
 __all__ = ["PyEngine"]
-
-# Context.statistics()["syscalls"]: the calls tcpverbs makes on the data path
-SYSCALL_KEYS = (
-    "sendmsg_calls",
-    "recv_calls",
-    "recv_empty",
-    "engine_wakeups",
-    "epoll_ctl_calls",
-    "engine_wake_writes",
-    "event_writes",
-    "yields",
-)
-
 
 class PyEngine:
     name = "python"
@@ -109,14 +97,14 @@ class PyEngine:
         with self._lock:
             if self._qps.get(qp.qp_num) is qp:
                 del self._qps[qp.qp_num]
-            self._retired.update(_cumulative(counters))
+            self._retired.update(cumulative(counters))
 
     def retire_cq(self, cq: PyCQ) -> None:
         counters = cq.statistics()
         with self._lock:
             if self._cqs.get(cq.handle) is cq:
                 del self._cqs[cq.handle]
-            self._retired.update(_cumulative(counters))
+            self._retired.update(cumulative(counters))
 
     # -- events -------------------------------------------------------------------
     def event(self, event_type: ibv_event_type, handle: int, reason: str) -> None:
@@ -136,14 +124,11 @@ class PyEngine:
     # -- statistics ---------------------------------------------------------------
     def statistics(self) -> dict[str, int]:
         with self._lock:
-            total: Counter[str] = Counter(self._retired)
+            retired = Counter(self._retired)
             qps, cqs = list(self._qps.values()), list(self._cqs.values())
-        for counters in [qp.statistics() for qp in qps] + [cq.statistics() for cq in cqs]:
-            total.update(_cumulative(counters))
-        if self._reactor is not None:
-            total.update(self._reactor.statistics())
-        total["syscalls"] = sum(total[key] for key in SYSCALL_KEYS)
-        return dict(total)
+        live = [qp.statistics() for qp in qps] + [cq.statistics() for cq in cqs]
+        own = self._reactor.statistics() if self._reactor is not None else {}
+        return total(retired, live, own)
 
     def close(self) -> None:
         with self._lock:
@@ -155,7 +140,3 @@ class PyEngine:
         if reactor is not None:
             reactor.close()
 
-
-def _cumulative(counters: dict[str, int]) -> dict[str, int]:
-    """The counters that add up over time (not the gauges: queue fill levels)."""
-    return {k: v for k, v in counters.items() if not k.endswith("_outstanding") and k != "pending"}

@@ -1,0 +1,354 @@
+/* The native engine's context: the memory table, the engine thread (epoll and timers),
+ * the watch list and the event queue.  Ownership, threads and lock order: engine.h.
+ *
+ * The engine thread sleeps in epoll_pwait2 until a watched socket is ready, the nearest
+ * timer of a watched QP falls due, or the doorbell (an eventfd) rings.  The doorbell is
+ * rung only when a QP sets a timer earlier than the thread's sleep (`sleep_until`), or
+ * at close: the thread is otherwise never woken by the application.  Timers are per QP
+ * (`deadline`, the earliest of its connection's); the thread finds the nearest by a scan
+ * of the watch list, which holds the connected QPs only.
+ */
+#define _GNU_SOURCE
+#include "engine.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *const tv_engine_stat_names[TV_ENG_NSTATS] = {
+    "engine_wakeups", "epoll_ctl_calls", "engine_wake_writes", "engine_timers"};
+
+enum { BATCH = 64 };
+
+uint64_t tv_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail with a valid clock and pointer */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Append to a growing array of QP pointers; 0 or ENOMEM. */
+static int push_qp(tv_qp ***arr, uint32_t *n, uint32_t *cap, tv_qp *qp) {
+    if (*n == *cap) {
+        uint32_t grown = *cap ? *cap * 2 : 8;
+        tv_qp **fresh = realloc(*arr, grown * sizeof *fresh);
+        if (fresh == NULL)
+            return ENOMEM;
+        *arr = fresh;
+        *cap = grown;
+    }
+    (*arr)[(*n)++] = qp;
+    return 0;
+}
+
+/* Remove qp from the array (order not kept); 1 if it was there. */
+static int drop_qp(tv_qp **arr, uint32_t *n, const tv_qp *qp) {
+    for (uint32_t i = 0; i < *n; i++)
+        if (arr[i] == qp) {
+            arr[i] = arr[--*n];
+            return 1;
+        }
+    return 0;
+}
+
+static void ring_doorbell(tv_engine *e) {
+    uint64_t one = 1;
+    if (write(e->doorbell, &one, sizeof one) == sizeof one)
+        atomic_fetch_add(&e->stats[TV_ENG_WAKE_WRITES], 1);
+    /* EAGAIN: the counter is full, so the thread wakes anyway */
+}
+
+int tv_engine_init(tv_engine *e) {
+    memset(e, 0, sizeof *e);
+    e->epfd = e->doorbell = -1;
+    int err = tv_mem_init(&e->mem);
+    if (err != 0)
+        return err;
+    e->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (e->epfd < 0)
+        goto fail;
+    e->doorbell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (e->doorbell < 0)
+        goto fail;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->doorbell, &ev) != 0)
+        goto fail;
+    pthread_mutex_init(&e->lock, NULL);
+    pthread_mutex_init(&e->events_lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->events_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    return 0;
+fail:
+    err = errno;
+    if (e->epfd >= 0)
+        close(e->epfd);
+    if (e->doorbell >= 0)
+        close(e->doorbell);
+    tv_mem_destroy(&e->mem);
+    return err;
+}
+
+/* Drop the references of QPs that left the watch list.  Engine thread, between batches
+ * (or at close, once the thread is gone). */
+static void drop_retired(tv_engine *e) {
+    pthread_mutex_lock(&e->lock);
+    uint32_t n = e->nretired;
+    tv_qp *local[BATCH];
+    if (n > BATCH)
+        n = BATCH;
+    memcpy(local, e->retired + (e->nretired - n), n * sizeof *local);
+    e->nretired -= n;
+    int more = e->nretired != 0;
+    pthread_mutex_unlock(&e->lock);
+    for (uint32_t i = 0; i < n; i++)
+        tv_qp_put(local[i]); /* may free the QP: outside the engine lock */
+    if (more)
+        drop_retired(e);
+}
+
+/* The nearest deadline of a watched QP (0: none) and, when `due` is given, references to
+ * up to BATCH QPs whose deadline is <= now. */
+static uint64_t scan_timers(tv_engine *e, uint64_t now, tv_qp **due, uint32_t *ndue) {
+    uint64_t nearest = 0;
+    if (ndue != NULL)
+        *ndue = 0;
+    pthread_mutex_lock(&e->lock);
+    for (uint32_t i = 0; i < e->nwatch; i++) {
+        tv_qp *qp = e->watch[i];
+        uint64_t d = atomic_load(&qp->deadline);
+        if (d == 0)
+            continue;
+        if (due != NULL && d <= now && *ndue < BATCH) {
+            tv_qp_get(qp);
+            due[(*ndue)++] = qp;
+            continue;
+        }
+        if (nearest == 0 || d < nearest)
+            nearest = d;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return nearest;
+}
+
+static void *engine_main(void *arg) {
+    tv_engine *e = arg;
+    struct epoll_event evs[BATCH];
+    tv_qp *due[BATCH];
+    while (!atomic_load(&e->closing)) {
+        drop_retired(e);
+        uint64_t now = tv_now();
+        uint32_t ndue;
+        uint64_t nearest = scan_timers(e, now, due, &ndue);
+        for (uint32_t i = 0; i < ndue; i++) {
+            atomic_fetch_add(&e->stats[TV_ENG_TIMERS], 1);
+            tv_qp_on_timer(due[i], now);
+            tv_qp_put(due[i]);
+        }
+        if (ndue != 0)
+            continue; /* timers may have armed new ones: scan again */
+        /* publish the sleep before the last look, so that a timer set after the look
+         * sees it and rings the doorbell */
+        atomic_store(&e->sleep_until, nearest ? nearest : UINT64_MAX);
+        nearest = scan_timers(e, now, NULL, NULL);
+        struct timespec ts, *tsp = NULL;
+        if (nearest != 0) {
+            uint64_t wait = nearest > now ? nearest - now : 0;
+            ts.tv_sec = (time_t)(wait / 1000000000u);
+            ts.tv_nsec = (long)(wait % 1000000000u);
+            tsp = &ts;
+        }
+        int n = epoll_pwait2(e->epfd, evs, BATCH, tsp, NULL);
+        atomic_store(&e->sleep_until, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* EBADF/EINVAL cannot happen with our own epoll fd; leave rather than spin */
+        }
+        atomic_fetch_add(&e->stats[TV_ENG_WAKEUPS], 1);
+        for (int i = 0; i < n; i++) {
+            tv_qp *qp = evs[i].data.ptr;
+            if (qp == NULL) { /* the doorbell */
+                uint64_t v;
+                if (read(e->doorbell, &v, sizeof v) < 0 && errno != EAGAIN)
+                    break;
+                continue;
+            }
+            tv_qp_on_events(qp, evs[i].events); /* valid: retired refs drop next turn */
+        }
+    }
+    return NULL;
+}
+
+/* Start the thread on first use; 0 or an errno. Engine lock held. */
+static int start_thread(tv_engine *e) {
+    if (e->thread_started)
+        return 0;
+    int err = pthread_create(&e->thread, NULL, engine_main, e);
+    if (err == 0)
+        e->thread_started = 1;
+    return err;
+}
+
+int tv_engine_watch(tv_engine *e, tv_qp *qp, uint32_t events) {
+    pthread_mutex_lock(&e->lock);
+    int err = atomic_load(&e->closing) ? EBADF : start_thread(e);
+    if (err == 0)
+        err = push_qp(&e->watch, &e->nwatch, &e->capwatch, qp);
+    if (err == 0) {
+        struct epoll_event ev = {.events = events, .data.ptr = qp};
+        atomic_fetch_add(&e->stats[TV_ENG_EPOLL_CTL], 1);
+        if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, qp->conn.fd, &ev) != 0) {
+            err = errno;
+            e->nwatch--;
+        } else {
+            tv_qp_get(qp);
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+    return err;
+}
+
+int tv_engine_rewatch(tv_engine *e, tv_qp *qp, uint32_t events) {
+    struct epoll_event ev = {.events = events, .data.ptr = qp};
+    atomic_fetch_add(&e->stats[TV_ENG_EPOLL_CTL], 1);
+    return epoll_ctl(e->epfd, EPOLL_CTL_MOD, qp->conn.fd, &ev) == 0 ? 0 : errno;
+}
+
+void tv_engine_unwatch(tv_engine *e, tv_qp *qp) {
+    pthread_mutex_lock(&e->lock);
+    if (drop_qp(e->watch, &e->nwatch, qp)) {
+        atomic_fetch_add(&e->stats[TV_ENG_EPOLL_CTL], 1);
+        epoll_ctl(e->epfd, EPOLL_CTL_DEL, qp->conn.fd, NULL); /* fails only if closed */
+        /* the reference goes once the engine thread is past its batch; without room
+         * for it, keeping the QP alive for good is the safe failure */
+        if (push_qp(&e->retired, &e->nretired, &e->capretired, qp) != 0)
+            tv_qp_get(qp);
+    }
+    pthread_mutex_unlock(&e->lock);
+}
+
+void tv_engine_timer_changed(tv_engine *e, uint64_t deadline) {
+    uint64_t sleeping = atomic_load(&e->sleep_until);
+    if (sleeping != 0 && deadline != 0 && deadline < sleeping)
+        ring_doorbell(e);
+}
+
+void tv_engine_event(tv_engine *e, uint32_t type, uint64_t handle, const char *reason) {
+    tv_event *ev = calloc(1, sizeof *ev);
+    if (ev == NULL)
+        return; /* the QP's state and error still say it */
+    ev->type = type;
+    ev->handle = handle;
+    snprintf(ev->reason, sizeof ev->reason, "%s", reason);
+    pthread_mutex_lock(&e->events_lock);
+    if (e->events_tail != NULL)
+        e->events_tail->next = ev;
+    else
+        e->events_head = ev;
+    e->events_tail = ev;
+    pthread_cond_broadcast(&e->events_cond);
+    pthread_mutex_unlock(&e->events_lock);
+}
+
+tv_event *tv_engine_next_event(tv_engine *e, int64_t timeout_ns) {
+    struct timespec until;
+    if (timeout_ns > 0) {
+        uint64_t t = tv_now() + (uint64_t)timeout_ns;
+        until.tv_sec = (time_t)(t / 1000000000u);
+        until.tv_nsec = (long)(t % 1000000000u);
+    }
+    pthread_mutex_lock(&e->events_lock);
+    while (e->events_head == NULL && !atomic_load(&e->closing) && timeout_ns != 0) {
+        if (timeout_ns < 0)
+            pthread_cond_wait(&e->events_cond, &e->events_lock);
+        else if (pthread_cond_timedwait(&e->events_cond, &e->events_lock, &until) == ETIMEDOUT)
+            break;
+    }
+    tv_event *ev = atomic_load(&e->closing) ? NULL : e->events_head;
+    if (ev != NULL) {
+        e->events_head = ev->next;
+        if (e->events_head == NULL)
+            e->events_tail = NULL;
+    }
+    pthread_mutex_unlock(&e->events_lock);
+    return ev;
+}
+
+int tv_engine_add_qp(tv_engine *e, tv_qp *qp) {
+    pthread_mutex_lock(&e->lock);
+    int err = push_qp(&e->qps, &e->nqps, &e->capqps, qp);
+    pthread_mutex_unlock(&e->lock);
+    return err;
+}
+
+void tv_engine_remove_qp(tv_engine *e, tv_qp *qp) {
+    pthread_mutex_lock(&e->lock);
+    drop_qp(e->qps, &e->nqps, qp);
+    for (int i = 0; i < TV_QP_NSTATS; i++)
+        e->retired_qp_stats[i] += qp->stats[i];
+    pthread_mutex_unlock(&e->lock);
+}
+
+void *tv_engine_dereg(tv_engine *e, uint32_t key) {
+    tv_region *region = tv_mem_take(&e->mem, key);
+    if (region == NULL)
+        return NULL;
+    /* the QPs of its PD are the only ones that can reach it, locally or from the peer */
+    pthread_mutex_lock(&e->lock);
+    uint32_t n = 0;
+    tv_qp **qps = malloc((e->nqps ? e->nqps : 1) * sizeof *qps);
+    for (uint32_t i = 0; qps != NULL && i < e->nqps; i++)
+        if (e->qps[i]->pd == region->pd) {
+            tv_qp_get(e->qps[i]);
+            qps[n++] = e->qps[i];
+        }
+    pthread_mutex_unlock(&e->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        tv_qp_revoke(qps[i], region);
+        tv_qp_put(qps[i]);
+    }
+    free(qps);
+    /* without memory for the list, work holding pins keeps them until it completes:
+     * the wait below is then longer, never unsafe */
+    return tv_mem_release(&e->mem, region);
+}
+
+void tv_engine_close(tv_engine *e) {
+    pthread_mutex_lock(&e->lock);
+    atomic_store(&e->closing, 1);
+    int started = e->thread_started;
+    pthread_mutex_unlock(&e->lock);
+    pthread_mutex_lock(&e->events_lock);
+    pthread_cond_broadcast(&e->events_cond); /* a thread in next_event returns */
+    pthread_mutex_unlock(&e->events_lock);
+    if (started) {
+        ring_doorbell(e);
+        pthread_join(e->thread, NULL);
+    }
+    drop_retired(e);
+}
+
+void tv_engine_free(tv_engine *e) {
+    /* after close, once no QP, CQ or waiter uses it */
+    while (e->events_head != NULL) {
+        tv_event *ev = e->events_head;
+        e->events_head = ev->next;
+        free(ev);
+    }
+    free(e->watch);
+    free(e->retired);
+    free(e->qps);
+    close(e->epfd);
+    close(e->doorbell);
+    tv_mem_destroy(&e->mem);
+    pthread_mutex_destroy(&e->lock);
+    pthread_mutex_destroy(&e->events_lock);
+    pthread_cond_destroy(&e->events_cond);
+}

@@ -1,0 +1,364 @@
+/* The native engine's objects: the context (tv_engine), completion queues and channels
+ * (tv_cq, tv_channel) and queue pairs (tv_qp) -- the C twin of tcpverbs/engine/py, behind
+ * the same contract (tcpverbs/engine/api.py says what crosses it; this header says how
+ * the C side is put together).
+ *
+ * Files, one concern each: engine.c (the context: memory table, engine thread, epoll,
+ * timers, the event queue), cq.c (completions, waiting, channels), qp.c (queues, the
+ * checks at post time, outcomes, the error flush, revocation), stream.c (the stream wire
+ * mode).  py_engine.c is the CPython binding; nothing here touches Python.
+ *
+ * Threads.  Application threads call in through the binding (post, poll, wait, control);
+ * one engine thread per context (started at the first attach) runs without the GIL:
+ * epoll on the connected sockets, the timers, and whatever progress the application is
+ * not calling in for.  No engine code ever needs the GIL, so the binding may release it
+ * around anything here.
+ *
+ * Locks, outermost first: a CQ's `qps_lock` (its list of QPs, for inline progress), a
+ * QP's `lock`, the engine's `lock` (the watch list) and `events_lock`, a CQ's `lock`
+ * (its entries), a channel's `lock`, the memory table's lock.  Never the other way round:
+ * the engine thread takes the engine lock only to read the watch list and lets go before
+ * it takes a QP lock; poll collects completions under the CQ lock and gives their queue
+ * slots back under the QP lock after letting go of it.
+ *
+ * Lifetime.  QPs, CQs and channels are reference counted (`refs`, atomic): the binding's
+ * object holds one, a QP holds its CQs, a CQ its channel, every unpolled completion its
+ * QP, the engine's watch list each watched QP.  A watched QP leaving the list goes to the
+ * `retired` list first, and the engine thread drops those references between two batches
+ * of epoll events -- so a pointer it got from epoll_wait stays valid for the whole batch.
+ * Memory: every segment of queued work pins its region (memtable.h) until the WR
+ * completes; deregistration revokes the work that holds pins (qp.c) before it waits.
+ */
+#ifndef TCPVERBS_NATIVE_ENGINE_H
+#define TCPVERBS_NATIVE_ENGINE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "memtable.h"
+#include "ring.h"
+
+/* -- the verbs numbers the engine uses (libibverbs' enums) ----------------------------- */
+enum tv_qp_state { TV_QPS_RESET = 0, TV_QPS_INIT = 1, TV_QPS_RTR = 2, TV_QPS_RTS = 3,
+                   TV_QPS_ERR = 6 };
+enum tv_wc_status { TV_WC_SUCCESS = 0, TV_WC_LOC_LEN_ERR = 1, TV_WC_LOC_PROT_ERR = 4,
+                    TV_WC_WR_FLUSH_ERR = 5, TV_WC_RETRY_EXC_ERR = 12 };
+enum tv_wc_opcode { TV_WC_SEND = 0, TV_WC_RDMA_WRITE = 1, TV_WC_RDMA_READ = 2,
+                    TV_WC_COMP_SWAP = 3, TV_WC_FETCH_ADD = 4, TV_WC_RECV = 128 };
+enum tv_wr_opcode { TV_WR_RDMA_WRITE = 0, TV_WR_RDMA_WRITE_WITH_IMM = 1, TV_WR_SEND = 2,
+                    TV_WR_SEND_WITH_IMM = 3, TV_WR_RDMA_READ = 4,
+                    TV_WR_ATOMIC_CMP_AND_SWP = 5, TV_WR_ATOMIC_FETCH_AND_ADD = 6 };
+enum tv_send_flags { TV_SEND_FENCE = 1, TV_SEND_SIGNALED = 2, TV_SEND_SOLICITED = 4,
+                     TV_SEND_INLINE = 8 };
+enum tv_event_type { TV_EVENT_CQ_ERR = 0, TV_EVENT_QP_FATAL = 1 };
+
+/* tcpverbs.engine.api.PostFault */
+enum tv_post_fault { TV_FAULT_NONE = 0, TV_FAULT_SETUP_FAILED = 1, TV_FAULT_BAD_STATE = 2,
+                     TV_FAULT_BAD_OPCODE = 3, TV_FAULT_TOO_MANY_SGE = 4,
+                     TV_FAULT_SGE_COUNT = 5, TV_FAULT_INLINE_TOO_LONG = 6,
+                     TV_FAULT_NOT_INLINABLE = 7, TV_FAULT_ATOMIC_SHAPE = 8,
+                     TV_FAULT_QUEUE_FULL = 9 };
+
+/* Which Python exception a QP's error is (tcpverbs.errors). */
+enum tv_error_kind { TV_ERR_PLAIN = 0, TV_ERR_BROKEN = 1, TV_ERR_PROTOCOL = 2 };
+
+enum tv_wire { TV_WIRE_STREAM = 1, TV_WIRE_RC = 2 };
+
+enum { TV_MAX_SGE = 32, TV_MSG_LEN = 256, TV_MAX_MSG_SZ = 1u << 31 };
+
+/* Counters (statistics()): names in the *_stat_names arrays, same order. */
+enum tv_cq_stat { TV_CQ_POLLS, TV_CQ_POLLS_EMPTY, TV_CQ_YIELDS, TV_CQ_COMPLETIONS,
+                  TV_CQ_OVERRUNS, TV_CQ_SLEEPS, TV_CQ_EVENT_WRITES, TV_CQ_NSTATS };
+enum tv_qp_stat { TV_QP_WRS_SENT, TV_QP_WRS_RECEIVED, TV_QP_BYTES_SENT,
+                  TV_QP_BYTES_RECEIVED, TV_QP_SENDMSG_CALLS, TV_QP_RECV_CALLS,
+                  TV_QP_RECV_EMPTY, TV_QP_ACK_CHECKS, TV_QP_NSTATS };
+enum tv_engine_stat { TV_ENG_WAKEUPS, TV_ENG_EPOLL_CTL, TV_ENG_WAKE_WRITES, TV_ENG_TIMERS,
+                      TV_ENG_NSTATS };
+
+typedef struct tv_engine tv_engine;
+typedef struct tv_cq tv_cq;
+typedef struct tv_channel tv_channel;
+typedef struct tv_qp tv_qp;
+
+/* -- work, as queued in a QP's rings ------------------------------------------------- */
+
+/* A local segment: resolved memory, pinned (region NULL: the slot's own inline copy). */
+typedef struct tv_seg {
+    unsigned char *base;
+    uint64_t length;
+    tv_region *region;
+} tv_seg;
+
+/* Why a WR's memory did not check out at post time: its completion says LOC_PROT_ERR
+ * (LOC_LEN_ERR for a message over max_msg_sz) and the QP's error words it. */
+typedef struct tv_work_fault {
+    uint32_t status;  /* 0: none */
+    uint32_t mem;     /* enum tv_mem_status */
+    uint32_t sge;     /* which SGE */
+    uint32_t lkey;
+    uint64_t addr;
+    uint64_t length;
+} tv_work_fault;
+
+/* One slot of the send or receive ring; `seg` has the QP's max SGE entries, and a send
+ * slot is followed by max_inline_data bytes for an inline copy. */
+typedef struct tv_work {
+    uint64_t wr_id;
+    uint64_t length;   /* bytes of the message */
+    uint64_t seq;      /* stream: offset in the stream just past this WR */
+    uint32_t opcode;   /* ibv_wr_opcode (send) */
+    uint32_t wc_opcode;
+    uint32_t imm;
+    uint32_t rkey;
+    uint64_t remote_addr;
+    uint64_t compare_add;
+    uint64_t swap;
+    uint8_t signaled;
+    uint8_t solicited;
+    uint8_t fence;
+    uint8_t pad;
+    uint32_t nseg;
+    tv_work_fault fault;
+    tv_seg seg[];
+} tv_work;
+
+/* -- completions ---------------------------------------------------------------------- */
+
+/* The first nine fields are tcpverbs.WC's, in order; the rest say whose slot to free. */
+typedef struct tv_cqe {
+    uint64_t wr_id;
+    uint32_t status;
+    uint32_t opcode;
+    uint32_t vendor_err;
+    uint32_t byte_len;
+    uint32_t qp_num;
+    uint32_t src_qp;
+    uint32_t imm_data;
+    uint32_t wc_flags;
+    tv_qp *qp;          /* holds a reference until polled */
+    uint32_t generation;
+    uint32_t is_send;
+} tv_cqe;
+
+struct tv_channel {
+    _Atomic int refs;
+    pthread_mutex_t lock;
+    int fd;              /* eventfd: readable while an event is queued */
+    uint64_t *events;    /* CQ handles, oldest first (a growing circular array) */
+    uint32_t head, len, cap;
+    int closed;
+};
+
+struct tv_cq {
+    _Atomic int refs;
+    tv_engine *engine;
+    uint64_t handle;
+    uint32_t cqe;
+    pthread_mutex_t lock;    /* entries, arming, sleepers */
+    pthread_cond_t wakeup;
+    tv_ring *ring;           /* of tv_cqe */
+    void *ring_mem;
+    _Atomic uint32_t lost;   /* completions that did not fit, not yet reported */
+    _Atomic int closed;
+    int armed, solicited_only, sleepers;
+    tv_channel *channel;
+    pthread_mutex_t qps_lock;
+    tv_qp **qps;             /* the QPs completing here (inline progress); weak */
+    uint32_t nqps, capqps;
+    _Atomic uint64_t stats[TV_CQ_NSTATS];
+};
+extern const char *const tv_cq_stat_names[TV_CQ_NSTATS];
+
+/* -- queue pairs ---------------------------------------------------------------------- */
+
+typedef struct tv_params { /* tcpverbs.engine.api.QPParams: what an engine uses */
+    uint32_t access_flags, max_rd_atomic, max_dest_rd_atomic, rnr_retry, min_rnr_timer;
+    uint32_t timeout, retry_cnt, dest_qp_num, rq_psn, sq_psn;
+} tv_params;
+
+/* A QP's connection (stream wire mode), alive from attach until ERR or RESET. */
+typedef struct tv_conn {
+    int fd;                 /* -1: none */
+    int closed;
+    int watched;            /* in the engine's epoll set (a held stream is not) */
+    int want_read, want_write, reads_parked;
+    uint32_t events;        /* what epoll has for it */
+    int pending_error;      /* errno of a failed socket whose data is still read */
+    int ended;              /* the peer's EOF: the receive side is over */
+    uint32_t wire_count;    /* send WRs handed to the wire (oldest at the ring's head) */
+    uint32_t tx_index;      /* the WR holding the next byte to write, from the head */
+    uint64_t tx_off;        /* ... and how much of it is written */
+    uint64_t queued;        /* stream offset just past the last WR handed to the wire */
+    uint64_t sent;          /* bytes written to this connection */
+    uint64_t ack_at, ack_delay, watch_at, busy_since, park_at, park_wait; /* ns */
+} tv_conn;
+
+struct tv_qp {
+    _Atomic int refs;
+    pthread_mutex_t lock;
+    tv_engine *engine;
+    uint64_t handle;
+    uint32_t qp_num;
+    uint64_t pd;
+    uint32_t max_send_wr, max_recv_wr, max_send_sge, max_recv_sge, max_inline;
+    int sq_sig_all;
+    int wire;
+    tv_cq *scq, *rcq;
+    _Atomic int state;
+    tv_params params;
+    tv_ring *sq, *rq;
+    void *sq_mem, *rq_mem;
+    uint32_t sq_used, rq_used;   /* slots taken until the completion is polled */
+    uint32_t generation;         /* bumped by RESET */
+    int destroyed, setup_failed;
+    int has_error, err_kind, err_errno;
+    char err_msg[TV_MSG_LEN];
+    tv_conn conn;
+    _Atomic uint64_t deadline;   /* the conn's next timer (ns), 0: none; read unlocked */
+    _Atomic uint64_t app_polled; /* ns of the application's last empty poll, 0: blocking */
+    uint64_t stats[TV_QP_NSTATS]; /* guarded by `lock` */
+};
+extern const char *const tv_qp_stat_names[TV_QP_NSTATS];
+
+/* -- the context ---------------------------------------------------------------------- */
+
+typedef struct tv_event {
+    struct tv_event *next;
+    uint32_t type;
+    uint64_t handle;
+    char reason[TV_MSG_LEN];
+} tv_event;
+
+struct tv_engine {
+    pthread_mutex_t lock;      /* the lists below */
+    tv_memtable mem;
+    int epfd, doorbell;        /* epoll set; eventfd that wakes the engine thread */
+    pthread_t thread;
+    int thread_started;
+    _Atomic int closing;
+    _Atomic uint64_t sleep_until; /* ns the engine thread sleeps until (0: awake) */
+    tv_qp **watch;             /* QPs with a live connection (a reference each) */
+    uint32_t nwatch, capwatch;
+    tv_qp **retired;           /* references the engine thread drops between batches */
+    uint32_t nretired, capretired;
+    tv_qp **qps;               /* every QP not destroyed (weak): dereg revokes from them */
+    uint32_t nqps, capqps;
+    pthread_mutex_t events_lock;
+    pthread_cond_t events_cond;
+    tv_event *events_head, *events_tail;
+    _Atomic uint64_t stats[TV_ENG_NSTATS];
+    uint64_t retired_qp_stats[TV_QP_NSTATS]; /* counters of destroyed QPs and CQs */
+    uint64_t retired_cq_stats[TV_CQ_NSTATS];
+};
+extern const char *const tv_engine_stat_names[TV_ENG_NSTATS];
+
+uint64_t tv_now(void); /* CLOCK_MONOTONIC in ns */
+
+/* engine.c */
+int tv_engine_init(tv_engine *e);         /* 0 or an errno */
+void tv_engine_close(tv_engine *e);       /* stops and joins the thread */
+void tv_engine_free(tv_engine *e);        /* after close, once nothing uses it */
+int tv_engine_watch(tv_engine *e, tv_qp *qp, uint32_t events); /* QP lock held */
+int tv_engine_rewatch(tv_engine *e, tv_qp *qp, uint32_t events);
+void tv_engine_unwatch(tv_engine *e, tv_qp *qp);
+void tv_engine_timer_changed(tv_engine *e, uint64_t deadline);
+void tv_engine_event(tv_engine *e, uint32_t type, uint64_t handle, const char *reason);
+/* The oldest event (caller frees it), waiting up to timeout_ns (<0: for ever). */
+tv_event *tv_engine_next_event(tv_engine *e, int64_t timeout_ns);
+int tv_engine_add_qp(tv_engine *e, tv_qp *qp);
+void tv_engine_remove_qp(tv_engine *e, tv_qp *qp);
+/* Deregister `key`: revoke the work using it, then wait out pins; its owner or NULL. */
+void *tv_engine_dereg(tv_engine *e, uint32_t key);
+
+/* cq.c */
+tv_channel *tv_channel_new(void);          /* NULL with errno set */
+void tv_channel_put(tv_channel *ch);
+void tv_channel_destroy(tv_channel *ch);
+/* 1 and *handle when an event was queued, 0 after timeout_ns (<0: for ever) or once
+ * destroyed.  Blocks: call without the GIL. */
+int tv_channel_get_event(tv_channel *ch, int64_t timeout_ns, uint64_t *handle);
+
+tv_cq *tv_cq_new(tv_engine *e, uint64_t handle, uint32_t cqe, tv_channel *ch);
+void tv_cq_put(tv_cq *cq);
+void tv_cq_destroy(tv_cq *cq);
+/* Queue a completion (the entry's QP lock held); 1 if it was not queued (an overrun, or
+ * the CQ is destroyed): its WR's slot is then the caller's to give back. */
+int tv_cq_push(tv_cq *cq, const tv_cqe *entry, int solicited);
+/* Up to n completions into out (their slots given back); -1 with *lost set on an
+ * overrun (reported once).  Does no progress. */
+int tv_cq_take(tv_cq *cq, tv_cqe *out, int n, uint32_t *lost);
+/* Progress of the CQ's QPs in this thread (an empty poll); may make system calls. */
+void tv_cq_progress(tv_cq *cq);
+/* Spin up to spin_ns, then sleep until a completion or deadline_ns (0: none); returns
+ * like tv_cq_take (0: timed out or destroyed).  Blocks: call without the GIL. */
+int tv_cq_wait(tv_cq *cq, tv_cqe *out, int n, uint32_t *lost, uint64_t spin_ns,
+               uint64_t deadline_ns);
+void tv_cq_req_notify(tv_cq *cq, int solicited_only);
+uint32_t tv_cq_pending(tv_cq *cq);
+int tv_cq_add_qp(tv_cq *cq, tv_qp *qp);
+void tv_cq_remove_qp(tv_cq *cq, tv_qp *qp);
+void tv_cq_discard_qp(tv_cq *cq, tv_qp *qp); /* RESET: its unpolled completions go */
+
+/* qp.c */
+typedef struct tv_qp_spec {
+    uint64_t handle, pd;
+    uint32_t qp_num, max_send_wr, max_recv_wr, max_send_sge, max_recv_sge, max_inline;
+    int sq_sig_all, wire;
+} tv_qp_spec;
+
+/* What the binding reads out of one WR before posting it (sge[] has num_sge entries). */
+typedef struct tv_sge_in {
+    uint64_t addr;
+    uint32_t length, lkey;
+} tv_sge_in;
+typedef struct tv_send_in {
+    uint64_t wr_id, remote_addr, compare_add, swap;
+    uint32_t opcode, send_flags, imm, rkey, num_sge, sg_len;
+    const tv_sge_in *sge;
+} tv_send_in;
+typedef struct tv_post_result {
+    uint32_t fault; /* enum tv_post_fault */
+    uint64_t value, limit;
+} tv_post_result;
+
+tv_qp *tv_qp_new(tv_engine *e, const tv_qp_spec *spec, tv_cq *scq, tv_cq *rcq);
+void tv_qp_get(tv_qp *qp);
+void tv_qp_put(tv_qp *qp);
+/* QP lock held for the posts: one WR each (the binding walks the chain). */
+void tv_qp_post_send(tv_qp *qp, const tv_send_in *wr, tv_post_result *res);
+void tv_qp_post_recv(tv_qp *qp, uint64_t wr_id, const tv_sge_in *sge, uint32_t num_sge,
+                     uint32_t sg_len, tv_post_result *res);
+void tv_qp_posted(tv_qp *qp, int send); /* after a chain: start what was posted */
+int tv_qp_modify(tv_qp *qp, int expect, int state, const tv_params *params);
+int tv_qp_attach(tv_qp *qp, int fd); /* 1: taken; 0: refused (the fd stays the caller's) */
+void tv_qp_fail(tv_qp *qp, int kind, int err, const char *msg, uint32_t first_status,
+                const tv_region *revoked);
+void tv_qp_reset(tv_qp *qp);
+void tv_qp_destroy(tv_qp *qp);
+void tv_qp_slot_freed(tv_qp *qp, int is_send, uint32_t generation, uint32_t count);
+void tv_qp_revoke(tv_qp *qp, const tv_region *region);
+void tv_qp_progress(tv_qp *qp);          /* try-lock: an application's empty poll */
+void tv_qp_app_blocking(tv_qp *qp);      /* the application is about to sleep */
+void tv_qp_on_events(tv_qp *qp, uint32_t events); /* engine thread */
+void tv_qp_on_timer(tv_qp *qp, uint64_t now);     /* engine thread */
+/* Outcomes, QP lock held (the transports report through these). */
+void tv_qp_complete_send(tv_qp *qp, tv_work *w, uint32_t status);
+void tv_qp_complete_recv(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_len);
+void tv_qp_set_timer(tv_qp *qp); /* recompute `deadline` from the conn's timers */
+void tv_work_unpin(tv_qp *qp, tv_work *w);
+void tv_work_fault_text(const tv_work *w, char *out, size_t cap);
+
+/* stream.c: the stream wire mode (QP lock held for all). */
+void tv_stream_start(tv_qp *qp);
+void tv_stream_pump(tv_qp *qp);            /* new sends posted (in RTS) */
+void tv_stream_receive(tv_qp *qp);         /* new receives posted, or readable */
+void tv_stream_progress(tv_qp *qp);        /* receive, and look at acknowledgements */
+void tv_stream_on_events(tv_qp *qp, uint32_t events);
+void tv_stream_on_timer(tv_qp *qp, uint64_t now);
+void tv_stream_settle(tv_qp *qp);          /* before a flush: complete what TCP acked */
+void tv_stream_close(tv_qp *qp);
+void tv_stream_set_interest(tv_qp *qp);
+
+#endif

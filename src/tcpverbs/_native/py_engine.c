@@ -1,0 +1,1064 @@
+/* The CPython face of the native engine: Engine, Channel, CQ and QP, the objects
+ * tcpverbs/engine/native.py builds its classes on (tcpverbs.engine.api is the contract
+ * they keep).  The engine itself (engine.h) never touches Python.
+ *
+ * GIL: held on entry, as always; released around everything that may block or make a
+ * system call -- waiting, progress, flushing posted work, deregistration -- and around
+ * taking a QP's lock when the engine thread holds it.  No engine lock is ever held while
+ * Python code runs: a post first reads the whole WR chain into C (attribute reads can
+ * run Python), then takes the QP's lock.
+ *
+ * Ownership: a CQ or QP object holds a reference to its Engine object (the engine's
+ * memory lives as long as they do) and one on its C object; a QP object also holds its
+ * CQ objects.  A registered buffer's Py_buffer is the region's owner in the memory table
+ * and is released once deregistration returns.
+ */
+#include "binding.h"
+#include "engine.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+
+/* Classes and names looked up once (tv_py_engine_setup). */
+static PyObject *PostFailure, *PostFault, *Overrun, *find_bad_field, *SEND_WR_FIELDS,
+    *RECV_WR_FIELDS, *TcpverbsError, *ConnectionBrokenError, *RemoteProtocolError;
+static PyObject *s_wr_id, *s_opcode, *s_num_sge, *s_imm_data, *s_sg, *s_send_flags,
+    *s_next_wr, *s_remote_addr, *s_rkey, *s_compare_add, *s_swap, *s_addr, *s_length,
+    *s_lkey, *s_errno, *s_strerror;
+
+static int setup(void) {
+    if (PostFailure != NULL)
+        return 0;
+    PyObject *api = PyImport_ImportModule("tcpverbs.engine.api");
+    PyObject *errors = api ? PyImport_ImportModule("tcpverbs.errors") : NULL;
+    if (errors == NULL) {
+        Py_XDECREF(api);
+        return -1;
+    }
+    PostFault = PyObject_GetAttrString(api, "PostFault");
+    Overrun = PyObject_GetAttrString(api, "Overrun");
+    find_bad_field = PyObject_GetAttrString(api, "find_bad_field");
+    SEND_WR_FIELDS = PyObject_GetAttrString(api, "SEND_WR_FIELDS");
+    RECV_WR_FIELDS = PyObject_GetAttrString(api, "RECV_WR_FIELDS");
+    TcpverbsError = PyObject_GetAttrString(errors, "TcpverbsError");
+    ConnectionBrokenError = PyObject_GetAttrString(errors, "ConnectionBrokenError");
+    RemoteProtocolError = PyObject_GetAttrString(errors, "RemoteProtocolError");
+    PyObject *failure = PyObject_GetAttrString(api, "PostFailure");
+    Py_DECREF(api);
+    Py_DECREF(errors);
+    if (failure == NULL || PostFault == NULL || Overrun == NULL || find_bad_field == NULL ||
+        SEND_WR_FIELDS == NULL || RECV_WR_FIELDS == NULL || TcpverbsError == NULL ||
+        ConnectionBrokenError == NULL || RemoteProtocolError == NULL) {
+        Py_XDECREF(failure);
+        return -1;
+    }
+    PostFailure = failure; /* set last: it says the rest is there */
+    return 0;
+}
+
+int tv_py_engine_init_names(void) {
+#define NAME(var, text)                                                                   \
+    if ((var = PyUnicode_InternFromString(text)) == NULL)                                \
+        return -1;
+    NAME(s_wr_id, "wr_id");
+    NAME(s_opcode, "opcode");
+    NAME(s_num_sge, "num_sge");
+    NAME(s_imm_data, "imm_data");
+    NAME(s_sg, "sg");
+    NAME(s_send_flags, "send_flags");
+    NAME(s_next_wr, "next_wr");
+    NAME(s_remote_addr, "remote_addr");
+    NAME(s_rkey, "rkey");
+    NAME(s_compare_add, "compare_add");
+    NAME(s_swap, "swap");
+    NAME(s_addr, "addr");
+    NAME(s_length, "length");
+    NAME(s_lkey, "lkey");
+    NAME(s_errno, "errno");
+    NAME(s_strerror, "strerror");
+#undef NAME
+    return 0;
+}
+
+static PyObject *raise_errno(int err, const char *what) {
+    PyObject *exc = PyObject_CallFunction(TcpverbsError ? TcpverbsError : PyExc_OSError,
+                                          "is", err, what);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static uint64_t timeout_ns(PyObject *timeout, int *forever) {
+    *forever = timeout == Py_None;
+    if (*forever)
+        return 0;
+    double t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred())
+        return 0;
+    if (!(t > 0)) /* negative, zero or NaN: do not wait */
+        return 0;
+    return t > 1e9 ? (uint64_t)1e18 : (uint64_t)(t * 1e9);
+}
+
+/* -- Engine ------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    tv_engine engine;
+    int ready, closed;
+} EngineObject;
+
+static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds) {
+    (void)args;
+    (void)kwds;
+    if (self->ready)
+        return 0;
+    if (setup() < 0)
+        return -1;
+    int err = tv_engine_init(&self->engine);
+    if (err != 0) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->ready = 1;
+    return 0;
+}
+
+static void engine_close(EngineObject *self) {
+    if (!self->ready || self->closed)
+        return;
+    self->closed = 1;
+    Py_BEGIN_ALLOW_THREADS
+    tv_engine_close(&self->engine);
+    Py_END_ALLOW_THREADS
+}
+
+static void Engine_dealloc(EngineObject *self) {
+    engine_close(self);
+    if (self->ready) {
+        void *owner; /* regions left registered: their buffers go with the table */
+        while ((owner = tv_mem_take_any(&self->engine.mem)) != NULL) {
+            PyBuffer_Release((Py_buffer *)owner);
+            PyMem_Free(owner);
+        }
+        tv_engine_free(&self->engine);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Engine_reg_mr(EngineObject *self, PyObject *args) {
+    unsigned int key;
+    unsigned long long pd, addr;
+    unsigned int access;
+    PyObject *view;
+    if (!PyArg_ParseTuple(args, "IKOKI", &key, &pd, &view, &addr, &access))
+        return NULL;
+    Py_buffer *buf = PyMem_Malloc(sizeof *buf);
+    if (buf == NULL)
+        return PyErr_NoMemory();
+    if (PyObject_GetBuffer(view, buf, PyBUF_WRITABLE) < 0) {
+        PyMem_Free(buf);
+        return NULL;
+    }
+    if ((uintptr_t)buf->buf != addr) {
+        PyBuffer_Release(buf);
+        PyMem_Free(buf);
+        return raise_errno(EINVAL, "the address does not match the buffer");
+    }
+    int status = tv_mem_reg(&self->engine.mem, key, pd, addr, (uint64_t)buf->len, access, buf);
+    if (status != TV_MEM_OK) {
+        PyBuffer_Release(buf);
+        PyMem_Free(buf);
+        return status == TV_MEM_EXISTS ? raise_errno(EEXIST, "the key is registered already")
+                                       : PyErr_NoMemory();
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_dereg_mr(EngineObject *self, PyObject *arg) {
+    unsigned long key = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    void *owner;
+    Py_BEGIN_ALLOW_THREADS
+    owner = tv_engine_dereg(&self->engine, (uint32_t)key);
+    Py_END_ALLOW_THREADS
+    if (owner != NULL) {
+        PyBuffer_Release((Py_buffer *)owner);
+        PyMem_Free(owner);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_next_event(EngineObject *self, PyObject *arg) {
+    int forever;
+    uint64_t ns = timeout_ns(arg, &forever);
+    if (PyErr_Occurred())
+        return NULL;
+    if (self->closed)
+        Py_RETURN_NONE;
+    tv_event *ev;
+    Py_BEGIN_ALLOW_THREADS
+    ev = tv_engine_next_event(&self->engine, forever ? -1 : (int64_t)ns);
+    Py_END_ALLOW_THREADS
+    if (ev == NULL)
+        Py_RETURN_NONE;
+    PyObject *out = Py_BuildValue("(IKs)", ev->type, (unsigned long long)ev->handle, ev->reason);
+    free(ev);
+    return out;
+}
+
+static PyObject *counters(const char *const *names, const uint64_t *values, int n,
+                          PyObject *into) {
+    for (int i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(values[i]);
+        if (v == NULL || PyDict_SetItemString(into, names[i], v) < 0) {
+            Py_XDECREF(v);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return into;
+}
+
+static PyObject *Engine_engine_statistics(EngineObject *self, PyObject *unused) {
+    (void)unused;
+    uint64_t v[TV_ENG_NSTATS];
+    for (int i = 0; i < TV_ENG_NSTATS; i++)
+        v[i] = atomic_load(&self->engine.stats[i]);
+    PyObject *d = PyDict_New();
+    if (d == NULL || counters(tv_engine_stat_names, v, TV_ENG_NSTATS, d) == NULL) {
+        Py_XDECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static PyObject *Engine_close(EngineObject *self, PyObject *unused) {
+    (void)unused;
+    engine_close(self);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"reg_mr", (PyCFunction)Engine_reg_mr, METH_VARARGS, NULL},
+    {"dereg_mr", (PyCFunction)Engine_dereg_mr, METH_O, NULL},
+    {"next_event_raw", (PyCFunction)Engine_next_event, METH_O, NULL},
+    {"engine_statistics", (PyCFunction)Engine_engine_statistics, METH_NOARGS, NULL},
+    {"close", (PyCFunction)Engine_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject tv_py_EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tcpverbs._native.Engine",
+    .tp_basicsize = sizeof(EngineObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Engine_init,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = Engine_methods,
+    .tp_doc = "The native engine of one context (see tcpverbs.engine.native).",
+};
+
+/* -- Channel ------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    tv_channel *ch;
+} ChannelObject;
+
+static int Channel_init(ChannelObject *self, PyObject *args, PyObject *kwds) {
+    (void)args;
+    (void)kwds;
+    if (self->ch != NULL)
+        return 0;
+    self->ch = tv_channel_new();
+    if (self->ch == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static void Channel_dealloc(ChannelObject *self) {
+    if (self->ch != NULL) {
+        tv_channel_destroy(self->ch);
+        tv_channel_put(self->ch);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Channel_get_fd(ChannelObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(self->ch ? self->ch->fd : -1);
+}
+
+static PyObject *Channel_get_cq_event(ChannelObject *self, PyObject *arg) {
+    int forever;
+    uint64_t ns = timeout_ns(arg, &forever);
+    if (PyErr_Occurred())
+        return NULL;
+    uint64_t handle = 0;
+    int got;
+    Py_BEGIN_ALLOW_THREADS
+    got = tv_channel_get_event(self->ch, forever ? -1 : (int64_t)ns, &handle);
+    Py_END_ALLOW_THREADS
+    if (!got)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(handle);
+}
+
+static PyObject *Channel_destroy(ChannelObject *self, PyObject *unused) {
+    (void)unused;
+    tv_channel_destroy(self->ch);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Channel_methods[] = {
+    {"get_cq_event", (PyCFunction)Channel_get_cq_event, METH_O, NULL},
+    {"destroy", (PyCFunction)Channel_destroy, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Channel_getset[] = {
+    {"fd", (getter)Channel_get_fd, NULL, "eventfd: readable while an event is queued", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject tv_py_ChannelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tcpverbs._native.Channel",
+    .tp_basicsize = sizeof(ChannelObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Channel_init,
+    .tp_dealloc = (destructor)Channel_dealloc,
+    .tp_methods = Channel_methods,
+    .tp_getset = Channel_getset,
+};
+
+/* -- CQ ----------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    tv_cq *cq;
+    PyObject *engine;
+    PyObject *handle;
+} CQObject;
+
+enum { TAKE = 64 };
+
+static int CQ_init(CQObject *self, PyObject *args, PyObject *kwds) {
+    (void)kwds;
+    PyObject *engine, *channel;
+    unsigned long long handle;
+    unsigned int cqe;
+    if (self->cq != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "CQ initialised twice");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "O!KIO", &tv_py_EngineType, &engine, &handle, &cqe, &channel))
+        return -1;
+    if (channel != Py_None && !PyObject_TypeCheck(channel, &tv_py_ChannelType)) {
+        PyErr_SetString(PyExc_TypeError, "channel must be a native Channel or None");
+        return -1;
+    }
+    EngineObject *eng = (EngineObject *)engine;
+    self->cq = tv_cq_new(&eng->engine, handle, cqe,
+                         channel == Py_None ? NULL : ((ChannelObject *)channel)->ch);
+    if (self->cq == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    Py_INCREF(engine);
+    self->engine = engine;
+    self->handle = PyLong_FromUnsignedLongLong(handle);
+    return self->handle == NULL ? -1 : 0;
+}
+
+static void CQ_dealloc(CQObject *self) {
+    if (self->cq != NULL) {
+        tv_cq_destroy(self->cq);
+        tv_cq_put(self->cq);
+    }
+    Py_XDECREF(self->handle);
+    Py_XDECREF(self->engine);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Completions as a list of WC-layout tuples, or the Overrun raised. */
+static PyObject *records(const tv_cqe *e, int got, uint32_t lost) {
+    if (got < 0) {
+        PyObject *exc = PyObject_CallFunction(Overrun, "I", lost);
+        if (exc != NULL) {
+            PyErr_SetObject(Overrun, exc);
+            Py_DECREF(exc);
+        }
+        return NULL;
+    }
+    PyObject *list = PyList_New(got);
+    for (int i = 0; list != NULL && i < got; i++) {
+        PyObject *t = Py_BuildValue("(KIIIIIIII)", (unsigned long long)e[i].wr_id, e[i].status,
+                                    e[i].opcode, e[i].vendor_err, e[i].byte_len, e[i].qp_num,
+                                    e[i].src_qp, e[i].imm_data, e[i].wc_flags);
+        if (t == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, t);
+    }
+    return list;
+}
+
+static PyObject *CQ_poll(CQObject *self, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    tv_cq *cq = self->cq;
+    tv_cqe e[TAKE];
+    uint32_t lost = 0;
+    int want = n < TAKE ? (int)(n > 0 ? n : 0) : TAKE;
+    atomic_fetch_add(&cq->stats[TV_CQ_POLLS], 1);
+    int got = want ? tv_cq_take(cq, e, want, &lost) : 0;
+    if (got == 0 && want) {
+        Py_BEGIN_ALLOW_THREADS
+        tv_cq_progress(cq);
+        Py_END_ALLOW_THREADS
+        got = tv_cq_take(cq, e, want, &lost);
+    }
+    if (got == 0)
+        atomic_fetch_add(&cq->stats[TV_CQ_POLLS_EMPTY], 1);
+    return records(e, got, lost); /* more than TAKE wanted: the next poll takes the rest */
+}
+
+static PyObject *CQ_wait(CQObject *self, PyObject *args) {
+    long n;
+    PyObject *timeout;
+    long long spin_us;
+    if (!PyArg_ParseTuple(args, "lOL", &n, &timeout, &spin_us))
+        return NULL;
+    int forever;
+    uint64_t ns = timeout_ns(timeout, &forever);
+    if (PyErr_Occurred())
+        return NULL;
+    uint64_t deadline = forever ? 0 : tv_now() + (ns ? ns : 1);
+    tv_cqe e[TAKE];
+    uint32_t lost = 0;
+    int want = n < TAKE ? (int)(n > 0 ? n : 1) : TAKE;
+    int got;
+    uint64_t spin = spin_us > 0 ? (uint64_t)spin_us * 1000u : 0;
+    Py_BEGIN_ALLOW_THREADS
+    got = tv_cq_wait(self->cq, e, want, &lost, spin, deadline);
+    Py_END_ALLOW_THREADS
+    return records(e, got, lost);
+}
+
+static PyObject *CQ_req_notify(CQObject *self, PyObject *arg) {
+    int solicited = PyObject_IsTrue(arg);
+    if (solicited < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    tv_cq_req_notify(self->cq, solicited);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *CQ_statistics(CQObject *self, PyObject *unused) {
+    (void)unused;
+    uint64_t v[TV_CQ_NSTATS];
+    for (int i = 0; i < TV_CQ_NSTATS; i++)
+        v[i] = atomic_load(&self->cq->stats[i]);
+    PyObject *d = PyDict_New();
+    if (d == NULL || counters(tv_cq_stat_names, v, TV_CQ_NSTATS, d) == NULL) {
+        Py_XDECREF(d);
+        return NULL;
+    }
+    PyObject *pending = PyLong_FromUnsignedLong(tv_cq_pending(self->cq));
+    if (pending == NULL || PyDict_SetItemString(d, "pending", pending) < 0) {
+        Py_XDECREF(pending);
+        Py_DECREF(d);
+        return NULL;
+    }
+    Py_DECREF(pending);
+    return d;
+}
+
+static PyObject *CQ_destroy(CQObject *self, PyObject *unused) {
+    (void)unused;
+    Py_BEGIN_ALLOW_THREADS
+    tv_cq_destroy(self->cq);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *CQ_get_pending(CQObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLong(tv_cq_pending(self->cq));
+}
+
+static PyObject *CQ_get_handle(CQObject *self, void *closure) {
+    (void)closure;
+    Py_INCREF(self->handle);
+    return self->handle;
+}
+
+static PyMethodDef CQ_methods[] = {
+    {"poll", (PyCFunction)CQ_poll, METH_O, NULL},
+    {"wait", (PyCFunction)CQ_wait, METH_VARARGS, NULL},
+    {"req_notify", (PyCFunction)CQ_req_notify, METH_O, NULL},
+    {"statistics", (PyCFunction)CQ_statistics, METH_NOARGS, NULL},
+    {"destroy", (PyCFunction)CQ_destroy, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef CQ_getset[] = {
+    {"pending", (getter)CQ_get_pending, NULL, "completions waiting to be polled", NULL},
+    {"handle", (getter)CQ_get_handle, NULL, "the verbs layer's handle", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject tv_py_CQType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tcpverbs._native.CQ",
+    .tp_basicsize = sizeof(CQObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)CQ_init,
+    .tp_dealloc = (destructor)CQ_dealloc,
+    .tp_methods = CQ_methods,
+    .tp_getset = CQ_getset,
+};
+
+/* -- QP ----------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    tv_qp *qp;
+    PyObject *engine, *scq, *rcq;
+} QPObject;
+
+static int QP_init(QPObject *self, PyObject *args, PyObject *kwds) {
+    (void)kwds;
+    PyObject *engine, *scq, *rcq;
+    tv_qp_spec spec = {0};
+    unsigned long long handle, pd;
+    if (self->qp != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "QP initialised twice");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "O!KIKIIIIIpiO!O!", &tv_py_EngineType, &engine, &handle,
+                          &spec.qp_num, &pd, &spec.max_send_wr, &spec.max_recv_wr,
+                          &spec.max_send_sge, &spec.max_recv_sge, &spec.max_inline,
+                          &spec.sq_sig_all, &spec.wire, &tv_py_CQType, &scq, &tv_py_CQType,
+                          &rcq))
+        return -1;
+    spec.handle = handle;
+    spec.pd = pd;
+    self->qp = tv_qp_new(&((EngineObject *)engine)->engine, &spec, ((CQObject *)scq)->cq,
+                         ((CQObject *)rcq)->cq);
+    if (self->qp == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    Py_INCREF(engine);
+    Py_INCREF(scq);
+    Py_INCREF(rcq);
+    self->engine = engine;
+    self->scq = scq;
+    self->rcq = rcq;
+    return 0;
+}
+
+static void QP_dealloc(QPObject *self) {
+    if (self->qp != NULL) {
+        tv_qp_destroy(self->qp);
+        tv_qp_put(self->qp);
+    }
+    Py_XDECREF(self->scq);
+    Py_XDECREF(self->rcq);
+    Py_XDECREF(self->engine);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Lock the QP; without the GIL if the engine thread has it. */
+static void lock_qp(tv_qp *qp) {
+    if (pthread_mutex_trylock(&qp->lock) == 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&qp->lock);
+    Py_END_ALLOW_THREADS
+}
+
+/* An unsigned field of `bits` bits: 0, or -1 (not an int, out of range, or missing). */
+static int read_uint(PyObject *obj, PyObject *name, int bits, uint64_t *out) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    if (!PyLong_Check(v)) {
+        Py_DECREF(v);
+        return -1;
+    }
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    Py_DECREF(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (bits < 64 && x >> bits)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+/* A growing buffer of SGEs for one chain: on the stack first. */
+typedef struct {
+    tv_sge_in *v;
+    size_t len, cap;
+    tv_sge_in local[64];
+} sge_buf;
+
+static int read_sges(PyObject *wr, uint64_t num_sge, sge_buf *b, uint32_t *sg_len,
+                     size_t *start) {
+    PyObject *sg = PyObject_GetAttr(wr, s_sg);
+    if (sg == NULL)
+        return -1;
+    *start = b->len;
+    *sg_len = 0;
+    if (sg == Py_None) {
+        Py_DECREF(sg);
+        return 0;
+    }
+    if (!PyList_Check(sg) && !PyTuple_Check(sg)) {
+        Py_DECREF(sg);
+        return -1;
+    }
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(sg);
+    *sg_len = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
+    Py_ssize_t use = (Py_ssize_t)num_sge < len ? (Py_ssize_t)num_sge : len;
+    for (Py_ssize_t i = 0; i < use; i++) {
+        if (b->len == b->cap) {
+            size_t cap = b->cap * 2;
+            tv_sge_in *v = PyMem_Malloc(cap * sizeof *v);
+            if (v == NULL) {
+                Py_DECREF(sg);
+                PyErr_NoMemory();
+                return -2;
+            }
+            memcpy(v, b->v, b->len * sizeof *v);
+            if (b->v != b->local)
+                PyMem_Free(b->v);
+            b->v = v;
+            b->cap = cap;
+        }
+        PyObject *sge = PySequence_Fast_GET_ITEM(sg, i);
+        Py_INCREF(sge); /* the list may change under attribute reads */
+        uint64_t addr, length, lkey;
+        int bad = read_uint(sge, s_addr, 64, &addr) || read_uint(sge, s_length, 32, &length) ||
+                  read_uint(sge, s_lkey, 32, &lkey);
+        Py_DECREF(sge);
+        if (bad) {
+            Py_DECREF(sg);
+            return -1;
+        }
+        b->v[b->len++] = (tv_sge_in){addr, (uint32_t)length, (uint32_t)lkey};
+        if (PySequence_Fast_GET_SIZE(sg) != len) { /* resized by a property: refuse */
+            Py_DECREF(sg);
+            return -1;
+        }
+    }
+    Py_DECREF(sg);
+    return 0;
+}
+
+/* The failure of WR `index` as a PostFailure. */
+static PyObject *post_failure(Py_ssize_t index, const tv_post_result *res) {
+    PyObject *fault = PyObject_CallFunction(PostFault, "I", res->fault);
+    if (fault == NULL)
+        return NULL;
+    PyObject *out = PyObject_CallFunction(PostFailure, "nOKK", index, fault,
+                                          (unsigned long long)res->value,
+                                          (unsigned long long)res->limit);
+    Py_DECREF(fault);
+    return out;
+}
+
+/* WR `index` could not be read: name the culprit (find_bad_field), or re-raise. */
+static PyObject *bad_field(Py_ssize_t index, PyObject *wr, PyObject *fields) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *found = PyObject_CallFunctionObjArgs(find_bad_field, wr, fields, NULL);
+    if (found == NULL || found == Py_None) {
+        Py_XDECREF(found);
+        if (found != NULL) /* not about the WR: the original error is the story */
+            PyErr_Restore(type, value, tb);
+        else {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+        }
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_SystemError, "a WR could not be read");
+        return NULL;
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    PyObject *fault = PyObject_GetAttrString(PostFault, "BAD_FIELD");
+    PyObject *path = PyTuple_Check(found) && PyTuple_GET_SIZE(found) == 2
+                         ? PyTuple_GET_ITEM(found, 0) : NULL;
+    PyObject *bits = path ? PyTuple_GET_ITEM(found, 1) : NULL;
+    PyObject *out = NULL;
+    if (fault != NULL && path != NULL) {
+        PyObject *kw = Py_BuildValue("{s:O,s:O}", "limit", bits, "field", path);
+        PyObject *pos = Py_BuildValue("(nO)", index, fault);
+        if (kw != NULL && pos != NULL)
+            out = PyObject_Call(PostFailure, pos, kw);
+        Py_XDECREF(kw);
+        Py_XDECREF(pos);
+    }
+    Py_XDECREF(fault);
+    Py_DECREF(found);
+    return out;
+}
+
+typedef struct {
+    tv_send_in wr;
+    size_t sge_start;
+} send_item;
+
+static PyObject *QP_post_send(QPObject *self, PyObject *first) {
+    tv_qp *qp = self->qp;
+    send_item local[16], *items = local;
+    size_t cap = 16, n = 0;
+    sge_buf sges = {.v = sges.local, .len = 0, .cap = 64};
+    PyObject *bad_wr = NULL, *result = NULL;
+    int failed = 0;
+    /* read the chain: at most max_send_wr + 1 WRs (more cannot be posted anyway) */
+    PyObject *wr = first;
+    Py_INCREF(wr);
+    while (wr != Py_None && n <= qp->max_send_wr) {
+        if (n == cap) {
+            send_item *grown = PyMem_Malloc(cap * 2 * sizeof *grown);
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                failed = 1;
+                break;
+            }
+            memcpy(grown, items, n * sizeof *grown);
+            if (items != local)
+                PyMem_Free(items);
+            items = grown;
+            cap *= 2;
+        }
+        send_item *it = &items[n];
+        uint64_t wr_id, opcode, num_sge, imm, flags, raddr, rkey, cadd, swap;
+        if (read_uint(wr, s_wr_id, 64, &wr_id) || read_uint(wr, s_opcode, 32, &opcode) ||
+            read_uint(wr, s_send_flags, 32, &flags) || read_uint(wr, s_imm_data, 32, &imm) ||
+            read_uint(wr, s_rkey, 32, &rkey) || read_uint(wr, s_remote_addr, 64, &raddr) ||
+            read_uint(wr, s_compare_add, 64, &cadd) || read_uint(wr, s_swap, 64, &swap) ||
+            read_uint(wr, s_num_sge, 31, &num_sge)) {
+            bad_wr = wr;
+            break;
+        }
+        uint32_t sg_len;
+        int r = read_sges(wr, num_sge, &sges, &sg_len, &it->sge_start);
+        if (r == -2) {
+            failed = 1;
+            break;
+        }
+        if (r < 0) {
+            bad_wr = wr;
+            break;
+        }
+        it->wr = (tv_send_in){wr_id, raddr, cadd, swap, (uint32_t)opcode, (uint32_t)flags,
+                              (uint32_t)imm, (uint32_t)rkey, (uint32_t)num_sge, sg_len, NULL};
+        n++;
+        PyObject *next = PyObject_GetAttr(wr, s_next_wr);
+        Py_DECREF(wr);
+        wr = next;
+        if (wr == NULL) {
+            failed = 1;
+            break;
+        }
+    }
+    if (failed) {
+        Py_XDECREF(wr);
+        goto out;
+    }
+    /* post what was read, in order */
+    tv_post_result res = {0};
+    size_t posted = 0;
+    lock_qp(qp);
+    for (; posted < n; posted++) {
+        items[posted].wr.sge = sges.v + items[posted].sge_start;
+        tv_qp_post_send(qp, &items[posted].wr, &res);
+        if (res.fault != TV_FAULT_NONE)
+            break;
+    }
+    pthread_mutex_unlock(&qp->lock);
+    if (posted) { /* WRs before a refused one were posted: they must go out */
+        Py_BEGIN_ALLOW_THREADS
+        tv_qp_posted(qp, 1);
+        Py_END_ALLOW_THREADS
+    }
+    if (res.fault != TV_FAULT_NONE)
+        result = post_failure((Py_ssize_t)posted, &res);
+    else if (bad_wr != NULL)
+        result = bad_field((Py_ssize_t)n, bad_wr, SEND_WR_FIELDS);
+    else
+        result = Py_NewRef(Py_None);
+    Py_XDECREF(wr);
+out:
+    if (items != local)
+        PyMem_Free(items);
+    if (sges.v != sges.local)
+        PyMem_Free(sges.v);
+    if (failed && !PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "post_send failed");
+    return failed ? NULL : result;
+}
+
+typedef struct {
+    uint64_t wr_id;
+    uint32_t num_sge, sg_len;
+    size_t sge_start;
+} recv_item;
+
+static PyObject *QP_post_recv(QPObject *self, PyObject *first) {
+    tv_qp *qp = self->qp;
+    recv_item local[16], *items = local;
+    size_t cap = 16, n = 0;
+    sge_buf sges = {.v = sges.local, .len = 0, .cap = 64};
+    PyObject *bad_wr = NULL, *result = NULL;
+    int failed = 0;
+    PyObject *wr = first;
+    Py_INCREF(wr);
+    while (wr != Py_None && n <= qp->max_recv_wr) {
+        if (n == cap) {
+            recv_item *grown = PyMem_Malloc(cap * 2 * sizeof *grown);
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                failed = 1;
+                break;
+            }
+            memcpy(grown, items, n * sizeof *grown);
+            if (items != local)
+                PyMem_Free(items);
+            items = grown;
+            cap *= 2;
+        }
+        recv_item *it = &items[n];
+        uint64_t wr_id, num_sge;
+        if (read_uint(wr, s_wr_id, 64, &wr_id) || read_uint(wr, s_num_sge, 31, &num_sge)) {
+            bad_wr = wr;
+            break;
+        }
+        int r = read_sges(wr, num_sge, &sges, &it->sg_len, &it->sge_start);
+        if (r == -2) {
+            failed = 1;
+            break;
+        }
+        if (r < 0) {
+            bad_wr = wr;
+            break;
+        }
+        it->wr_id = wr_id;
+        it->num_sge = (uint32_t)num_sge;
+        n++;
+        PyObject *next = PyObject_GetAttr(wr, s_next_wr);
+        Py_DECREF(wr);
+        wr = next;
+        if (wr == NULL) {
+            failed = 1;
+            break;
+        }
+    }
+    if (failed) {
+        Py_XDECREF(wr);
+        goto out;
+    }
+    tv_post_result res = {0};
+    size_t posted = 0;
+    lock_qp(qp);
+    for (; posted < n; posted++) {
+        recv_item *it = &items[posted];
+        tv_qp_post_recv(qp, it->wr_id, sges.v + it->sge_start, it->num_sge, it->sg_len, &res);
+        if (res.fault != TV_FAULT_NONE)
+            break;
+    }
+    pthread_mutex_unlock(&qp->lock);
+    if (posted) {
+        Py_BEGIN_ALLOW_THREADS
+        tv_qp_posted(qp, 0);
+        Py_END_ALLOW_THREADS
+    }
+    if (res.fault != TV_FAULT_NONE)
+        result = post_failure((Py_ssize_t)posted, &res);
+    else if (bad_wr != NULL)
+        result = bad_field((Py_ssize_t)n, bad_wr, RECV_WR_FIELDS);
+    else
+        result = Py_NewRef(Py_None);
+    Py_XDECREF(wr);
+out:
+    if (items != local)
+        PyMem_Free(items);
+    if (sges.v != sges.local)
+        PyMem_Free(sges.v);
+    if (failed && !PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "post_recv failed");
+    return failed ? NULL : result;
+}
+
+static int read_params(PyObject *p, tv_params *out) {
+    static const char *const names[] = {"access_flags", "max_rd_atomic", "max_dest_rd_atomic",
+                                        "rnr_retry", "min_rnr_timer", "timeout", "retry_cnt",
+                                        "dest_qp_num", "rq_psn", "sq_psn"};
+    uint32_t *fields[] = {&out->access_flags, &out->max_rd_atomic, &out->max_dest_rd_atomic,
+                          &out->rnr_retry, &out->min_rnr_timer, &out->timeout,
+                          &out->retry_cnt, &out->dest_qp_num, &out->rq_psn, &out->sq_psn};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        PyObject *v = PyObject_GetAttrString(p, names[i]);
+        if (v == NULL)
+            return -1;
+        unsigned long x = PyLong_AsUnsignedLong(v);
+        Py_DECREF(v);
+        if (x == (unsigned long)-1 && PyErr_Occurred())
+            return -1;
+        *fields[i] = (uint32_t)x;
+    }
+    return 0;
+}
+
+static PyObject *QP_modify(QPObject *self, PyObject *args) {
+    int expect, state;
+    PyObject *params;
+    if (!PyArg_ParseTuple(args, "iiO", &expect, &state, &params))
+        return NULL;
+    tv_params p;
+    if (read_params(params, &p) < 0)
+        return NULL;
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = tv_qp_modify(self->qp, expect, state, &p);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(ok);
+}
+
+static PyObject *QP_attach_fd(QPObject *self, PyObject *arg) {
+    int fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = tv_qp_attach(self->qp, fd);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(ok);
+}
+
+static PyObject *QP_fail(QPObject *self, PyObject *args) {
+    int kind, err;
+    const char *msg;
+    if (!PyArg_ParseTuple(args, "iis", &kind, &err, &msg))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    tv_qp_fail(self->qp, kind, err, msg, TV_WC_WR_FLUSH_ERR, NULL);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *QP_reset(QPObject *self, PyObject *unused) {
+    (void)unused;
+    Py_BEGIN_ALLOW_THREADS
+    tv_qp_reset(self->qp);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *QP_destroy(QPObject *self, PyObject *unused) {
+    (void)unused;
+    Py_BEGIN_ALLOW_THREADS
+    tv_qp_destroy(self->qp);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *QP_error_raw(QPObject *self, PyObject *unused) {
+    (void)unused;
+    tv_qp *qp = self->qp;
+    lock_qp(qp);
+    PyObject *out = qp->has_error ? Py_BuildValue("(iis)", qp->err_kind, qp->err_errno,
+                                                  qp->err_msg)
+                                  : Py_NewRef(Py_None);
+    pthread_mutex_unlock(&qp->lock);
+    return out;
+}
+
+static PyObject *QP_statistics(QPObject *self, PyObject *unused) {
+    (void)unused;
+    tv_qp *qp = self->qp;
+    uint64_t v[TV_QP_NSTATS + 2];
+    lock_qp(qp);
+    v[0] = qp->sq_used;
+    v[1] = qp->rq_used;
+    memcpy(v + 2, qp->stats, sizeof qp->stats);
+    pthread_mutex_unlock(&qp->lock);
+    static const char *const outstanding[] = {"sq_outstanding", "rq_outstanding"};
+    PyObject *d = PyDict_New();
+    if (d == NULL || counters(outstanding, v, 2, d) == NULL ||
+        counters(tv_qp_stat_names, v + 2, TV_QP_NSTATS, d) == NULL) {
+        Py_XDECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static PyObject *QP_get_state(QPObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(atomic_load(&self->qp->state));
+}
+
+static PyObject *QP_get_established(QPObject *self, void *closure) {
+    (void)closure;
+    tv_qp *qp = self->qp;
+    lock_qp(qp);
+    int up = qp->conn.fd >= 0;
+    pthread_mutex_unlock(&qp->lock);
+    return PyBool_FromLong(up);
+}
+
+static PyObject *QP_get_qp_num(QPObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLong(self->qp->qp_num);
+}
+
+static PyMethodDef QP_methods[] = {
+    {"post_send", (PyCFunction)QP_post_send, METH_O, NULL},
+    {"post_recv", (PyCFunction)QP_post_recv, METH_O, NULL},
+    {"modify", (PyCFunction)QP_modify, METH_VARARGS, NULL},
+    {"attach_fd", (PyCFunction)QP_attach_fd, METH_O, NULL},
+    {"fail_raw", (PyCFunction)QP_fail, METH_VARARGS, NULL},
+    {"reset", (PyCFunction)QP_reset, METH_NOARGS, NULL},
+    {"destroy_raw", (PyCFunction)QP_destroy, METH_NOARGS, NULL},
+    {"error_raw", (PyCFunction)QP_error_raw, METH_NOARGS, NULL},
+    {"statistics", (PyCFunction)QP_statistics, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef QP_getset[] = {
+    {"state_raw", (getter)QP_get_state, NULL, "ibv_qp_state as an int", NULL},
+    {"established", (getter)QP_get_established, NULL, "the connection is up", NULL},
+    {"qp_num", (getter)QP_get_qp_num, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject tv_py_QPType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tcpverbs._native.QP",
+    .tp_basicsize = sizeof(QPObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)QP_init,
+    .tp_dealloc = (destructor)QP_dealloc,
+    .tp_methods = QP_methods,
+    .tp_getset = QP_getset,
+};

@@ -1,0 +1,567 @@
+/* A QP in the native engine: its rings, the checks at post time, outcomes, the error
+ * flush, revocation and RESET.  The C twin of tcpverbs/engine/py/qp.py (its theory of
+ * operation holds here); ownership, threads and lock order: engine.h.
+ *
+ * The send ring holds every posted send WR until its outcome is known, oldest first: the
+ * stream transport hands WRs to the wire from the head (conn.wire_count of them are on
+ * the wire) and completes them there.  The receive ring holds posted receives.  Queue
+ * slots (max_send_wr / max_recv_wr) are counted apart from the rings (sq_used, rq_used):
+ * taken at post time and given back when the completion is polled, so an application
+ * that stops polling gets ENOMEM from post instead of growing memory.
+ *
+ * The QP's lock is recursive: the verbs layer's fail() and the transports' failures
+ * both end in tv_qp_fail, from outside and from inside the lock.
+ */
+#define _GNU_SOURCE
+#include "engine.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *const tv_qp_stat_names[TV_QP_NSTATS] = {
+    "wrs_sent", "wrs_received", "bytes_sent", "bytes_received", "sendmsg_calls",
+    "recv_calls", "recv_empty", "ack_checks"};
+
+static uint32_t send_slot_size(uint32_t max_sge, uint32_t max_inline) {
+    size_t size = sizeof(tv_work) + (max_sge ? max_sge : 1) * sizeof(tv_seg);
+    size += (max_inline + 7u) & ~7u;
+    return (uint32_t)size;
+}
+
+static uint32_t recv_slot_size(uint32_t max_sge) {
+    return (uint32_t)(sizeof(tv_work) + (max_sge ? max_sge : 1) * sizeof(tv_seg));
+}
+
+static tv_ring *new_ring(uint32_t depth, uint32_t slot_size, void **mem) {
+    uint32_t slots = 1;
+    while (slots < depth)
+        slots <<= 1;
+    size_t bytes = tv_ring_bytes(slots, slot_size);
+    if (bytes == 0)
+        return NULL;
+    bytes = (bytes + TV_CACHE_LINE - 1) / TV_CACHE_LINE * TV_CACHE_LINE;
+    *mem = aligned_alloc(TV_CACHE_LINE, bytes);
+    return *mem == NULL ? NULL : tv_ring_init(*mem, slots, slot_size);
+}
+
+tv_qp *tv_qp_new(tv_engine *e, const tv_qp_spec *spec, tv_cq *scq, tv_cq *rcq) {
+    if (spec->max_send_sge > TV_MAX_SGE || spec->max_recv_sge > TV_MAX_SGE ||
+        spec->max_send_wr > TV_RING_MAX_SLOTS || spec->max_recv_wr > TV_RING_MAX_SLOTS ||
+        spec->max_inline > 65536) {
+        errno = EINVAL;
+        return NULL;
+    }
+    tv_qp *qp = calloc(1, sizeof *qp);
+    if (qp == NULL)
+        return NULL;
+    qp->sq = new_ring(spec->max_send_wr, send_slot_size(spec->max_send_sge, spec->max_inline),
+                      &qp->sq_mem);
+    qp->rq = new_ring(spec->max_recv_wr, recv_slot_size(spec->max_recv_sge), &qp->rq_mem);
+    if (qp->sq == NULL || qp->rq == NULL) {
+        free(qp->sq_mem);
+        free(qp->rq_mem);
+        free(qp);
+        errno = ENOMEM;
+        return NULL;
+    }
+    atomic_init(&qp->refs, 1);
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&qp->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+    qp->engine = e;
+    qp->handle = spec->handle;
+    qp->qp_num = spec->qp_num;
+    qp->pd = spec->pd;
+    qp->max_send_wr = spec->max_send_wr;
+    qp->max_recv_wr = spec->max_recv_wr;
+    qp->max_send_sge = spec->max_send_sge;
+    qp->max_recv_sge = spec->max_recv_sge;
+    qp->max_inline = spec->max_inline;
+    qp->sq_sig_all = spec->sq_sig_all;
+    qp->wire = spec->wire;
+    qp->conn.fd = -1;
+    atomic_init(&qp->state, TV_QPS_RESET);
+    atomic_fetch_add(&scq->refs, 1);
+    atomic_fetch_add(&rcq->refs, 1);
+    qp->scq = scq;
+    qp->rcq = rcq;
+    if (tv_cq_add_qp(scq, qp) != 0 || tv_cq_add_qp(rcq, qp) != 0 ||
+        tv_engine_add_qp(e, qp) != 0) {
+        tv_cq_remove_qp(scq, qp);
+        tv_cq_remove_qp(rcq, qp);
+        tv_qp_put(qp);
+        errno = ENOMEM;
+        return NULL;
+    }
+    return qp;
+}
+
+void tv_qp_get(tv_qp *qp) { atomic_fetch_add(&qp->refs, 1); }
+
+void tv_qp_put(tv_qp *qp) {
+    if (atomic_fetch_sub(&qp->refs, 1) != 1)
+        return;
+    tv_cq_put(qp->scq);
+    tv_cq_put(qp->rcq);
+    pthread_mutex_destroy(&qp->lock);
+    free(qp->sq_mem);
+    free(qp->rq_mem);
+    free(qp);
+}
+
+static tv_work *head_of(tv_ring *r) { return tv_ring_peek(r, 0); }
+
+/* -- posting ------------------------------------------------------------------------ */
+
+static uint32_t wc_opcode_of(uint32_t opcode) {
+    switch (opcode) {
+    case TV_WR_SEND:
+    case TV_WR_SEND_WITH_IMM:
+        return TV_WC_SEND;
+    case TV_WR_RDMA_WRITE:
+    case TV_WR_RDMA_WRITE_WITH_IMM:
+        return TV_WC_RDMA_WRITE;
+    case TV_WR_RDMA_READ:
+        return TV_WC_RDMA_READ;
+    case TV_WR_ATOMIC_CMP_AND_SWP:
+        return TV_WC_COMP_SWAP;
+    case TV_WR_ATOMIC_FETCH_AND_ADD:
+        return TV_WC_FETCH_ADD;
+    default:
+        return UINT32_MAX;
+    }
+}
+
+static int is_atomic(uint32_t opcode) {
+    return opcode == TV_WR_ATOMIC_CMP_AND_SWP || opcode == TV_WR_ATOMIC_FETCH_AND_ADD;
+}
+
+void tv_work_unpin(tv_qp *qp, tv_work *w) {
+    for (uint32_t i = 0; i < w->nseg; i++)
+        if (w->seg[i].region != NULL) {
+            tv_mem_unpin(&qp->engine->mem, w->seg[i].region);
+            w->seg[i].region = NULL;
+        }
+    w->nseg = 0;
+}
+
+/* Resolve and pin the SGEs of w (nseg set); a fault is recorded in w->fault, with no pin
+ * left.  `inline_buf` (send: room for max_inline bytes) receives an inline copy. */
+static void resolve(tv_qp *qp, tv_work *w, const tv_sge_in *sge, uint32_t n, uint32_t need,
+                    unsigned char *inline_buf) {
+    tv_memtable *mem = &qp->engine->mem;
+    w->nseg = 0;
+    uint64_t copied = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        tv_region *region = NULL;
+        int status;
+        if (inline_buf != NULL) {
+            status = tv_mem_check(mem, sge[i].lkey, qp->pd, sge[i].addr, sge[i].length, 0,
+                                  NULL);
+            if ((status == TV_MEM_NO_KEY || status == TV_MEM_WRONG_PD) &&
+                tv_mem_find(mem, qp->pd, sge[i].addr, sge[i].length))
+                status = TV_MEM_OK; /* ibv_post_send ignores the lkey of inline data */
+        } else {
+            status = tv_mem_check(mem, sge[i].lkey, qp->pd, sge[i].addr, sge[i].length, need,
+                                  sge[i].length ? &region : NULL);
+        }
+        if (status != TV_MEM_OK) {
+            tv_work_unpin(qp, w);
+            w->fault = (tv_work_fault){TV_WC_LOC_PROT_ERR, (uint32_t)status, i, sge[i].lkey,
+                                       sge[i].addr, sge[i].length};
+            return;
+        }
+        if (sge[i].length == 0)
+            continue;
+        if (inline_buf != NULL) { /* the caller may reuse the buffer once post returns */
+            memcpy(inline_buf + copied, (const void *)(uintptr_t)sge[i].addr, sge[i].length);
+            copied += sge[i].length;
+            continue;
+        }
+        w->seg[w->nseg++] = (tv_seg){(unsigned char *)(uintptr_t)sge[i].addr, sge[i].length,
+                                     region};
+    }
+    if (inline_buf != NULL && copied)
+        w->seg[w->nseg++] = (tv_seg){inline_buf, copied, NULL};
+}
+
+void tv_work_fault_text(const tv_work *w, char *out, size_t cap) {
+    const tv_work_fault *f = &w->fault;
+    if (f->status == TV_WC_LOC_LEN_ERR) {
+        snprintf(out, cap, "message of %" PRIu64 " bytes exceeds max_msg_sz", w->length);
+        return;
+    }
+    switch (f->mem) {
+    case TV_MEM_NO_ACCESS:
+        snprintf(out, cap, "SGE %u: MR 0x%x lacks IBV_ACCESS_LOCAL_WRITE", f->sge, f->lkey);
+        break;
+    case TV_MEM_OUT_OF_RANGE:
+        snprintf(out, cap, "SGE %u: [0x%" PRIx64 ", +%" PRIu64 ") is outside MR 0x%x", f->sge,
+                 f->addr, f->length, f->lkey);
+        break;
+    default:
+        snprintf(out, cap, "SGE %u: lkey 0x%x is not an MR of this QP's PD", f->sge, f->lkey);
+    }
+}
+
+void tv_qp_post_send(tv_qp *qp, const tv_send_in *wr, tv_post_result *res) {
+    *res = (tv_post_result){0};
+    int state = atomic_load(&qp->state);
+    if (qp->setup_failed) {
+        res->fault = TV_FAULT_SETUP_FAILED;
+        return;
+    }
+    if (state != TV_QPS_RTS && state != TV_QPS_ERR) {
+        *res = (tv_post_result){TV_FAULT_BAD_STATE, (uint64_t)state, 0};
+        return;
+    }
+    uint32_t wc_opcode = wc_opcode_of(wr->opcode);
+    if (wc_opcode == UINT32_MAX || (qp->wire == TV_WIRE_STREAM && wr->opcode != TV_WR_SEND)) {
+        *res = (tv_post_result){TV_FAULT_BAD_OPCODE, wr->opcode, 0};
+        return;
+    }
+    if (wr->num_sge > qp->max_send_sge) {
+        *res = (tv_post_result){TV_FAULT_TOO_MANY_SGE, wr->num_sge, qp->max_send_sge};
+        return;
+    }
+    if (wr->num_sge > wr->sg_len) {
+        *res = (tv_post_result){TV_FAULT_SGE_COUNT, wr->num_sge, wr->sg_len};
+        return;
+    }
+    uint64_t length = 0;
+    for (uint32_t i = 0; i < wr->num_sge; i++)
+        length += wr->sge[i].length;
+    int is_inline = (wr->send_flags & TV_SEND_INLINE) != 0;
+    int writes_local = wr->opcode == TV_WR_RDMA_READ || is_atomic(wr->opcode);
+    if (is_inline && length > qp->max_inline) {
+        *res = (tv_post_result){TV_FAULT_INLINE_TOO_LONG, length, qp->max_inline};
+        return;
+    }
+    if (is_inline && writes_local) {
+        *res = (tv_post_result){TV_FAULT_NOT_INLINABLE, wr->opcode, 0};
+        return;
+    }
+    if (is_atomic(wr->opcode) && (wr->num_sge != 1 || length != 8)) {
+        *res = (tv_post_result){TV_FAULT_ATOMIC_SHAPE, wr->num_sge, length};
+        return;
+    }
+    if (qp->sq_used >= qp->max_send_wr) {
+        *res = (tv_post_result){TV_FAULT_QUEUE_FULL, 0, qp->max_send_wr};
+        return;
+    }
+    tv_work *w = tv_ring_produce_slot(qp->sq); /* room: occupancy <= sq_used < depth */
+    memset(w, 0, sizeof *w);
+    w->wr_id = wr->wr_id;
+    w->length = length;
+    w->opcode = wr->opcode;
+    w->wc_opcode = wc_opcode;
+    w->imm = wr->imm;
+    w->rkey = wr->rkey;
+    w->remote_addr = wr->remote_addr;
+    w->compare_add = wr->compare_add;
+    w->swap = wr->swap;
+    w->signaled = qp->sq_sig_all || (wr->send_flags & TV_SEND_SIGNALED);
+    w->solicited = (wr->send_flags & TV_SEND_SOLICITED) != 0;
+    w->fence = (wr->send_flags & TV_SEND_FENCE) != 0;
+    unsigned char *inline_buf =
+        is_inline ? (unsigned char *)&w->seg[qp->max_send_sge ? qp->max_send_sge : 1] : NULL;
+    resolve(qp, w, wr->sge, wr->num_sge, writes_local ? TV_LOCAL_WRITE : 0, inline_buf);
+    if (w->fault.status == 0 && length > TV_MAX_MSG_SZ) {
+        tv_work_unpin(qp, w);
+        w->fault.status = TV_WC_LOC_LEN_ERR;
+    }
+    qp->sq_used++;
+    if (state == TV_QPS_ERR) {
+        tv_qp_complete_send(qp, w, TV_WC_WR_FLUSH_ERR); /* the slot is never published */
+        return;
+    }
+    tv_ring_produce(qp->sq);
+}
+
+void tv_qp_post_recv(tv_qp *qp, uint64_t wr_id, const tv_sge_in *sge, uint32_t num_sge,
+                     uint32_t sg_len, tv_post_result *res) {
+    *res = (tv_post_result){0};
+    int state = atomic_load(&qp->state);
+    if (qp->setup_failed) {
+        res->fault = TV_FAULT_SETUP_FAILED;
+        return;
+    }
+    if (state == TV_QPS_RESET) {
+        *res = (tv_post_result){TV_FAULT_BAD_STATE, (uint64_t)state, 0};
+        return;
+    }
+    if (num_sge > qp->max_recv_sge) {
+        *res = (tv_post_result){TV_FAULT_TOO_MANY_SGE, num_sge, qp->max_recv_sge};
+        return;
+    }
+    if (num_sge > sg_len) {
+        *res = (tv_post_result){TV_FAULT_SGE_COUNT, num_sge, sg_len};
+        return;
+    }
+    if (qp->rq_used >= qp->max_recv_wr) {
+        *res = (tv_post_result){TV_FAULT_QUEUE_FULL, 0, qp->max_recv_wr};
+        return;
+    }
+    tv_work *w = tv_ring_produce_slot(qp->rq);
+    memset(w, 0, sizeof *w);
+    w->wr_id = wr_id;
+    w->wc_opcode = TV_WC_RECV;
+    resolve(qp, w, sge, num_sge, TV_LOCAL_WRITE, NULL);
+    for (uint32_t i = 0; i < w->nseg; i++)
+        w->length += w->seg[i].length; /* the capacity */
+    qp->rq_used++;
+    if (state == TV_QPS_ERR) {
+        tv_qp_complete_recv(qp, w, TV_WC_WR_FLUSH_ERR, 0);
+        return;
+    }
+    tv_ring_produce(qp->rq);
+}
+
+void tv_qp_posted(tv_qp *qp, int send) {
+    pthread_mutex_lock(&qp->lock);
+    if (qp->conn.fd >= 0 && !qp->conn.closed) {
+        if (!send)
+            tv_stream_receive(qp);
+        else if (atomic_load(&qp->state) == TV_QPS_RTS)
+            tv_stream_pump(qp);
+    }
+    pthread_mutex_unlock(&qp->lock);
+}
+
+/* -- outcomes ------------------------------------------------------------------------ */
+
+void tv_qp_complete_send(tv_qp *qp, tv_work *w, uint32_t status) {
+    tv_work_unpin(qp, w);
+    if (status == TV_WC_SUCCESS && !w->signaled) {
+        qp->sq_used--;
+        return;
+    }
+    tv_cqe e = {.wr_id = w->wr_id, .status = status, .opcode = w->wc_opcode,
+                .byte_len = status == TV_WC_SUCCESS ? (uint32_t)w->length : 0,
+                .qp_num = qp->qp_num, .qp = qp, .generation = qp->generation, .is_send = 1};
+    if (tv_cq_push(qp->scq, &e, 0))
+        qp->sq_used--;
+}
+
+void tv_qp_complete_recv(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_len) {
+    tv_work_unpin(qp, w);
+    tv_cqe e = {.wr_id = w->wr_id, .status = status, .opcode = TV_WC_RECV,
+                .byte_len = byte_len, .qp_num = qp->qp_num, .qp = qp,
+                .generation = qp->generation, .is_send = 0};
+    if (tv_cq_push(qp->rcq, &e, 0))
+        qp->rq_used--;
+}
+
+void tv_qp_slot_freed(tv_qp *qp, int is_send, uint32_t generation, uint32_t count) {
+    pthread_mutex_lock(&qp->lock);
+    if (generation == qp->generation) { /* else posted before a RESET that freed it */
+        uint32_t *used = is_send ? &qp->sq_used : &qp->rq_used;
+        *used = *used > count ? *used - count : 0;
+    }
+    pthread_mutex_unlock(&qp->lock);
+}
+
+static int uses(const tv_work *w, const tv_region *region) {
+    for (uint32_t i = 0; region != NULL && i < w->nseg; i++)
+        if (w->seg[i].region == region)
+            return 1;
+    return 0;
+}
+
+/* Drop the connection: no goodbye (a failed stream closes at once). QP lock held. */
+static void close_conn(tv_qp *qp) {
+    if (qp->conn.fd < 0)
+        return;
+    tv_stream_close(qp);
+}
+
+void tv_qp_fail(tv_qp *qp, int kind, int err, const char *msg, uint32_t first_status,
+                const tv_region *revoked) {
+    pthread_mutex_lock(&qp->lock);
+    int state = atomic_load(&qp->state);
+    if (state == TV_QPS_ERR || qp->destroyed) {
+        pthread_mutex_unlock(&qp->lock);
+        return;
+    }
+    atomic_store(&qp->state, TV_QPS_ERR);
+    qp->has_error = 1;
+    qp->err_kind = kind;
+    qp->err_errno = err;
+    snprintf(qp->err_msg, sizeof qp->err_msg, "%s", msg);
+    if (qp->conn.fd >= 0) {
+        tv_stream_settle(qp); /* what TCP acknowledged is done, whatever happens next */
+        close_conn(qp);
+    }
+    uint32_t status = first_status;
+    tv_work *w;
+    while ((w = head_of(qp->sq)) != NULL) {
+        tv_qp_complete_send(qp, w, uses(w, revoked) ? TV_WC_LOC_PROT_ERR : status);
+        tv_ring_consume(qp->sq);
+        status = TV_WC_WR_FLUSH_ERR;
+    }
+    while ((w = head_of(qp->rq)) != NULL) {
+        tv_qp_complete_recv(qp, w, uses(w, revoked) ? TV_WC_LOC_PROT_ERR : TV_WC_WR_FLUSH_ERR, 0);
+        tv_ring_consume(qp->rq);
+    }
+    char reason[TV_MSG_LEN];
+    snprintf(reason, sizeof reason, "%s", msg);
+    uint64_t handle = qp->handle;
+    pthread_mutex_unlock(&qp->lock);
+    tv_engine_event(qp->engine, TV_EVENT_QP_FATAL, handle, reason);
+}
+
+void tv_qp_revoke(tv_qp *qp, const tv_region *region) {
+    pthread_mutex_lock(&qp->lock); /* waits out a placement into it under way */
+    int state = atomic_load(&qp->state);
+    if (state != TV_QPS_ERR && !qp->destroyed) {
+        tv_ring *rings[2] = {qp->sq, qp->rq};
+        for (int r = 0; r < 2; r++) {
+            tv_work *w;
+            for (uint32_t i = 0; (w = tv_ring_peek(rings[r], i)) != NULL; i++) {
+                if (!uses(w, region))
+                    continue;
+                char msg[TV_MSG_LEN];
+                snprintf(msg, sizeof msg,
+                         "MR 0x%08x was deregistered while work request %" PRIu64 " used it",
+                         region->key, w->wr_id);
+                tv_qp_fail(qp, TV_ERR_PLAIN, EFAULT, msg, TV_WC_WR_FLUSH_ERR, region);
+                pthread_mutex_unlock(&qp->lock);
+                return;
+            }
+        }
+    }
+    pthread_mutex_unlock(&qp->lock);
+}
+
+/* -- control ------------------------------------------------------------------------- */
+
+int tv_qp_modify(tv_qp *qp, int expect, int state, const tv_params *params) {
+    pthread_mutex_lock(&qp->lock);
+    int ok = atomic_load(&qp->state) == expect && !qp->destroyed;
+    if (ok) {
+        qp->params = *params;
+        atomic_store(&qp->state, state);
+        if (state == TV_QPS_RTS && qp->conn.fd >= 0 && !qp->conn.closed)
+            tv_stream_pump(qp);
+    }
+    pthread_mutex_unlock(&qp->lock);
+    return ok;
+}
+
+int tv_qp_attach(tv_qp *qp, int fd) {
+    pthread_mutex_lock(&qp->lock);
+    int state = atomic_load(&qp->state);
+    int ok = (state == TV_QPS_RTR || state == TV_QPS_RTS) && qp->conn.fd < 0 &&
+             !qp->destroyed && !atomic_load(&qp->engine->closing);
+    if (ok) {
+        memset(&qp->conn, 0, sizeof qp->conn);
+        qp->conn.fd = fd;
+        tv_stream_start(qp);
+        if (qp->conn.fd < 0) /* the engine could not watch it: closed, QP in ERR */
+            ok = -1;
+    }
+    pthread_mutex_unlock(&qp->lock);
+    return ok;
+}
+
+/* Drop queued work without completions (RESET, destroy). QP lock held. */
+static void drop_work(tv_qp *qp) {
+    tv_work *w;
+    while ((w = head_of(qp->sq)) != NULL) {
+        tv_work_unpin(qp, w);
+        tv_ring_consume(qp->sq);
+    }
+    while ((w = head_of(qp->rq)) != NULL) {
+        tv_work_unpin(qp, w);
+        tv_ring_consume(qp->rq);
+    }
+}
+
+void tv_qp_reset(tv_qp *qp) {
+    pthread_mutex_lock(&qp->lock);
+    close_conn(qp);
+    drop_work(qp);
+    qp->sq_used = qp->rq_used = 0;
+    qp->generation++;
+    tv_cq_discard_qp(qp->scq, qp);
+    if (qp->rcq != qp->scq)
+        tv_cq_discard_qp(qp->rcq, qp);
+    qp->has_error = 0;
+    qp->setup_failed = 0;
+    memset(&qp->params, 0, sizeof qp->params);
+    atomic_store(&qp->state, TV_QPS_RESET);
+    pthread_mutex_unlock(&qp->lock);
+}
+
+void tv_qp_destroy(tv_qp *qp) {
+    pthread_mutex_lock(&qp->lock);
+    if (qp->destroyed) {
+        pthread_mutex_unlock(&qp->lock);
+        return;
+    }
+    qp->destroyed = 1;
+    close_conn(qp);
+    drop_work(qp);
+    pthread_mutex_unlock(&qp->lock);
+    tv_cq_remove_qp(qp->scq, qp);
+    tv_cq_remove_qp(qp->rcq, qp);
+    tv_engine_remove_qp(qp->engine, qp);
+}
+
+/* -- scheduling ----------------------------------------------------------------------- */
+
+void tv_qp_progress(tv_qp *qp) {
+    if (pthread_mutex_trylock(&qp->lock) != 0)
+        return; /* the engine thread is at it */
+    atomic_store(&qp->app_polled, tv_now());
+    if (qp->conn.fd >= 0 && !qp->conn.closed)
+        tv_stream_progress(qp);
+    pthread_mutex_unlock(&qp->lock);
+}
+
+void tv_qp_app_blocking(tv_qp *qp) {
+    pthread_mutex_lock(&qp->lock);
+    atomic_store(&qp->app_polled, 0);
+    if (qp->conn.fd >= 0 && !qp->conn.closed && qp->conn.reads_parked) {
+        qp->conn.reads_parked = 0;
+        qp->conn.park_at = 0;
+        tv_qp_set_timer(qp);
+        tv_stream_set_interest(qp);
+        tv_stream_receive(qp); /* whatever arrived meanwhile */
+    }
+    pthread_mutex_unlock(&qp->lock);
+}
+
+void tv_qp_on_events(tv_qp *qp, uint32_t events) {
+    pthread_mutex_lock(&qp->lock);
+    if (qp->conn.fd >= 0 && !qp->conn.closed && qp->conn.watched)
+        tv_stream_on_events(qp, events);
+    pthread_mutex_unlock(&qp->lock);
+}
+
+void tv_qp_on_timer(tv_qp *qp, uint64_t now) {
+    pthread_mutex_lock(&qp->lock);
+    if (qp->conn.fd >= 0 && !qp->conn.closed)
+        tv_stream_on_timer(qp, now);
+    else
+        atomic_store(&qp->deadline, 0);
+    pthread_mutex_unlock(&qp->lock);
+}
+
+void tv_qp_set_timer(tv_qp *qp) {
+    const tv_conn *c = &qp->conn;
+    uint64_t d = 0;
+    const uint64_t timers[3] = {c->ack_at, c->watch_at, c->park_at};
+    for (int i = 0; i < 3; i++)
+        if (timers[i] != 0 && (d == 0 || timers[i] < d))
+            d = timers[i];
+    uint64_t before = atomic_exchange(&qp->deadline, d);
+    if (d != 0 && (before == 0 || d < before))
+        tv_engine_timer_changed(qp->engine, d);
+}

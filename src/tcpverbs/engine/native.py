@@ -1,0 +1,178 @@
+"""The native engine: the data path in C (``tcpverbs._native``), behind the same contract.
+
+The C side (``src/tcpverbs/_native/engine.h`` tells how it is put together) owns the
+queues as rings, the memory table, the sockets after the handoff and one engine thread
+per context that runs without the GIL (epoll and timers).  ``post_send`` /
+``post_recv`` read the WR chain once and post it in C; ``poll`` drains the completion
+ring and makes progress in the caller's thread (GIL released around the system calls);
+``CQ.wait``, ``get_cq_event`` and ``get_async_event`` wait in C with the GIL released.
+
+This module is the thin Python skin the contract needs: enum conversions, the error
+objects, and the bookkeeping of ``statistics()``.  Nothing here is on the data path.
+
+What it speaks so far: the ``stream`` wire mode.  An ``rc`` QP is refused with
+``EOPNOTSUPP`` until the rc protocol is ported (issue #10); use the Python engine for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+from collections import Counter
+
+from .. import _native  # type: ignore[attr-defined]
+from ..enums import ibv_event_type, ibv_qp_state
+from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
+from ..wire.hello import Hello
+from .api import ChannelEngine, EngineEvent, QPSpec
+from .stats import cumulative, total
+
+__all__ = ["NativeEngine"]
+
+_WIRES = {"stream": 1}  # enum tv_wire; rc (2) is not ported yet
+_PLAIN, _BROKEN, _PROTOCOL = 0, 1, 2  # enum tv_error_kind
+
+
+class NativeChannel(_native.Channel):  # type: ignore[misc]
+    pass
+
+
+class NativeCQ(_native.CQ):  # type: ignore[misc]
+    def __init__(
+        self, engine: NativeEngine, handle: int, cqe: int, channel: NativeChannel | None
+    ) -> None:
+        super().__init__(engine, handle, cqe, channel)
+        self._owner = engine
+
+    def destroy(self) -> None:
+        super().destroy()
+        self._owner.retire(self)
+
+
+class NativeQP(_native.QP):  # type: ignore[misc]
+    def __init__(self, engine: NativeEngine, spec: QPSpec) -> None:
+        caps = spec.caps
+        super().__init__(
+            engine,
+            spec.handle,
+            spec.qp_num,
+            spec.pd,
+            caps.max_send_wr,
+            caps.max_recv_wr,
+            caps.max_send_sge,
+            caps.max_recv_sge,
+            caps.max_inline_data,
+            spec.sq_sig_all,
+            _WIRES[spec.wire],
+            spec.scq,
+            spec.rcq,
+        )
+        self._owner = engine
+        self.handle = spec.handle
+        self._error: tuple[tuple[int, int, str], TcpverbsError] | None = None
+
+    @property
+    def state(self) -> ibv_qp_state:
+        return ibv_qp_state(self.state_raw)
+
+    @property
+    def error(self) -> TcpverbsError | None:
+        raw = self.error_raw()
+        if raw is None:
+            return None
+        if self._error is None or self._error[0] != raw:  # one object per error
+            kind, err, message = raw
+            exc: TcpverbsError
+            if kind == _BROKEN:
+                exc = ConnectionBrokenError(err, message)
+            elif kind == _PROTOCOL:
+                exc = RemoteProtocolError(message, err)
+            else:
+                exc = TcpverbsError(err, message)
+            self._error = (raw, exc)
+        return self._error[1]
+
+    def attach(
+        self, sock: socket.socket, peer_hello: Hello | None, hello_timeout: float | None
+    ) -> bool:
+        taken = self.attach_fd(sock.fileno())
+        if taken:  # the engine owns the descriptor now (and closed it if it failed)
+            sock.detach()
+        return bool(taken)
+
+    def fail(self, error: TcpverbsError, *, setup: bool = False) -> None:
+        kind = (
+            _BROKEN
+            if isinstance(error, ConnectionBrokenError)
+            else _PROTOCOL
+            if isinstance(error, RemoteProtocolError)
+            else _PLAIN
+        )
+        self.fail_raw(kind, error.errno or errno.EIO, error.strerror or str(error))
+
+    def destroy(self) -> None:
+        self.destroy_raw()
+        self._owner.retire(self)
+
+
+class NativeEngine(_native.Engine):  # type: ignore[misc]
+    name = "native"
+
+    def __init__(self, device: str, *, zerocopy_min: int | None = None) -> None:
+        super().__init__()
+        self.device = device
+        self.zerocopy_min = zerocopy_min  # (MSG_ZEROCOPY is not used by stream)
+        self._lock = threading.Lock()
+        self._live: dict[int, NativeQP | NativeCQ] = {}
+        self._retired: Counter[str] = Counter()
+        self._closed = False
+
+    def create_channel(self) -> NativeChannel:
+        return NativeChannel()
+
+    def create_cq(self, handle: int, cqe: int, channel: ChannelEngine | None) -> NativeCQ:
+        assert channel is None or isinstance(channel, NativeChannel)
+        cq = NativeCQ(self, handle, cqe, channel)
+        with self._lock:
+            self._live[handle] = cq
+        return cq
+
+    def create_qp(self, spec: QPSpec) -> NativeQP:
+        if spec.wire not in _WIRES:
+            raise TcpverbsError(
+                errno.EOPNOTSUPP,
+                f"the native engine does not speak the {spec.wire!r} wire mode yet "
+                "(use engine='python' for it)",
+            )
+        if not isinstance(spec.scq, NativeCQ) or not isinstance(spec.rcq, NativeCQ):
+            raise TcpverbsError(errno.EINVAL, "the QP's CQs belong to another engine")
+        qp = NativeQP(self, spec)
+        with self._lock:
+            self._live[spec.handle] = qp
+        return qp
+
+    def retire(self, obj: NativeQP | NativeCQ) -> None:
+        """A QP or CQ is destroyed: its counters stay in the totals."""
+        counters = cumulative(obj.statistics())
+        with self._lock:
+            if self._live.pop(obj.handle, None) is obj:
+                self._retired.update(counters)
+
+    def next_event(self, timeout: float | None) -> EngineEvent | None:
+        raw = self.next_event_raw(timeout)
+        if raw is None:
+            return None
+        event_type, handle, reason = raw
+        return EngineEvent(ibv_event_type(event_type), handle, reason)
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            retired = Counter(self._retired)
+            live = list(self._live.values())
+        return total(retired, [obj.statistics() for obj in live], self.engine_statistics())
+
+    def close(self) -> None:
+        self._closed = True
+        super().close()
+
