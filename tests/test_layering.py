@@ -287,6 +287,7 @@ def test_verbs_objects_only_see_the_engine_interface() -> None:
 #: the modules that may touch sockets (import ``socket``, ``select`` or ``selectors``).
 SOCKET_USERS = (
     "tcpverbs.engine.py",
+    "tcpverbs.engine.native",  # takes the socket's descriptor over to the C engine
     "tcpverbs.oob",
     "tcpverbs.cm",
     "tcpverbs.reactor",

@@ -76,13 +76,7 @@ class Listener:
             raise TcpverbsError(errno.ETIMEDOUT, "no connection within the timeout") from exc
         except OSError as exc:
             raise from_oserror(exc, "accepting") from exc
-        qp = _make_qp(pd, init_attr, qp_attr)
-        try:
-            return handoff(qp, conn, qp_attr)
-        except BaseException:
-            qp.close()
-            conn.close()
-            raise
+        return _handoff_or_close(conn, pd, init_attr, qp_attr)
 
     def close(self) -> None:
         self._sock.close()
@@ -107,10 +101,20 @@ def connect(
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise from_oserror(exc, f"connecting to {host}:{port}") from exc
-    qp = _make_qp(pd, init_attr, qp_attr)
+    return _handoff_or_close(sock, pd, init_attr, qp_attr)
+
+
+def _handoff_or_close(
+    sock: socket.socket, pd: PD, init_attr: QPInitAttr, qp_attr: QPAttr | None
+) -> QP:
+    """A new QP in RTS over *sock*; if that fails (the QP cannot even be made), *sock*
+    is closed, not leaked."""
+    qp: QP | None = None
     try:
+        qp = _make_qp(pd, init_attr, qp_attr)
         return handoff(qp, sock, qp_attr)
     except BaseException:
-        qp.close()
+        if qp is not None:
+            qp.close()
         sock.close()
         raise

@@ -32,7 +32,7 @@ def available_engines() -> list[str]:
 
 def _native_built() -> bool:
     try:
-        from .. import _native  # type: ignore[attr-defined]
+        from .. import _native
     except ImportError:
         return False
     return hasattr(_native, "Engine")

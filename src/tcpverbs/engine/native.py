@@ -21,7 +21,7 @@ import socket
 import threading
 from collections import Counter
 
-from .. import _native  # type: ignore[attr-defined]
+from .. import _native
 from ..enums import ibv_event_type, ibv_qp_state
 from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
 from ..wire.hello import Hello
@@ -34,11 +34,11 @@ _WIRES = {"stream": 1}  # enum tv_wire; rc (2) is not ported yet
 _PLAIN, _BROKEN, _PROTOCOL = 0, 1, 2  # enum tv_error_kind
 
 
-class NativeChannel(_native.Channel):  # type: ignore[misc]
+class NativeChannel(_native.Channel):
     pass
 
 
-class NativeCQ(_native.CQ):  # type: ignore[misc]
+class NativeCQ(_native.CQ):
     def __init__(
         self, engine: NativeEngine, handle: int, cqe: int, channel: NativeChannel | None
     ) -> None:
@@ -50,8 +50,8 @@ class NativeCQ(_native.CQ):  # type: ignore[misc]
         self._owner.retire(self)
 
 
-class NativeQP(_native.QP):  # type: ignore[misc]
-    def __init__(self, engine: NativeEngine, spec: QPSpec) -> None:
+class NativeQP(_native.QP):
+    def __init__(self, engine: NativeEngine, spec: QPSpec, scq: NativeCQ, rcq: NativeCQ) -> None:
         caps = spec.caps
         super().__init__(
             engine,
@@ -65,8 +65,8 @@ class NativeQP(_native.QP):  # type: ignore[misc]
             caps.max_inline_data,
             spec.sq_sig_all,
             _WIRES[spec.wire],
-            spec.scq,
-            spec.rcq,
+            scq,
+            rcq,
         )
         self._owner = engine
         self.handle = spec.handle
@@ -116,7 +116,7 @@ class NativeQP(_native.QP):  # type: ignore[misc]
         self._owner.retire(self)
 
 
-class NativeEngine(_native.Engine):  # type: ignore[misc]
+class NativeEngine(_native.Engine):
     name = "native"
 
     def __init__(self, device: str, *, zerocopy_min: int | None = None) -> None:
@@ -145,9 +145,10 @@ class NativeEngine(_native.Engine):  # type: ignore[misc]
                 f"the native engine does not speak the {spec.wire!r} wire mode yet "
                 "(use engine='python' for it)",
             )
-        if not isinstance(spec.scq, NativeCQ) or not isinstance(spec.rcq, NativeCQ):
+        scq, rcq = spec.scq, spec.rcq
+        if not isinstance(scq, NativeCQ) or not isinstance(rcq, NativeCQ):
             raise TcpverbsError(errno.EINVAL, "the QP's CQs belong to another engine")
-        qp = NativeQP(self, spec)
+        qp = NativeQP(self, spec, scq, rcq)
         with self._lock:
             self._live[spec.handle] = qp
         return qp
@@ -175,4 +176,3 @@ class NativeEngine(_native.Engine):  # type: ignore[misc]
     def close(self) -> None:
         self._closed = True
         super().close()
-

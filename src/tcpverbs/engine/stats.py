@@ -26,7 +26,9 @@ def cumulative(counters: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in counters.items() if not k.endswith("_outstanding") and k != "pending"}
 
 
-def total(retired: Counter[str], live: Iterable[dict[str, int]], own: dict[str, int]) -> dict[str, int]:
+def total(
+    retired: Counter[str], live: Iterable[dict[str, int]], own: dict[str, int]
+) -> dict[str, int]:
     """An engine's counters: those of destroyed objects, of live ones, its own, and
     ``syscalls``, the sum of the :data:`SYSCALL_KEYS`."""
     out: Counter[str] = Counter(retired)

@@ -31,6 +31,7 @@ from .qp import PyQP
 
 __all__ = ["PyEngine"]
 
+
 class PyEngine:
     name = "python"
 
@@ -139,4 +140,3 @@ class PyEngine:
         self._events.put(None)  # a thread in next_event() returns
         if reactor is not None:
             reactor.close()
-

@@ -1,0 +1,138 @@
+"""The native engine beyond the conformance suite: interoperation with the Python engine
+on the wire, and what may be called concurrently (two threads posting on one QP while a
+third polls).  The conformance tests (everything through the ``ctx`` fixture) run on the
+native engine already; these need two engines at once, or several threads."""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import tcpverbs as v
+from tcpverbs.engine import available_engines
+from tcpverbs.testing import Endpoint, poll_until, qp_pair
+
+pytestmark = pytest.mark.skipif(
+    "native" not in available_engines(), reason="the native extension is not built"
+)
+
+W = v.ibv_wc_status
+LOCAL_WRITE = v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
+
+
+@pytest.fixture
+def contexts() -> Iterator[tuple[v.Context, v.Context]]:
+    with (
+        v.Context(name="tcpv_lo", engine="native") as native,
+        v.Context(name="tcpv_lo", engine="python") as python,
+    ):
+        yield native, python
+
+
+def exchange(sender: Endpoint, receiver: Endpoint, payloads: list[bytes]) -> list[bytes]:
+    """Send each payload from two SGEs (split in the middle); return what landed, in
+    order, each receive posted with room for exactly one payload."""
+    size = max(len(p) for p in payloads)
+    src = v.MR(sender.pd, size * len(payloads), LOCAL_WRITE)
+    dst = v.MR(receiver.pd, size * len(payloads), LOCAL_WRITE)
+    for i, p in enumerate(payloads):
+        receiver.qp.post_recv(v.RecvWR(i, 1, [v.SGE(dst.buf + i * size, len(p), dst.lkey)]))
+    for i, p in enumerate(payloads):
+        src.write(p, len(p), i * size)
+        half = len(p) // 2
+        sges = [
+            v.SGE(src.buf + i * size, half, src.lkey),
+            v.SGE(src.buf + i * size + half, len(p) - half, src.lkey),
+        ]
+        sender.qp.post_send(v.SendWR(i, num_sge=2, sg=sges))
+    sent = poll_until(sender.scq, len(payloads))
+    assert [(w.wr_id, w.status) for w in sent] == [(i, W.IBV_WC_SUCCESS) for i in range(len(sent))]
+    assert len(sent) == len(payloads)
+    landed = poll_until(receiver.rcq, len(payloads))
+    assert all(w.status == W.IBV_WC_SUCCESS for w in landed)
+    return [dst.read(w.byte_len, w.wr_id * size) for w in landed]
+
+
+@pytest.mark.parametrize("direction", ["native->python", "python->native"])
+def test_a_native_stream_qp_talks_to_a_python_one(
+    contexts: tuple[v.Context, v.Context], direction: str
+) -> None:
+    native, python = contexts
+    first, second = (native, python) if direction == "native->python" else (python, native)
+    a, b = qp_pair(first, "stream", v.QPCap(64, 64, 2, 2, 0), ctx_b=second)
+    assert (a.qp.ctx.engine, b.qp.ctx.engine) == (first.engine, second.engine)
+    payloads = [bytes([i]) * (1 + 97 * i) for i in range(20)]
+    # a stream has no message boundaries: each receive holds exactly one payload, and
+    # they are filled in order, so what lands is the payloads again
+    assert exchange(a, b, payloads) == payloads
+    assert exchange(b, a, payloads[::-1]) == payloads[::-1]
+
+
+def test_two_threads_post_on_one_qp_while_a_third_polls(ctx: v.Context) -> None:
+    """Each post is one WR (so its bytes are contiguous in the stream); every WR gets
+    exactly one completion, and the stream is the WRs' records, each whole."""
+    if ctx.engine != "native":
+        pytest.skip("the native engine's locking (the Python one has its own tests)")
+    per_thread, record = 300, 16
+    a, b = qp_pair(ctx, "stream", v.QPCap(1024, 1024, 1, 1, 0))
+    src = v.MR(a.pd, 2 * per_thread * record, LOCAL_WRITE)
+    dst = v.MR(b.pd, 2 * per_thread * record, LOCAL_WRITE)
+    for t in range(2):
+        for i in range(per_thread):
+            src.write(struct.pack("<QQ", t, i), record, (t * per_thread + i) * record)
+    # one receive for the whole stream, re-posted after each partial landing
+    done: list[v.WC] = []
+    failures: list[BaseException] = []
+
+    def poster(t: int) -> None:
+        try:
+            for i in range(per_thread):
+                offset = (t * per_thread + i) * record
+                sge = v.SGE(src.buf + offset, record, src.lkey)
+                a.qp.post_send(v.SendWR(t * per_thread + i, num_sge=1, sg=[sge]))
+        except BaseException as exc:
+            failures.append(exc)
+
+    def poller() -> None:
+        try:
+            done.extend(poll_until(a.scq, 2 * per_thread, timeout=30))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=poster, args=(t,)) for t in range(2)]
+    threads.append(threading.Thread(target=poller))
+    for th in threads:
+        th.start()
+    received = 0
+    total = 2 * per_thread * record
+    while received < total:
+        room = v.SGE(dst.buf + received, total - received, dst.lkey)
+        b.qp.post_recv(v.RecvWR(received, 1, [room]))
+        (wc,) = poll_until(b.rcq, 1, timeout=30)
+        assert wc.status == W.IBV_WC_SUCCESS
+        received += wc.byte_len
+    for th in threads:
+        th.join(30)
+    assert not failures
+    assert sorted(w.wr_id for w in done) == list(range(2 * per_thread))
+    assert all(w.status == W.IBV_WC_SUCCESS for w in done)
+    records = [struct.unpack("<QQ", dst.read(record, k * record)) for k in range(2 * per_thread)]
+    for t in range(2):  # each thread's records arrive whole and in its own order
+        assert [i for (tt, i) in records if tt == t] == list(range(per_thread))
+
+
+def test_the_native_engine_names_itself(ctx: v.Context) -> None:
+    stats = ctx.statistics()
+    assert stats["engine"] == ctx.engine
+    if ctx.engine == "native":
+        a, b = qp_pair(ctx, "stream")
+        mr_a, mr_b = v.MR(a.pd, 8, LOCAL_WRITE), v.MR(b.pd, 8, LOCAL_WRITE)
+        b.qp.post_recv(v.RecvWR(1, 1, [v.SGE(mr_b.buf, 8, mr_b.lkey)]))
+        a.qp.post_send(v.SendWR(2, num_sge=1, sg=[v.SGE(mr_a.buf, 8, mr_a.lkey)]))
+        poll_until(b.rcq)
+        stats = ctx.statistics()
+        assert stats["sendmsg_calls"] >= 1 and stats["recv_calls"] >= 1
+        assert stats["syscalls"] >= stats["sendmsg_calls"] + stats["recv_calls"]
