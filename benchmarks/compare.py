@@ -48,6 +48,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tcpverbs.engine import available_engines
+
 HERE = pathlib.Path(__file__).resolve().parent
 SIZES = (64, 4096, 65536, 1 << 20)
 LAT_SIZE = 8
@@ -194,9 +196,10 @@ class Job:
 
 def _perf(test: str, *extra: str) -> tuple[Callable[..., list[str]], Callable[..., list[str]]]:
     cli = [sys.executable, "-m", "tcpverbs.cli", "perf", test]
+    engine = [*extra[extra.index("--engine") :][:2]] if "--engine" in extra else []
 
     def server(size: int, count: int) -> list[str]:
-        return [*cli, "--print-port", "-p", "0"]
+        return [*cli, "--print-port", "-p", "0", *engine]
 
     def client(size: int, count: int, port: str, out: pathlib.Path) -> list[str]:
         args = [*cli, "127.0.0.1", "-p", port, "-s", str(size), "-n", str(count)]
@@ -280,11 +283,24 @@ def zmq_job(key: str, label: str) -> Job:
 
 
 HAVE_PYZMQ = importlib.util.find_spec("zmq") is not None
+HAVE_NATIVE = "native" in available_engines()
 BW_JOBS = (
     tcpverbs_job("rc_send", "rc SEND", "send_bw", "-t", "256"),
     tcpverbs_job("rc_send_events", "rc SEND -e", "send_bw", "-t", "256", "-e"),
     tcpverbs_job("rc_write", "rc WRITE", "write_bw", "-t", "256"),
     tcpverbs_job("stream_send", "stream SEND", "send_bw", "-t", "256", "--wire", "stream"),
+    *(
+        [
+            tcpverbs_job(
+                "native_stream_send",
+                "native stream SEND",
+                "send_bw",
+                *("-t", "256", "--wire", "stream", "--engine", "native"),
+            )
+        ]
+        if HAVE_NATIVE
+        else []
+    ),
     sockets_job("sockets", "sockets", "bw", busy=False),
     sockets_job("sockets_busy", "sockets busy", "bw", busy=True),
     *([zmq_job("pyzmq", "pyzmq PUSH/PULL")] if HAVE_PYZMQ else []),
@@ -292,6 +308,24 @@ BW_JOBS = (
 LAT_JOBS = (
     tcpverbs_job("tcpverbs_poll", "tcpverbs polling", "send_lat"),
     tcpverbs_job("tcpverbs_events", "tcpverbs -e (events)", "send_lat", "-e"),
+    *(
+        [
+            tcpverbs_job(
+                "native_poll",
+                "native stream polling",
+                "send_lat",
+                *("--wire", "stream", "--engine", "native"),
+            ),
+            tcpverbs_job(
+                "native_events",
+                "native stream -e",
+                "send_lat",
+                *("-e", "--wire", "stream", "--engine", "native"),
+            ),
+        ]
+        if HAVE_NATIVE
+        else []
+    ),
     sockets_job("sockets_busy", "sockets busy-polling", "lat", busy=True),
     sockets_job("sockets_blocking", "sockets blocking", "lat", busy=False),
 )
@@ -456,6 +490,65 @@ def targets(rows: dict[int, dict[str, Metrics]], lat: dict[str, Metrics]) -> lis
             "",
         ),
     ]
+    # the native engine (stream SEND so far: rc is not ported yet), against the same peers
+    if rows.get(64, {}).get("native_stream_send") is not None:
+        native = "native_stream_send"
+        out += [
+            Target(
+                "64 B native stream msg/s / sockets",
+                _ratio(bw(64, native, "msg_rate"), bw(64, "sockets", "msg_rate")),
+                2.0,
+                True,
+            ),
+            Target(
+                "64 B native stream msg/s / pyzmq",
+                _ratio(bw(64, native, "msg_rate"), bw(64, "pyzmq", "msg_rate")),
+                1.0,
+                True,
+            ),
+            Target(
+                "4 KiB native stream / sockets",
+                _ratio(bw(4096, native), bw(4096, "sockets")),
+                1.0,
+                True,
+            ),
+            Target(
+                "64 KiB native stream / sockets",
+                _ratio(bw(k64, native), bw(k64, "sockets")),
+                1.5,
+                True,
+            ),
+            Target(
+                "1 MiB native stream / sockets busy",
+                _ratio(bw(mib, native), bw(mib, "sockets_busy")),
+                1.0,
+                True,
+            ),
+            Target(
+                "8 B latency native polling / sockets busy",
+                _ratio(
+                    lat.get("native_poll", {}).get("p50"), lat.get("sockets_busy", {}).get("p50")
+                ),
+                1.2,
+                False,
+            ),
+            Target(
+                "8 B latency native -e / sockets blocking",
+                _ratio(
+                    lat.get("native_events", {}).get("p50"),
+                    lat.get("sockets_blocking", {}).get("p50"),
+                ),
+                1.1,
+                False,
+            ),
+            Target(
+                "64 B native stream syscalls/msg, sender",
+                bw(64, native, "syscalls_client"),
+                0.1,
+                False,
+                "",
+            ),
+        ]
     for side in ("client", "server"):
         per_msg = bw(k64, "rc_send", f"syscalls_{side}")
         out.append(

@@ -101,6 +101,10 @@ static void drop_retired(tv_engine *e) {
     pthread_mutex_lock(&e->lock);
     uint32_t n = e->nretired;
     tv_qp *local[BATCH];
+    if (n == 0) {
+        pthread_mutex_unlock(&e->lock);
+        return;
+    }
     if (n > BATCH)
         n = BATCH;
     memcpy(local, e->retired + (e->nretired - n), n * sizeof *local);

@@ -210,8 +210,11 @@ struct tv_qp {
     tv_params params;
     tv_ring *sq, *rq;
     void *sq_mem, *rq_mem;
-    uint32_t sq_used, rq_used;   /* slots taken until the completion is polled */
-    uint32_t generation;         /* bumped by RESET */
+    /* queue slots taken until the completion is polled: (generation << 32) | count, so
+     * that a poll gives slots back without the QP's lock and a RESET (which bumps the
+     * generation under the lock) makes later give-backs of older completions no-ops */
+    _Atomic uint64_t sq_slots, rq_slots;
+    uint32_t generation;         /* bumped by RESET (the same as in the slot words) */
     int destroyed, setup_failed;
     int has_error, err_kind, err_errno;
     char err_msg[TV_MSG_LEN];
@@ -337,7 +340,9 @@ void tv_qp_fail(tv_qp *qp, int kind, int err, const char *msg, uint32_t first_st
                 const tv_region *revoked);
 void tv_qp_reset(tv_qp *qp);
 void tv_qp_destroy(tv_qp *qp);
+/* Give back the slots of `count` polled (or lost) completions; lock-free, any thread. */
 void tv_qp_slot_freed(tv_qp *qp, int is_send, uint32_t generation, uint32_t count);
+uint32_t tv_qp_slots_used(tv_qp *qp, int is_send);
 void tv_qp_revoke(tv_qp *qp, const tv_region *region);
 void tv_qp_progress(tv_qp *qp);          /* try-lock: an application's empty poll */
 void tv_qp_app_blocking(tv_qp *qp);      /* the application is about to sleep */

@@ -3,10 +3,12 @@
  * they keep).  The engine itself (engine.h) never touches Python.
  *
  * GIL: held on entry, as always; released around everything that may block or make a
- * system call -- waiting, progress, flushing posted work, deregistration -- and around
- * taking a QP's lock when the engine thread holds it.  No engine lock is ever held while
- * Python code runs: a post first reads the whole WR chain into C (attribute reads can
- * run Python), then takes the QP's lock.
+ * system call -- waiting, progress, posting and flushing, deregistration.  The rule that
+ * keeps the GIL and the engine's locks from deadlocking: no thread ever waits for the
+ * GIL while it holds a QP's lock (a QP's lock is taken with the GIL released, and let go
+ * before the GIL is taken back), so a thread that holds the GIL may wait for a QP's lock.
+ * No engine lock is ever held while Python code runs: a post first reads the whole WR
+ * chain into C (attribute reads can run Python), then posts it without the GIL.
  *
  * Ownership: a CQ or QP object holds a reference to its Engine object (the engine's
  * memory lives as long as they do) and one on its C object; a QP object also holds its
@@ -573,23 +575,17 @@ static int QP_init(QPObject *self, PyObject *args, PyObject *kwds) {
 }
 
 static void QP_dealloc(QPObject *self) {
-    if (self->qp != NULL) {
-        tv_qp_destroy(self->qp);
-        tv_qp_put(self->qp);
+    tv_qp *qp = self->qp;
+    if (qp != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        tv_qp_destroy(qp);
+        tv_qp_put(qp);
+        Py_END_ALLOW_THREADS
     }
     Py_XDECREF(self->scq);
     Py_XDECREF(self->rcq);
     Py_XDECREF(self->engine);
     Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-/* Lock the QP; without the GIL if the engine thread has it. */
-static void lock_qp(tv_qp *qp) {
-    if (pthread_mutex_trylock(&qp->lock) == 0)
-        return;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&qp->lock);
-    Py_END_ALLOW_THREADS
 }
 
 /* An unsigned field of `bits` bits: 0, or -1 (not an int, out of range, or missing). */
@@ -789,19 +785,18 @@ static PyObject *QP_post_send(QPObject *self, PyObject *first) {
     /* post what was read, in order */
     tv_post_result res = {0};
     size_t posted = 0;
-    lock_qp(qp);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&qp->lock);
     for (; posted < n; posted++) {
         items[posted].wr.sge = sges.v + items[posted].sge_start;
         tv_qp_post_send(qp, &items[posted].wr, &res);
         if (res.fault != TV_FAULT_NONE)
             break;
     }
-    pthread_mutex_unlock(&qp->lock);
-    if (posted) { /* WRs before a refused one were posted: they must go out */
-        Py_BEGIN_ALLOW_THREADS
+    if (posted) /* WRs before a refused one were posted: they must go out */
         tv_qp_posted(qp, 1);
-        Py_END_ALLOW_THREADS
-    }
+    pthread_mutex_unlock(&qp->lock);
+    Py_END_ALLOW_THREADS
     if (res.fault != TV_FAULT_NONE)
         result = post_failure((Py_ssize_t)posted, &res);
     else if (bad_wr != NULL)
@@ -880,19 +875,18 @@ static PyObject *QP_post_recv(QPObject *self, PyObject *first) {
     }
     tv_post_result res = {0};
     size_t posted = 0;
-    lock_qp(qp);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&qp->lock);
     for (; posted < n; posted++) {
         recv_item *it = &items[posted];
         tv_qp_post_recv(qp, it->wr_id, sges.v + it->sge_start, it->num_sge, it->sg_len, &res);
         if (res.fault != TV_FAULT_NONE)
             break;
     }
-    pthread_mutex_unlock(&qp->lock);
-    if (posted) {
-        Py_BEGIN_ALLOW_THREADS
+    if (posted)
         tv_qp_posted(qp, 0);
-        Py_END_ALLOW_THREADS
-    }
+    pthread_mutex_unlock(&qp->lock);
+    Py_END_ALLOW_THREADS
     if (res.fault != TV_FAULT_NONE)
         result = post_failure((Py_ssize_t)posted, &res);
     else if (bad_wr != NULL)
@@ -986,23 +980,30 @@ static PyObject *QP_destroy(QPObject *self, PyObject *unused) {
 static PyObject *QP_error_raw(QPObject *self, PyObject *unused) {
     (void)unused;
     tv_qp *qp = self->qp;
-    lock_qp(qp);
-    PyObject *out = qp->has_error ? Py_BuildValue("(iis)", qp->err_kind, qp->err_errno,
-                                                  qp->err_msg)
-                                  : Py_NewRef(Py_None);
+    int has, kind, err;
+    char msg[TV_MSG_LEN];
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&qp->lock);
+    has = qp->has_error;
+    kind = qp->err_kind;
+    err = qp->err_errno;
+    memcpy(msg, qp->err_msg, sizeof msg);
     pthread_mutex_unlock(&qp->lock);
-    return out;
+    Py_END_ALLOW_THREADS
+    return has ? Py_BuildValue("(iis)", kind, err, msg) : Py_NewRef(Py_None);
 }
 
 static PyObject *QP_statistics(QPObject *self, PyObject *unused) {
     (void)unused;
     tv_qp *qp = self->qp;
     uint64_t v[TV_QP_NSTATS + 2];
-    lock_qp(qp);
-    v[0] = qp->sq_used;
-    v[1] = qp->rq_used;
+    v[0] = tv_qp_slots_used(qp, 1);
+    v[1] = tv_qp_slots_used(qp, 0);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&qp->lock);
     memcpy(v + 2, qp->stats, sizeof qp->stats);
     pthread_mutex_unlock(&qp->lock);
+    Py_END_ALLOW_THREADS
     static const char *const outstanding[] = {"sq_outstanding", "rq_outstanding"};
     PyObject *d = PyDict_New();
     if (d == NULL || counters(outstanding, v, 2, d) == NULL ||
@@ -1021,9 +1022,12 @@ static PyObject *QP_get_state(QPObject *self, void *closure) {
 static PyObject *QP_get_established(QPObject *self, void *closure) {
     (void)closure;
     tv_qp *qp = self->qp;
-    lock_qp(qp);
-    int up = qp->conn.fd >= 0;
+    int up;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&qp->lock);
+    up = qp->conn.fd >= 0;
     pthread_mutex_unlock(&qp->lock);
+    Py_END_ALLOW_THREADS
     return PyBool_FromLong(up);
 }
 

@@ -5,7 +5,7 @@
  * The send ring holds every posted send WR until its outcome is known, oldest first: the
  * stream transport hands WRs to the wire from the head (conn.wire_count of them are on
  * the wire) and completes them there.  The receive ring holds posted receives.  Queue
- * slots (max_send_wr / max_recv_wr) are counted apart from the rings (sq_used, rq_used):
+ * slots (max_send_wr / max_recv_wr) are counted apart from the rings (sq_slots, rq_slots):
  * taken at post time and given back when the completion is polled, so an application
  * that stops polling gets ENOMEM from post instead of growing memory.
  *
@@ -87,6 +87,8 @@ tv_qp *tv_qp_new(tv_engine *e, const tv_qp_spec *spec, tv_cq *scq, tv_cq *rcq) {
     qp->wire = spec->wire;
     qp->conn.fd = -1;
     atomic_init(&qp->state, TV_QPS_RESET);
+    atomic_init(&qp->sq_slots, 0);
+    atomic_init(&qp->rq_slots, 0);
     atomic_fetch_add(&scq->refs, 1);
     atomic_fetch_add(&rcq->refs, 1);
     qp->scq = scq;
@@ -251,11 +253,15 @@ void tv_qp_post_send(tv_qp *qp, const tv_send_in *wr, tv_post_result *res) {
         *res = (tv_post_result){TV_FAULT_ATOMIC_SHAPE, wr->num_sge, length};
         return;
     }
-    if (qp->sq_used >= qp->max_send_wr) {
+    if (tv_qp_slots_used(qp, 1) >= qp->max_send_wr) {
         *res = (tv_post_result){TV_FAULT_QUEUE_FULL, 0, qp->max_send_wr};
         return;
     }
-    tv_work *w = tv_ring_produce_slot(qp->sq); /* room: occupancy <= sq_used < depth */
+    tv_work *w = tv_ring_produce_slot(qp->sq); /* room: occupancy <= slots < depth */
+    if (w == NULL) { /* cannot happen while the slot count holds; refuse rather than trust */
+        *res = (tv_post_result){TV_FAULT_QUEUE_FULL, 0, qp->max_send_wr};
+        return;
+    }
     memset(w, 0, sizeof *w);
     w->wr_id = wr->wr_id;
     w->length = length;
@@ -276,7 +282,7 @@ void tv_qp_post_send(tv_qp *qp, const tv_send_in *wr, tv_post_result *res) {
         tv_work_unpin(qp, w);
         w->fault.status = TV_WC_LOC_LEN_ERR;
     }
-    qp->sq_used++;
+    atomic_fetch_add(&qp->sq_slots, 1);
     if (state == TV_QPS_ERR) {
         tv_qp_complete_send(qp, w, TV_WC_WR_FLUSH_ERR); /* the slot is never published */
         return;
@@ -304,18 +310,22 @@ void tv_qp_post_recv(tv_qp *qp, uint64_t wr_id, const tv_sge_in *sge, uint32_t n
         *res = (tv_post_result){TV_FAULT_SGE_COUNT, num_sge, sg_len};
         return;
     }
-    if (qp->rq_used >= qp->max_recv_wr) {
+    if (tv_qp_slots_used(qp, 0) >= qp->max_recv_wr) {
         *res = (tv_post_result){TV_FAULT_QUEUE_FULL, 0, qp->max_recv_wr};
         return;
     }
     tv_work *w = tv_ring_produce_slot(qp->rq);
+    if (w == NULL) {
+        *res = (tv_post_result){TV_FAULT_QUEUE_FULL, 0, qp->max_recv_wr};
+        return;
+    }
     memset(w, 0, sizeof *w);
     w->wr_id = wr_id;
     w->wc_opcode = TV_WC_RECV;
     resolve(qp, w, sge, num_sge, TV_LOCAL_WRITE, NULL);
     for (uint32_t i = 0; i < w->nseg; i++)
         w->length += w->seg[i].length; /* the capacity */
-    qp->rq_used++;
+    atomic_fetch_add(&qp->rq_slots, 1);
     if (state == TV_QPS_ERR) {
         tv_qp_complete_recv(qp, w, TV_WC_WR_FLUSH_ERR, 0);
         return;
@@ -339,14 +349,14 @@ void tv_qp_posted(tv_qp *qp, int send) {
 void tv_qp_complete_send(tv_qp *qp, tv_work *w, uint32_t status) {
     tv_work_unpin(qp, w);
     if (status == TV_WC_SUCCESS && !w->signaled) {
-        qp->sq_used--;
+        tv_qp_slot_freed(qp, 1, qp->generation, 1);
         return;
     }
     tv_cqe e = {.wr_id = w->wr_id, .status = status, .opcode = w->wc_opcode,
                 .byte_len = status == TV_WC_SUCCESS ? (uint32_t)w->length : 0,
                 .qp_num = qp->qp_num, .qp = qp, .generation = qp->generation, .is_send = 1};
     if (tv_cq_push(qp->scq, &e, 0))
-        qp->sq_used--;
+        tv_qp_slot_freed(qp, 1, qp->generation, 1);
 }
 
 void tv_qp_complete_recv(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_len) {
@@ -355,16 +365,24 @@ void tv_qp_complete_recv(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_l
                 .byte_len = byte_len, .qp_num = qp->qp_num, .qp = qp,
                 .generation = qp->generation, .is_send = 0};
     if (tv_cq_push(qp->rcq, &e, 0))
-        qp->rq_used--;
+        tv_qp_slot_freed(qp, 0, qp->generation, 1);
 }
 
 void tv_qp_slot_freed(tv_qp *qp, int is_send, uint32_t generation, uint32_t count) {
-    pthread_mutex_lock(&qp->lock);
-    if (generation == qp->generation) { /* else posted before a RESET that freed it */
-        uint32_t *used = is_send ? &qp->sq_used : &qp->rq_used;
-        *used = *used > count ? *used - count : 0;
+    _Atomic uint64_t *slots = is_send ? &qp->sq_slots : &qp->rq_slots;
+    uint64_t word = atomic_load(slots);
+    for (;;) {
+        if ((uint32_t)(word >> 32) != generation)
+            return; /* posted before a RESET that freed it */
+        uint32_t used = (uint32_t)word;
+        uint64_t fresh = (word & ~(uint64_t)UINT32_MAX) | (used > count ? used - count : 0);
+        if (atomic_compare_exchange_weak(slots, &word, fresh))
+            return;
     }
-    pthread_mutex_unlock(&qp->lock);
+}
+
+uint32_t tv_qp_slots_used(tv_qp *qp, int is_send) {
+    return (uint32_t)atomic_load(is_send ? &qp->sq_slots : &qp->rq_slots);
 }
 
 static int uses(const tv_work *w, const tv_region *region) {
@@ -487,8 +505,9 @@ void tv_qp_reset(tv_qp *qp) {
     pthread_mutex_lock(&qp->lock);
     close_conn(qp);
     drop_work(qp);
-    qp->sq_used = qp->rq_used = 0;
     qp->generation++;
+    atomic_store(&qp->sq_slots, (uint64_t)qp->generation << 32);
+    atomic_store(&qp->rq_slots, (uint64_t)qp->generation << 32);
     tv_cq_discard_qp(qp->scq, qp);
     if (qp->rcq != qp->scq)
         tv_cq_discard_qp(qp->rcq, qp);

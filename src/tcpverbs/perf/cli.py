@@ -8,6 +8,7 @@ import json
 import sys
 
 from ..context import Context
+from ..engine import ENGINES
 from ..errors import TcpverbsError
 from .report import BwResult, bw_header, bw_row, lat_header, lat_row
 from .session import TESTS, PerfConfig, loopback_server, run_client, run_server
@@ -38,6 +39,11 @@ def add_perf_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report_gbits", action="store_true", help="bandwidth in Gb/s")
     p.add_argument("--out_json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--wire", choices=("rc", "stream"), default="rc")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="the engine that moves the data (default: $TCPVERBS_ENGINE, else the default)",
+    )
     p.add_argument("--loopback", action="store_true", help="start the server process too")
     p.add_argument("--print-port", action="store_true", help=argparse.SUPPRESS)
 
@@ -71,7 +77,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run_perf(args: argparse.Namespace) -> int:
     _check(args)
-    with Context(name=args.ib_dev) as ctx:
+    with Context(name=args.ib_dev, engine=args.engine) as ctx:
         if args.host is None and not args.loopback:
 
             def announce(port: int) -> None:
@@ -99,7 +105,7 @@ def run_perf(args: argparse.Namespace) -> int:
         server = None
         host, port = args.host, args.port
         if args.loopback:
-            server, port = loopback_server(args.test)
+            server, port = loopback_server(args.test, engine=args.engine)
             host = "127.0.0.1"
         try:
             show = sys.stderr.isatty()

@@ -802,10 +802,16 @@ def _server_write_lat(end: _Endpoint, size: int, peer_target: tuple[int, int]) -
         stamp = stamp % 255 + 1
 
 
-def loopback_server(test: str, port: int = 0) -> tuple[subprocess.Popen[str], int]:
-    """Start ``tcpverbs perf TEST --server-only`` as another process; return it and its port."""
+def loopback_server(
+    test: str, port: int = 0, engine: str | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    """Start ``tcpverbs perf TEST --server-only`` as another process (on *engine*, else
+    the default); return it and its port."""
+    cmd = [sys.executable, "-m", "tcpverbs.cli", "perf", test, "--print-port", "-p", str(port)]
+    if engine is not None:
+        cmd += ["--engine", engine]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tcpverbs.cli", "perf", test, "--print-port", "-p", str(port)],
+        cmd,
         stdout=subprocess.PIPE,
         text=True,
     )
