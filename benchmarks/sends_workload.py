@@ -4,6 +4,9 @@ process, polled by the application (the figure that does not move with a noisy m
     valgrind --tool=callgrind python benchmarks/sends_workload.py          # N = 5000
     N=0 valgrind --tool=callgrind python benchmarks/sends_workload.py      # set-up alone
 
+``ENGINE`` (python, native) and ``WIRE`` (rc, stream) choose what is measured; the
+native engine speaks stream only, so far.
+
 Instructions per message = (Collected with N - Collected with N=0) / N.  Compare two
 revisions by running both with PYTHONPATH pointing at each one's src/.
 """
@@ -20,8 +23,9 @@ SLOTS = 256  # receives kept posted
 
 def main() -> None:
     count = int(os.environ.get("N", "5000"))
-    ctx = v.Context()
-    a, b = qp_pair(ctx, cap=v.QPCap(SLOTS, SLOTS, 1, 1, 0))
+    wire = os.environ.get("WIRE", "rc")
+    ctx = v.Context(engine=os.environ.get("ENGINE"))
+    a, b = qp_pair(ctx, wire, cap=v.QPCap(SLOTS, SLOTS, 1, 1, 0))  # type: ignore[arg-type]
     local = v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
     smr, rmr = v.MR(a.pd, 64, local), v.MR(b.pd, 64 * SLOTS, local)
 

@@ -12,6 +12,7 @@ the queues that feed it cannot overrun.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import starmap
 from typing import TYPE_CHECKING
@@ -153,6 +154,8 @@ class CQ(VerbsObject):
         except BaseException:
             self._cq.destroy()
             raise
+        # an engine that builds WC objects itself (the native one, in C) is asked for them
+        self._poll_wc: Callable[[int], list[WC]] | None = getattr(self._cq, "poll_wc", None)
 
     # -- application side --------------------------------------------------------
     def poll(self, num_entries: int = 1) -> tuple[int, list[WC]]:
@@ -165,6 +168,9 @@ class CQ(VerbsObject):
         if num_entries.__class__ is not int or num_entries < 1:  # (the hot path: no call)
             check_int("num_entries", num_entries, 1, _INT_MAX)
         try:
+            if self._poll_wc is not None:
+                wcs = self._poll_wc(num_entries)
+                return len(wcs), wcs
             records = self._cq.poll(num_entries)
         except Overrun as exc:
             raise self._overrun(exc) from None

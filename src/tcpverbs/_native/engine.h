@@ -192,6 +192,8 @@ typedef struct tv_conn {
     uint64_t tx_off;        /* ... and how much of it is written */
     uint64_t queued;        /* stream offset just past the last WR handed to the wire */
     uint64_t sent;          /* bytes written to this connection */
+    uint64_t looked;        /* ns of the last look at acknowledgements (SIOCOUTQ) */
+    uint32_t recv_batch;    /* receives the next recvmsg fills at most (grows while full) */
     uint64_t ack_at, ack_delay, watch_at, busy_since, park_at, park_wait; /* ns */
 } tv_conn;
 

@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <structmember.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 
@@ -29,6 +30,9 @@ static PyObject *PostFailure, *PostFault, *Overrun, *find_bad_field, *SEND_WR_FI
 static PyObject *s_wr_id, *s_opcode, *s_num_sge, *s_imm_data, *s_sg, *s_send_flags,
     *s_next_wr, *s_remote_addr, *s_rkey, *s_compare_add, *s_swap, *s_addr, *s_length,
     *s_lkey, *s_errno, *s_strerror;
+
+static int learn_layouts(void);
+static int learn_wc(void);
 
 static int setup(void) {
     if (PostFailure != NULL)
@@ -54,6 +58,10 @@ static int setup(void) {
         SEND_WR_FIELDS == NULL || RECV_WR_FIELDS == NULL || TcpverbsError == NULL ||
         ConnectionBrokenError == NULL || RemoteProtocolError == NULL) {
         Py_XDECREF(failure);
+        return -1;
+    }
+    if (learn_layouts() < 0 || learn_wc() < 0) {
+        Py_DECREF(failure);
         return -1;
     }
     PostFailure = failure; /* set last: it says the rest is there */
@@ -404,14 +412,113 @@ static PyObject *records(const tv_cqe *e, int got, uint32_t lost) {
     }
     PyObject *list = PyList_New(got);
     for (int i = 0; list != NULL && i < got; i++) {
-        PyObject *t = Py_BuildValue("(KIIIIIIII)", (unsigned long long)e[i].wr_id, e[i].status,
-                                    e[i].opcode, e[i].vendor_err, e[i].byte_len, e[i].qp_num,
-                                    e[i].src_qp, e[i].imm_data, e[i].wc_flags);
+        /* built field by field: Py_BuildValue's format parsing costs more than the rest */
+        const uint32_t u32[8] = {e[i].status, e[i].opcode, e[i].vendor_err, e[i].byte_len,
+                                 e[i].qp_num, e[i].src_qp, e[i].imm_data, e[i].wc_flags};
+        PyObject *t = PyTuple_New(9);
         if (t == NULL) {
             Py_CLEAR(list);
             break;
         }
         PyList_SET_ITEM(list, i, t);
+        PyObject *item = PyLong_FromUnsignedLongLong(e[i].wr_id);
+        for (int k = 0; item != NULL; k++) {
+            PyTuple_SET_ITEM(t, k, item);
+            item = k < 8 ? PyLong_FromUnsignedLong(u32[k]) : NULL;
+        }
+        if (PyErr_Occurred())
+            Py_CLEAR(list);
+    }
+    return list;
+}
+
+/* tcpverbs.WC built in C: a slotted class too, its slots filled at their offsets. */
+static const char *const wc_fields[] = {"wr_id",    "status", "opcode",   "vendor_err",
+                                        "byte_len", "qp_num", "src_qp",   "imm_data",
+                                        "wc_flags", "pkey_index", "slid", "sl",
+                                        "dlid_path_bits"};
+enum { WC_FIELDS = sizeof wc_fields / sizeof wc_fields[0], WC_FROM_RECORD = 9 };
+static PyTypeObject *WC_type;
+static Py_ssize_t wc_offsets[WC_FIELDS];
+static int wc_fast; /* every field is a plain slot, and there are no others */
+
+static int learn_wc(void) {
+    PyObject *cq = PyImport_ImportModule("tcpverbs.cq");
+    PyObject *type = cq ? PyObject_GetAttrString(cq, "WC") : NULL;
+    Py_XDECREF(cq);
+    if (type == NULL || !PyType_Check(type)) {
+        Py_XDECREF(type);
+        return -1;
+    }
+    WC_type = (PyTypeObject *)type; /* kept for the process */
+    PyObject *slots = PyObject_GetAttrString(type, "__slots__");
+    wc_fast = slots != NULL && PySequence_Check(slots) && PySequence_Size(slots) == WC_FIELDS;
+    Py_XDECREF(slots);
+    for (int i = 0; wc_fast && i < WC_FIELDS; i++) {
+        PyObject *d = PyObject_GetAttrString(type, wc_fields[i]);
+        wc_fast = d != NULL && Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+                  ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (wc_fast)
+            wc_offsets[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_XDECREF(d);
+    }
+    PyErr_Clear();
+    return 0;
+}
+
+static PyObject *build_wc(const tv_cqe *e) {
+    const uint64_t values[WC_FIELDS] = {e->wr_id,  e->status, e->opcode,   e->vendor_err,
+                                        e->byte_len, e->qp_num, e->src_qp, e->imm_data,
+                                        e->wc_flags, 0,         0,         0,
+                                        0};
+    if (!wc_fast) /* the class changed shape: build it the ordinary way */
+        return PyObject_CallFunction((PyObject *)WC_type, "KKKKKKKKK", values[0], values[1],
+                                     values[2], values[3], values[4], values[5], values[6],
+                                     values[7], values[8]);
+    PyObject *wc = WC_type->tp_alloc(WC_type, 0);
+    for (int i = 0; wc != NULL && i < WC_FIELDS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(values[i]);
+        if (v == NULL)
+            Py_CLEAR(wc);
+        else
+            *(PyObject **)((char *)wc + wc_offsets[i]) = v; /* the slot was empty */
+    }
+    return wc;
+}
+
+/* Take completions (progress first when there are none): their count, or -1 (lost). */
+static int take(CQObject *self, tv_cqe *e, long n, uint32_t *lost) {
+    tv_cq *cq = self->cq;
+    int want = n < TAKE ? (int)(n > 0 ? n : 0) : TAKE;
+    atomic_fetch_add(&cq->stats[TV_CQ_POLLS], 1);
+    int got = want ? tv_cq_take(cq, e, want, lost) : 0;
+    if (got == 0 && want) {
+        Py_BEGIN_ALLOW_THREADS
+        tv_cq_progress(cq);
+        Py_END_ALLOW_THREADS
+        got = tv_cq_take(cq, e, want, lost);
+    }
+    if (got == 0)
+        atomic_fetch_add(&cq->stats[TV_CQ_POLLS_EMPTY], 1);
+    return got; /* more than TAKE wanted: the next poll takes the rest */
+}
+
+static PyObject *CQ_poll_wc(CQObject *self, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    tv_cqe e[TAKE];
+    uint32_t lost = 0;
+    int got = take(self, e, n, &lost);
+    if (got < 0)
+        return records(e, got, lost); /* raises the Overrun */
+    PyObject *list = PyList_New(got);
+    for (int i = 0; list != NULL && i < got; i++) {
+        PyObject *wc = build_wc(&e[i]);
+        if (wc == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, wc);
     }
     return list;
 }
@@ -420,21 +527,10 @@ static PyObject *CQ_poll(CQObject *self, PyObject *arg) {
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred())
         return NULL;
-    tv_cq *cq = self->cq;
     tv_cqe e[TAKE];
     uint32_t lost = 0;
-    int want = n < TAKE ? (int)(n > 0 ? n : 0) : TAKE;
-    atomic_fetch_add(&cq->stats[TV_CQ_POLLS], 1);
-    int got = want ? tv_cq_take(cq, e, want, &lost) : 0;
-    if (got == 0 && want) {
-        Py_BEGIN_ALLOW_THREADS
-        tv_cq_progress(cq);
-        Py_END_ALLOW_THREADS
-        got = tv_cq_take(cq, e, want, &lost);
-    }
-    if (got == 0)
-        atomic_fetch_add(&cq->stats[TV_CQ_POLLS_EMPTY], 1);
-    return records(e, got, lost); /* more than TAKE wanted: the next poll takes the rest */
+    int got = take(self, e, n, &lost);
+    return records(e, got, lost);
 }
 
 static PyObject *CQ_wait(CQObject *self, PyObject *args) {
@@ -510,6 +606,7 @@ static PyObject *CQ_get_handle(CQObject *self, void *closure) {
 
 static PyMethodDef CQ_methods[] = {
     {"poll", (PyCFunction)CQ_poll, METH_O, NULL},
+    {"poll_wc", (PyCFunction)CQ_poll_wc, METH_O, "poll(), as tcpverbs.WC objects"},
     {"wait", (PyCFunction)CQ_wait, METH_VARARGS, NULL},
     {"req_notify", (PyCFunction)CQ_req_notify, METH_O, NULL},
     {"statistics", (PyCFunction)CQ_statistics, METH_NOARGS, NULL},
@@ -588,9 +685,81 @@ static void QP_dealloc(QPObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Reading WR fields fast: SendWR, RecvWR and SGE are slotted classes, so for objects of
+ * exactly those types a field is read at its slot's offset (found once, from the class's
+ * member descriptors) instead of through the attribute protocol.  Anything else -- a
+ * subclass, a duck-typed WR -- takes PyObject_GetAttr. */
+enum { MAX_FIELDS = 12 };
+typedef struct {
+    PyTypeObject *type;
+    int n;
+    PyObject *names[MAX_FIELDS];
+    Py_ssize_t offsets[MAX_FIELDS];
+} slot_layout;
+static slot_layout layouts[3]; /* SendWR, RecvWR, SGE */
+
+static void learn_layout(slot_layout *l, PyObject *module, const char *cls, PyObject **names,
+                         int n) {
+    PyObject *type = PyObject_GetAttrString(module, cls);
+    if (type == NULL || !PyType_Check(type)) {
+        Py_XDECREF(type);
+        PyErr_Clear(); /* no fast path: every read takes getattr */
+        return;
+    }
+    for (int i = 0; i < n && i < MAX_FIELDS; i++) {
+        PyObject *d = PyObject_GetAttr(type, names[i]);
+        Py_ssize_t off = -1;
+        if (d != NULL && Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+            if (m->type == T_OBJECT_EX && !(m->flags & READONLY))
+                off = m->offset;
+        }
+        Py_XDECREF(d);
+        PyErr_Clear();
+        l->names[i] = names[i];
+        l->offsets[i] = off;
+    }
+    l->n = n;
+    l->type = (PyTypeObject *)type; /* kept for the process */
+}
+
+static int learn_layouts(void) {
+    PyObject *wr = PyImport_ImportModule("tcpverbs.wr");
+    if (wr == NULL)
+        return -1;
+    PyObject *send[] = {s_wr_id, s_opcode, s_num_sge, s_imm_data, s_sg, s_send_flags,
+                        s_next_wr, s_remote_addr, s_rkey, s_compare_add, s_swap};
+    PyObject *recv[] = {s_wr_id, s_num_sge, s_sg, s_next_wr};
+    PyObject *sge[] = {s_addr, s_length, s_lkey};
+    learn_layout(&layouts[0], wr, "SendWR", send, 11);
+    learn_layout(&layouts[1], wr, "RecvWR", recv, 4);
+    learn_layout(&layouts[2], wr, "SGE", sge, 3);
+    Py_DECREF(wr);
+    return 0;
+}
+
+/* obj.name as a new reference (NULL with an exception if it has none). */
+static PyObject *get_field(PyObject *obj, PyObject *name) {
+    PyTypeObject *t = Py_TYPE(obj);
+    for (int k = 0; k < 3; k++) {
+        const slot_layout *l = &layouts[k];
+        if (l->type != t)
+            continue;
+        for (int i = 0; i < l->n; i++)
+            if (l->names[i] == name && l->offsets[i] >= 0) {
+                PyObject *v = *(PyObject **)((char *)obj + l->offsets[i]);
+                if (v != NULL)
+                    return Py_NewRef(v);
+                break; /* unset: getattr raises the usual AttributeError */
+            }
+        break;
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
 /* An unsigned field of `bits` bits: 0, or -1 (not an int, out of range, or missing). */
 static int read_uint(PyObject *obj, PyObject *name, int bits, uint64_t *out) {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = get_field(obj, name);
     if (v == NULL)
         return -1;
     if (!PyLong_Check(v)) {
@@ -616,7 +785,7 @@ typedef struct {
 
 static int read_sges(PyObject *wr, uint64_t num_sge, sge_buf *b, uint32_t *sg_len,
                      size_t *start) {
-    PyObject *sg = PyObject_GetAttr(wr, s_sg);
+    PyObject *sg = get_field(wr, s_sg);
     if (sg == NULL)
         return -1;
     *start = b->len;
@@ -770,7 +939,7 @@ static PyObject *QP_post_send(QPObject *self, PyObject *first) {
         it->wr = (tv_send_in){wr_id, raddr, cadd, swap, (uint32_t)opcode, (uint32_t)flags,
                               (uint32_t)imm, (uint32_t)rkey, (uint32_t)num_sge, sg_len, NULL};
         n++;
-        PyObject *next = PyObject_GetAttr(wr, s_next_wr);
+        PyObject *next = get_field(wr, s_next_wr);
         Py_DECREF(wr);
         wr = next;
         if (wr == NULL) {
@@ -861,7 +1030,7 @@ static PyObject *QP_post_recv(QPObject *self, PyObject *first) {
         it->wr_id = wr_id;
         it->num_sge = (uint32_t)num_sge;
         n++;
-        PyObject *next = PyObject_GetAttr(wr, s_next_wr);
+        PyObject *next = get_field(wr, s_next_wr);
         Py_DECREF(wr);
         wr = next;
         if (wr == NULL) {

@@ -40,6 +40,8 @@ enum {
     WATCH_TICKS = 4,
     WINDOW_PROBES_UNANSWERED = 3,
     MAX_IOV = 1024,
+    RECV_BATCH = 64,            /* receives one recvmsg may fill */
+    ACK_CHECK_GAP = 20000,      /* ns between two looks at acknowledgements from polls */
 };
 
 static tv_work *sq_at(tv_qp *qp, uint32_t i) { return tv_ring_peek(qp->sq, i); }
@@ -202,6 +204,7 @@ static void check_acked(tv_qp *qp) {
     int outq;
     int err = ioctl_int(c->fd, SIOCOUTQ, &outq);
     qp->stats[TV_QP_ACK_CHECKS]++;
+    c->looked = tv_now();
     if (err != 0) {
         fail_errno(qp, err, "reading the send queue");
         return;
@@ -315,16 +318,11 @@ void tv_stream_pump(tv_qp *qp) {
 
 static void peer_closed(tv_qp *qp);
 
-/* One recvmsg into w's segments: the bytes, or 0 (would block; EOF and errors are
- * handled already). */
-static uint64_t recv_into(tv_qp *qp, const tv_work *w) {
+/* One recvmsg into iov[0..n): the bytes, or 0 (would block; EOF and errors are handled
+ * already). */
+static uint64_t recv_iov(tv_qp *qp, struct iovec *iov, int n_iov) {
     tv_conn *c = &qp->conn;
-    struct iovec iov[TV_MAX_SGE];
-    for (uint32_t i = 0; i < w->nseg; i++) {
-        iov[i].iov_base = w->seg[i].base;
-        iov[i].iov_len = w->seg[i].length;
-    }
-    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = w->nseg};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n_iov};
     ssize_t n;
     do
         n = recvmsg(c->fd, &msg, MSG_DONTWAIT);
@@ -372,15 +370,43 @@ void tv_stream_receive(tv_qp *qp) {
             tv_qp_fail(qp, TV_ERR_PLAIN, EFAULT, msg, TV_WC_WR_FLUSH_ERR, NULL);
             return;
         }
-        uint64_t n = 0;
-        if (w->length != 0) { /* nothing can land in an empty one: it completes, in order */
-            n = recv_into(qp, w);
-            if (n == 0)
-                break; /* would block, or the QP failed or the stream ended */
-            qp->stats[TV_QP_WRS_RECEIVED]++;
+        if (w->length == 0) { /* nothing can land in an empty one: it completes, in order */
+            tv_qp_complete_recv(qp, w, TV_WC_SUCCESS, 0);
+            tv_ring_consume(qp->rq);
+            continue;
         }
-        tv_qp_complete_recv(qp, w, TV_WC_SUCCESS, (uint32_t)n);
-        tv_ring_consume(qp->rq);
+        /* this receive and the ordinary ones after it: one recvmsg fills them in order
+         * (the stream has no boundaries; each receive takes the bytes that land in it) */
+        struct iovec iov[MAX_IOV];
+        int n_iov = 0;
+        uint32_t batch = 0;
+        uint64_t room = 0;
+        tv_work *x;
+        /* as many as the last read filled, twice over: an empty poll gathers one */
+        uint32_t most = c->recv_batch ? c->recv_batch : 1;
+        while (batch < most && (x = tv_ring_peek(qp->rq, batch)) != NULL &&
+               x->fault.status == 0 && x->length != 0 && n_iov + (int)x->nseg <= MAX_IOV) {
+            for (uint32_t i = 0; i < x->nseg; i++)
+                iov[n_iov++] = (struct iovec){x->seg[i].base, x->seg[i].length};
+            room += x->length;
+            batch++;
+        }
+        uint64_t got = recv_iov(qp, iov, n_iov);
+        if (got == 0)
+            break; /* would block, or the QP failed or the stream ended */
+        for (uint64_t left = got; left != 0;) {
+            x = tv_ring_peek(qp->rq, 0);
+            uint64_t took = left < x->length ? left : x->length;
+            qp->stats[TV_QP_WRS_RECEIVED]++;
+            tv_qp_complete_recv(qp, x, TV_WC_SUCCESS, (uint32_t)took);
+            tv_ring_consume(qp->rq);
+            left -= took;
+        }
+        if (got < room) {
+            c->recv_batch = 1;
+            break; /* a short read drained the socket: asking again would say EAGAIN */
+        }
+        c->recv_batch = most * 2 < RECV_BATCH ? most * 2 : RECV_BATCH;
     }
     if (c->closed || c->ended)
         return;
@@ -404,9 +430,12 @@ static void peer_closed(tv_qp *qp) {
 }
 
 void tv_stream_progress(tv_qp *qp) {
+    tv_conn *c = &qp->conn;
     tv_stream_receive(qp);
-    if (!qp->conn.closed && qp->conn.wire_count != 0 &&
-        qp->conn.tx_index == qp->conn.wire_count)
+    /* a spinning poller looks at acknowledgements, but not more often than every
+     * ACK_CHECK_GAP: each look is a system call, and they come in bursts anyway */
+    if (!c->closed && c->wire_count != 0 && c->tx_index == c->wire_count &&
+        tv_now() - c->looked >= ACK_CHECK_GAP)
         check_acked(qp);
 }
 

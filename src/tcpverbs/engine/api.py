@@ -252,7 +252,11 @@ class CQEngine(Protocol):
 
     def poll(self, num_entries: int) -> list[Completion]:
         """Up to *num_entries* completions, oldest first; may first make progress on the
-        CQ's QPs.  Polling frees the WRs' queue slots.  Raises :class:`Overrun`."""
+        CQ's QPs.  Polling frees the WRs' queue slots.  Raises :class:`Overrun`.
+
+        An engine may also offer ``poll_wc(num_entries)``, the same returning
+        :class:`tcpverbs.WC` objects it built itself (the native engine does, in C); the
+        verbs layer then calls that instead."""
         ...
 
     def wait(self, num_entries: int, timeout: float | None, spin_us: int) -> list[Completion]:
