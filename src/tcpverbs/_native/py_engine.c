@@ -503,15 +503,16 @@ static int take(CQObject *self, tv_cqe *e, long n, uint32_t *lost) {
     return got; /* more than TAKE wanted: the next poll takes the rest */
 }
 
-static PyObject *CQ_poll_wc(CQObject *self, PyObject *arg) {
+/* poll() and poll_wc(): completions as WC-layout tuples, or as tcpverbs.WC objects. */
+static PyObject *poll_as(CQObject *self, PyObject *arg, int as_wc) {
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred())
         return NULL;
     tv_cqe e[TAKE];
     uint32_t lost = 0;
     int got = take(self, e, n, &lost);
-    if (got < 0)
-        return records(e, got, lost); /* raises the Overrun */
+    if (got < 0 || !as_wc)
+        return records(e, got, lost); /* (raises the Overrun) */
     PyObject *list = PyList_New(got);
     for (int i = 0; list != NULL && i < got; i++) {
         PyObject *wc = build_wc(&e[i]);
@@ -523,15 +524,9 @@ static PyObject *CQ_poll_wc(CQObject *self, PyObject *arg) {
     return list;
 }
 
-static PyObject *CQ_poll(CQObject *self, PyObject *arg) {
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    tv_cqe e[TAKE];
-    uint32_t lost = 0;
-    int got = take(self, e, n, &lost);
-    return records(e, got, lost);
-}
+static PyObject *CQ_poll(CQObject *self, PyObject *arg) { return poll_as(self, arg, 0); }
+
+static PyObject *CQ_poll_wc(CQObject *self, PyObject *arg) { return poll_as(self, arg, 1); }
 
 static PyObject *CQ_wait(CQObject *self, PyObject *args) {
     long n;
