@@ -26,6 +26,8 @@ setup(
                 f"{NATIVE}/cq.c",
                 f"{NATIVE}/qp.c",
                 f"{NATIVE}/stream.c",
+                f"{NATIVE}/conn.c",
+                f"{NATIVE}/rcconn.c",
             ],
             depends=[
                 f"{NATIVE}/binding.h",

@@ -284,6 +284,7 @@ def zmq_job(key: str, label: str) -> Job:
 
 HAVE_PYZMQ = importlib.util.find_spec("zmq") is not None
 HAVE_NATIVE = "native" in available_engines()
+NATIVE = ("--engine", "native")
 BW_JOBS = (
     tcpverbs_job("rc_send", "rc SEND", "send_bw", "-t", "256"),
     tcpverbs_job("rc_send_events", "rc SEND -e", "send_bw", "-t", "256", "-e"),
@@ -291,12 +292,18 @@ BW_JOBS = (
     tcpverbs_job("stream_send", "stream SEND", "send_bw", "-t", "256", "--wire", "stream"),
     *(
         [
+            tcpverbs_job("native_send", "native rc SEND", "send_bw", *NATIVE, "-t", "256"),
+            tcpverbs_job(
+                "native_send_events", "native rc SEND -e", "send_bw", *NATIVE, "-t", "256", "-e"
+            ),
+            tcpverbs_job("native_write", "native rc WRITE", "write_bw", *NATIVE, "-t", "256"),
             tcpverbs_job(
                 "native_stream_send",
                 "native stream SEND",
                 "send_bw",
-                *("-t", "256", "--wire", "stream", "--engine", "native"),
-            )
+                *NATIVE,
+                *("-t", "256", "--wire", "stream"),
+            ),
         ]
         if HAVE_NATIVE
         else []
@@ -310,18 +317,8 @@ LAT_JOBS = (
     tcpverbs_job("tcpverbs_events", "tcpverbs -e (events)", "send_lat", "-e"),
     *(
         [
-            tcpverbs_job(
-                "native_poll",
-                "native stream polling",
-                "send_lat",
-                *("--wire", "stream", "--engine", "native"),
-            ),
-            tcpverbs_job(
-                "native_events",
-                "native stream -e",
-                "send_lat",
-                *("-e", "--wire", "stream", "--engine", "native"),
-            ),
+            tcpverbs_job("native_poll", "native polling", "send_lat", *NATIVE),
+            tcpverbs_job("native_events", "native -e (events)", "send_lat", *NATIVE, "-e"),
         ]
         if HAVE_NATIVE
         else []
@@ -432,128 +429,92 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def targets(rows: dict[int, dict[str, Metrics]], lat: dict[str, Metrics]) -> list[Target]:
+    """The targets, for the Python engine's jobs and (when measured) the native ones'."""
+    out = _targets_of(rows, lat, "", ("rc_send", "rc_write", "tcpverbs_poll", "tcpverbs_events"))
+    if rows.get(64, {}).get("native_send") is not None:
+        keys = ("native_send", "native_write", "native_poll", "native_events")
+        out += _targets_of(rows, lat, "native ", keys)
+    return out
+
+
+def _targets_of(
+    rows: dict[int, dict[str, Metrics]],
+    lat: dict[str, Metrics],
+    engine: str,
+    keys: tuple[str, str, str, str],
+) -> list[Target]:
+    send, write, poll, events = keys
+
     def bw(size: int, key: str, metric: str = "gbps") -> float | None:
         return rows.get(size, {}).get(key, {}).get(metric)
+
+    def p50(key: str) -> float | None:
+        return lat.get(key, {}).get("p50")
 
     mib, k64 = 1 << 20, 65536
     out = [
         Target(
-            "1 MiB rc SEND / sockets busy",
-            _ratio(bw(mib, "rc_send"), bw(mib, "sockets_busy")),
+            f"1 MiB {engine}rc SEND / sockets busy",
+            _ratio(bw(mib, send), bw(mib, "sockets_busy")),
             1.0,
             True,
         ),
         Target(
-            "1 MiB rc WRITE / sockets busy",
-            _ratio(bw(mib, "rc_write"), bw(mib, "sockets_busy")),
+            f"1 MiB {engine}rc WRITE / sockets busy",
+            _ratio(bw(mib, write), bw(mib, "sockets_busy")),
             1.0,
             True,
         ),
         Target(
-            "64 KiB rc SEND / sockets", _ratio(bw(k64, "rc_send"), bw(k64, "sockets")), 1.5, True
+            f"64 KiB {engine}rc SEND / sockets",
+            _ratio(bw(k64, send), bw(k64, "sockets")),
+            1.5,
+            True,
         ),
         Target(
-            "4 KiB rc SEND / sockets", _ratio(bw(4096, "rc_send"), bw(4096, "sockets")), 1.0, True
+            f"4 KiB {engine}rc SEND / sockets",
+            _ratio(bw(4096, send), bw(4096, "sockets")),
+            1.0,
+            True,
         ),
         Target(
-            "64 B rc SEND msg/s / sockets",
-            _ratio(bw(64, "rc_send", "msg_rate"), bw(64, "sockets", "msg_rate")),
+            f"64 B {engine}rc SEND msg/s / sockets",
+            _ratio(bw(64, send, "msg_rate"), bw(64, "sockets", "msg_rate")),
             2.0,
             True,
         ),
         Target(
-            "64 B rc SEND msg/s / pyzmq",
-            _ratio(bw(64, "rc_send", "msg_rate"), bw(64, "pyzmq", "msg_rate")),
+            f"64 B {engine}rc SEND msg/s / pyzmq",
+            _ratio(bw(64, send, "msg_rate"), bw(64, "pyzmq", "msg_rate")),
             1.0,
             True,
         ),
         Target(
-            "8 B latency polling / sockets busy",
-            _ratio(lat.get("tcpverbs_poll", {}).get("p50"), lat.get("sockets_busy", {}).get("p50")),
+            f"8 B {engine}latency polling / sockets busy",
+            _ratio(p50(poll), p50("sockets_busy")),
             1.2,
             False,
         ),
         Target(
-            "8 B latency -e / sockets blocking",
-            _ratio(
-                lat.get("tcpverbs_events", {}).get("p50"),
-                lat.get("sockets_blocking", {}).get("p50"),
-            ),
+            f"8 B {engine}latency -e / sockets blocking",
+            _ratio(p50(events), p50("sockets_blocking")),
             1.1,
             False,
         ),
         Target(
-            "64 B rc SEND syscalls/msg, sender",
-            bw(64, "rc_send", "syscalls_client"),
+            f"64 B {engine}rc SEND syscalls/msg, sender",
+            bw(64, send, "syscalls_client"),
             0.1,
             False,
             "",
         ),
     ]
-    # the native engine (stream SEND so far: rc is not ported yet), against the same peers
-    if rows.get(64, {}).get("native_stream_send") is not None:
-        native = "native_stream_send"
-        out += [
-            Target(
-                "64 B native stream msg/s / sockets",
-                _ratio(bw(64, native, "msg_rate"), bw(64, "sockets", "msg_rate")),
-                2.0,
-                True,
-            ),
-            Target(
-                "64 B native stream msg/s / pyzmq",
-                _ratio(bw(64, native, "msg_rate"), bw(64, "pyzmq", "msg_rate")),
-                1.0,
-                True,
-            ),
-            Target(
-                "4 KiB native stream / sockets",
-                _ratio(bw(4096, native), bw(4096, "sockets")),
-                1.0,
-                True,
-            ),
-            Target(
-                "64 KiB native stream / sockets",
-                _ratio(bw(k64, native), bw(k64, "sockets")),
-                1.5,
-                True,
-            ),
-            Target(
-                "1 MiB native stream / sockets busy",
-                _ratio(bw(mib, native), bw(mib, "sockets_busy")),
-                1.0,
-                True,
-            ),
-            Target(
-                "8 B latency native polling / sockets busy",
-                _ratio(
-                    lat.get("native_poll", {}).get("p50"), lat.get("sockets_busy", {}).get("p50")
-                ),
-                1.2,
-                False,
-            ),
-            Target(
-                "8 B latency native -e / sockets blocking",
-                _ratio(
-                    lat.get("native_events", {}).get("p50"),
-                    lat.get("sockets_blocking", {}).get("p50"),
-                ),
-                1.1,
-                False,
-            ),
-            Target(
-                "64 B native stream syscalls/msg, sender",
-                bw(64, native, "syscalls_client"),
-                0.1,
-                False,
-                "",
-            ),
-        ]
     for side in ("client", "server"):
-        per_msg = bw(k64, "rc_send", f"syscalls_{side}")
+        per_msg = bw(k64, send, f"syscalls_{side}")
+        who = "sender" if side == "client" else "receiver"
         out.append(
             Target(
-                f"64 KiB rc SEND syscalls/MiB, {'sender' if side == 'client' else 'receiver'}",
+                f"64 KiB {engine}rc SEND syscalls/MiB, {who}",
                 per_msg * 16 if per_msg is not None else None,
                 4.0,
                 False,

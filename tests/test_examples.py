@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tcpverbs.engine import available_engines
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -17,6 +19,26 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
         (
             ["examples/pingpong.py", "--loopback", "--iters", "50", "--port", "0"],
             "50 round trips of 64 B",
+        ),
+        pytest.param(
+            [
+                *("examples/pingpong.py", "--loopback", "--iters", "50", "--port", "0"),
+                *("--engine", "native", "--wire", "stream"),
+            ],
+            "50 round trips of 64 B (native engine, stream)",
+            marks=pytest.mark.skipif(
+                "native" not in available_engines(), reason="the native extension is not built"
+            ),
+        ),
+        pytest.param(
+            [
+                *("examples/pingpong.py", "--loopback", "--iters", "50", "--port", "0"),
+                *("--engine", "native"),
+            ],
+            "50 round trips of 64 B (native engine, rc)",
+            marks=pytest.mark.skipif(
+                "native" not in available_engines(), reason="the native extension is not built"
+            ),
         ),
         (["examples/stream_client.py", "--loopback"], "server answered: b'GET / HTTP/1.0"),
         (["examples/rdma_write_read.py"], "counter:       42"),

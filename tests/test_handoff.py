@@ -11,7 +11,7 @@ import pytest
 
 import tcpverbs as v
 from tcpverbs import cm
-from tcpverbs.engine.py import rc as rc_engine
+from tcpverbs.engine.api import LIMITS
 from tcpverbs.testing import make_endpoint, poll_until, qp_pair, tcp_socket_pair
 from tcpverbs.wire import Hello
 
@@ -77,7 +77,7 @@ def test_rc_against_a_non_tcpverbs_server_fails_fast(ctx: v.Context) -> None:
 
 
 def test_silent_peer_times_out(ctx: v.Context, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rc_engine, "HELLO_TIMEOUT", 0.2)
+    monkeypatch.setattr(LIMITS, "hello_timeout", 0.2)
     mine, theirs = tcp_socket_pair()
     qp = connect_rc_to(ctx, mine)
     err = wait_for_err(qp)
@@ -106,7 +106,7 @@ def test_peer_closing_during_hello(ctx: v.Context) -> None:
 
 
 def test_rc_and_stream_do_not_mix(ctx: v.Context, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rc_engine, "HELLO_TIMEOUT", 0.3)
+    monkeypatch.setattr(LIMITS, "hello_timeout", 0.3)
     sa, sb = tcp_socket_pair()
     rc_qp = connect_rc_to(ctx, sa, "rc")
     stream_end = make_endpoint(ctx, "stream")

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,6 +25,16 @@ const char *const tv_engine_stat_names[TV_ENG_NSTATS] = {
     "engine_wakeups", "epoll_ctl_calls", "engine_wake_writes", "engine_timers"};
 
 enum { BATCH = 64 };
+static const uint64_t DRAIN_NS = 5000000000ull; /* a closed connection waits for the FIN */
+
+/* A half-closed socket read until the peer's FIN (engine thread; the list under the
+ * engine lock).  Memory is bounded: one fixed buffer, whatever the peer sends. */
+typedef struct tv_drainer {
+    struct tv_drainer *next;
+    int fd;
+    uint64_t deadline;
+} tv_drainer;
+#define DRAINER_TAG 1u /* epoll data of a drainer: its address with the low bit set */
 
 uint64_t tv_now(void) {
     struct timespec ts;
@@ -141,6 +152,71 @@ static uint64_t scan_timers(tv_engine *e, uint64_t now, tv_qp **due, uint32_t *n
     return nearest;
 }
 
+/* Close and forget a drainer.  Engine lock held. */
+static void drainer_done(tv_engine *e, tv_drainer *d) {
+    for (tv_drainer **p = &e->drainers; *p != NULL; p = &(*p)->next)
+        if (*p == d) {
+            *p = d->next;
+            break;
+        }
+    epoll_ctl(e->epfd, EPOLL_CTL_DEL, d->fd, NULL);
+    close(d->fd);
+    free(d);
+}
+
+static void drainer_read(tv_engine *e, tv_drainer *d) {
+    static uint8_t sink[65536]; /* only this thread reads into it, and never looks */
+    for (;;) {
+        ssize_t n = recv(d->fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (n > 0)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        break; /* the FIN, or an error: done */
+    }
+    pthread_mutex_lock(&e->lock);
+    drainer_done(e, d);
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* Drainers past their deadline are closed; the nearest deadline left (0: none). */
+static uint64_t drainers_due(tv_engine *e, uint64_t now) {
+    uint64_t nearest = 0;
+    pthread_mutex_lock(&e->lock);
+    for (tv_drainer *d = e->drainers, *next; d != NULL; d = next) {
+        next = d->next;
+        if (d->deadline <= now)
+            drainer_done(e, d);
+        else if (nearest == 0 || d->deadline < nearest)
+            nearest = d->deadline;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return nearest;
+}
+
+void tv_engine_drain(tv_engine *e, int fd) {
+    tv_drainer *d = malloc(sizeof *d);
+    pthread_mutex_lock(&e->lock);
+    int ok = d != NULL && e->thread_started && !atomic_load(&e->closing) &&
+             shutdown(fd, SHUT_WR) == 0;
+    if (ok) {
+        *d = (tv_drainer){e->drainers, fd, tv_now() + DRAIN_NS};
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP,
+                                 .data.u64 = (uint64_t)(uintptr_t)d | DRAINER_TAG};
+        ok = epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) == 0;
+        if (ok)
+            e->drainers = d;
+    }
+    uint64_t deadline = ok ? d->deadline : 0; /* d is the engine thread's once listed */
+    pthread_mutex_unlock(&e->lock);
+    if (!ok) {
+        free(d);
+        close(fd);
+        return;
+    }
+    tv_engine_timer_changed(e, deadline);
+}
+
 static void *engine_main(void *arg) {
     tv_engine *e = arg;
     struct epoll_event evs[BATCH];
@@ -155,12 +231,19 @@ static void *engine_main(void *arg) {
             tv_qp_on_timer(due[i], now);
             tv_qp_put(due[i]);
         }
+        /* timers that ran may have armed new ones, due at once (a connection resuming
+         * work it had to leave): they run after this turn's events, not before them */
         if (ndue != 0)
-            continue; /* timers may have armed new ones: scan again */
+            nearest = scan_timers(e, now, NULL, NULL);
+        uint64_t drain = drainers_due(e, now);
+        if (drain != 0 && (nearest == 0 || drain < nearest))
+            nearest = drain;
         /* publish the sleep before the last look, so that a timer set after the look
          * sees it and rings the doorbell */
         atomic_store(&e->sleep_until, nearest ? nearest : UINT64_MAX);
-        nearest = scan_timers(e, now, NULL, NULL);
+        uint64_t again = scan_timers(e, now, NULL, NULL);
+        if (again != 0 && (nearest == 0 || again < nearest))
+            nearest = again;
         struct timespec ts, *tsp = NULL;
         if (nearest != 0) {
             uint64_t wait = nearest > now ? nearest - now : 0;
@@ -177,6 +260,10 @@ static void *engine_main(void *arg) {
         }
         atomic_fetch_add(&e->stats[TV_ENG_WAKEUPS], 1);
         for (int i = 0; i < n; i++) {
+            if (evs[i].data.u64 & DRAINER_TAG) {
+                drainer_read(e, (tv_drainer *)(uintptr_t)(evs[i].data.u64 & ~(uint64_t)1));
+                continue;
+            }
             tv_qp *qp = evs[i].data.ptr;
             if (qp == NULL) { /* the doorbell */
                 uint64_t v;
@@ -341,6 +428,8 @@ void tv_engine_close(tv_engine *e) {
 
 void tv_engine_free(tv_engine *e) {
     /* after close, once no QP, CQ or waiter uses it */
+    while (e->drainers != NULL)
+        drainer_done(e, e->drainers);
     while (e->events_head != NULL) {
         tv_event *ev = e->events_head;
         e->events_head = ev->next;

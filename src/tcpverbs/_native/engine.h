@@ -73,7 +73,9 @@ enum tv_cq_stat { TV_CQ_POLLS, TV_CQ_POLLS_EMPTY, TV_CQ_YIELDS, TV_CQ_COMPLETION
                   TV_CQ_OVERRUNS, TV_CQ_SLEEPS, TV_CQ_EVENT_WRITES, TV_CQ_NSTATS };
 enum tv_qp_stat { TV_QP_WRS_SENT, TV_QP_WRS_RECEIVED, TV_QP_BYTES_SENT,
                   TV_QP_BYTES_RECEIVED, TV_QP_SENDMSG_CALLS, TV_QP_RECV_CALLS,
-                  TV_QP_RECV_EMPTY, TV_QP_ACK_CHECKS, TV_QP_NSTATS };
+                  TV_QP_RECV_EMPTY, TV_QP_ACK_CHECKS, TV_QP_FRAMES_SENT,
+                  TV_QP_FRAMES_RECEIVED, TV_QP_RNR_NAKS_SENT, TV_QP_RNR_NAKS_RECEIVED,
+                  TV_QP_REMOTE_OPS, TV_QP_NSTATS };
 enum tv_engine_stat { TV_ENG_WAKEUPS, TV_ENG_EPOLL_CTL, TV_ENG_WAKE_WRITES, TV_ENG_TIMERS,
                       TV_ENG_NSTATS };
 
@@ -118,8 +120,13 @@ typedef struct tv_work {
     uint8_t signaled;
     uint8_t solicited;
     uint8_t fence;
-    uint8_t pad;
+    uint8_t needs_response;  /* READ or atomic: completes on its answer */
     uint32_t nseg;
+    uint32_t rnr_tries;      /* rc: RNR NAKs it drew so far */
+    uint32_t tx_refs;        /* rc: pieces of its frames still on the transmit queue */
+    uint32_t override;       /* rc: the status a peer's TERMINATE gave it (flushes use it) */
+    uint32_t hdr_len;        /* rc: its request header, encoded when it is issued */
+    uint8_t hdr[40];
     tv_work_fault fault;
     tv_seg seg[];
 } tv_work;
@@ -195,6 +202,8 @@ typedef struct tv_conn {
     uint64_t looked;        /* ns of the last look at acknowledgements (SIOCOUTQ) */
     uint32_t recv_batch;    /* receives the next recvmsg fills at most (grows while full) */
     uint64_t ack_at, ack_delay, watch_at, busy_since, park_at, park_wait; /* ns */
+    uint64_t rc_at;         /* rc: its next timer (hello, RNR wait, resume, drain) */
+    struct tv_rcconn *rc;       /* rc: the protocol's state (rc.c); NULL for stream */
 } tv_conn;
 
 struct tv_qp {
@@ -249,6 +258,7 @@ struct tv_engine {
     tv_qp **retired;           /* references the engine thread drops between batches */
     uint32_t nretired, capretired;
     tv_qp **qps;               /* every QP not destroyed (weak): dereg revokes from them */
+    struct tv_drainer *drainers; /* closing sockets read until the peer's FIN */
     uint32_t nqps, capqps;
     pthread_mutex_t events_lock;
     pthread_cond_t events_cond;
@@ -270,6 +280,9 @@ int tv_engine_rewatch(tv_engine *e, tv_qp *qp, uint32_t events);
 void tv_engine_unwatch(tv_engine *e, tv_qp *qp);
 void tv_engine_timer_changed(tv_engine *e, uint64_t deadline);
 void tv_engine_event(tv_engine *e, uint32_t type, uint64_t handle, const char *reason);
+/* Take a half-closed socket: read and discard until the peer's FIN (or TV_DRAIN_NS),
+ * then close it.  Without the engine thread, or memory, it is closed at once. */
+void tv_engine_drain(tv_engine *e, int fd);
 /* The oldest event (caller frees it), waiting up to timeout_ns (<0: for ever). */
 tv_event *tv_engine_next_event(tv_engine *e, int64_t timeout_ns);
 int tv_engine_add_qp(tv_engine *e, tv_qp *qp);
@@ -337,9 +350,12 @@ void tv_qp_post_recv(tv_qp *qp, uint64_t wr_id, const tv_sge_in *sge, uint32_t n
                      uint32_t sg_len, tv_post_result *res);
 void tv_qp_posted(tv_qp *qp, int send); /* after a chain: start what was posted */
 int tv_qp_modify(tv_qp *qp, int expect, int state, const tv_params *params);
-int tv_qp_attach(tv_qp *qp, int fd); /* 1: taken; 0: refused (the fd stays the caller's) */
-void tv_qp_fail(tv_qp *qp, int kind, int err, const char *msg, uint32_t first_status,
-                const tv_region *revoked);
+/* Take the connected socket `fd` (rc: with the peer's hello when the connection manager
+ * read it already, and the time to wait for it otherwise): 1 taken, -1 taken but the QP
+ * failed at once, 0 refused (the fd stays the caller's). */
+int tv_qp_attach(tv_qp *qp, int fd, const uint8_t *peer_hello, uint64_t hello_timeout_ns,
+                 uint32_t tx_backlog);
+void tv_qp_fail(tv_qp *qp, int kind, int err, const char *msg); /* with a goodbye */
 void tv_qp_reset(tv_qp *qp);
 void tv_qp_destroy(tv_qp *qp);
 /* Give back the slots of `count` polled (or lost) completions; lock-free, any thread. */
@@ -353,9 +369,49 @@ void tv_qp_on_timer(tv_qp *qp, uint64_t now);     /* engine thread */
 /* Outcomes, QP lock held (the transports report through these). */
 void tv_qp_complete_send(tv_qp *qp, tv_work *w, uint32_t status);
 void tv_qp_complete_recv(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_len);
+void tv_qp_complete_recv_full(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_len,
+                              uint32_t opcode, uint32_t imm, uint32_t wc_flags, int solicited);
 void tv_qp_set_timer(tv_qp *qp); /* recompute `deadline` from the conn's timers */
 void tv_work_unpin(tv_qp *qp, tv_work *w);
 void tv_work_fault_text(const tv_work *w, char *out, size_t cap);
+
+/* How a QP fails (tv_qp_fail_with): tv_failure_of() fills the usual defaults. */
+typedef struct tv_failure {
+    int kind, err;
+    const char *msg;
+    uint32_t first_status;     /* the oldest outstanding send WR's status (then flushes) */
+    const tv_region *revoked;  /* WRs using it complete LOC_PROT_ERR */
+    int goodbye;               /* rc: tell the peer (TERMINATE) and close gracefully */
+    int setup;                 /* the connection never came up: later posts are refused */
+    uint32_t event;            /* ibv_event_type queued */
+} tv_failure;
+tv_failure tv_failure_of(int kind, int err, const char *msg);
+void tv_qp_fail_with(tv_qp *qp, const tv_failure *f);
+
+/* conn.c: what both wire modes share (QP lock held for all). */
+enum { TV_RECV_EOF = -1, TV_RECV_FAILED = -2 };
+void tv_conn_fail_errno(tv_qp *qp, int err, const char *doing);
+void tv_conn_broken(tv_qp *qp, int err, const char *doing); /* unless closed already */
+int tv_conn_ioctl(int fd, unsigned long request, int *value); /* 0 or errno */
+void tv_conn_set_interest(tv_qp *qp);
+int tv_conn_watch(tv_qp *qp);   /* 0, or an errno (the QP failed) */
+void tv_conn_unwatch(tv_qp *qp);
+void tv_conn_close(tv_qp *qp);
+int tv_conn_established(const tv_qp *qp);
+uint64_t tv_requester_timeout(const tv_params *p); /* ns; 0: for ever */
+void tv_conn_requester_busy(tv_qp *qp);
+void tv_conn_watchdog(tv_qp *qp, uint64_t now, int awaiting_peer);
+int tv_conn_park_reads(tv_qp *qp, uint64_t now); /* 1: parked, leave the reading */
+int tv_conn_park_check(tv_qp *qp, uint64_t now); /* 1: unparked, read now */
+int tv_conn_unpark(tv_qp *qp);                   /* 1: it was parked */
+/* One sendmsg of iov[0..n): bytes (0 for nothing to send), TV_SEND_FULL (the socket
+ * is full: epoll is asked for room), or TV_SEND_FAILED (the QP failed). */
+enum { TV_SEND_FULL = -1, TV_SEND_FAILED = -2 };
+int64_t tv_conn_send(tv_qp *qp, struct iovec *iov, int n_iov);
+/* One recvmsg: bytes, 0 (would block), TV_RECV_EOF, or TV_RECV_FAILED (QP failed). */
+int64_t tv_conn_recv(tv_qp *qp, struct iovec *iov, int n_iov);
+int tv_conn_readable(tv_qp *qp); /* FIONREAD */
+int tv_conn_socket_error(tv_qp *qp);
 
 /* stream.c: the stream wire mode (QP lock held for all). */
 void tv_stream_start(tv_qp *qp);
@@ -365,7 +421,32 @@ void tv_stream_progress(tv_qp *qp);        /* receive, and look at acknowledgeme
 void tv_stream_on_events(tv_qp *qp, uint32_t events);
 void tv_stream_on_timer(tv_qp *qp, uint64_t now);
 void tv_stream_settle(tv_qp *qp);          /* before a flush: complete what TCP acked */
-void tv_stream_close(tv_qp *qp);
-void tv_stream_set_interest(tv_qp *qp);
+
+/* rcconn.c: the rc wire mode on a connection (QP lock held for all). */
+int tv_rcconn_start(tv_qp *qp, const uint8_t *peer_hello, uint64_t hello_timeout_ns,
+                    uint32_t tx_backlog);
+uint32_t tv_rcconn_tx_queued(const tv_qp *qp); /* pieces waiting to be written */
+/* Where in the protocol the connection is, for error messages ("" when nothing to say). */
+const char *tv_rcconn_where(const tv_qp *qp);
+void tv_rcconn_entered_rts(tv_qp *qp);
+void tv_rcconn_pump(tv_qp *qp);
+void tv_rcconn_progress(tv_qp *qp);
+void tv_rcconn_receive(tv_qp *qp);
+void tv_rcconn_on_events(tv_qp *qp, uint32_t events);
+void tv_rcconn_on_timer(tv_qp *qp, uint64_t now);
+int tv_rcconn_established(const tv_qp *qp);
+/* Close: with `goodbye`, the owed ACK and a TERMINATE (why) first, then a graceful
+ * close the engine drains; without, at once.  The rc state stays allocated -- the code
+ * that failed the QP may be the rc code itself, still on the stack -- until
+ * tv_rcconn_free (RESET, destroy, the next attach, the QP's end). */
+void tv_rcconn_close(tv_qp *qp, int goodbye, const char *why);
+void tv_rcconn_free(tv_qp *qp);
+/* Whether the connection itself holds a pin on `region` (a WRITE landing in it, a READ
+ * answer not yet written). */
+int tv_rcconn_uses(const tv_qp *qp, const tv_region *region);
+/* `region` was deregistered while the connection used it: the peer's access ends (a
+ * TERMINATE MR_GONE), the QP fails. */
+void tv_rcconn_refuse_gone(tv_qp *qp, const char *why);
+enum { TV_HELLO_SIZE = 40 };
 
 #endif

@@ -1103,24 +1103,36 @@ static PyObject *QP_modify(QPObject *self, PyObject *args) {
     return PyBool_FromLong(ok);
 }
 
-static PyObject *QP_attach_fd(QPObject *self, PyObject *arg) {
-    int fd = PyLong_AsLong(arg);
-    if (fd == -1 && PyErr_Occurred())
+static PyObject *QP_attach_fd(QPObject *self, PyObject *args) {
+    int fd;
+    Py_buffer hello = {0};
+    double timeout;
+    unsigned int backlog;
+    if (!PyArg_ParseTuple(args, "iz*dI", &fd, &hello, &timeout, &backlog))
         return NULL;
+    if (hello.buf != NULL && hello.len != TV_HELLO_SIZE) {
+        PyBuffer_Release(&hello);
+        PyErr_SetString(PyExc_ValueError, "a hello is 40 bytes");
+        return NULL;
+    }
+    uint64_t ns = timeout > 0 ? (uint64_t)(timeout * 1e9) : 0;
     int ok;
     Py_BEGIN_ALLOW_THREADS
-    ok = tv_qp_attach(self->qp, fd);
+    ok = tv_qp_attach(self->qp, fd, hello.buf, ns, backlog);
     Py_END_ALLOW_THREADS
+    PyBuffer_Release(&hello);
     return PyLong_FromLong(ok);
 }
 
 static PyObject *QP_fail(QPObject *self, PyObject *args) {
-    int kind, err;
+    int kind, err, setup;
     const char *msg;
-    if (!PyArg_ParseTuple(args, "iis", &kind, &err, &msg))
+    if (!PyArg_ParseTuple(args, "iisp", &kind, &err, &msg, &setup))
         return NULL;
+    tv_failure f = tv_failure_of(kind, err, msg);
+    f.setup = setup;
     Py_BEGIN_ALLOW_THREADS
-    tv_qp_fail(self->qp, kind, err, msg, TV_WC_WR_FLUSH_ERR, NULL);
+    tv_qp_fail_with(self->qp, &f);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -1160,18 +1172,21 @@ static PyObject *QP_error_raw(QPObject *self, PyObject *unused) {
 static PyObject *QP_statistics(QPObject *self, PyObject *unused) {
     (void)unused;
     tv_qp *qp = self->qp;
-    uint64_t v[TV_QP_NSTATS + 2];
+    uint64_t v[TV_QP_NSTATS + 3];
     v[0] = tv_qp_slots_used(qp, 1);
     v[1] = tv_qp_slots_used(qp, 0);
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&qp->lock);
-    memcpy(v + 2, qp->stats, sizeof qp->stats);
+    v[2] = qp->wire == TV_WIRE_RC ? tv_rcconn_tx_queued(qp)
+                                  : qp->conn.wire_count - qp->conn.tx_index;
+    memcpy(v + 3, qp->stats, sizeof qp->stats);
     pthread_mutex_unlock(&qp->lock);
     Py_END_ALLOW_THREADS
-    static const char *const outstanding[] = {"sq_outstanding", "rq_outstanding"};
+    static const char *const outstanding[] = {"sq_outstanding", "rq_outstanding",
+                                              "tx_outstanding"};
     PyObject *d = PyDict_New();
-    if (d == NULL || counters(outstanding, v, 2, d) == NULL ||
-        counters(tv_qp_stat_names, v + 2, TV_QP_NSTATS, d) == NULL) {
+    if (d == NULL || counters(outstanding, v, 3, d) == NULL ||
+        counters(tv_qp_stat_names, v + 3, TV_QP_NSTATS, d) == NULL) {
         Py_XDECREF(d);
         return NULL;
     }
@@ -1189,7 +1204,7 @@ static PyObject *QP_get_established(QPObject *self, void *closure) {
     int up;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&qp->lock);
-    up = qp->conn.fd >= 0;
+    up = qp->conn.fd >= 0 && tv_conn_established(qp);
     pthread_mutex_unlock(&qp->lock);
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(up);
@@ -1204,7 +1219,7 @@ static PyMethodDef QP_methods[] = {
     {"post_send", (PyCFunction)QP_post_send, METH_O, NULL},
     {"post_recv", (PyCFunction)QP_post_recv, METH_O, NULL},
     {"modify", (PyCFunction)QP_modify, METH_VARARGS, NULL},
-    {"attach_fd", (PyCFunction)QP_attach_fd, METH_O, NULL},
+    {"attach_fd", (PyCFunction)QP_attach_fd, METH_VARARGS, NULL},
     {"fail_raw", (PyCFunction)QP_fail, METH_VARARGS, NULL},
     {"reset", (PyCFunction)QP_reset, METH_NOARGS, NULL},
     {"destroy_raw", (PyCFunction)QP_destroy, METH_NOARGS, NULL},

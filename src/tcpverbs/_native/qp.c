@@ -24,7 +24,8 @@
 
 const char *const tv_qp_stat_names[TV_QP_NSTATS] = {
     "wrs_sent", "wrs_received", "bytes_sent", "bytes_received", "sendmsg_calls",
-    "recv_calls", "recv_empty", "ack_checks"};
+    "recv_calls", "recv_empty", "ack_checks", "frames_sent", "frames_received",
+    "rnr_naks_sent", "rnr_naks_received", "remote_ops"};
 
 static uint32_t send_slot_size(uint32_t max_sge, uint32_t max_inline) {
     size_t size = sizeof(tv_work) + (max_sge ? max_sge : 1) * sizeof(tv_seg);
@@ -109,6 +110,7 @@ void tv_qp_get(tv_qp *qp) { atomic_fetch_add(&qp->refs, 1); }
 void tv_qp_put(tv_qp *qp) {
     if (atomic_fetch_sub(&qp->refs, 1) != 1)
         return;
+    tv_rcconn_free(qp);
     tv_cq_put(qp->scq);
     tv_cq_put(qp->rcq);
     pthread_mutex_destroy(&qp->lock);
@@ -275,6 +277,7 @@ void tv_qp_post_send(tv_qp *qp, const tv_send_in *wr, tv_post_result *res) {
     w->signaled = qp->sq_sig_all || (wr->send_flags & TV_SEND_SIGNALED);
     w->solicited = (wr->send_flags & TV_SEND_SOLICITED) != 0;
     w->fence = (wr->send_flags & TV_SEND_FENCE) != 0;
+    w->needs_response = (uint8_t)writes_local; /* READ and atomics: answered, not acked */
     unsigned char *inline_buf =
         is_inline ? (unsigned char *)&w->seg[qp->max_send_sge ? qp->max_send_sge : 1] : NULL;
     resolve(qp, w, wr->sge, wr->num_sge, writes_local ? TV_LOCAL_WRITE : 0, inline_buf);
@@ -336,10 +339,14 @@ void tv_qp_post_recv(tv_qp *qp, uint64_t wr_id, const tv_sge_in *sge, uint32_t n
 void tv_qp_posted(tv_qp *qp, int send) {
     pthread_mutex_lock(&qp->lock);
     if (qp->conn.fd >= 0 && !qp->conn.closed) {
-        if (!send)
+        if (qp->wire == TV_WIRE_RC) {
+            if (send) /* receives: nothing to resume (a refused SEND comes back itself) */
+                tv_rcconn_pump(qp);
+        } else if (!send) {
             tv_stream_receive(qp);
-        else if (atomic_load(&qp->state) == TV_QPS_RTS)
+        } else if (atomic_load(&qp->state) == TV_QPS_RTS) {
             tv_stream_pump(qp);
+        }
     }
     pthread_mutex_unlock(&qp->lock);
 }
@@ -360,11 +367,16 @@ void tv_qp_complete_send(tv_qp *qp, tv_work *w, uint32_t status) {
 }
 
 void tv_qp_complete_recv(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_len) {
+    tv_qp_complete_recv_full(qp, w, status, byte_len, TV_WC_RECV, 0, 0, 0);
+}
+
+void tv_qp_complete_recv_full(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_len,
+                              uint32_t opcode, uint32_t imm, uint32_t wc_flags, int solicited) {
     tv_work_unpin(qp, w);
-    tv_cqe e = {.wr_id = w->wr_id, .status = status, .opcode = TV_WC_RECV,
-                .byte_len = byte_len, .qp_num = qp->qp_num, .qp = qp,
+    tv_cqe e = {.wr_id = w->wr_id, .status = status, .opcode = opcode, .byte_len = byte_len,
+                .qp_num = qp->qp_num, .imm_data = imm, .wc_flags = wc_flags, .qp = qp,
                 .generation = qp->generation, .is_send = 0};
-    if (tv_cq_push(qp->rcq, &e, 0))
+    if (tv_cq_push(qp->rcq, &e, solicited))
         tv_qp_slot_freed(qp, 0, qp->generation, 1);
 }
 
@@ -392,15 +404,29 @@ static int uses(const tv_work *w, const tv_region *region) {
     return 0;
 }
 
-/* Drop the connection: no goodbye (a failed stream closes at once). QP lock held. */
-static void close_conn(tv_qp *qp) {
+/* Drop the connection (QP lock held): a stream closes at once; rc says goodbye first
+ * (the owed ACK, a TERMINATE) when asked to. */
+static void close_conn(tv_qp *qp, int goodbye, const char *why) {
     if (qp->conn.fd < 0)
         return;
-    tv_stream_close(qp);
+    if (qp->wire == TV_WIRE_RC)
+        tv_rcconn_close(qp, goodbye, why);
+    else
+        tv_conn_close(qp);
 }
 
-void tv_qp_fail(tv_qp *qp, int kind, int err, const char *msg, uint32_t first_status,
-                const tv_region *revoked) {
+tv_failure tv_failure_of(int kind, int err, const char *msg) {
+    return (tv_failure){.kind = kind, .err = err, .msg = msg,
+                        .first_status = TV_WC_WR_FLUSH_ERR, .revoked = NULL, .goodbye = 1,
+                        .setup = 0, .event = TV_EVENT_QP_FATAL};
+}
+
+void tv_qp_fail(tv_qp *qp, int kind, int err, const char *msg) {
+    tv_failure f = tv_failure_of(kind, err, msg);
+    tv_qp_fail_with(qp, &f);
+}
+
+void tv_qp_fail_with(tv_qp *qp, const tv_failure *f) {
     pthread_mutex_lock(&qp->lock);
     int state = atomic_load(&qp->state);
     if (state == TV_QPS_ERR || qp->destroyed) {
@@ -409,34 +435,50 @@ void tv_qp_fail(tv_qp *qp, int kind, int err, const char *msg, uint32_t first_st
     }
     atomic_store(&qp->state, TV_QPS_ERR);
     qp->has_error = 1;
-    qp->err_kind = kind;
-    qp->err_errno = err;
-    snprintf(qp->err_msg, sizeof qp->err_msg, "%s", msg);
+    qp->err_kind = f->kind;
+    qp->err_errno = f->err;
+    if (f->setup)
+        qp->setup_failed = 1;
+    char reason[TV_MSG_LEN]; /* f->msg may live in what closing frees */
+    snprintf(reason, sizeof reason, "%s", f->msg);
+    snprintf(qp->err_msg, sizeof qp->err_msg, "%s", reason);
     if (qp->conn.fd >= 0) {
-        tv_stream_settle(qp); /* what TCP acknowledged is done, whatever happens next */
-        close_conn(qp);
+        if (qp->wire == TV_WIRE_STREAM)
+            tv_stream_settle(qp); /* what TCP acknowledged is done, whatever happens */
+        close_conn(qp, f->goodbye, reason);
     }
-    uint32_t status = first_status;
+    uint32_t status = f->first_status;
     tv_work *w;
     while ((w = head_of(qp->sq)) != NULL) {
-        tv_qp_complete_send(qp, w, uses(w, revoked) ? TV_WC_LOC_PROT_ERR : status);
+        uint32_t st = uses(w, f->revoked) ? TV_WC_LOC_PROT_ERR
+                      : w->override ? w->override /* the one a peer's TERMINATE named */
+                                    : status;
+        tv_qp_complete_send(qp, w, st);
         tv_ring_consume(qp->sq);
         status = TV_WC_WR_FLUSH_ERR;
     }
     while ((w = head_of(qp->rq)) != NULL) {
-        tv_qp_complete_recv(qp, w, uses(w, revoked) ? TV_WC_LOC_PROT_ERR : TV_WC_WR_FLUSH_ERR, 0);
+        tv_qp_complete_recv(qp, w, uses(w, f->revoked) ? TV_WC_LOC_PROT_ERR : TV_WC_WR_FLUSH_ERR,
+                            0);
         tv_ring_consume(qp->rq);
     }
-    char reason[TV_MSG_LEN];
-    snprintf(reason, sizeof reason, "%s", msg);
     uint64_t handle = qp->handle;
     pthread_mutex_unlock(&qp->lock);
-    tv_engine_event(qp->engine, TV_EVENT_QP_FATAL, handle, reason);
+    tv_engine_event(qp->engine, f->event, handle, reason);
 }
 
 void tv_qp_revoke(tv_qp *qp, const tv_region *region) {
     pthread_mutex_lock(&qp->lock); /* waits out a placement into it under way */
     int state = atomic_load(&qp->state);
+    if (state != TV_QPS_ERR && !qp->destroyed && qp->conn.rc != NULL &&
+        tv_rcconn_uses(qp, region)) {
+        /* remote access to it ends at once: a WRITE landing there, a READ answer */
+        char msg[TV_MSG_LEN];
+        snprintf(msg, sizeof msg, "MR 0x%08x was deregistered while the peer used it",
+                 region->key);
+        tv_rcconn_refuse_gone(qp, msg);
+    }
+    state = atomic_load(&qp->state);
     if (state != TV_QPS_ERR && !qp->destroyed) {
         tv_ring *rings[2] = {qp->sq, qp->rq};
         for (int r = 0; r < 2; r++) {
@@ -448,7 +490,9 @@ void tv_qp_revoke(tv_qp *qp, const tv_region *region) {
                 snprintf(msg, sizeof msg,
                          "MR 0x%08x was deregistered while work request %" PRIu64 " used it",
                          region->key, w->wr_id);
-                tv_qp_fail(qp, TV_ERR_PLAIN, EFAULT, msg, TV_WC_WR_FLUSH_ERR, region);
+                tv_failure f = tv_failure_of(TV_ERR_PLAIN, EFAULT, msg);
+                f.revoked = region;
+                tv_qp_fail_with(qp, &f);
                 pthread_mutex_unlock(&qp->lock);
                 return;
             }
@@ -465,22 +509,35 @@ int tv_qp_modify(tv_qp *qp, int expect, int state, const tv_params *params) {
     if (ok) {
         qp->params = *params;
         atomic_store(&qp->state, state);
-        if (state == TV_QPS_RTS && qp->conn.fd >= 0 && !qp->conn.closed)
-            tv_stream_pump(qp);
+        if (state == TV_QPS_RTS && qp->conn.fd >= 0 && !qp->conn.closed) {
+            if (qp->wire == TV_WIRE_RC) {
+                tv_rcconn_entered_rts(qp);
+                tv_rcconn_pump(qp);
+            } else {
+                tv_stream_pump(qp);
+            }
+        }
     }
     pthread_mutex_unlock(&qp->lock);
     return ok;
 }
 
-int tv_qp_attach(tv_qp *qp, int fd) {
+int tv_qp_attach(tv_qp *qp, int fd, const uint8_t *peer_hello, uint64_t hello_timeout_ns,
+                 uint32_t tx_backlog) {
     pthread_mutex_lock(&qp->lock);
     int state = atomic_load(&qp->state);
     int ok = (state == TV_QPS_RTR || state == TV_QPS_RTS) && qp->conn.fd < 0 &&
              !qp->destroyed && !atomic_load(&qp->engine->closing);
     if (ok) {
+        tv_rcconn_free(qp); /* a connection before a RESET */
         memset(&qp->conn, 0, sizeof qp->conn);
         qp->conn.fd = fd;
-        tv_stream_start(qp);
+        if (qp->wire == TV_WIRE_RC) {
+            if (tv_rcconn_start(qp, peer_hello, hello_timeout_ns, tx_backlog) != 0)
+                ok = -1; /* no memory for it: the QP failed, the socket is closed */
+        } else {
+            tv_stream_start(qp);
+        }
         if (qp->conn.fd < 0) /* the engine could not watch it: closed, QP in ERR */
             ok = -1;
     }
@@ -503,7 +560,8 @@ static void drop_work(tv_qp *qp) {
 
 void tv_qp_reset(tv_qp *qp) {
     pthread_mutex_lock(&qp->lock);
-    close_conn(qp);
+    close_conn(qp, 0, "");
+    tv_rcconn_free(qp);
     drop_work(qp);
     qp->generation++;
     atomic_store(&qp->sq_slots, (uint64_t)qp->generation << 32);
@@ -525,7 +583,7 @@ void tv_qp_destroy(tv_qp *qp) {
         return;
     }
     qp->destroyed = 1;
-    close_conn(qp);
+    close_conn(qp, 0, "");
     drop_work(qp);
     pthread_mutex_unlock(&qp->lock);
     tv_cq_remove_qp(qp->scq, qp);
@@ -539,34 +597,43 @@ void tv_qp_progress(tv_qp *qp) {
     if (pthread_mutex_trylock(&qp->lock) != 0)
         return; /* the engine thread is at it */
     atomic_store(&qp->app_polled, tv_now());
-    if (qp->conn.fd >= 0 && !qp->conn.closed)
-        tv_stream_progress(qp);
+    if (qp->conn.fd >= 0 && !qp->conn.closed) {
+        if (qp->wire == TV_WIRE_RC)
+            tv_rcconn_progress(qp);
+        else
+            tv_stream_progress(qp);
+    }
     pthread_mutex_unlock(&qp->lock);
 }
 
 void tv_qp_app_blocking(tv_qp *qp) {
     pthread_mutex_lock(&qp->lock);
     atomic_store(&qp->app_polled, 0);
-    if (qp->conn.fd >= 0 && !qp->conn.closed && qp->conn.reads_parked) {
-        qp->conn.reads_parked = 0;
-        qp->conn.park_at = 0;
-        tv_qp_set_timer(qp);
-        tv_stream_set_interest(qp);
-        tv_stream_receive(qp); /* whatever arrived meanwhile */
+    if (qp->conn.fd >= 0 && !qp->conn.closed && tv_conn_unpark(qp)) {
+        if (qp->wire == TV_WIRE_RC) /* whatever arrived meanwhile */
+            tv_rcconn_receive(qp);
+        else
+            tv_stream_receive(qp);
     }
     pthread_mutex_unlock(&qp->lock);
 }
 
 void tv_qp_on_events(tv_qp *qp, uint32_t events) {
     pthread_mutex_lock(&qp->lock);
-    if (qp->conn.fd >= 0 && !qp->conn.closed && qp->conn.watched)
-        tv_stream_on_events(qp, events);
+    if (qp->conn.fd >= 0 && !qp->conn.closed && qp->conn.watched) {
+        if (qp->wire == TV_WIRE_RC)
+            tv_rcconn_on_events(qp, events);
+        else
+            tv_stream_on_events(qp, events);
+    }
     pthread_mutex_unlock(&qp->lock);
 }
 
 void tv_qp_on_timer(tv_qp *qp, uint64_t now) {
     pthread_mutex_lock(&qp->lock);
-    if (qp->conn.fd >= 0 && !qp->conn.closed)
+    if (qp->conn.fd >= 0 && !qp->conn.closed && qp->wire == TV_WIRE_RC)
+        tv_rcconn_on_timer(qp, now);
+    else if (qp->conn.fd >= 0 && !qp->conn.closed)
         tv_stream_on_timer(qp, now);
     else
         atomic_store(&qp->deadline, 0);
@@ -576,8 +643,8 @@ void tv_qp_on_timer(tv_qp *qp, uint64_t now) {
 void tv_qp_set_timer(tv_qp *qp) {
     const tv_conn *c = &qp->conn;
     uint64_t d = 0;
-    const uint64_t timers[3] = {c->ack_at, c->watch_at, c->park_at};
-    for (int i = 0; i < 3; i++)
+    const uint64_t timers[4] = {c->ack_at, c->watch_at, c->park_at, c->rc_at};
+    for (int i = 0; i < 4; i++)
         if (timers[i] != 0 && (d == 0 || timers[i] < d))
             d = timers[i];
     uint64_t before = atomic_exchange(&qp->deadline, d);

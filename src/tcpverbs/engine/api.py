@@ -73,11 +73,13 @@ from ..wr import RecvWR, SendWR
 
 __all__ = [
     "ENGINE_ENV",
+    "LIMITS",
     "CQEngine",
     "ChannelEngine",
     "Completion",
     "ContextEngine",
     "EngineEvent",
+    "EngineLimits",
     "Overrun",
     "PostFailure",
     "PostFault",
@@ -214,6 +216,17 @@ class QPParams:
     rq_psn: int = 0  # rc: sent in the hello, the peer's proof of who it is
     sq_psn: int = 0  # rc: sent in an AUTH frame once in RTS (tcpverbs.oob.service)
 
+
+@dataclass(slots=True)
+class EngineLimits:
+    """Bounds every engine applies to a connection, read when the connection starts
+    (tests make them small; :data:`LIMITS` is the one instance engines read)."""
+
+    hello_timeout: float = 10.0  # seconds an rc QP waits for the peer's hello
+    tx_backlog: int = 1024  # unwritten answers to the peer's requests before reading stops
+
+
+LIMITS = EngineLimits()
 
 MIN_REQUESTER_TIMEOUT = 1.0  # seconds: TCP's own retransmission makes shorter spurious
 

@@ -10,8 +10,9 @@ ring and makes progress in the caller's thread (GIL released around the system c
 This module is the thin Python skin the contract needs: enum conversions, the error
 objects, and the bookkeeping of ``statistics()``.  Nothing here is on the data path.
 
-What it speaks so far: the ``stream`` wire mode.  An ``rc`` QP is refused with
-``EOPNOTSUPP`` until the rc protocol is ported (issue #10); use the Python engine for it.
+Both wire modes are in C: ``stream`` (``stream.c``) and ``rc`` (``rcconn.c``, the
+protocol's decisions in ``frames.c``, ``rcproto.c`` and ``requester.c``, each held to its
+Python reference).  ``MSG_ZEROCOPY`` is not used yet.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from .. import _native
 from ..enums import ibv_event_type, ibv_qp_state
 from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
 from ..wire.hello import Hello
-from .api import ChannelEngine, EngineEvent, QPSpec
+from .api import LIMITS, ChannelEngine, EngineEvent, QPSpec
 from .stats import cumulative, total
 
 __all__ = ["NativeEngine"]
 
-_WIRES = {"stream": 1}  # enum tv_wire; rc (2) is not ported yet
+_WIRES = {"stream": 1, "rc": 2}  # enum tv_wire
 _PLAIN, _BROKEN, _PROTOCOL = 0, 1, 2  # enum tv_error_kind
 
 
@@ -96,7 +97,9 @@ class NativeQP(_native.QP):
     def attach(
         self, sock: socket.socket, peer_hello: Hello | None, hello_timeout: float | None
     ) -> bool:
-        taken = self.attach_fd(sock.fileno())
+        hello = peer_hello.encode() if peer_hello is not None else None
+        wait = LIMITS.hello_timeout if hello_timeout is None else hello_timeout
+        taken = self.attach_fd(sock.fileno(), hello, wait, LIMITS.tx_backlog)
         if taken:  # the engine owns the descriptor now (and closed it if it failed)
             sock.detach()
         return bool(taken)
@@ -109,7 +112,7 @@ class NativeQP(_native.QP):
             if isinstance(error, RemoteProtocolError)
             else _PLAIN
         )
-        self.fail_raw(kind, error.errno or errno.EIO, error.strerror or str(error))
+        self.fail_raw(kind, error.errno or errno.EIO, error.strerror or str(error), setup)
 
     def destroy(self) -> None:
         self.destroy_raw()
@@ -139,12 +142,6 @@ class NativeEngine(_native.Engine):
         return cq
 
     def create_qp(self, spec: QPSpec) -> NativeQP:
-        if spec.wire not in _WIRES:
-            raise TcpverbsError(
-                errno.EOPNOTSUPP,
-                f"the native engine does not speak the {spec.wire!r} wire mode yet "
-                "(use engine='python' for it)",
-            )
         scq, rcq = spec.scq, spec.rcq
         if not isinstance(scq, NativeCQ) or not isinstance(rcq, NativeCQ):
             raise TcpverbsError(errno.EINVAL, "the QP's CQs belong to another engine")

@@ -48,7 +48,6 @@ from __future__ import annotations
 import errno
 import itertools
 import json
-import select
 import subprocess
 import sys
 import time
@@ -220,19 +219,11 @@ class _Control:
         _sleep_on(self.channel, deadline)
 
 
-def _sleep_on(channel: CompChannel, deadline: float, also: CompChannel | None = None) -> None:
-    """Sleep until an event on *channel* (or on *also*, when the control QP has a channel
-    of its own); take it."""
+def _sleep_on(channel: CompChannel, deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {TIMEOUT} s")
-    if also is None or also is channel:
-        channel.get_cq_event(timeout=remaining).ack_events(1)  # the channel serves two CQs
-        return
-    ready, _, _ = select.select([channel.fd, also.fd], [], [], remaining)
-    for ch in (channel, also):
-        if ch.fd in ready:
-            ch.get_cq_event(timeout=0).ack_events(1)
+    channel.get_cq_event(timeout=remaining).ack_events(1)  # the channel serves two CQs
 
 
 class _Endpoint:
@@ -242,16 +233,7 @@ class _Endpoint:
         self.ctx = ctx
         self.pd = PD(ctx)
         self.channel = CompChannel(ctx)
-        # The control QP is rc.  An engine that does not speak rc yet (the native one,
-        # issue #10) measures the data QPs, and a Python-engine context carries control.
-        self._ctrl_ctx = (
-            Context(name=ctx.name.decode(), engine="python") if ctx.engine == "native" else None
-        )
-        if self._ctrl_ctx is not None:
-            self.ctrl_pd, self.ctrl_channel = PD(self._ctrl_ctx), CompChannel(self._ctrl_ctx)
-        else:
-            self.ctrl_pd, self.ctrl_channel = self.pd, self.channel
-        self.ctrl = _Control(self._ctrl_ctx or ctx, self.ctrl_pd, self.ctrl_channel)
+        self.ctrl = _Control(ctx, self.pd, self.channel)
         self.events = False
         self._cq: CQ | None = None
         self.data_init = QPInitAttr()
@@ -324,7 +306,7 @@ class _Endpoint:
                 if watch_ctrl:
                     self.ctrl.cq.req_notify()
                 if not len(cq) and not (watch_ctrl and len(self.ctrl.cq)):
-                    _sleep_on(self.channel, deadline, self.ctrl_channel if watch_ctrl else None)
+                    _sleep_on(self.channel, deadline)
             elif time.monotonic() > deadline:
                 raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {TIMEOUT} s")
 
@@ -343,8 +325,6 @@ class _Endpoint:
             if cq is not None:
                 cq.close()
         self.channel.close()
-        if self._ctrl_ctx is not None:
-            self._ctrl_ctx.close()
 
 
 # -- client ---------------------------------------------------------------------------
@@ -357,7 +337,7 @@ def run_client(
 ) -> list[BwResult] | list[LatResult]:
     end = _Endpoint(ctx)
     try:
-        end.ctrl.start(cm.connect(host, port, end.ctrl_pd, end.ctrl.init, _qp_attr(), timeout=30))
+        end.ctrl.start(cm.connect(host, port, end.pd, end.ctrl.init, _qp_attr(), timeout=30))
         end.open_data(cfg)
         mine = end.data_mr(_pool_size(cfg))  # write_lat: the server writes back into it
         end.ctrl.send(CONFIG, {**asdict(cfg), "rkey": mine.rkey, "addr": mine.buf})
@@ -733,7 +713,7 @@ def run_server(
             ready(listener.address[1])
         end = _Endpoint(ctx)
         try:
-            qp = listener.accept(end.ctrl_pd, end.ctrl.init, _qp_attr(), timeout=accept_timeout)
+            qp = listener.accept(end.pd, end.ctrl.init, _qp_attr(), timeout=accept_timeout)
             end.ctrl.start(qp)
             body = end.ctrl.expect(CONFIG)
             peer_target = (int(body.pop("rkey")), int(body.pop("addr")))  # type: ignore[call-overload]

@@ -214,7 +214,14 @@ class PyQP:
 
     def statistics(self) -> dict[str, int]:
         with self.lock:
-            return {"sq_outstanding": self.sq_used, "rq_outstanding": self.rq_used, **self.stats}
+            transport = self.transport
+            return {
+                "sq_outstanding": self.sq_used,
+                "rq_outstanding": self.rq_used,
+                # pieces (frame headers, payload segments) waiting to be written
+                "tx_outstanding": transport.tx_queued if transport is not None else 0,
+                **self.stats,
+            }
 
     # -- posting ----------------------------------------------------------------------
     def post_send(self, wr: SendWR) -> PostFailure | None:

@@ -54,6 +54,7 @@ from ...wire.rc import (
     RnrRetry,
     terminate_status,
 )
+from ..api import LIMITS
 from .transport import Transport
 from .work import RecvWork, SendWork
 from .zerocopy import ZeroCopy, zerocopy_threshold
@@ -62,12 +63,10 @@ if TYPE_CHECKING:
     from .memory import Region
     from .qp import PyQP
 
-__all__ = ["HELLO_TIMEOUT", "RcTransport"]
+__all__ = ["RcTransport"]
 
-HELLO_TIMEOUT = 10.0  # seconds to wait for the peer's hello
 STAGING_SIZE = 256 * 1024
 DIRECT_MIN = 16 * 1024  # payload left at least this big goes straight to its destination
-TX_BACKLOG = 1024  # unsent answers (to the peer's requests) above which we stop reading
 # Work one call may do on one connection — a CQ.poll, or a turn of the progress thread —
 # before it moves on: frames handled, with each read counting READ_COST.  So no peer,
 # however fast it sends, holds the application or the other connections (about 10 ms of
@@ -117,7 +116,8 @@ class RcTransport(Transport):
         super().__init__(qp, sock)
         self._early_hello = peer_hello
         # a dialled peer answers only once its QP reaches RTR: wait as long as it would
-        self._hello_timeout = HELLO_TIMEOUT if hello_timeout is None else hello_timeout
+        self._hello_timeout = LIMITS.hello_timeout if hello_timeout is None else hello_timeout
+        self._tx_backlog = LIMITS.tx_backlog  # unwritten answers before we stop reading
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # we batch ourselves
         self.proto = RcProtocol()
         self.decoder = FrameDecoder(max_payload=MAX_MSG_SZ)
@@ -422,7 +422,7 @@ class RcTransport(Transport):
         while not self._closed and self._budget > 0:
             if self._rx_start == self._rx_end:
                 self._rx_start = self._rx_end = 0
-                if self._answers_queued() > TX_BACKLOG:  # a peer that does not read them
+                if self._answers_queued() > self._tx_backlog:  # a peer that does not read them
                     self._read_paused = True
                     self._set_interest(read=False)
                     return got
@@ -465,7 +465,7 @@ class RcTransport(Transport):
         return len(ends)
 
     def _tx_drained(self) -> None:
-        if self._read_paused and self._answers_queued() < TX_BACKLOG // 2:
+        if self._read_paused and self._answers_queued() < self._tx_backlog // 2:
             self._read_paused = False
             self._set_interest(read=True)
 

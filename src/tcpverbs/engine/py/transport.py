@@ -181,6 +181,11 @@ class Transport:
             self._unpark_reads()
 
     @property
+    def tx_queued(self) -> int:
+        """Segments waiting to be written (``QP.statistics()["tx_outstanding"]``)."""
+        return len(self._tx)
+
+    @property
     def reading(self) -> bool:
         """Open and not holding its reads back (rc pauses them while answers pile up)."""
         return self._want_read and not self._closed
