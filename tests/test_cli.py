@@ -14,6 +14,7 @@ import pytest
 
 from tcpverbs.cli import main
 from tcpverbs.device import find_device, get_device_list
+from tcpverbs.engine import available_engines, default_engine
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -60,7 +61,8 @@ def test_devinfo_verbose_names_the_engine(
 ) -> None:
     monkeypatch.delenv("TCPVERBS_ENGINE", raising=False)
     assert main(["devinfo", "-d", "tcpv_lo", "-v"]) == 0
-    assert "\tengine:\t\t\t\tpython (available: python" in capsys.readouterr().out
+    default, available = default_engine(), ", ".join(available_engines())
+    assert f"\tengine:\t\t\t\t{default} (available: {available})" in capsys.readouterr().out
     monkeypatch.setenv("TCPVERBS_ENGINE", "nonsense")
     assert main(["devinfo", "-d", "tcpv_lo", "-v"]) == 0
     assert "nonsense (NOT available here" in capsys.readouterr().out

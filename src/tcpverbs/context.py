@@ -52,9 +52,10 @@ class Context(VerbsObject):
 
     tcpverbs extensions: *spin_us*, how long ``CQ.wait`` polls before it sleeps;
     *zerocopy_min*, the smallest payload segment sent with ``MSG_ZEROCOPY`` (None:
-    automatic — never to a loopback peer, where the kernel copies anyway); *engine*, the
-    engine that moves the data (``"python"``; default: ``$TCPVERBS_ENGINE``, else the
-    default engine — see :mod:`tcpverbs.engine`), or a factory that builds one.
+    automatic — never to a loopback peer, where the kernel copies anyway; the native
+    engine does not use it yet); *engine*, the engine that moves the data (``"native"``
+    or ``"python"``; default: ``$TCPVERBS_ENGINE``, else native where it is built — see
+    :mod:`tcpverbs.engine`), or a factory that builds one.
     """
 
     def __init__(
@@ -89,7 +90,7 @@ class Context(VerbsObject):
 
     @property
     def engine(self) -> str:
-        """The name of the engine that moves this context's data (``"python"``, ...)."""
+        """The name of the engine that moves this context's data (``"native"``, ``"python"``)."""
         return self._engine.name
 
     # -- queries ------------------------------------------------------------------

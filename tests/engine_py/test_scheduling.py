@@ -107,7 +107,7 @@ def test_a_thread_asleep_on_a_channel_receives_without_waking_the_progress_threa
 
     from tcpverbs.testing import qp_pair
 
-    with v.Context(name="tcpv_lo") as ctx_b:
+    with v.Context(name="tcpv_lo", engine="python") as ctx_b:
         a, b = qp_pair(ctx, ctx_b=ctx_b, sq_sig_all=0)
         channel = v.CompChannel(ctx_b)
         rcq = v.CQ(ctx_b, 64, channel=channel)

@@ -23,7 +23,7 @@ SIZE = 1 << 20
 
 @pytest.fixture
 def zc_ctx() -> Iterator[v.Context]:
-    with v.Context(name="tcpv_lo", zerocopy_min=64 * 1024) as context:
+    with v.Context(name="tcpv_lo", zerocopy_min=64 * 1024, engine="python") as context:
         yield context
 
 

@@ -380,6 +380,7 @@ typedef struct tv_failure {
     int kind, err;
     const char *msg;
     uint32_t first_status;     /* the oldest outstanding send WR's status (then flushes) */
+    uint32_t first_recv_status; /* the oldest receive's, if not 0 (a fault of its own) */
     const tv_region *revoked;  /* WRs using it complete LOC_PROT_ERR */
     int goodbye;               /* rc: tell the peer (TERMINATE) and close gracefully */
     int setup;                 /* the connection never came up: later posts are refused */

@@ -417,8 +417,8 @@ static void close_conn(tv_qp *qp, int goodbye, const char *why) {
 
 tv_failure tv_failure_of(int kind, int err, const char *msg) {
     return (tv_failure){.kind = kind, .err = err, .msg = msg,
-                        .first_status = TV_WC_WR_FLUSH_ERR, .revoked = NULL, .goodbye = 1,
-                        .setup = 0, .event = TV_EVENT_QP_FATAL};
+                        .first_status = TV_WC_WR_FLUSH_ERR, .first_recv_status = 0,
+                        .revoked = NULL, .goodbye = 1, .setup = 0, .event = TV_EVENT_QP_FATAL};
 }
 
 void tv_qp_fail(tv_qp *qp, int kind, int err, const char *msg) {
@@ -433,6 +433,8 @@ void tv_qp_fail_with(tv_qp *qp, const tv_failure *f) {
         pthread_mutex_unlock(&qp->lock);
         return;
     }
+    /* ERR is published before any completion of the failure is queued: a thread that
+     * polls an error completion and then looks at the state sees ERR */
     atomic_store(&qp->state, TV_QPS_ERR);
     qp->has_error = 1;
     qp->err_kind = f->kind;
@@ -457,10 +459,11 @@ void tv_qp_fail_with(tv_qp *qp, const tv_failure *f) {
         tv_ring_consume(qp->sq);
         status = TV_WC_WR_FLUSH_ERR;
     }
+    status = f->first_recv_status ? f->first_recv_status : TV_WC_WR_FLUSH_ERR;
     while ((w = head_of(qp->rq)) != NULL) {
-        tv_qp_complete_recv(qp, w, uses(w, f->revoked) ? TV_WC_LOC_PROT_ERR : TV_WC_WR_FLUSH_ERR,
-                            0);
+        tv_qp_complete_recv(qp, w, uses(w, f->revoked) ? TV_WC_LOC_PROT_ERR : status, 0);
         tv_ring_consume(qp->rq);
+        status = TV_WC_WR_FLUSH_ERR;
     }
     uint64_t handle = qp->handle;
     pthread_mutex_unlock(&qp->lock);

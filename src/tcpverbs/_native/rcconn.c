@@ -171,8 +171,10 @@ static void protocol_error(tv_qp *qp, const char *why) {
     tv_qp_fail_with(qp, &f);
 }
 
-/* The peer's request is refused for `fault`: tell it which and why, then go to ERR. */
-static void terminate(tv_qp *qp, uint8_t opcode, fault_t fault, const char *why) {
+/* The peer's request is refused for `fault`: tell it which and why, then go to ERR
+ * (`recv_status`, if not 0: the status of the receive it was to land in). */
+static void terminate_recv(tv_qp *qp, uint8_t opcode, fault_t fault, const char *why,
+                           uint32_t recv_status) {
     tv_rcconn *rc = qp->conn.rc;
     rc->has_goodbye = 1;
     rc->bye_msn = tv_rc_next_msn(&rc->proto);
@@ -183,7 +185,12 @@ static void terminate(tv_qp *qp, uint8_t opcode, fault_t fault, const char *why)
     snprintf(msg, sizeof msg, "%s from the peer failed: %s", name ? name : "request", why);
     tv_failure f = tv_failure_of(TV_ERR_PLAIN, FAULTS[fault].err, msg);
     f.event = FAULTS[fault].event;
+    f.first_recv_status = recv_status;
     tv_qp_fail_with(qp, &f);
+}
+
+static void terminate(tv_qp *qp, uint8_t opcode, fault_t fault, const char *why) {
+    terminate_recv(qp, opcode, fault, why, 0);
 }
 
 const char *tv_rcconn_where(const tv_qp *qp) {
@@ -590,9 +597,10 @@ void tv_rcconn_pump(tv_qp *qp) {
             char msg[TV_MSG_LEN];
             tv_work_fault_text(w, msg, sizeof msg);
             uint32_t status = w->fault.status;
-            tv_qp_complete_send(qp, w, status);
-            tv_ring_consume(qp->sq);
-            tv_qp_fail(qp, TV_ERR_PLAIN, status == TV_WC_LOC_LEN_ERR ? EMSGSIZE : EFAULT, msg);
+            tv_failure f = tv_failure_of(TV_ERR_PLAIN,
+                                         status == TV_WC_LOC_LEN_ERR ? EMSGSIZE : EFAULT, msg);
+            f.first_status = status; /* it is the oldest: the flush gives it its status */
+            tv_qp_fail_with(qp, &f);
             return;
         }
         tv_request r = {.cookie = 0, .length = w->length, .opcode = w->opcode,
@@ -691,15 +699,15 @@ static void on_rnr_nak(tv_qp *qp, const tv_header *h) {
     if (complete_done(qp, n) < 0)
         return;
     qp->stats[TV_QP_RNR_NAKS_RECEIVED]++;
-    if (out.exhausted) { /* the refused request used up its tries */
-        if (complete_head(qp, WC_RNR_RETRY_EXC_ERR) < 0)
-            return;
+    if (out.exhausted) { /* the refused request used up its tries: now the oldest */
         char msg[TV_MSG_LEN];
         snprintf(msg, sizeof msg,
                  "peer had no receive posted for request %" PRIu32 " after %u retries "
                  "(rnr_retry)",
                  h->msn, qp->params.rnr_retry);
-        tv_qp_fail(qp, TV_ERR_PLAIN, ETIMEDOUT, msg);
+        tv_failure f = tv_failure_of(TV_ERR_PLAIN, ETIMEDOUT, msg);
+        f.first_status = WC_RNR_RETRY_EXC_ERR;
+        tv_qp_fail_with(qp, &f);
         return;
     }
     /* go back N: everything from the refused request on is sent again, in order (their
@@ -792,10 +800,8 @@ static tv_work *take_receive(tv_qp *qp, const tv_header *h) {
     if (w->fault.status != 0) { /* stays queued until placed; its own error first */
         char msg[160], why[TV_MSG_LEN];
         tv_work_fault_text(w, msg, sizeof msg);
-        tv_qp_complete_recv(qp, w, w->fault.status, 0);
-        tv_ring_consume(qp->rq);
         snprintf(why, sizeof why, "receive WR at the peer failed: %s", msg);
-        terminate(qp, h->opcode, RECV_BROKEN, why);
+        terminate_recv(qp, h->opcode, RECV_BROKEN, why, w->fault.status);
         return NULL;
     }
     return w;
@@ -816,9 +822,7 @@ static void execute(tv_qp *qp, const tv_header *h) {
                      "message of %u bytes does not fit the posted receive of %" PRIu64
                      " bytes",
                      h->payload_len, w->length);
-            tv_qp_complete_recv(qp, w, TV_WC_LOC_LEN_ERR, 0);
-            tv_ring_consume(qp->rq);
-            terminate(qp, h->opcode, RECV_TOO_SMALL, why);
+            terminate_recv(qp, h->opcode, RECV_TOO_SMALL, why, TV_WC_LOC_LEN_ERR);
             return;
         }
         rc->ntarget = 0;

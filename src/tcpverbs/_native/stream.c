@@ -52,15 +52,15 @@ void tv_stream_start(tv_qp *qp) {
 
 /* A WR whose memory did not check out at post time reached the head: it completes with
  * its error, and the QP fails. */
-static void fail_on_fault(tv_qp *qp, tv_ring *ring, tv_work *w, int send) {
+static void fail_on_fault(tv_qp *qp, const tv_work *w, int send) {
     char msg[TV_MSG_LEN];
     tv_work_fault_text(w, msg, sizeof msg);
-    if (send)
-        tv_qp_complete_send(qp, w, w->fault.status);
+    tv_failure f = tv_failure_of(TV_ERR_PLAIN, EFAULT, msg);
+    if (send) /* it is the oldest: the flush gives it its own status */
+        f.first_status = w->fault.status;
     else
-        tv_qp_complete_recv(qp, w, w->fault.status, 0);
-    tv_ring_consume(ring);
-    tv_qp_fail(qp, TV_ERR_PLAIN, EFAULT, msg);
+        f.first_recv_status = w->fault.status;
+    tv_qp_fail_with(qp, &f);
 }
 
 /* -- send ----------------------------------------------------------------------------- */
@@ -166,7 +166,7 @@ void tv_stream_pump(tv_qp *qp) {
     while ((w = sq_at(qp, c->wire_count)) != NULL) {
         if (w->fault.status != 0) {
             if (c->wire_count == 0) /* else earlier WRs complete first */
-                fail_on_fault(qp, qp->sq, w, 1);
+                fail_on_fault(qp, w, 1);
             break;
         }
         c->queued += w->length;
@@ -196,7 +196,7 @@ void tv_stream_receive(tv_qp *qp) {
     }
     while (!c->closed && (w = tv_ring_peek(qp->rq, 0)) != NULL) {
         if (w->fault.status != 0) {
-            fail_on_fault(qp, qp->rq, w, 0);
+            fail_on_fault(qp, w, 0);
             return;
         }
         if (w->length == 0) { /* nothing can land in an empty one: it completes, in order */

@@ -16,13 +16,20 @@ from collections.abc import Callable
 from ..errors import TcpverbsError
 from .api import ENGINE_ENV, ContextEngine
 
-__all__ = ["ENGINES", "EngineFactory", "available_engines", "chosen_engine", "open_engine"]
+__all__ = [
+    "ENGINES",
+    "EngineFactory",
+    "available_engines",
+    "chosen_engine",
+    "default_engine",
+    "open_engine",
+]
 
 # an engine of one's own (tcpverbs.testing.FakeEngine, say): called with the device name
 # and the context's zerocopy_min
 EngineFactory = Callable[[str, int | None], ContextEngine]
 
-ENGINES = ("python", "native")  # every engine this package knows, default first
+ENGINES = ("native", "python")  # every engine this package knows, default first
 
 
 def available_engines() -> list[str]:
@@ -39,8 +46,13 @@ def _native_built() -> bool:
 
 
 def chosen_engine(choice: str | None = None) -> str:
-    """The name of the engine a context opened with *choice* gets."""
-    return choice if choice is not None else os.environ.get(ENGINE_ENV) or ENGINES[0]
+    """The name of the engine a context opened with *choice* gets: the native one by
+    default, the Python one where the extension is not built."""
+    return choice if choice is not None else os.environ.get(ENGINE_ENV) or default_engine()
+
+
+def default_engine() -> str:
+    return available_engines()[0]
 
 
 def open_engine(
