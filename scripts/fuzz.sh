@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz the native engine's C code that a peer's bytes reach (the frame decoder, the rc
-# requester's window) with libFuzzer under AddressSanitizer and
+# requester's window, the whole rc connection) with libFuzzer under AddressSanitizer and
 # UndefinedBehaviorSanitizer:  scripts/fuzz.sh [seconds per harness, default 60]
 # Needs clang (Debian: apt-get install clang).  Finds a crash -> non-zero exit, with the
 # input saved under fuzz/crashes/ and the sanitizer's report on stderr.
@@ -18,6 +18,10 @@ FLAGS=(-std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/frames_fuzz.c" "$NATIVE/frames.c" -o "$OUT/frames_fuzz"
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/requester_fuzz.c" "$NATIVE/requester.c" "$NATIVE/rcproto.c" \
     -o "$OUT/requester_fuzz"
+ENGINE_C=(engine.c cq.c qp.c conn.c stream.c rcconn.c frames.c rcproto.c requester.c ring.c
+          memtable.c)
+"$CC" "${FLAGS[@]}" -pthread "$ROOT/fuzz/responder_fuzz.c" "${ENGINE_C[@]/#/$NATIVE/}" \
+    -o "$OUT/responder_fuzz"
 corpus="$OUT/frames_corpus"
 mkdir -p "$corpus"
 # seed the corpus with the golden vectors' streams (2 leading bytes: limit, read size)
@@ -36,3 +40,8 @@ echo "fuzzing the requester's window for ${SECONDS_PER_HARNESS} s"
 mkdir -p "$OUT/requester_corpus"
 "$OUT/requester_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=512 \
     -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$OUT/requester_corpus"
+echo "fuzzing the rc connection for ${SECONDS_PER_HARNESS} s"
+mkdir -p "$OUT/responder_corpus"
+cp "$corpus"/* "$OUT/responder_corpus/" 2>/dev/null || true # frames make good seeds
+"$OUT/responder_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=4096 \
+    -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$OUT/responder_corpus"
