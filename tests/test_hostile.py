@@ -322,7 +322,9 @@ def test_a_flood_of_tiny_frames_holds_neither_a_poll_nor_the_other_connections(
         for t in threads:
             t.join()
     frames = peer.end.qp.statistics()["frames_received"]
-    assert frames > 20_000, "the flood did not happen"
+    # a precondition, not a speed test: thousands of frames were handled meanwhile (tens
+    # of thousands on a quiet machine; a busy CI runner has seen under 20 000)
+    assert frames > 5_000, "the flood did not happen"
     assert longest < 0.5, f"a poll took {longest:.3f} s"
     assert reads >= 10 and dst.read(8, 0) == b"elsewise"
 
