@@ -169,11 +169,7 @@ tv_cq *tv_cq_new(tv_engine *e, uint64_t handle, uint32_t cqe, tv_channel *ch) {
     cq->cqe = cqe;
     pthread_mutex_init(&cq->lock, NULL);
     pthread_mutex_init(&cq->qps_lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&cq->wakeup, &attr);
-    pthread_condattr_destroy(&attr);
+    tv_cond_init_monotonic(&cq->wakeup);
     if (ch != NULL) {
         atomic_fetch_add(&ch->refs, 1);
         cq->channel = ch;
@@ -354,32 +350,18 @@ uint32_t tv_cq_pending(tv_cq *cq) { return tv_ring_count(cq->ring); }
 int tv_cq_add_qp(tv_cq *cq, tv_qp *qp) {
     int err = 0;
     pthread_mutex_lock(&cq->qps_lock);
+    int there = 0;
     for (uint32_t i = 0; i < cq->nqps; i++)
-        if (cq->qps[i] == qp)
-            goto out; /* the same CQ for sends and receives */
-    if (cq->nqps == cq->capqps) {
-        uint32_t grown = cq->capqps ? cq->capqps * 2 : 4;
-        tv_qp **fresh = realloc(cq->qps, grown * sizeof *fresh);
-        if (fresh == NULL) {
-            err = ENOMEM;
-            goto out;
-        }
-        cq->qps = fresh;
-        cq->capqps = grown;
-    }
-    cq->qps[cq->nqps++] = qp;
-out:
+        there |= cq->qps[i] == qp; /* the same CQ for sends and receives */
+    if (!there)
+        err = tv_qps_push(&cq->qps, &cq->nqps, &cq->capqps, qp);
     pthread_mutex_unlock(&cq->qps_lock);
     return err;
 }
 
 void tv_cq_remove_qp(tv_cq *cq, tv_qp *qp) {
     pthread_mutex_lock(&cq->qps_lock);
-    for (uint32_t i = 0; i < cq->nqps; i++)
-        if (cq->qps[i] == qp) {
-            cq->qps[i] = cq->qps[--cq->nqps];
-            break;
-        }
+    tv_qps_drop(cq->qps, &cq->nqps, qp);
     pthread_mutex_unlock(&cq->qps_lock);
 }
 

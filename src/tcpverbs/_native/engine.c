@@ -36,14 +36,21 @@ typedef struct tv_drainer {
 } tv_drainer;
 #define DRAINER_TAG 1u /* epoll data of a drainer: its address with the low bit set */
 
+void tv_cond_init_monotonic(pthread_cond_t *cond) {
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* its timed waits use tv_now's clock */
+    pthread_cond_init(cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
 uint64_t tv_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail with a valid clock and pointer */
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Append to a growing array of QP pointers; 0 or ENOMEM. */
-static int push_qp(tv_qp ***arr, uint32_t *n, uint32_t *cap, tv_qp *qp) {
+int tv_qps_push(tv_qp ***arr, uint32_t *n, uint32_t *cap, tv_qp *qp) {
     if (*n == *cap) {
         uint32_t grown = *cap ? *cap * 2 : 8;
         tv_qp **fresh = realloc(*arr, grown * sizeof *fresh);
@@ -56,8 +63,7 @@ static int push_qp(tv_qp ***arr, uint32_t *n, uint32_t *cap, tv_qp *qp) {
     return 0;
 }
 
-/* Remove qp from the array (order not kept); 1 if it was there. */
-static int drop_qp(tv_qp **arr, uint32_t *n, const tv_qp *qp) {
+int tv_qps_drop(tv_qp **arr, uint32_t *n, const tv_qp *qp) {
     for (uint32_t i = 0; i < *n; i++)
         if (arr[i] == qp) {
             arr[i] = arr[--*n];
@@ -90,11 +96,7 @@ int tv_engine_init(tv_engine *e) {
         goto fail;
     pthread_mutex_init(&e->lock, NULL);
     pthread_mutex_init(&e->events_lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&e->events_cond, &attr);
-    pthread_condattr_destroy(&attr);
+    tv_cond_init_monotonic(&e->events_cond);
     return 0;
 fail:
     err = errno;
@@ -291,7 +293,7 @@ int tv_engine_watch(tv_engine *e, tv_qp *qp, uint32_t events) {
     pthread_mutex_lock(&e->lock);
     int err = atomic_load(&e->closing) ? EBADF : start_thread(e);
     if (err == 0)
-        err = push_qp(&e->watch, &e->nwatch, &e->capwatch, qp);
+        err = tv_qps_push(&e->watch, &e->nwatch, &e->capwatch, qp);
     if (err == 0) {
         struct epoll_event ev = {.events = events, .data.ptr = qp};
         atomic_fetch_add(&e->stats[TV_ENG_EPOLL_CTL], 1);
@@ -314,12 +316,12 @@ int tv_engine_rewatch(tv_engine *e, tv_qp *qp, uint32_t events) {
 
 void tv_engine_unwatch(tv_engine *e, tv_qp *qp) {
     pthread_mutex_lock(&e->lock);
-    if (drop_qp(e->watch, &e->nwatch, qp)) {
+    if (tv_qps_drop(e->watch, &e->nwatch, qp)) {
         atomic_fetch_add(&e->stats[TV_ENG_EPOLL_CTL], 1);
         epoll_ctl(e->epfd, EPOLL_CTL_DEL, qp->conn.fd, NULL); /* fails only if closed */
         /* the reference goes once the engine thread is past its batch; without room
          * for it, keeping the QP alive for good is the safe failure */
-        if (push_qp(&e->retired, &e->nretired, &e->capretired, qp) != 0)
+        if (tv_qps_push(&e->retired, &e->nretired, &e->capretired, qp) != 0)
             tv_qp_get(qp);
     }
     pthread_mutex_unlock(&e->lock);
@@ -374,14 +376,14 @@ tv_event *tv_engine_next_event(tv_engine *e, int64_t timeout_ns) {
 
 int tv_engine_add_qp(tv_engine *e, tv_qp *qp) {
     pthread_mutex_lock(&e->lock);
-    int err = push_qp(&e->qps, &e->nqps, &e->capqps, qp);
+    int err = tv_qps_push(&e->qps, &e->nqps, &e->capqps, qp);
     pthread_mutex_unlock(&e->lock);
     return err;
 }
 
 void tv_engine_remove_qp(tv_engine *e, tv_qp *qp) {
     pthread_mutex_lock(&e->lock);
-    drop_qp(e->qps, &e->nqps, qp);
+    tv_qps_drop(e->qps, &e->nqps, qp);
     for (int i = 0; i < TV_QP_NSTATS; i++)
         e->retired_qp_stats[i] += qp->stats[i];
     pthread_mutex_unlock(&e->lock);

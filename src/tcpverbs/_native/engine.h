@@ -270,6 +270,11 @@ struct tv_engine {
 extern const char *const tv_engine_stat_names[TV_ENG_NSTATS];
 
 uint64_t tv_now(void); /* CLOCK_MONOTONIC in ns */
+void tv_cond_init_monotonic(pthread_cond_t *cond); /* timed waits on tv_now's clock */
+/* A growing array of QP pointers (engine and CQ lists; the caller's lock): append (0 or
+ * ENOMEM), and remove without keeping the order (1 if it was there). */
+int tv_qps_push(tv_qp ***arr, uint32_t *n, uint32_t *cap, tv_qp *qp);
+int tv_qps_drop(tv_qp **arr, uint32_t *n, const tv_qp *qp);
 
 /* engine.c */
 int tv_engine_init(tv_engine *e);         /* 0 or an errno */

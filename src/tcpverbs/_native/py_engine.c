@@ -882,24 +882,50 @@ static PyObject *bad_field(Py_ssize_t index, PyObject *wr, PyObject *fields) {
     return out;
 }
 
+/* One WR of a chain, read into C (a receive uses wr_id, num_sge and the SGEs only). */
 typedef struct {
     tv_send_in wr;
     size_t sge_start;
-} send_item;
+} post_item;
 
-static PyObject *QP_post_send(QPObject *self, PyObject *first) {
+/* Read WR `wr` into *it: 0, -1 (a field is not what it must be) or -2 (an error). */
+static int read_wr(PyObject *wr, int send, post_item *it, sge_buf *sges) {
+    uint64_t wr_id, num_sge, opcode = 0, imm = 0, flags = 0, raddr = 0, rkey = 0, cadd = 0,
+                              swap = 0;
+    if (read_uint(wr, s_wr_id, 64, &wr_id) ||
+        (send && (read_uint(wr, s_opcode, 32, &opcode) ||
+                  read_uint(wr, s_send_flags, 32, &flags) ||
+                  read_uint(wr, s_imm_data, 32, &imm) || read_uint(wr, s_rkey, 32, &rkey) ||
+                  read_uint(wr, s_remote_addr, 64, &raddr) ||
+                  read_uint(wr, s_compare_add, 64, &cadd) ||
+                  read_uint(wr, s_swap, 64, &swap))) ||
+        read_uint(wr, s_num_sge, 31, &num_sge))
+        return -1;
+    uint32_t sg_len;
+    int r = read_sges(wr, num_sge, sges, &sg_len, &it->sge_start);
+    if (r < 0)
+        return r;
+    it->wr = (tv_send_in){wr_id, raddr, cadd, swap, (uint32_t)opcode, (uint32_t)flags,
+                          (uint32_t)imm, (uint32_t)rkey, (uint32_t)num_sge, sg_len, NULL};
+    return 0;
+}
+
+/* post_send (send) and post_recv: read the chain into C -- at most the queue's depth + 1
+ * WRs, more cannot be posted anyway -- then post what was read, in order, without the
+ * GIL.  None, or the PostFailure of the first WR refused or unreadable. */
+static PyObject *post_chain(QPObject *self, PyObject *first, int send) {
     tv_qp *qp = self->qp;
-    send_item local[16], *items = local;
+    uint32_t depth = send ? qp->max_send_wr : qp->max_recv_wr;
+    post_item local[16], *items = local;
     size_t cap = 16, n = 0;
     sge_buf sges = {.v = sges.local, .len = 0, .cap = 64};
     PyObject *bad_wr = NULL, *result = NULL;
     int failed = 0;
-    /* read the chain: at most max_send_wr + 1 WRs (more cannot be posted anyway) */
     PyObject *wr = first;
     Py_INCREF(wr);
-    while (wr != Py_None && n <= qp->max_send_wr) {
+    while (wr != Py_None && n <= depth) {
         if (n == cap) {
-            send_item *grown = PyMem_Malloc(cap * 2 * sizeof *grown);
+            post_item *grown = PyMem_Malloc(cap * 2 * sizeof *grown);
             if (grown == NULL) {
                 PyErr_NoMemory();
                 failed = 1;
@@ -911,18 +937,7 @@ static PyObject *QP_post_send(QPObject *self, PyObject *first) {
             items = grown;
             cap *= 2;
         }
-        send_item *it = &items[n];
-        uint64_t wr_id, opcode, num_sge, imm, flags, raddr, rkey, cadd, swap;
-        if (read_uint(wr, s_wr_id, 64, &wr_id) || read_uint(wr, s_opcode, 32, &opcode) ||
-            read_uint(wr, s_send_flags, 32, &flags) || read_uint(wr, s_imm_data, 32, &imm) ||
-            read_uint(wr, s_rkey, 32, &rkey) || read_uint(wr, s_remote_addr, 64, &raddr) ||
-            read_uint(wr, s_compare_add, 64, &cadd) || read_uint(wr, s_swap, 64, &swap) ||
-            read_uint(wr, s_num_sge, 31, &num_sge)) {
-            bad_wr = wr;
-            break;
-        }
-        uint32_t sg_len;
-        int r = read_sges(wr, num_sge, &sges, &sg_len, &it->sge_start);
+        int r = read_wr(wr, send, &items[n], &sges);
         if (r == -2) {
             failed = 1;
             break;
@@ -931,8 +946,6 @@ static PyObject *QP_post_send(QPObject *self, PyObject *first) {
             bad_wr = wr;
             break;
         }
-        it->wr = (tv_send_in){wr_id, raddr, cadd, swap, (uint32_t)opcode, (uint32_t)flags,
-                              (uint32_t)imm, (uint32_t)rkey, (uint32_t)num_sge, sg_len, NULL};
         n++;
         PyObject *next = get_field(wr, s_next_wr);
         Py_DECREF(wr);
@@ -946,25 +959,28 @@ static PyObject *QP_post_send(QPObject *self, PyObject *first) {
         Py_XDECREF(wr);
         goto out;
     }
-    /* post what was read, in order */
     tv_post_result res = {0};
     size_t posted = 0;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&qp->lock);
     for (; posted < n; posted++) {
-        items[posted].wr.sge = sges.v + items[posted].sge_start;
-        tv_qp_post_send(qp, &items[posted].wr, &res);
+        tv_send_in *in = &items[posted].wr;
+        in->sge = sges.v + items[posted].sge_start;
+        if (send)
+            tv_qp_post_send(qp, in, &res);
+        else
+            tv_qp_post_recv(qp, in->wr_id, in->sge, in->num_sge, in->sg_len, &res);
         if (res.fault != TV_FAULT_NONE)
             break;
     }
     if (posted) /* WRs before a refused one were posted: they must go out */
-        tv_qp_posted(qp, 1);
+        tv_qp_posted(qp, send);
     pthread_mutex_unlock(&qp->lock);
     Py_END_ALLOW_THREADS
     if (res.fault != TV_FAULT_NONE)
         result = post_failure((Py_ssize_t)posted, &res);
     else if (bad_wr != NULL)
-        result = bad_field((Py_ssize_t)n, bad_wr, SEND_WR_FIELDS);
+        result = bad_field((Py_ssize_t)n, bad_wr, send ? SEND_WR_FIELDS : RECV_WR_FIELDS);
     else
         result = Py_NewRef(Py_None);
     Py_XDECREF(wr);
@@ -974,98 +990,16 @@ out:
     if (sges.v != sges.local)
         PyMem_Free(sges.v);
     if (failed && !PyErr_Occurred())
-        PyErr_SetString(PyExc_SystemError, "post_send failed");
+        PyErr_SetString(PyExc_SystemError, "posting failed");
     return failed ? NULL : result;
 }
 
-typedef struct {
-    uint64_t wr_id;
-    uint32_t num_sge, sg_len;
-    size_t sge_start;
-} recv_item;
+static PyObject *QP_post_send(QPObject *self, PyObject *first) {
+    return post_chain(self, first, 1);
+}
 
 static PyObject *QP_post_recv(QPObject *self, PyObject *first) {
-    tv_qp *qp = self->qp;
-    recv_item local[16], *items = local;
-    size_t cap = 16, n = 0;
-    sge_buf sges = {.v = sges.local, .len = 0, .cap = 64};
-    PyObject *bad_wr = NULL, *result = NULL;
-    int failed = 0;
-    PyObject *wr = first;
-    Py_INCREF(wr);
-    while (wr != Py_None && n <= qp->max_recv_wr) {
-        if (n == cap) {
-            recv_item *grown = PyMem_Malloc(cap * 2 * sizeof *grown);
-            if (grown == NULL) {
-                PyErr_NoMemory();
-                failed = 1;
-                break;
-            }
-            memcpy(grown, items, n * sizeof *grown);
-            if (items != local)
-                PyMem_Free(items);
-            items = grown;
-            cap *= 2;
-        }
-        recv_item *it = &items[n];
-        uint64_t wr_id, num_sge;
-        if (read_uint(wr, s_wr_id, 64, &wr_id) || read_uint(wr, s_num_sge, 31, &num_sge)) {
-            bad_wr = wr;
-            break;
-        }
-        int r = read_sges(wr, num_sge, &sges, &it->sg_len, &it->sge_start);
-        if (r == -2) {
-            failed = 1;
-            break;
-        }
-        if (r < 0) {
-            bad_wr = wr;
-            break;
-        }
-        it->wr_id = wr_id;
-        it->num_sge = (uint32_t)num_sge;
-        n++;
-        PyObject *next = get_field(wr, s_next_wr);
-        Py_DECREF(wr);
-        wr = next;
-        if (wr == NULL) {
-            failed = 1;
-            break;
-        }
-    }
-    if (failed) {
-        Py_XDECREF(wr);
-        goto out;
-    }
-    tv_post_result res = {0};
-    size_t posted = 0;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&qp->lock);
-    for (; posted < n; posted++) {
-        recv_item *it = &items[posted];
-        tv_qp_post_recv(qp, it->wr_id, sges.v + it->sge_start, it->num_sge, it->sg_len, &res);
-        if (res.fault != TV_FAULT_NONE)
-            break;
-    }
-    if (posted)
-        tv_qp_posted(qp, 0);
-    pthread_mutex_unlock(&qp->lock);
-    Py_END_ALLOW_THREADS
-    if (res.fault != TV_FAULT_NONE)
-        result = post_failure((Py_ssize_t)posted, &res);
-    else if (bad_wr != NULL)
-        result = bad_field((Py_ssize_t)n, bad_wr, RECV_WR_FIELDS);
-    else
-        result = Py_NewRef(Py_None);
-    Py_XDECREF(wr);
-out:
-    if (items != local)
-        PyMem_Free(items);
-    if (sges.v != sges.local)
-        PyMem_Free(sges.v);
-    if (failed && !PyErr_Occurred())
-        PyErr_SetString(PyExc_SystemError, "post_recv failed");
-    return failed ? NULL : result;
+    return post_chain(self, first, 0);
 }
 
 static int read_params(PyObject *p, tv_params *out) {

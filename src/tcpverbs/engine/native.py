@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import errno
 import socket
-import threading
-from collections import Counter
 
 from .. import _native
 from ..enums import ibv_event_type, ibv_qp_state
 from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
 from ..wire.hello import Hello
 from .api import LIMITS, ChannelEngine, EngineEvent, QPSpec
-from .stats import cumulative, total
+from .stats import Tally
 
 __all__ = ["NativeEngine"]
 
@@ -126,10 +124,7 @@ class NativeEngine(_native.Engine):
         super().__init__()
         self.device = device
         self.zerocopy_min = zerocopy_min  # (MSG_ZEROCOPY is not used by stream)
-        self._lock = threading.Lock()
-        self._live: dict[int, NativeQP | NativeCQ] = {}
-        self._retired: Counter[str] = Counter()
-        self._closed = False
+        self._objects: Tally[NativeQP | NativeCQ] = Tally()
 
     def create_channel(self) -> NativeChannel:
         return NativeChannel()
@@ -137,8 +132,7 @@ class NativeEngine(_native.Engine):
     def create_cq(self, handle: int, cqe: int, channel: ChannelEngine | None) -> NativeCQ:
         assert channel is None or isinstance(channel, NativeChannel)
         cq = NativeCQ(self, handle, cqe, channel)
-        with self._lock:
-            self._live[handle] = cq
+        self._objects.add(cq)
         return cq
 
     def create_qp(self, spec: QPSpec) -> NativeQP:
@@ -146,16 +140,12 @@ class NativeEngine(_native.Engine):
         if not isinstance(scq, NativeCQ) or not isinstance(rcq, NativeCQ):
             raise TcpverbsError(errno.EINVAL, "the QP's CQs belong to another engine")
         qp = NativeQP(self, spec, scq, rcq)
-        with self._lock:
-            self._live[spec.handle] = qp
+        self._objects.add(qp)
         return qp
 
     def retire(self, obj: NativeQP | NativeCQ) -> None:
         """A QP or CQ is destroyed: its counters stay in the totals."""
-        counters = cumulative(obj.statistics())
-        with self._lock:
-            if self._live.pop(obj.handle, None) is obj:
-                self._retired.update(counters)
+        self._objects.retire(obj)
 
     def next_event(self, timeout: float | None) -> EngineEvent | None:
         raw = self.next_event_raw(timeout)
@@ -165,11 +155,4 @@ class NativeEngine(_native.Engine):
         return EngineEvent(ibv_event_type(event_type), handle, reason)
 
     def statistics(self) -> dict[str, int]:
-        with self._lock:
-            retired = Counter(self._retired)
-            live = list(self._live.values())
-        return total(retired, [obj.statistics() for obj in live], self.engine_statistics())
-
-    def close(self) -> None:
-        self._closed = True
-        super().close()
+        return self._objects.total(self.engine_statistics())

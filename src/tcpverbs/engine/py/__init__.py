@@ -18,13 +18,12 @@ from __future__ import annotations
 import errno
 import queue
 import threading
-from collections import Counter
 
 from ...enums import ibv_event_type
 from ...errors import TcpverbsError
 from ...reactor import Reactor
 from ..api import ChannelEngine, EngineEvent, QPSpec
-from ..stats import cumulative, total
+from ..stats import Tally
 from .cq import PyChannel, PyCQ
 from .memory import MemoryTable
 from .qp import PyQP
@@ -44,9 +43,7 @@ class PyEngine:
         self._lock = threading.Lock()
         self._reactor: Reactor | None = None
         self._events: queue.SimpleQueue[EngineEvent | None] = queue.SimpleQueue()
-        self._qps: dict[int, PyQP] = {}
-        self._cqs: dict[int, PyCQ] = {}
-        self._retired: Counter[str] = Counter()  # counters of QPs and CQs destroyed
+        self._objects: Tally[PyQP | PyCQ] = Tally()  # for dereg_mr and statistics()
         self._closed = False
 
     @property
@@ -71,8 +68,7 @@ class PyEngine:
         region = self.memory.dereg(key)
         if region is None:
             return
-        with self._lock:
-            qps = [qp for qp in self._qps.values() if qp.pd == region.pd]
+        qps = [o for o in self._objects.live() if isinstance(o, PyQP) and o.pd == region.pd]
         for qp in qps:  # the only QPs that can reach it, locally or from the peer
             qp.revoke(region)
 
@@ -82,30 +78,17 @@ class PyEngine:
     def create_cq(self, handle: int, cqe: int, channel: ChannelEngine | None) -> PyCQ:
         assert channel is None or isinstance(channel, PyChannel)
         cq = PyCQ(self, handle, cqe, channel)
-        with self._lock:
-            self._cqs[handle] = cq
+        self._objects.add(cq)
         return cq
 
     def create_qp(self, spec: QPSpec) -> PyQP:
         qp = PyQP(self, spec)
-        with self._lock:
-            self._qps[spec.qp_num] = qp
+        self._objects.add(qp)
         return qp
 
-    def retire_qp(self, qp: PyQP) -> None:
-        """A QP is destroyed: its counters stay in the totals."""
-        counters = qp.statistics()
-        with self._lock:
-            if self._qps.get(qp.qp_num) is qp:
-                del self._qps[qp.qp_num]
-            self._retired.update(cumulative(counters))
-
-    def retire_cq(self, cq: PyCQ) -> None:
-        counters = cq.statistics()
-        with self._lock:
-            if self._cqs.get(cq.handle) is cq:
-                del self._cqs[cq.handle]
-            self._retired.update(cumulative(counters))
+    def retire(self, obj: PyQP | PyCQ) -> None:
+        """A QP or CQ is destroyed: its counters stay in the totals."""
+        self._objects.retire(obj)
 
     # -- events -------------------------------------------------------------------
     def event(self, event_type: ibv_event_type, handle: int, reason: str) -> None:
@@ -124,12 +107,8 @@ class PyEngine:
 
     # -- statistics ---------------------------------------------------------------
     def statistics(self) -> dict[str, int]:
-        with self._lock:
-            retired = Counter(self._retired)
-            qps, cqs = list(self._qps.values()), list(self._cqs.values())
-        live = [qp.statistics() for qp in qps] + [cq.statistics() for cq in cqs]
-        own = self._reactor.statistics() if self._reactor is not None else {}
-        return total(retired, live, own)
+        reactor = self._reactor
+        return self._objects.total(reactor.statistics() if reactor is not None else {})
 
     def close(self) -> None:
         with self._lock:

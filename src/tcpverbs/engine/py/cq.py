@@ -290,4 +290,4 @@ class PyCQ:
             self._wakeup.notify_all()  # a sleeper in wait() returns
         if self.channel is not None:
             self.channel.cqs.pop(self.handle, None)
-        self.engine.retire_cq(self)
+        self.engine.retire(self)

@@ -205,7 +205,7 @@ class PyQP:
             self.rq.clear()
         for cq in (self.scq, self.rcq):
             cq.qps.pop(self.qp_num, None)
-        self.engine.retire_qp(self)
+        self.engine.retire(self)
 
     def _close_transport(self) -> None:
         transport, self.transport = self.transport, None
