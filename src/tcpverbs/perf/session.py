@@ -46,7 +46,6 @@ per iteration; ``send_lat`` and ``write_lat`` report half the round trip, as per
 from __future__ import annotations
 
 import errno
-import itertools
 import json
 import subprocess
 import sys
@@ -85,6 +84,7 @@ CYCLE_BUFFER = 4096  # bandwidth tests: a QP's WRs cycle through this much buffe
 TIMEOUT = 60.0  # seconds without progress before a side gives up
 DATA_RECV = 100  # wr_id of send_bw's receives
 REPOST_BATCH = 16  # send_bw's receives are posted again in lists of up to this many
+POLL_BATCH = 64  # completions a bandwidth test takes per poll
 ACCESS = (
     ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
     | ibv_access_flags.IBV_ACCESS_REMOTE_WRITE
@@ -293,7 +293,7 @@ class _Endpoint:
                 else:
                     _check_wc(wc)
                 continue
-            n, wcs = cq.poll(32)
+            n, wcs = cq.poll(POLL_BATCH)
             if n:
                 # taken one at a time above: a batch may hold the successes that still
                 # count followed by flushes that *spare* may excuse
@@ -309,6 +309,26 @@ class _Endpoint:
                     _sleep_on(self.channel, deadline)
             elif time.monotonic() > deadline:
                 raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {TIMEOUT} s")
+
+    def next_wcs(
+        self, watch_ctrl: bool = False, spare: Callable[[WC], bool] | None = None
+    ) -> list[WC] | None:
+        """The data completions that are ready, at least one, all of them successful (a
+        failure comes first from :meth:`next_wc`); None as :meth:`next_wc` says it.  The
+        bandwidth tests' loop takes completions in batches, as perftest's does: a call per
+        completion would cost more than the message."""
+        if not self.pending:
+            n, wcs = self.cq.poll(POLL_BATCH)
+            if n and not any(wc.status for wc in wcs):  # the common case: all succeeded
+                return wcs
+            self.pending.extend(wcs)
+        wc = self.next_wc(watch_ctrl, spare)
+        if wc is None:
+            return None
+        got, pending = [wc], self.pending
+        while pending and pending[0].status == ibv_wc_status.IBV_WC_SUCCESS:
+            got.append(pending.popleft())
+        return got
 
     def wait(self, count: int = 1) -> list[WC]:
         """The next *count* data completions."""
@@ -474,60 +494,65 @@ class _Sender:
 
 
 class _Receiver:
-    """send_bw's receiving side: ``rx_depth`` receives posted on every QP all along (they
-    outlive the size they were posted in, so they fit the largest size of the run)."""
+    """send_bw's receiving side: receives posted on every QP all along (they outlive the
+    size they were posted in, so they fit the largest size of the run), put back as whole
+    post lists built once: perftest reposts in C; here a RecvWR and a post_recv call per
+    message would cost more than the receive itself."""
 
     def __init__(self, end: _Endpoint, cfg: PerfConfig) -> None:
         self.qps, self.index = end.qps, end.index
         self.stride = max(*cfg.sizes, 1)
-        self.slots = _bw_slots(cfg, self.stride)
-        self.mr = end.data_mr(self.stride * self.slots)
-        self.rx_depth = cfg.rx_depth
-        self.ring = [
-            RecvWR(DATA_RECV, 1, [SGE(self.mr.buf + slot * self.stride, self.stride, self.mr.lkey)])
-            for slot in range(self.slots)
-        ]
-        # receives go back in lists once this many have completed; the rest stay posted
-        self.repost = max(1, min(REPOST_BATCH, self.rx_depth // 4))
+        slots = _bw_slots(cfg, self.stride)
+        mr = end.data_mr(self.stride * slots)
+        # lists of `repost` WRs; a list goes back once that many of a QP's receives are done
+        self.repost = max(1, min(REPOST_BATCH, cfg.rx_depth // 4))
+        lists = max(1, cfg.rx_depth // self.repost)
+        self.rx_depth = lists * self.repost  # kept posted per QP
+        self.lists = [self._post_list(mr, k * self.repost, slots) for k in range(lists)]
         self.whole_messages = cfg.wire == "rc"  # stream: a receive is any number of bytes
         self.posted = [0] * len(self.qps)  # outstanding per QP
-        self.count = 0
+        self.count = 0  # lists posted
         self.got: list[list[int]] = []
         self.want: list[list[int]] | None = None
 
-    def top_up(self) -> None:
-        for i in range(len(self.qps)):
-            while self.posted[i] < self.rx_depth:
-                self._post(i, self.rx_depth - self.posted[i])
+    def _post_list(self, mr: MR, first: int, slots: int) -> RecvWR:
+        """`repost` receives linked once (distinct WRs: one may appear once per list)."""
+        head: RecvWR | None = None
+        for n in reversed(range(first, first + self.repost)):
+            sge = SGE(mr.buf + (n % slots) * self.stride, self.stride, mr.lkey)
+            head = RecvWR(DATA_RECV, 1, [sge], head)
+        assert head is not None
+        return head
 
-    def _post(self, i: int, count: int) -> None:
-        """Post *count* receives on QP *i* as post lists of WRs built once (perftest
-        reposts in C; here a per-message RecvWR and post_recv call would cost more than
-        the receive itself)."""
-        ring = self.ring
-        while count > 0:
-            k = min(count, len(ring))  # a WR appears once per list
-            first = self.count % len(ring)
-            batch = [ring[(first + j) % len(ring)] for j in range(k)]
-            for wr, nxt in itertools.pairwise(batch):
-                wr.next_wr = nxt
-            batch[-1].next_wr = None
-            self.qps[i].post_recv(batch[0])
-            self.posted[i] += k
-            self.count += k
-            count -= k
+    def top_up(self) -> None:
+        """Post lists on every QP until each has ``rx_depth`` receives outstanding."""
+        posted, lists, repost, rx_depth = self.posted, self.lists, self.repost, self.rx_depth
+        for i, qp in enumerate(self.qps):
+            while posted[i] + repost <= rx_depth:
+                qp.post_recv(lists[self.count % len(lists)])
+                self.count += 1
+                posted[i] += repost
 
     def begin(self) -> None:
         self.got = [[0, 0] for _ in self.qps]
         self.want = None
 
-    def landed(self, i: int, byte_len: int) -> None:
-        self.got[i][0] += 1
-        self.got[i][1] += byte_len
-        self.posted[i] -= 1
-        missing = self.rx_depth - self.posted[i]
-        if missing >= self.repost:
-            self._post(i, missing)
+    def take(self, wcs: list[WC]) -> list[WC]:
+        """Count the receives among *wcs* (successful) and put their places back; the
+        other completions are returned."""
+        others: list[WC] = []
+        got, posted, index = self.got, self.posted, self.index
+        for wc in wcs:
+            if wc.opcode & RECV:
+                i = index[wc.qp_num]
+                counts = got[i]
+                counts[0] += 1
+                counts[1] += wc.byte_len
+                posted[i] -= 1
+            else:
+                others.append(wc)
+        self.top_up()
+        return others
 
     def qp_complete(self, i: int) -> bool:
         if self.want is None:
@@ -585,16 +610,15 @@ def _bw_run(
                 rx.want = peer["sent"]  # type: ignore[assignment]
         if (tx is None or mine is not None) and peer is not None and (rx is None or rx.complete):
             return mine, peer
-        wc = end.next_wc(watch_ctrl=peer is None, spare=rx.spare if rx is not None else None)
-        if wc is None:
+        wcs = end.next_wcs(watch_ctrl=peer is None, spare=rx.spare if rx is not None else None)
+        if wcs is None:
             continue
-        i = end.index[wc.qp_num]
-        if wc.opcode & RECV and rx is not None:
-            rx.landed(i, wc.byte_len)
-        elif tx is not None and not wc.opcode & RECV:
-            tx.chain_done(i)
-        else:
-            raise TcpverbsError(errno.EPROTO, f"unexpected completion {wc}")
+        if rx is not None:
+            wcs = rx.take(wcs)
+        for wc in wcs:
+            if tx is None or wc.opcode & RECV:
+                raise TcpverbsError(errno.EPROTO, f"unexpected completion {wc}")
+            tx.chain_done(end.index[wc.qp_num])
 
 
 def _bw_result(
