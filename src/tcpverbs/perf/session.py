@@ -661,7 +661,8 @@ def _await_message(end: _Endpoint, qp: QP, sge: SGE, sends: int = 0) -> None:
     arrived = 0
     whole = False
     while sends or not whole:
-        (wc,) = end.wait(1)
+        wc = end.next_wc()
+        assert wc is not None
         if not wc.opcode & RECV:
             sends -= 1
             continue
@@ -684,15 +685,16 @@ def _client_lat(end: _Endpoint, cfg: PerfConfig, size: int, target: tuple[int, i
     signaled = ibv_send_flags.IBV_SEND_SIGNALED
     deadline = time.perf_counter() + cfg.duration if cfg.duration else None
     reply = SGE(mr.buf + n, size, mr.lkey)
+    # the WRs are built once, as perftest does: post_send copies what it needs out of them
+    recv_wr = RecvWR(1, 1, [SGE(mr.buf + n, n, mr.lkey)])
+    send_wr = SendWR(2, OP.IBV_WR_SEND, 1, 0, [SGE(mr.buf, size, mr.lkey)], signaled | inline)
     i = 0
     while (i < iters) if deadline is None else (time.perf_counter() < deadline):
         stamp = (i % 255) + 1
         if test == "send_lat":
-            qp.post_recv(RecvWR(1, 1, [SGE(mr.buf + n, n, mr.lkey)]))
+            qp.post_recv(recv_wr)
             t0 = time.perf_counter_ns()
-            qp.post_send(
-                SendWR(2, OP.IBV_WR_SEND, 1, 0, [SGE(mr.buf, size, mr.lkey)], signaled | inline)
-            )
+            qp.post_send(send_wr)
             _await_message(end, qp, reply, sends=1)  # our send and the reply, in either order
             samples.append((time.perf_counter_ns() - t0) / 2000)
         elif test == "write_lat":
@@ -787,7 +789,9 @@ def _server_send_lat(end: _Endpoint, size: int) -> None:
     qp, mr = end.qps[0], end.data
     assert mr is not None
     n = max(1, size)
-    qp.post_recv(RecvWR(DATA_RECV, 1, [SGE(mr.buf, n, mr.lkey)]))
+    recv_wr = RecvWR(DATA_RECV, 1, [SGE(mr.buf, n, mr.lkey)])  # built once, as perftest's
+    send_wr = SendWR(101, OP.IBV_WR_SEND, 1, 0, [SGE(mr.buf + n, size, mr.lkey)], 0)
+    qp.post_recv(recv_wr)
     end.ctrl.send(READY)
     arrived = 0
     while True:
@@ -802,8 +806,8 @@ def _server_send_lat(end: _Endpoint, size: int) -> None:
             qp.post_recv(RecvWR(DATA_RECV, 1, [rest]))
             continue
         arrived = 0
-        qp.post_recv(RecvWR(DATA_RECV, 1, [SGE(mr.buf, n, mr.lkey)]))
-        qp.post_send(SendWR(101, OP.IBV_WR_SEND, 1, 0, [SGE(mr.buf + n, size, mr.lkey)], 0))
+        qp.post_recv(recv_wr)
+        qp.post_send(send_wr)
 
 
 def _server_write_lat(end: _Endpoint, size: int, peer_target: tuple[int, int]) -> None:
