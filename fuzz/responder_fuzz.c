@@ -32,7 +32,7 @@ static alignas(64) uint8_t memory[GUARD + MR_SIZE + GUARD];
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    CHECK(tv_engine_init(&engine) == 0);
+    CHECK(tv_engine_init(&engine, 0) == 0);
     CHECK(tv_mem_reg(&engine.mem, 1, 1, (uint64_t)(uintptr_t)MR, MR_SIZE, ALL_ACCESS, NULL) ==
           TV_MEM_OK);
     cq = tv_cq_new(&engine, 1, 64, NULL);

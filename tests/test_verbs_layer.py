@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 import tcpverbs as v
-from tcpverbs.engine.api import PostFailure, PostFault
+from tcpverbs.engine.api import EngineOptions, PostFailure, PostFault
 from tcpverbs.testing import FakeCQ, FakeEngine, FakeQP, chain, tcp_socket_pair
 
 S = v.ibv_qp_state
@@ -85,12 +85,12 @@ def to_rts(qp: v.QP, sock: socket.socket) -> None:
 
 def test_a_factory_chooses_the_engine(fake: FakeEngine) -> None:
     """Context(engine=factory) runs on what the factory built, and says so."""
-    with v.Context(name="tcpv_lo", engine=fake.factory, zerocopy_min=4096) as ctx:
+    with v.Context(name="tcpv_lo", engine=fake.factory, zerocopy_min=4096, sq_poll_us=50) as ctx:
         assert ctx.engine == "fake"
         stats = ctx.statistics()
         assert stats["engine"] == "fake"
         assert stats["syscalls"] == 0
-    assert fake.calls[0] == ("open", "tcpv_lo", 4096)
+    assert fake.calls[0] == ("open", "tcpv_lo", EngineOptions(zerocopy_min=4096, sq_poll_us=50))
     assert fake.calls[-1] == ("close",)
 
 

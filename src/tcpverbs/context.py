@@ -22,13 +22,16 @@ from .device import (
     query_port_attr,
 )
 from .engine import EngineFactory, open_engine
-from .engine.api import ContextEngine
+from .engine.api import ContextEngine, EngineOptions
 from .enums import ibv_event_type
-from .errors import TcpverbsError, check_timeout
+from .errors import TcpverbsError, check_int, check_timeout
 from .oob.service import OobService
 from .qp import QP
 
 __all__ = ["AsyncEvent", "Context"]
+
+
+MAX_SQ_POLL_US = 1_000_000  # a spinning engine thread gives its core back within 1 s
 
 
 @dataclass(slots=True)
@@ -53,8 +56,11 @@ class Context(VerbsObject):
     tcpverbs extensions: *spin_us*, how long ``CQ.wait`` polls before it sleeps;
     *zerocopy_min*, the smallest payload segment sent with ``MSG_ZEROCOPY`` (None:
     automatic — never to a loopback peer, where the kernel copies anyway; the native
-    engine does not use it yet); *engine*, the engine that moves the data (``"native"``
-    or ``"python"``; default: ``$TCPVERBS_ENGINE``, else native where it is built — see
+    engine does not use it yet); *sq_poll_us*, SQ polling (native engine only): the
+    engine thread sends what is posted, and spins this many microseconds after each send
+    for more, so that ``post_send`` makes no system call (0, the default: the poster
+    sends itself); *engine*, the engine that moves the data (``"native"`` or
+    ``"python"``; default: ``$TCPVERBS_ENGINE``, else native where it is built — see
     :mod:`tcpverbs.engine`), or a factory that builds one.
     """
 
@@ -64,6 +70,7 @@ class Context(VerbsObject):
         *,
         spin_us: int = DEFAULT_SPIN_US,
         zerocopy_min: int | None = None,
+        sq_poll_us: int = 0,
         engine: str | EngineFactory | None = None,
     ) -> None:
         _check_spin(spin_us)
@@ -71,15 +78,17 @@ class Context(VerbsObject):
             raise TcpverbsError(
                 errno.EINVAL, f"zerocopy_min must be None or an int >= 0, got {zerocopy_min!r}"
             )
+        check_int("sq_poll_us", sq_poll_us, 0, MAX_SQ_POLL_US)
         self.device = find_device(name)
         self.name: bytes = self.device.name
         self._engine: ContextEngine = open_engine(
-            self.name.decode(), engine, zerocopy_min=zerocopy_min
+            self.name.decode(), engine, EngineOptions(zerocopy_min, sq_poll_us)
         )
         super().__init__()
         # how long CQ.wait() polls before it sleeps (a CQ may override it)
         self.spin_us = spin_us
         self.zerocopy_min = zerocopy_min  # as given (the engine applies it)
+        self.sq_poll_us = sq_poll_us
         self._oob = OobService(self.name.decode())
         self._keys: set[int] = set()
         self._handles = itertools.count(1)  # what the engine knows PDs, CQs and QPs by

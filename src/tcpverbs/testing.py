@@ -26,6 +26,7 @@ from .engine.api import (
     ContextEngine,
     CQEngine,
     EngineEvent,
+    EngineOptions,
     Overrun,
     PostFailure,
     QPEngine,
@@ -408,9 +409,9 @@ class FakeEngine:
 
     name = "fake"
 
-    def __init__(self, device: str = "tcpv_lo", zerocopy_min: int | None = None) -> None:
+    def __init__(self, device: str = "tcpv_lo", options: EngineOptions | None = None) -> None:
         self.device = device
-        self.zerocopy_min = zerocopy_min
+        self.options = options or EngineOptions()
         self.calls: list[FakeCall] = []
         self.mrs: dict[int, tuple[int, memoryview, int, int]] = {}  # key: pd, view, addr, access
         self.qps: dict[int, FakeQP] = {}
@@ -419,10 +420,10 @@ class FakeEngine:
         self.events: deque[EngineEvent] = deque()
         self.closed = False
 
-    def factory(self, device: str, zerocopy_min: int | None) -> FakeEngine:
+    def factory(self, device: str, options: EngineOptions) -> FakeEngine:
         """An :data:`~tcpverbs.engine.EngineFactory` that hands out this engine."""
-        self.calls.append(("open", device, zerocopy_min))
-        self.device, self.zerocopy_min = device, zerocopy_min
+        self.calls.append(("open", device, options))
+        self.device, self.options = device, options
         return self
 
     def called(self, name: str) -> list[FakeCall]:

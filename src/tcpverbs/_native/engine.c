@@ -3,10 +3,19 @@
  *
  * The engine thread sleeps in epoll_pwait2 until a watched socket is ready, the nearest
  * timer of a watched QP falls due, or the doorbell (an eventfd) rings.  The doorbell is
- * rung only when a QP sets a timer earlier than the thread's sleep (`sleep_until`), or
- * at close: the thread is otherwise never woken by the application.  Timers are per QP
- * (`deadline`, the earliest of its connection's); the thread finds the nearest by a scan
- * of the watch list, which holds the connected QPs only.
+ * rung only when a QP sets a timer earlier than the thread's sleep (`sleep_until`), at
+ * close, or (SQ polling) when a send is posted while the thread sleeps: the thread is
+ * otherwise never woken by the application.  Timers are per QP (`deadline`, the earliest
+ * of its connection's); the thread finds the nearest by a scan of the watch list, which
+ * holds the connected QPs only.
+ *
+ * SQ polling (`sq_poll_ns` != 0, a context option): posters do not write to the socket
+ * themselves; they flag the QP and bump `sq_kicks`, and the engine thread pushes the
+ * sends.  After each push it spins on `sq_kicks` for sq_poll_ns (looking at its sockets
+ * and timers every SQ_SLICE_NS) before it sleeps, so a steady poster never pays for a
+ * system call; a poster rings the doorbell only when the thread sleeps.  The poster
+ * stores its flag and then reads `sleep_until`; the thread stores `sleep_until` and then
+ * reads `sq_kicks` (both sequentially consistent): one of them sees the other.
  */
 #define _GNU_SOURCE
 #include "engine.h"
@@ -22,9 +31,11 @@
 #include <unistd.h>
 
 const char *const tv_engine_stat_names[TV_ENG_NSTATS] = {
-    "engine_wakeups", "epoll_ctl_calls", "engine_wake_writes", "engine_timers"};
+    "engine_wakeups", "epoll_ctl_calls", "engine_wake_writes", "engine_timers",
+    "engine_sq_pushes"};
 
 enum { BATCH = 64 };
+enum { SQ_SLICE_NS = 50000 }; /* a spinning engine thread looks at sockets this often */
 static const uint64_t DRAIN_NS = 5000000000ull; /* a closed connection waits for the FIN */
 
 /* A half-closed socket read until the peer's FIN (engine thread; the list under the
@@ -79,9 +90,10 @@ static void ring_doorbell(tv_engine *e) {
     /* EAGAIN: the counter is full, so the thread wakes anyway */
 }
 
-int tv_engine_init(tv_engine *e) {
+int tv_engine_init(tv_engine *e, uint64_t sq_poll_ns) {
     memset(e, 0, sizeof *e);
     e->epfd = e->doorbell = -1;
+    e->sq_poll_ns = sq_poll_ns;
     int err = tv_mem_init(&e->mem);
     if (err != 0)
         return err;
@@ -219,10 +231,62 @@ void tv_engine_drain(tv_engine *e, int fd) {
     tv_engine_timer_changed(e, deadline);
 }
 
+static inline void spin_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+/* SQ polling: push the sends of every kicked QP; 1 if any were kicked. */
+static int serve_kicks(tv_engine *e, uint64_t *seen) {
+    uint64_t kicks = atomic_load(&e->sq_kicks);
+    if (kicks == *seen)
+        return 0;
+    *seen = kicks;
+    tv_qp *local[BATCH];
+    uint32_t n = 0;
+    pthread_mutex_lock(&e->lock);
+    for (uint32_t i = 0; i < e->nwatch && n < BATCH; i++)
+        if (atomic_load(&e->watch[i]->sq_kicked)) {
+            tv_qp_get(e->watch[i]);
+            local[n++] = e->watch[i];
+        }
+    if (n == BATCH)
+        *seen = kicks - 1; /* more may be flagged: look again next time */
+    pthread_mutex_unlock(&e->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        tv_qp_push_kicked(local[i]);
+        tv_qp_put(local[i]); /* may free the QP: outside the engine lock */
+    }
+    atomic_fetch_add(&e->stats[TV_ENG_SQ_PUSHES], n);
+    return 1;
+}
+
+/* SQ polling: serve kicks until `spin_end` (pushed on by each one served) or for one
+ * slice; 1 if the spin goes on (the caller looks at its sockets without sleeping). */
+static int sq_spin(tv_engine *e, uint64_t *seen, uint64_t *spin_end) {
+    uint64_t slice_end = tv_now() + SQ_SLICE_NS;
+    while (!atomic_load(&e->closing)) {
+        int served = serve_kicks(e, seen);
+        uint64_t now = tv_now();
+        if (served)
+            *spin_end = now + e->sq_poll_ns;
+        if (now >= *spin_end)
+            return 0;
+        if (now >= slice_end)
+            return 1;
+        spin_pause();
+    }
+    return 0;
+}
+
 static void *engine_main(void *arg) {
     tv_engine *e = arg;
     struct epoll_event evs[BATCH];
     tv_qp *due[BATCH];
+    uint64_t seen = 0, spin_end = 0; /* 0: kicks before the thread started count */
     while (!atomic_load(&e->closing)) {
         drop_retired(e);
         uint64_t now = tv_now();
@@ -240,18 +304,26 @@ static void *engine_main(void *arg) {
         uint64_t drain = drainers_due(e, now);
         if (drain != 0 && (nearest == 0 || drain < nearest))
             nearest = drain;
-        /* publish the sleep before the last look, so that a timer set after the look
-         * sees it and rings the doorbell */
-        atomic_store(&e->sleep_until, nearest ? nearest : UINT64_MAX);
-        uint64_t again = scan_timers(e, now, NULL, NULL);
-        if (again != 0 && (nearest == 0 || again < nearest))
-            nearest = again;
-        struct timespec ts, *tsp = NULL;
-        if (nearest != 0) {
-            uint64_t wait = nearest > now ? nearest - now : 0;
-            ts.tv_sec = (time_t)(wait / 1000000000u);
-            ts.tv_nsec = (long)(wait % 1000000000u);
-            tsp = &ts;
+        struct timespec ts = {0, 0}, *tsp = &ts; /* spinning: a look, no sleep */
+        int spinning = e->sq_poll_ns != 0 && sq_spin(e, &seen, &spin_end);
+        if (!spinning) {
+            /* publish the sleep before the last look, so that a timer set (or, SQ
+             * polling, a send posted) after the look sees it and rings the doorbell */
+            atomic_store(&e->sleep_until, nearest ? nearest : UINT64_MAX);
+            if (e->sq_poll_ns != 0 && atomic_load(&e->sq_kicks) != seen) {
+                atomic_store(&e->sleep_until, 0);
+                continue; /* posted meanwhile: serve it before sleeping */
+            }
+            uint64_t again = scan_timers(e, now, NULL, NULL);
+            if (again != 0 && (nearest == 0 || again < nearest))
+                nearest = again;
+            tsp = NULL;
+            if (nearest != 0) {
+                uint64_t wait = nearest > now ? nearest - now : 0;
+                ts.tv_sec = (time_t)(wait / 1000000000u);
+                ts.tv_nsec = (long)(wait % 1000000000u);
+                tsp = &ts;
+            }
         }
         int n = epoll_pwait2(e->epfd, evs, BATCH, tsp, NULL);
         atomic_store(&e->sleep_until, 0);
@@ -260,7 +332,8 @@ static void *engine_main(void *arg) {
                 continue;
             break; /* EBADF/EINVAL cannot happen with our own epoll fd; leave rather than spin */
         }
-        atomic_fetch_add(&e->stats[TV_ENG_WAKEUPS], 1);
+        if (!spinning || n > 0)
+            atomic_fetch_add(&e->stats[TV_ENG_WAKEUPS], 1);
         for (int i = 0; i < n; i++) {
             if (evs[i].data.u64 & DRAINER_TAG) {
                 drainer_read(e, (tv_drainer *)(uintptr_t)(evs[i].data.u64 & ~(uint64_t)1));
@@ -325,6 +398,13 @@ void tv_engine_unwatch(tv_engine *e, tv_qp *qp) {
             tv_qp_get(qp);
     }
     pthread_mutex_unlock(&e->lock);
+}
+
+void tv_engine_kick(tv_engine *e, tv_qp *qp) {
+    atomic_store(&qp->sq_kicked, 1);
+    atomic_fetch_add(&e->sq_kicks, 1);
+    if (atomic_load(&e->sleep_until) != 0)
+        ring_doorbell(e);
 }
 
 void tv_engine_timer_changed(tv_engine *e, uint64_t deadline) {

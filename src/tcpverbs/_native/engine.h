@@ -77,7 +77,7 @@ enum tv_qp_stat { TV_QP_WRS_SENT, TV_QP_WRS_RECEIVED, TV_QP_BYTES_SENT,
                   TV_QP_FRAMES_RECEIVED, TV_QP_RNR_NAKS_SENT, TV_QP_RNR_NAKS_RECEIVED,
                   TV_QP_REMOTE_OPS, TV_QP_NSTATS };
 enum tv_engine_stat { TV_ENG_WAKEUPS, TV_ENG_EPOLL_CTL, TV_ENG_WAKE_WRITES, TV_ENG_TIMERS,
-                      TV_ENG_NSTATS };
+                      TV_ENG_SQ_PUSHES, TV_ENG_NSTATS };
 
 typedef struct tv_engine tv_engine;
 typedef struct tv_cq tv_cq;
@@ -232,6 +232,7 @@ struct tv_qp {
     tv_conn conn;
     _Atomic uint64_t deadline;   /* the conn's next timer (ns), 0: none; read unlocked */
     _Atomic uint64_t app_polled; /* ns of the application's last empty poll, 0: blocking */
+    _Atomic int sq_kicked;       /* SQ polling: sends posted for the engine thread to push */
     uint64_t stats[TV_QP_NSTATS]; /* guarded by `lock` */
 };
 extern const char *const tv_qp_stat_names[TV_QP_NSTATS];
@@ -253,6 +254,10 @@ struct tv_engine {
     int thread_started;
     _Atomic int closing;
     _Atomic uint64_t sleep_until; /* ns the engine thread sleeps until (0: awake) */
+    /* SQ polling (0: off): posted sends are pushed by the engine thread, which spins this
+     * long after its last push before it sleeps; `sq_kicks` counts the posts it serves */
+    uint64_t sq_poll_ns;
+    _Atomic uint64_t sq_kicks;
     tv_qp **watch;             /* QPs with a live connection (a reference each) */
     uint32_t nwatch, capwatch;
     tv_qp **retired;           /* references the engine thread drops between batches */
@@ -277,13 +282,15 @@ int tv_qps_push(tv_qp ***arr, uint32_t *n, uint32_t *cap, tv_qp *qp);
 int tv_qps_drop(tv_qp **arr, uint32_t *n, const tv_qp *qp);
 
 /* engine.c */
-int tv_engine_init(tv_engine *e);         /* 0 or an errno */
+int tv_engine_init(tv_engine *e, uint64_t sq_poll_ns); /* 0 or an errno */
 void tv_engine_close(tv_engine *e);       /* stops and joins the thread */
 void tv_engine_free(tv_engine *e);        /* after close, once nothing uses it */
 int tv_engine_watch(tv_engine *e, tv_qp *qp, uint32_t events); /* QP lock held */
 int tv_engine_rewatch(tv_engine *e, tv_qp *qp, uint32_t events);
 void tv_engine_unwatch(tv_engine *e, tv_qp *qp);
 void tv_engine_timer_changed(tv_engine *e, uint64_t deadline);
+/* SQ polling: `qp` has posted sends for the engine thread (rings the doorbell if it sleeps) */
+void tv_engine_kick(tv_engine *e, tv_qp *qp);
 void tv_engine_event(tv_engine *e, uint32_t type, uint64_t handle, const char *reason);
 /* Take a half-closed socket: read and discard until the peer's FIN (or TV_DRAIN_NS),
  * then close it.  Without the engine thread, or memory, it is closed at once. */
@@ -354,6 +361,7 @@ void tv_qp_post_send(tv_qp *qp, const tv_send_in *wr, tv_post_result *res);
 void tv_qp_post_recv(tv_qp *qp, uint64_t wr_id, const tv_sge_in *sge, uint32_t num_sge,
                      uint32_t sg_len, tv_post_result *res);
 void tv_qp_posted(tv_qp *qp, int send); /* after a chain: start what was posted */
+void tv_qp_push_kicked(tv_qp *qp);        /* engine thread, SQ polling: push what was */
 int tv_qp_modify(tv_qp *qp, int expect, int state, const tv_params *params);
 /* Take the connected socket `fd` (rc: with the peer's hello when the connection manager
  * read it already, and the time to wait for it otherwise): 1 taken, -1 taken but the QP

@@ -123,13 +123,15 @@ typedef struct {
 } EngineObject;
 
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds) {
-    (void)args;
-    (void)kwds;
+    static char *kwlist[] = {"sq_poll_ns", NULL};
+    unsigned long long sq_poll_ns = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$K", kwlist, &sq_poll_ns))
+        return -1;
     if (self->ready)
         return 0;
     if (setup() < 0)
         return -1;
-    int err = tv_engine_init(&self->engine);
+    int err = tv_engine_init(&self->engine, sq_poll_ns);
     if (err != 0) {
         errno = err;
         PyErr_SetFromErrno(PyExc_OSError);

@@ -336,18 +336,35 @@ void tv_qp_post_recv(tv_qp *qp, uint64_t wr_id, const tv_sge_in *sge, uint32_t n
     tv_ring_produce(qp->rq);
 }
 
+/* Push posted sends onto the wire.  QP lock held. */
+static void push_sends(tv_qp *qp) {
+    if (qp->conn.fd < 0 || qp->conn.closed)
+        return;
+    if (qp->wire == TV_WIRE_RC)
+        tv_rcconn_pump(qp);
+    else if (atomic_load(&qp->state) == TV_QPS_RTS)
+        tv_stream_pump(qp);
+}
+
 void tv_qp_posted(tv_qp *qp, int send) {
-    pthread_mutex_lock(&qp->lock);
-    if (qp->conn.fd >= 0 && !qp->conn.closed) {
-        if (qp->wire == TV_WIRE_RC) {
-            if (send) /* receives: nothing to resume (a refused SEND comes back itself) */
-                tv_rcconn_pump(qp);
-        } else if (!send) {
-            tv_stream_receive(qp);
-        } else if (atomic_load(&qp->state) == TV_QPS_RTS) {
-            tv_stream_pump(qp);
-        }
+    if (send && qp->engine->sq_poll_ns != 0) {
+        tv_engine_kick(qp->engine, qp); /* the engine thread pushes them */
+        return;
     }
+    pthread_mutex_lock(&qp->lock);
+    if (send)
+        push_sends(qp);
+    else if (qp->wire == TV_WIRE_STREAM && qp->conn.fd >= 0 && !qp->conn.closed)
+        tv_stream_receive(qp); /* rc receives: nothing to resume (a refused SEND comes
+                                  back itself) */
+    pthread_mutex_unlock(&qp->lock);
+}
+
+void tv_qp_push_kicked(tv_qp *qp) {
+    if (!atomic_exchange(&qp->sq_kicked, 0))
+        return;
+    pthread_mutex_lock(&qp->lock);
+    push_sends(qp);
     pthread_mutex_unlock(&qp->lock);
 }
 

@@ -1,10 +1,10 @@
 """Engines, and the choice of one.
 
 :mod:`.api` is the contract between the verbs objects and any engine; :mod:`.py` is the
-pure-Python engine (the reference), :mod:`.native` the C one (``tcpverbs._native``; the
-``stream`` wire mode so far).  :func:`open_engine` picks the engine of a new context: the
-*choice* passed to ``Context(engine=...)``, else the ``TCPVERBS_ENGINE`` environment
-variable, else the default.
+pure-Python engine (the reference), :mod:`.native` the C one (``tcpverbs._native``).
+:func:`open_engine` picks the engine of a new context: the *choice* passed to
+``Context(engine=...)``, else the ``TCPVERBS_ENGINE`` environment variable, else the
+default.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 
 from ..errors import TcpverbsError
-from .api import ENGINE_ENV, ContextEngine
+from .api import ENGINE_ENV, ContextEngine, EngineOptions
 
 __all__ = [
     "ENGINES",
@@ -26,8 +26,8 @@ __all__ = [
 ]
 
 # an engine of one's own (tcpverbs.testing.FakeEngine, say): called with the device name
-# and the context's zerocopy_min
-EngineFactory = Callable[[str, int | None], ContextEngine]
+# and the context's options
+EngineFactory = Callable[[str, EngineOptions], ContextEngine]
 
 ENGINES = ("native", "python")  # every engine this package knows, default first
 
@@ -56,20 +56,22 @@ def default_engine() -> str:
 
 
 def open_engine(
-    device: str, choice: str | EngineFactory | None = None, *, zerocopy_min: int | None = None
+    device: str,
+    choice: str | EngineFactory | None = None,
+    options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen: one shared is fine)
 ) -> ContextEngine:
     """The engine for a new context on *device*: *choice* names one, or builds one."""
     if callable(choice):
-        return choice(device, zerocopy_min)
+        return choice(device, options)
     name = chosen_engine(choice)
     if name == "python":
         from .py import PyEngine
 
-        return PyEngine(device, zerocopy_min=zerocopy_min)
+        return PyEngine(device, options)
     if name == "native" and _native_built():
         from .native import NativeEngine
 
-        return NativeEngine(device, zerocopy_min=zerocopy_min)
+        return NativeEngine(device, options)
     source = "engine=" if choice is not None else f"{ENGINE_ENV}="
     raise TcpverbsError(
         errno.EINVAL if name not in ENGINES else errno.EOPNOTSUPP,

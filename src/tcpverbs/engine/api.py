@@ -55,8 +55,10 @@ QP is elsewhere.
 Choosing an engine
 ------------------
 :func:`tcpverbs.engine.open_engine` picks one: ``Context(engine=...)``, else the
-``TCPVERBS_ENGINE`` environment variable, else the default.  ``python`` (package
-:mod:`tcpverbs.engine.py`) is the reference implementation.
+``TCPVERBS_ENGINE`` environment variable, else the default, and opens it with the
+device's name and the context's :class:`EngineOptions`.  ``python`` (package
+:mod:`tcpverbs.engine.py`) is the reference implementation; ``native`` (the extension
+``tcpverbs._native``, skin :mod:`tcpverbs.engine.native`) the default.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ __all__ = [
     "ContextEngine",
     "EngineEvent",
     "EngineLimits",
+    "EngineOptions",
     "Overrun",
     "PostFailure",
     "PostFault",
@@ -227,6 +230,19 @@ class EngineLimits:
 
 
 LIMITS = EngineLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """What a context asks of its engine: ``Context``'s engine options, checked there."""
+
+    # MSG_ZEROCOPY for payload segments this big: None = automatic (never to a loopback
+    # peer, where the kernel copies anyway), 0 = never
+    zerocopy_min: int | None = None
+    # SQ polling: the engine thread sends what is posted and spins this long after each
+    # send for more; 0 = the poster sends itself (an engine may not offer it: EOPNOTSUPP)
+    sq_poll_us: int = 0
+
 
 MIN_REQUESTER_TIMEOUT = 1.0  # seconds: TCP's own retransmission makes shorter spurious
 

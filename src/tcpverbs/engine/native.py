@@ -24,7 +24,7 @@ from .. import _native
 from ..enums import ibv_event_type, ibv_qp_state
 from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
 from ..wire.hello import Hello
-from .api import LIMITS, ChannelEngine, EngineEvent, QPSpec
+from .api import LIMITS, ChannelEngine, EngineEvent, EngineOptions, QPSpec
 from .stats import Tally
 
 __all__ = ["NativeEngine"]
@@ -120,10 +120,10 @@ class NativeQP(_native.QP):
 class NativeEngine(_native.Engine):
     name = "native"
 
-    def __init__(self, device: str, *, zerocopy_min: int | None = None) -> None:
-        super().__init__()
+    def __init__(self, device: str, options: EngineOptions = EngineOptions()) -> None:  # noqa: B008
+        super().__init__(sq_poll_ns=options.sq_poll_us * 1000)
         self.device = device
-        self.zerocopy_min = zerocopy_min  # (MSG_ZEROCOPY is not used by stream)
+        self.zerocopy_min = options.zerocopy_min
         self._objects: Tally[NativeQP | NativeCQ] = Tally()
 
     def create_channel(self) -> NativeChannel:

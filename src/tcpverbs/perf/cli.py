@@ -44,6 +44,14 @@ def add_perf_arguments(p: argparse.ArgumentParser) -> None:
         choices=ENGINES,
         help="the engine that moves the data (default: $TCPVERBS_ENGINE, else the default)",
     )
+    p.add_argument(
+        "--sq-poll-us",
+        type=int,
+        default=0,
+        metavar="US",
+        help="SQ polling (native engine): its thread sends what is posted and spins US "
+        "microseconds for more (default 0: the poster sends)",
+    )
     p.add_argument("--loopback", action="store_true", help="start the server process too")
     p.add_argument("--print-port", action="store_true", help=argparse.SUPPRESS)
 
@@ -77,7 +85,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run_perf(args: argparse.Namespace) -> int:
     _check(args)
-    with Context(name=args.ib_dev, engine=args.engine) as ctx:
+    with Context(name=args.ib_dev, engine=args.engine, sq_poll_us=args.sq_poll_us) as ctx:
         if args.host is None and not args.loopback:
 
             def announce(port: int) -> None:
@@ -105,7 +113,9 @@ def run_perf(args: argparse.Namespace) -> int:
         server = None
         host, port = args.host, args.port
         if args.loopback:
-            server, port = loopback_server(args.test, engine=args.engine)
+            server, port = loopback_server(
+                args.test, engine=args.engine, sq_poll_us=args.sq_poll_us
+            )
             host = "127.0.0.1"
         try:
             show = sys.stderr.isatty()

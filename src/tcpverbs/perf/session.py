@@ -831,13 +831,15 @@ def _server_write_lat(end: _Endpoint, size: int, peer_target: tuple[int, int]) -
 
 
 def loopback_server(
-    test: str, port: int = 0, engine: str | None = None
+    test: str, port: int = 0, engine: str | None = None, sq_poll_us: int = 0
 ) -> tuple[subprocess.Popen[str], int]:
     """Start ``tcpverbs perf TEST --server-only`` as another process (on *engine*, else
-    the default); return it and its port."""
+    the default, with *sq_poll_us*); return it and its port."""
     cmd = [sys.executable, "-m", "tcpverbs.cli", "perf", test, "--print-port", "-p", str(port)]
     if engine is not None:
         cmd += ["--engine", engine]
+    if sq_poll_us:
+        cmd += ["--sq-poll-us", str(sq_poll_us)]
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

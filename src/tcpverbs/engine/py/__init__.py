@@ -22,7 +22,7 @@ import threading
 from ...enums import ibv_event_type
 from ...errors import TcpverbsError
 from ...reactor import Reactor
-from ..api import ChannelEngine, EngineEvent, QPSpec
+from ..api import ChannelEngine, EngineEvent, EngineOptions, QPSpec
 from ..stats import Tally
 from .cq import PyChannel, PyCQ
 from .memory import MemoryTable
@@ -34,11 +34,17 @@ __all__ = ["PyEngine"]
 class PyEngine:
     name = "python"
 
-    def __init__(self, device: str, *, zerocopy_min: int | None = None) -> None:
+    def __init__(self, device: str, options: EngineOptions = EngineOptions()) -> None:  # noqa: B008
+        if options.sq_poll_us:
+            raise TcpverbsError(
+                errno.EOPNOTSUPP,
+                "sq_poll_us: SQ polling needs the native engine (the Python engine's "
+                "thread would spin holding the interpreter's lock)",
+            )
         self.device = device
         # MSG_ZEROCOPY for segments this big: None = automatic (off to loopback peers,
         # 64 KiB otherwise), 0 = never (see .zerocopy)
-        self.zerocopy_min = zerocopy_min
+        self.zerocopy_min = options.zerocopy_min
         self.memory = MemoryTable()
         self._lock = threading.Lock()
         self._reactor: Reactor | None = None
