@@ -28,6 +28,7 @@ setup(
                 f"{NATIVE}/stream.c",
                 f"{NATIVE}/conn.c",
                 f"{NATIVE}/rcconn.c",
+                f"{NATIVE}/zerocopy.c",
             ],
             depends=[
                 f"{NATIVE}/binding.h",
@@ -37,6 +38,7 @@ setup(
                 f"{NATIVE}/rcproto.h",
                 f"{NATIVE}/requester.h",
                 f"{NATIVE}/engine.h",
+                f"{NATIVE}/zerocopy.h",
             ],
             include_dirs=[NATIVE],
             extra_compile_args=["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Werror"],

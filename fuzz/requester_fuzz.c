@@ -13,21 +13,13 @@
 #include <string.h>
 
 #include "check.h"
+#include "script.h"
 #include "requester.h"
 
 enum { CAP = 8 };
 
 static tv_request win[CAP], done[CAP], snapshot_win[CAP];
 static uint8_t seen[1 << 16]; /* cookie -> how many times it came out */
-
-static int take(const uint8_t **data, size_t *size, uint8_t *out) {
-    if (*size == 0)
-        return 0;
-    *out = **data;
-    (*data)++;
-    (*size)--;
-    return 1;
-}
 
 static void out(const tv_request *reqs, uint32_t n) {
     for (uint32_t i = 0; i < n; i++) {

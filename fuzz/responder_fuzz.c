@@ -96,7 +96,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     CHECK(tv_qp_modify(qp, TV_QPS_INIT, TV_QPS_RTR, &p));
     uint8_t hello[TV_HELLO_SIZE];
     peer_hello(hello);
-    CHECK(tv_qp_attach(qp, fds[0], hello, 1000000000u, 64) == 1);
+    CHECK(tv_qp_attach(qp, fds[0], hello, 1000000000u, 64, 0) == 1); /* no zerocopy */
     CHECK(tv_qp_modify(qp, TV_QPS_RTR, TV_QPS_RTS, &p));
     post();
     /* the input, then the end of the stream (a reset would race the reading) */

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzz the native engine's C code that a peer's bytes reach (the frame decoder, the rc
-# requester's window, the whole rc connection) with libFuzzer under AddressSanitizer and
+# Fuzz the native engine's C code that a peer's (or the kernel's) bytes reach (the frame
+# decoder, the rc requester's window, the whole rc connection, the zerocopy bookkeeping)
+# with libFuzzer under AddressSanitizer and
 # UndefinedBehaviorSanitizer:  scripts/fuzz.sh [seconds per harness, default 60]
 # Needs clang (Debian: apt-get install clang).  Finds a crash -> non-zero exit, with the
 # input saved under fuzz/crashes/ and the sanitizer's report on stderr.
@@ -18,7 +19,8 @@ FLAGS=(-std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/frames_fuzz.c" "$NATIVE/frames.c" -o "$OUT/frames_fuzz"
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/requester_fuzz.c" "$NATIVE/requester.c" "$NATIVE/rcproto.c" \
     -o "$OUT/requester_fuzz"
-ENGINE_C=(engine.c cq.c qp.c conn.c stream.c rcconn.c frames.c rcproto.c requester.c ring.c
+"$CC" "${FLAGS[@]}" "$ROOT/fuzz/zerocopy_fuzz.c" "$NATIVE/zerocopy.c" -o "$OUT/zerocopy_fuzz"
+ENGINE_C=(engine.c cq.c qp.c conn.c stream.c rcconn.c zerocopy.c frames.c rcproto.c requester.c ring.c
           memtable.c)
 "$CC" "${FLAGS[@]}" -pthread "$ROOT/fuzz/responder_fuzz.c" "${ENGINE_C[@]/#/$NATIVE/}" \
     -o "$OUT/responder_fuzz"
@@ -45,3 +47,7 @@ mkdir -p "$OUT/responder_corpus"
 cp "$corpus"/* "$OUT/responder_corpus/" 2>/dev/null || true # frames make good seeds
 "$OUT/responder_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=4096 \
     -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$OUT/responder_corpus"
+echo "fuzzing the zerocopy bookkeeping for ${SECONDS_PER_HARNESS} s"
+mkdir -p "$OUT/zerocopy_corpus"
+"$OUT/zerocopy_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=1024 \
+    -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$OUT/zerocopy_corpus"

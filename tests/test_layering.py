@@ -288,6 +288,7 @@ def test_verbs_objects_only_see_the_engine_interface() -> None:
 SOCKET_USERS = (
     "tcpverbs.engine.py",
     "tcpverbs.engine.native",  # takes the socket's descriptor over to the C engine
+    "tcpverbs.engine.zerocopy",  # both engines' policy: reads a socket's two addresses
     "tcpverbs.oob",
     "tcpverbs.cm",
     "tcpverbs.reactor",

@@ -54,9 +54,9 @@ class Context(VerbsObject):
     """``ibv_open_device``: ``Context(name="tcpv_lo")``; no name opens the first device.
 
     tcpverbs extensions: *spin_us*, how long ``CQ.wait`` polls before it sleeps;
-    *zerocopy_min*, the smallest payload segment sent with ``MSG_ZEROCOPY`` (None:
-    automatic — never to a loopback peer, where the kernel copies anyway; the native
-    engine does not use it yet); *sq_poll_us*, SQ polling (native engine only): the
+    *zerocopy_min*, the smallest payload segment an rc QP sends with ``MSG_ZEROCOPY``
+    (None: automatic — 64 KiB over a physical NIC, never to a loopback peer, where the
+    kernel copies anyway; 0: never); *sq_poll_us*, SQ polling (native engine only): the
     engine thread sends what is posted, and spins this many microseconds after each send
     for more, so that ``post_send`` makes no system call (0, the default: the poster
     sends itself); *engine*, the engine that moves the data (``"native"`` or

@@ -220,14 +220,14 @@ int tv_conn_unpark(tv_qp *qp) {
 
 /* -- one send call, one receive call -------------------------------------------------------- */
 
-int64_t tv_conn_send(tv_qp *qp, struct iovec *iov, int n_iov) {
+int64_t tv_conn_send(tv_qp *qp, struct iovec *iov, int n_iov, int flags) {
     tv_conn *c = &qp->conn;
     if (n_iov == 0)
         return 0;
     struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n_iov};
     ssize_t sent;
     do
-        sent = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        sent = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT | flags);
     while (sent < 0 && errno == EINTR);
     if (sent < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -235,6 +235,8 @@ int64_t tv_conn_send(tv_qp *qp, struct iovec *iov, int n_iov) {
             tv_conn_set_interest(qp);
             return TV_SEND_FULL;
         }
+        if (errno == ENOBUFS && (flags & MSG_ZEROCOPY))
+            return TV_SEND_NOBUFS;
         tv_conn_broken(qp, errno, "sending");
         return TV_SEND_FAILED;
     }

@@ -75,7 +75,8 @@ enum tv_qp_stat { TV_QP_WRS_SENT, TV_QP_WRS_RECEIVED, TV_QP_BYTES_SENT,
                   TV_QP_BYTES_RECEIVED, TV_QP_SENDMSG_CALLS, TV_QP_RECV_CALLS,
                   TV_QP_RECV_EMPTY, TV_QP_ACK_CHECKS, TV_QP_FRAMES_SENT,
                   TV_QP_FRAMES_RECEIVED, TV_QP_RNR_NAKS_SENT, TV_QP_RNR_NAKS_RECEIVED,
-                  TV_QP_REMOTE_OPS, TV_QP_NSTATS };
+                  TV_QP_REMOTE_OPS, TV_QP_ZC_SENDS, TV_QP_ZC_RELEASED, TV_QP_ZC_COPIED,
+                  TV_QP_ZC_DISABLED, TV_QP_NSTATS };
 enum tv_engine_stat { TV_ENG_WAKEUPS, TV_ENG_EPOLL_CTL, TV_ENG_WAKE_WRITES, TV_ENG_TIMERS,
                       TV_ENG_SQ_PUSHES, TV_ENG_NSTATS };
 
@@ -124,6 +125,9 @@ typedef struct tv_work {
     uint32_t nseg;
     uint32_t rnr_tries;      /* rc: RNR NAKs it drew so far */
     uint32_t tx_refs;        /* rc: pieces of its frames still on the transmit queue */
+    uint32_t done_status;    /* rc: its outcome, while it waits for zerocopy releases */
+    uint64_t zc_mark;        /* rc: it may complete once this many zerocopy calls are
+                                released (0: none carried its bytes) */
     uint32_t override;       /* rc: the status a peer's TERMINATE gave it (flushes use it) */
     uint32_t hdr_len;        /* rc: its request header, encoded when it is issued */
     uint8_t hdr[40];
@@ -364,10 +368,11 @@ void tv_qp_posted(tv_qp *qp, int send); /* after a chain: start what was posted 
 void tv_qp_push_kicked(tv_qp *qp);        /* engine thread, SQ polling: push what was */
 int tv_qp_modify(tv_qp *qp, int expect, int state, const tv_params *params);
 /* Take the connected socket `fd` (rc: with the peer's hello when the connection manager
- * read it already, and the time to wait for it otherwise): 1 taken, -1 taken but the QP
- * failed at once, 0 refused (the fd stays the caller's). */
+ * read it already, the time to wait for it otherwise, and the smallest payload segment
+ * sent with MSG_ZEROCOPY, 0: never): 1 taken, -1 taken but the QP failed at once, 0
+ * refused (the fd stays the caller's). */
 int tv_qp_attach(tv_qp *qp, int fd, const uint8_t *peer_hello, uint64_t hello_timeout_ns,
-                 uint32_t tx_backlog);
+                 uint32_t tx_backlog, uint64_t zerocopy_min);
 void tv_qp_fail(tv_qp *qp, int kind, int err, const char *msg); /* with a goodbye */
 void tv_qp_reset(tv_qp *qp);
 void tv_qp_destroy(tv_qp *qp);
@@ -418,10 +423,12 @@ void tv_conn_watchdog(tv_qp *qp, uint64_t now, int awaiting_peer);
 int tv_conn_park_reads(tv_qp *qp, uint64_t now); /* 1: parked, leave the reading */
 int tv_conn_park_check(tv_qp *qp, uint64_t now); /* 1: unparked, read now */
 int tv_conn_unpark(tv_qp *qp);                   /* 1: it was parked */
-/* One sendmsg of iov[0..n): bytes (0 for nothing to send), TV_SEND_FULL (the socket
- * is full: epoll is asked for room), or TV_SEND_FAILED (the QP failed). */
-enum { TV_SEND_FULL = -1, TV_SEND_FAILED = -2 };
-int64_t tv_conn_send(tv_qp *qp, struct iovec *iov, int n_iov);
+/* One sendmsg of iov[0..n) with `flags` added (MSG_ZEROCOPY, or 0): bytes (0 for nothing
+ * to send), TV_SEND_FULL (the socket is full: epoll is asked for room), TV_SEND_NOBUFS (a
+ * zerocopy call over the pinned-page budget: nothing sent, copy instead), or
+ * TV_SEND_FAILED (the QP failed). */
+enum { TV_SEND_FULL = -1, TV_SEND_FAILED = -2, TV_SEND_NOBUFS = -3 };
+int64_t tv_conn_send(tv_qp *qp, struct iovec *iov, int n_iov, int flags);
 /* One recvmsg: bytes, 0 (would block), TV_RECV_EOF, or TV_RECV_FAILED (QP failed). */
 int64_t tv_conn_recv(tv_qp *qp, struct iovec *iov, int n_iov);
 int tv_conn_readable(tv_qp *qp); /* FIONREAD */
@@ -438,7 +445,10 @@ void tv_stream_settle(tv_qp *qp);          /* before a flush: complete what TCP 
 
 /* rcconn.c: the rc wire mode on a connection (QP lock held for all). */
 int tv_rcconn_start(tv_qp *qp, const uint8_t *peer_hello, uint64_t hello_timeout_ns,
-                    uint32_t tx_backlog);
+                    uint32_t tx_backlog, uint64_t zerocopy_min);
+/* WRs held for zerocopy releases complete now, in order (the connection is gone: the
+ * kernel lets go of the pages with it).  Before a failure's flush. */
+void tv_rcconn_complete_held(tv_qp *qp);
 uint32_t tv_rcconn_tx_queued(const tv_qp *qp); /* pieces waiting to be written */
 /* Where in the protocol the connection is, for error messages ("" when nothing to say). */
 const char *tv_rcconn_where(const tv_qp *qp);

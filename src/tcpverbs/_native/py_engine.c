@@ -1044,7 +1044,8 @@ static PyObject *QP_attach_fd(QPObject *self, PyObject *args) {
     Py_buffer hello = {0};
     double timeout;
     unsigned int backlog;
-    if (!PyArg_ParseTuple(args, "iz*dI", &fd, &hello, &timeout, &backlog))
+    unsigned long long zerocopy_min;
+    if (!PyArg_ParseTuple(args, "iz*dIK", &fd, &hello, &timeout, &backlog, &zerocopy_min))
         return NULL;
     if (hello.buf != NULL && hello.len != TV_HELLO_SIZE) {
         PyBuffer_Release(&hello);
@@ -1054,7 +1055,7 @@ static PyObject *QP_attach_fd(QPObject *self, PyObject *args) {
     uint64_t ns = timeout > 0 ? (uint64_t)(timeout * 1e9) : 0;
     int ok;
     Py_BEGIN_ALLOW_THREADS
-    ok = tv_qp_attach(self->qp, fd, hello.buf, ns, backlog);
+    ok = tv_qp_attach(self->qp, fd, hello.buf, ns, backlog, zerocopy_min);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&hello);
     return PyLong_FromLong(ok);

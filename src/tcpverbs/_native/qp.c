@@ -25,7 +25,8 @@
 const char *const tv_qp_stat_names[TV_QP_NSTATS] = {
     "wrs_sent", "wrs_received", "bytes_sent", "bytes_received", "sendmsg_calls",
     "recv_calls", "recv_empty", "ack_checks", "frames_sent", "frames_received",
-    "rnr_naks_sent", "rnr_naks_received", "remote_ops"};
+    "rnr_naks_sent", "rnr_naks_received", "remote_ops", "zerocopy_sends",
+    "zerocopy_released", "zerocopy_copied", "zerocopy_disabled"};
 
 static uint32_t send_slot_size(uint32_t max_sge, uint32_t max_inline) {
     size_t size = sizeof(tv_work) + (max_sge ? max_sge : 1) * sizeof(tv_seg);
@@ -466,6 +467,8 @@ void tv_qp_fail_with(tv_qp *qp, const tv_failure *f) {
             tv_stream_settle(qp); /* what TCP acknowledged is done, whatever happens */
         close_conn(qp, f->goodbye, reason);
     }
+    if (qp->wire == TV_WIRE_RC)
+        tv_rcconn_complete_held(qp); /* done before the failure: they succeeded */
     uint32_t status = f->first_status;
     tv_work *w;
     while ((w = head_of(qp->sq)) != NULL) {
@@ -543,7 +546,7 @@ int tv_qp_modify(tv_qp *qp, int expect, int state, const tv_params *params) {
 }
 
 int tv_qp_attach(tv_qp *qp, int fd, const uint8_t *peer_hello, uint64_t hello_timeout_ns,
-                 uint32_t tx_backlog) {
+                 uint32_t tx_backlog, uint64_t zerocopy_min) {
     pthread_mutex_lock(&qp->lock);
     int state = atomic_load(&qp->state);
     int ok = (state == TV_QPS_RTR || state == TV_QPS_RTS) && qp->conn.fd < 0 &&
@@ -553,7 +556,8 @@ int tv_qp_attach(tv_qp *qp, int fd, const uint8_t *peer_hello, uint64_t hello_ti
         memset(&qp->conn, 0, sizeof qp->conn);
         qp->conn.fd = fd;
         if (qp->wire == TV_WIRE_RC) {
-            if (tv_rcconn_start(qp, peer_hello, hello_timeout_ns, tx_backlog) != 0)
+            if (tv_rcconn_start(qp, peer_hello, hello_timeout_ns, tx_backlog, zerocopy_min) !=
+                0)
                 ok = -1; /* no memory for it: the QP failed, the socket is closed */
         } else {
             tv_stream_start(qp);

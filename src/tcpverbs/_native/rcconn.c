@@ -6,7 +6,13 @@
  * Requester: posted WRs become frames -- the header encoded into the WR's own slot, the
  * payload the WR's segments -- queued on the transmit queue (`tx`) so that a burst
  * leaves in one sendmsg.  The requester's window (requester.c) mirrors the send ring's
- * first `conn.wire_count` slots one to one, oldest first.
+ * `conn.wire_count` slots after the first `held` one to one, oldest first (win_at).
+ *
+ * Zerocopy (zerocopy.h): a payload segment of at least the threshold leaves in a
+ * sendmsg of its own with MSG_ZEROCOPY, so that the kernel reads only registered memory
+ * later (the WR's pin keeps it); a WR it carried completes only once the kernel released
+ * that call.  A WR the peer is through with before that is `held` at the ring's head,
+ * and the WRs behind it complete after it, in order.
  *
  * Responder: bytes are read in bulk into a staging buffer and parsed there; payload is
  * copied to its destination (a receive's segments, or a WRITE's target memory), or read
@@ -29,6 +35,7 @@
 #include "frames.h"
 #include "rcproto.h"
 #include "requester.h"
+#include "zerocopy.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -75,6 +82,7 @@ typedef struct tv_txseg {
     tv_work *owner;   /* a request's piece: its WR may not complete before it is written */
     uint8_t cell;     /* the last piece of an answer whose header is a cell */
     uint8_t answer;   /* counts as an answer (the read pause) */
+    uint8_t zc;       /* a request's payload big enough for a zerocopy call */
 } tv_txseg;
 
 /* Why the responder refuses a request (tcpverbs.wire.rc.RESPONDER_FAULTS). */
@@ -127,6 +135,9 @@ typedef struct tv_rcconn {
     uint32_t tx_backlog;
     uint32_t answers;     /* answers queued, not yet written */
     int read_paused;
+    /* zerocopy: the calls, and how many WRs at the ring's head wait for releases */
+    tv_zc zc;
+    uint32_t held;
     /* timers (ns, 0: none) and what they do */
     uint64_t rnr_at, resume_at;
     uint32_t resync_msn;
@@ -139,6 +150,9 @@ typedef struct tv_rcconn {
 } tv_rcconn;
 
 static tv_work *sq_at(tv_qp *qp, uint32_t i) { return tv_ring_peek(qp->sq, i); }
+
+/* The i-th WR of the requester's window (the held ones come before it). */
+static tv_work *win_at(tv_qp *qp, uint32_t i) { return sq_at(qp, qp->conn.rc->held + i); }
 
 static void set_timer(tv_qp *qp) {
     tv_rcconn *rc = qp->conn.rc;
@@ -267,9 +281,9 @@ static int answer(tv_qp *qp, const tv_header *h, const uint8_t *payload, uint64_
     size_t n = tv_encode_header(h, cell, CELL_SIZE);
     rc->cell_len++;
     int with_payload = len != 0;
-    if (tx_push(qp, (tv_txseg){cell, n, NULL, NULL, 1, (uint8_t)!with_payload}) < 0)
+    if (tx_push(qp, (tv_txseg){.base = cell, .len = n, .cell = 1, .answer = (uint8_t)!with_payload}) < 0)
         return -1;
-    if (with_payload && tx_push(qp, (tv_txseg){payload, len, pin, NULL, 0, 1}) < 0) {
+    if (with_payload && tx_push(qp, (tv_txseg){.base = payload, .len = len, .pin = pin, .answer = 1}) < 0) {
         tv_mem_unpin(&qp->engine->mem, pin);
         return -1;
     }
@@ -295,19 +309,39 @@ static void flush(tv_qp *qp) {
     tv_rcconn *rc = c->rc;
     struct iovec iov[MAX_IOV];
     while (!c->closed && rc->tx_len != 0) {
-        int n = 0;
+        int n = 0, flags = 0;
+        tv_work *zc_owner = NULL;
         for (uint32_t i = 0; i < rc->tx_len && n < MAX_IOV; i++) {
             const tv_txseg *s = &rc->tx[(rc->tx_head + i) % rc->tx_cap];
             uint64_t skip = i == 0 ? rc->tx_off : 0;
             if (s->len == skip)
                 continue;
+            int zc = s->zc && tv_zc_wanted(&rc->zc, s->len - skip);
+            if (zc && n > 0)
+                break; /* what comes before it goes first, copied */
             iov[n++] = (struct iovec){(void *)(uintptr_t)(s->base + skip), s->len - skip};
+            if (zc) { /* alone: the kernel reads only registered memory later */
+                flags = MSG_ZEROCOPY;
+                zc_owner = s->owner;
+                break;
+            }
         }
-        int64_t sent = tv_conn_send(qp, iov, n);
+        int64_t sent = tv_conn_send(qp, iov, n, flags);
+        if (sent == TV_SEND_NOBUFS) { /* out of pinned-page budget: copy from now on */
+            rc->zc.disabled = 1;
+            qp->stats[TV_QP_ZC_DISABLED]++;
+            continue;
+        }
         if (sent == TV_SEND_FULL)
             tx_drained(qp); /* answers may have gone: reading may resume */
         if (sent < 0)
             return;
+        if (flags != 0) {
+            uint64_t mark = tv_zc_sent(&rc->zc);
+            qp->stats[TV_QP_ZC_SENDS]++;
+            if (zc_owner != NULL)
+                zc_owner->zc_mark = mark;
+        }
         uint64_t left = (uint64_t)sent;
         while (rc->tx_len != 0) {
             tv_txseg *s = &rc->tx[rc->tx_head];
@@ -443,7 +477,7 @@ static size_t hello_bytes(tv_qp *qp, const uint8_t *data, size_t len) {
 }
 
 int tv_rcconn_start(tv_qp *qp, const uint8_t *peer_hello, uint64_t hello_timeout_ns,
-                    uint32_t tx_backlog) {
+                    uint32_t tx_backlog, uint64_t zerocopy_min) {
     tv_conn *c = &qp->conn;
     tv_rcconn *rc = calloc(1, sizeof *rc);
     uint32_t depth = qp->max_send_wr ? qp->max_send_wr : 1;
@@ -476,10 +510,11 @@ int tv_rcconn_start(tv_qp *qp, const uint8_t *peer_hello, uint64_t hello_timeout
     c->want_read = 1;
     int one = 1; /* we batch ourselves */
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    tv_zc_enable(&rc->zc, c->fd, zerocopy_min);
     if (tv_conn_watch(qp) != 0)
         return 0; /* the QP failed (and closed the connection) */
     encode_hello(qp, rc->hello_out);
-    tx_push(qp, (tv_txseg){rc->hello_out, TV_HELLO_SIZE, NULL, NULL, 0, 0});
+    tx_push(qp, (tv_txseg){.base = rc->hello_out, .len = TV_HELLO_SIZE});
     if (atomic_load(&qp->state) == TV_QPS_RTS)
         queue_auth(qp);
     rc->hello_timeout = hello_timeout_ns ? hello_timeout_ns : DEFAULT_HELLO_TIMEOUT;
@@ -549,19 +584,61 @@ static void encode_request(tv_work *w) {
     w->hdr_len = (uint32_t)tv_encode_header(&h, w->hdr, sizeof w->hdr);
 }
 
-/* The oldest WR on the wire completes; 0, or -1 (the QP failed) if its frame is not
+/* The WR at the ring's head completes (its slot goes back to the ring). */
+static void finish_head(tv_qp *qp, uint32_t status) {
+    tv_qp_complete_send(qp, sq_at(qp, 0), status);
+    tv_ring_consume(qp->sq);
+}
+
+/* The oldest WR on the wire is done; 0, or -1 (the QP failed) if its frame is not
  * all written yet -- only a misbehaving peer acknowledges what it cannot have read, and
- * the WR's memory must stay pinned while the kernel may still read it. */
+ * the WR's memory must stay pinned while the kernel may still read it.  It completes now,
+ * or, while a zerocopy call that carried it (or an older held WR) is not released, is
+ * held until then. */
 static int complete_head(tv_qp *qp, uint32_t status) {
-    tv_work *w = sq_at(qp, 0);
+    tv_rcconn *rc = qp->conn.rc;
+    tv_work *w = win_at(qp, 0);
     if (w->tx_refs != 0) {
         protocol_error(qp, "peer answered a request before it was sent");
         return -1;
     }
-    tv_qp_complete_send(qp, w, status);
-    tv_ring_consume(qp->sq);
     qp->conn.wire_count--;
+    if (rc->held != 0 || w->zc_mark > rc->zc.done) {
+        w->done_status = status;
+        rc->held++;
+        return 0;
+    }
+    finish_head(qp, status);
     return 0;
+}
+
+/* Held WRs the kernel is through with complete, in order. */
+static void complete_released(tv_qp *qp) {
+    tv_rcconn *rc = qp->conn.rc;
+    while (rc->held != 0 && sq_at(qp, 0)->zc_mark <= rc->zc.done) {
+        rc->held--;
+        finish_head(qp, sq_at(qp, 0)->done_status);
+    }
+}
+
+/* Take the kernel's zerocopy notifications, and complete what they release. */
+static void reap_zerocopy(tv_qp *qp) {
+    tv_rcconn *rc = qp->conn.rc;
+    uint64_t released = rc->zc.released, copied = rc->zc.copied;
+    int got = tv_zc_reap(&rc->zc, qp->conn.fd);
+    if (got < 0) {
+        tv_conn_broken(qp, -got, "reading zerocopy notifications");
+        return;
+    }
+    qp->stats[TV_QP_ZC_RELEASED] += rc->zc.released - released;
+    qp->stats[TV_QP_ZC_COPIED] += rc->zc.copied - copied;
+    complete_released(qp);
+}
+
+void tv_rcconn_complete_held(tv_qp *qp) {
+    tv_rcconn *rc = qp->conn.rc;
+    for (; rc != NULL && rc->held != 0; rc->held--)
+        finish_head(qp, sq_at(qp, 0)->done_status);
 }
 
 static int complete_done(tv_qp *qp, uint32_t ndone) {
@@ -587,10 +664,10 @@ void tv_rcconn_pump(tv_qp *qp) {
     if (limit == 0)
         limit = 1;
     int idle = c->wire_count == 0;
-    tv_work *w = sq_at(qp, c->wire_count);
+    tv_work *w = win_at(qp, c->wire_count);
     if (w != NULL)
         queue_ack(qp); /* a deferred ACK rides along */
-    for (; w != NULL; w = sq_at(qp, c->wire_count)) {
+    for (; w != NULL; w = win_at(qp, c->wire_count)) {
         if (w->fault.status != 0) {
             if (c->wire_count != 0)
                 break; /* earlier WRs complete first, as on hardware */
@@ -609,13 +686,15 @@ void tv_rcconn_pump(tv_qp *qp) {
         if (!tv_req_may_issue(&rc->req, &r, limit) || tv_req_issue(&rc->req, &r) != 0)
             break;
         encode_request(w);
-        if (tx_push(qp, (tv_txseg){w->hdr, w->hdr_len, NULL, w, 0, 0}) < 0)
+        if (tx_push(qp, (tv_txseg){.base = w->hdr, .len = w->hdr_len, .owner = w}) < 0)
             return;
         w->tx_refs++;
         if (!w->needs_response) /* READ and atomic segments receive the answer */
             for (uint32_t i = 0; i < w->nseg; i++) {
-                if (tx_push(qp, (tv_txseg){w->seg[i].base, w->seg[i].length, NULL, w, 0, 0}) <
-                    0)
+                tv_txseg seg = {.base = w->seg[i].base, .len = w->seg[i].length, .owner = w,
+                                .zc = rc->zc.threshold != 0 &&
+                                      w->seg[i].length >= rc->zc.threshold};
+                if (tx_push(qp, seg) < 0)
                     return;
                 w->tx_refs++;
             }
@@ -637,7 +716,7 @@ static void on_ack(tv_qp *qp, uint32_t msn) {
     }
     if (complete_done(qp, n) < 0)
         return;
-    if (tv_ring_count(qp->sq) > qp->conn.wire_count)
+    if (tv_ring_count(qp->sq) > rc->held + qp->conn.wire_count)
         tv_rcconn_pump(qp);
 }
 
@@ -652,7 +731,7 @@ static void on_read_response(tv_qp *qp, const tv_header *h) {
     }
     if (complete_done(qp, n) < 0)
         return;
-    tv_work *w = sq_at(qp, 0); /* the READ: its segments receive the answer */
+    tv_work *w = win_at(qp, 0); /* the READ: its segments receive the answer */
     rc->ntarget = 0;
     for (uint32_t i = 0; i < w->nseg; i++)
         rc->target[rc->ntarget++] = (struct iovec){w->seg[i].base, w->seg[i].length};
@@ -679,7 +758,7 @@ static void on_atomic_response(tv_qp *qp, const tv_header *h) {
     }
     if (complete_done(qp, n) < 0)
         return;
-    tv_work *w = sq_at(qp, 0); /* one SGE of 8 bytes, checked at post time */
+    tv_work *w = win_at(qp, 0); /* one SGE of 8 bytes, checked at post time */
     uint64_t old = h->compare_add;
     if (w->nseg == 1 && w->seg[0].length == 8)
         memcpy(w->seg[0].base, &old, 8); /* host order, as the target's memory holds it */
@@ -713,7 +792,7 @@ static void on_rnr_nak(tv_qp *qp, const tv_header *h) {
     /* go back N: everything from the refused request on is sent again, in order (their
      * frames already queued go out and are dropped by the peer until the RESYNC) */
     for (uint32_t i = 0; i < out.resend; i++)
-        sq_at(qp, i)->rnr_tries = rc->done[n + i].rnr_tries;
+        win_at(qp, i)->rnr_tries = rc->done[n + i].rnr_tries;
     c->wire_count = 0;
     rc->resync_msn = out.resync_msn;
     uint64_t delay = (uint64_t)(out.delay_ms * 1e6);
@@ -727,7 +806,7 @@ static void on_terminate(tv_qp *qp, const tv_header *h) {
         for (uint32_t i = 0; i < rc->req.len; i++) {
             if (tv_req_at(&rc->req, i)->seq != h->msn)
                 continue;
-            sq_at(qp, i)->override = tv_terminate_status(h->status);
+            win_at(qp, i)->override = tv_terminate_status(h->status);
             break;
         }
     }
@@ -1141,7 +1220,12 @@ void tv_rcconn_receive(tv_qp *qp) {
 }
 
 void tv_rcconn_progress(tv_qp *qp) {
-    if (qp->conn.rc != NULL && !qp->conn.closed && !qp->conn.rc->read_paused)
+    tv_rcconn *rc = qp->conn.rc;
+    if (rc == NULL || qp->conn.closed)
+        return;
+    if (tv_zc_outstanding(&rc->zc)) /* here rather than by waking the engine thread */
+        reap_zerocopy(qp);
+    if (!qp->conn.closed && !rc->read_paused)
         process(qp, 1);
 }
 
@@ -1156,6 +1240,10 @@ void tv_rcconn_on_events(tv_qp *qp, uint32_t events) {
             tv_conn_broken(qp, err, "connection failed");
             return;
         }
+        if (c->rc->zc.threshold != 0) /* no error: zerocopy notifications are queued */
+            reap_zerocopy(qp);
+        if (c->closed)
+            return;
     }
     if ((events & EPOLLOUT) && !c->closed)
         flush(qp);
@@ -1244,7 +1332,7 @@ void tv_rcconn_close(tv_qp *qp, int goodbye, const char *why) {
         t.reason_len = (uint32_t)(rl < TV_MAX_REASON ? rl : TV_MAX_REASON);
         memcpy(t.reason, reason, t.reason_len);
         size_t n = tv_encode_header(&t, rc->bye_buf, sizeof rc->bye_buf);
-        if (n != 0 && tx_push(qp, (tv_txseg){rc->bye_buf, n, NULL, NULL, 0, 0}) == 0)
+        if (n != 0 && tx_push(qp, (tv_txseg){.base = rc->bye_buf, .len = n}) == 0)
             flush(qp); /* best effort: what does not fit now is lost with the connection */
     } else if (rc->established && !c->closed) {
         queue_ack(qp); /* what the peer is owed for work done here, if it fits now */

@@ -130,7 +130,7 @@ static void flush(tv_qp *qp) {
                 n++;
             }
         }
-        int64_t sent = tv_conn_send(qp, iov, n);
+        int64_t sent = tv_conn_send(qp, iov, n, 0);
         if (sent < 0)
             return; /* full (epoll says when there is room), or the QP failed */
         c->sent += (uint64_t)sent;

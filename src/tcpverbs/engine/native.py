@@ -26,6 +26,7 @@ from ..errors import ConnectionBrokenError, RemoteProtocolError, TcpverbsError
 from ..wire.hello import Hello
 from .api import LIMITS, ChannelEngine, EngineEvent, EngineOptions, QPSpec
 from .stats import Tally
+from .zerocopy import zerocopy_threshold
 
 __all__ = ["NativeEngine"]
 
@@ -68,6 +69,7 @@ class NativeQP(_native.QP):
             rcq,
         )
         self._owner = engine
+        self._rc = spec.wire == "rc"
         self.handle = spec.handle
         self._error: tuple[tuple[int, int, str], TcpverbsError] | None = None
 
@@ -97,7 +99,9 @@ class NativeQP(_native.QP):
     ) -> bool:
         hello = peer_hello.encode() if peer_hello is not None else None
         wait = LIMITS.hello_timeout if hello_timeout is None else hello_timeout
-        taken = self.attach_fd(sock.fileno(), hello, wait, LIMITS.tx_backlog)
+        # rc sends large payload segments with MSG_ZEROCOPY where it pays (stream: never)
+        zc = zerocopy_threshold(self._owner.zerocopy_min, sock) if self._rc else 0
+        taken = self.attach_fd(sock.fileno(), hello, wait, LIMITS.tx_backlog, zc)
         if taken:  # the engine owns the descriptor now (and closed it if it failed)
             sock.detach()
         return bool(taken)
@@ -123,7 +127,7 @@ class NativeEngine(_native.Engine):
     def __init__(self, device: str, options: EngineOptions = EngineOptions()) -> None:  # noqa: B008
         super().__init__(sq_poll_ns=options.sq_poll_us * 1000)
         self.device = device
-        self.zerocopy_min = options.zerocopy_min
+        self.zerocopy_min = options.zerocopy_min  # None: automatic (.zerocopy)
         self._objects: Tally[NativeQP | NativeCQ] = Tally()
 
     def create_channel(self) -> NativeChannel:

@@ -1,75 +1,30 @@
-"""``MSG_ZEROCOPY`` for large sends: when to use it, and the kernel's notifications.
+"""``MSG_ZEROCOPY`` in the Python engine: numbering the calls, and the kernel's
+notifications (when to use it: :mod:`tcpverbs.engine.zerocopy`).
 
-With ``MSG_ZEROCOPY`` the kernel sends straight from the registered memory instead of
-copying it into socket buffers, and pins the pages until it is done with them.  Each
-zerocopy ``sendmsg`` gets a number (0, 1, 2, ... per socket); the kernel reports finished
-ranges of numbers on the socket's error queue (``EPOLLERR``).  A WR whose bytes went out
-that way may complete only when every call that carried them is reported: completing on
-the peer's ACK alone would let the application reuse a buffer the kernel still reads.
-
-It only pays where the kernel really avoids the copy and the write is large: the kernel's
-documentation (Documentation/networking/msg_zerocopy.rst) puts the break-even near 10 KB.
-Over loopback (and veth between namespaces) the kernel copies anyway when it delivers the
-data locally, so the pinning and notifications are pure cost (30-45 % of throughput
-here): the automatic policy turns it on only for connections over a physical NIC.
+Each zerocopy ``sendmsg`` gets a number (0, 1, 2, ... per socket); the kernel reports
+finished ranges of numbers on the socket's error queue (``EPOLLERR``).  A WR whose bytes
+went out that way may complete only when every call that carried them is reported:
+completing on the peer's ACK alone would let the application reuse a buffer the kernel
+still reads.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import struct
 from collections import deque
 
-from ...device import SYSFS_NET, device_for_gid
-from ...errors import TcpverbsError
+from ..zerocopy import ZEROCOPY_MIN, zerocopy_threshold
 
 __all__ = ["ZEROCOPY_MIN", "ZeroCopy", "zerocopy_threshold"]
 
-ZEROCOPY_MIN = 64 * 1024  # automatic policy: segments at least this big go zerocopy
 SO_ZEROCOPY = getattr(socket, "SO_ZEROCOPY", 60)
 MSG_ZEROCOPY = int(getattr(socket, "MSG_ZEROCOPY", 0x4000000))
 _RECVERR = {(socket.IPPROTO_IP, 11), (socket.IPPROTO_IPV6, 25)}  # IP(V6)_RECVERR cmsgs
 _EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
 _ORIGIN_ZEROCOPY = 5  # SO_EE_ORIGIN_ZEROCOPY
 _CODE_COPIED = 1  # SO_EE_CODE_ZEROCOPY_COPIED: the kernel fell back to copying
-
-
-def zerocopy_threshold(setting: int | None, sock: socket.socket) -> int:
-    """The smallest segment to send zerocopy on *sock*; 0 means never.
-
-    *setting* is the Context's ``zerocopy_min``: None picks automatically, 0 turns it
-    off, n > 0 forces it on.  Automatically it is on (``ZEROCOPY_MIN``) only when the
-    connection's local address sits on a physical NIC (one with a ``device`` link in
-    sysfs): loopback, veth, bridges and tunnels deliver locally or re-copy, so pinning
-    would be pure cost there.
-    """
-    if setting is not None:
-        return setting
-    try:
-        peer = _ip(sock.getpeername()[0])
-        local = _ip(sock.getsockname()[0])
-    except (OSError, ValueError):
-        return 0
-    if peer.is_loopback or local.is_loopback:
-        return 0
-    return ZEROCOPY_MIN if _on_physical_nic(local) else 0
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _on_physical_nic(local: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    try:
-        dev = device_for_gid(local)
-    except (TcpverbsError, ValueError):
-        return False
-    return (SYSFS_NET / dev.ifname / "device").exists()
 
 
 class ZeroCopy:
