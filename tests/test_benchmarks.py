@@ -276,3 +276,44 @@ def test_every_job_of_the_benchmark_measures_end_to_end(runner: Any, job: Any) -
     wanted = {"gbps", "msg_rate", "cpu_per_gb"} if job.kind == "bw" else {"p50", "p99", "p999"}
     assert wanted <= set(figures) and "messages" not in figures
     assert all(figures[k] > 0 for k in wanted if k != "cpu_per_gb")
+
+
+@pytest.mark.skipif(
+    not pathlib.Path("/usr/include/liburing.h").exists(), reason="liburing-dev is not installed"
+)
+@pytest.mark.parametrize("mode", ["calls", "uring", "uring-defer"])
+@pytest.mark.parametrize(("test", "count", "size"), [("rate", 2000, 64), ("pingpong", 200, 8)])
+def test_the_io_uring_trial_moves_every_message(
+    tmp_path: pathlib.Path, mode: str, test: str, count: int, size: int
+) -> None:
+    """The io_uring trial's program runs each way and reports what it moved (the receiver
+    waits for every byte, and the run is bounded); figures: benchmarks/io_uring_trial.sh."""
+    binary = tmp_path / "io_uring_trial"
+    subprocess.run(
+        [
+            "gcc",
+            "-std=c11",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-o",
+            str(binary),
+            str(BENCH / "io_uring_trial.c"),
+            "-luring",
+            "-lpthread",
+        ],
+        check=True,
+    )
+    out = subprocess.run(
+        [str(binary), mode, test, str(count), str(size), "16"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(out.stdout)
+    assert report["mode"] == mode and report["test"] == test
+    assert report["messages"] == (2 * count if test == "pingpong" else count)
+    # (the receiver may find everything there when it arms its receive: no call to count)
+    assert report["sender_calls"] >= 1
