@@ -4,8 +4,9 @@ process, polled by the application (the figure that does not move with a noisy m
     valgrind --tool=callgrind python benchmarks/sends_workload.py          # N = 5000
     N=0 valgrind --tool=callgrind python benchmarks/sends_workload.py      # set-up alone
 
-``ENGINE`` (python, native) and ``WIRE`` (rc, stream) choose what is measured; the
-native engine speaks stream only, so far.
+``ENGINE`` (python, native) and ``WIRE`` (rc, stream) choose what is measured.  Both
+QPs live in one process; ``benchmarks/perf_instructions.py`` counts each side of a
+two-process ``tcpverbs perf`` run instead.
 
 Instructions per message = (Collected with N - Collected with N=0) / N.  Compare two
 revisions by running both with PYTHONPATH pointing at each one's src/.

@@ -1,7 +1,7 @@
 /* The native engine's context: the memory table, the engine thread (epoll and timers),
  * the watch list and the event queue.  Ownership, threads and lock order: engine.h.
  *
- * The engine thread sleeps in epoll_pwait2 until a watched socket is ready, the nearest
+ * The engine thread sleeps in epoll_pwait2 (epoll_wait where it is missing) until a watched socket is ready, the nearest
  * timer of a watched QP falls due, or the doorbell (an eventfd) rings.  The doorbell is
  * rung only when a QP sets a timer earlier than the thread's sleep (`sleep_until`), at
  * close, or (SQ polling) when a send is posted while the thread sleeps: the thread is
@@ -282,6 +282,25 @@ static int sq_spin(tv_engine *e, uint64_t *seen, uint64_t *spin_end) {
     return 0;
 }
 
+/* epoll_pwait2 (nanosecond timeouts), or epoll_wait where the kernel (before 5.11) or a
+ * tool like valgrind does not know it: the timeout rounded up to a millisecond. */
+static int wait_events(struct epoll_event *evs, int epfd, const struct timespec *ts) {
+    static _Atomic int no_pwait2;
+    if (!atomic_load(&no_pwait2)) {
+        int n = epoll_pwait2(epfd, evs, BATCH, ts, NULL);
+        if (n >= 0 || errno != ENOSYS)
+            return n;
+        atomic_store(&no_pwait2, 1);
+    }
+    int ms = -1;
+    if (ts != NULL) {
+        uint64_t ns = (uint64_t)ts->tv_sec * 1000000000u + (uint64_t)ts->tv_nsec;
+        uint64_t rounded = (ns + 999999u) / 1000000u;
+        ms = rounded > INT32_MAX ? INT32_MAX : (int)rounded;
+    }
+    return epoll_wait(epfd, evs, BATCH, ms);
+}
+
 static void *engine_main(void *arg) {
     tv_engine *e = arg;
     struct epoll_event evs[BATCH];
@@ -325,7 +344,7 @@ static void *engine_main(void *arg) {
                 tsp = &ts;
             }
         }
-        int n = epoll_pwait2(e->epfd, evs, BATCH, tsp, NULL);
+        int n = wait_events(evs, e->epfd, tsp);
         atomic_store(&e->sleep_until, 0);
         if (n < 0) {
             if (errno == EINTR)
