@@ -285,11 +285,12 @@ def zmq_job(key: str, label: str) -> Job:
 HAVE_PYZMQ = importlib.util.find_spec("zmq") is not None
 HAVE_NATIVE = "native" in available_engines()
 NATIVE = ("--engine", "native")
+PYTHON = ("--engine", "python")  # named: the default engine is the native one
 BW_JOBS = (
-    tcpverbs_job("rc_send", "rc SEND", "send_bw", "-t", "256"),
-    tcpverbs_job("rc_send_events", "rc SEND -e", "send_bw", "-t", "256", "-e"),
-    tcpverbs_job("rc_write", "rc WRITE", "write_bw", "-t", "256"),
-    tcpverbs_job("stream_send", "stream SEND", "send_bw", "-t", "256", "--wire", "stream"),
+    tcpverbs_job("rc_send", "rc SEND", "send_bw", *PYTHON, "-t", "256"),
+    tcpverbs_job("rc_send_events", "rc SEND -e", "send_bw", *PYTHON, "-t", "256", "-e"),
+    tcpverbs_job("rc_write", "rc WRITE", "write_bw", *PYTHON, "-t", "256"),
+    tcpverbs_job("stream_send", "stream SEND", "send_bw", *PYTHON, "-t", "256", "--wire", "stream"),
     *(
         [
             tcpverbs_job("native_send", "native rc SEND", "send_bw", *NATIVE, "-t", "256"),
@@ -313,8 +314,8 @@ BW_JOBS = (
     *([zmq_job("pyzmq", "pyzmq PUSH/PULL")] if HAVE_PYZMQ else []),
 )
 LAT_JOBS = (
-    tcpverbs_job("tcpverbs_poll", "tcpverbs polling", "send_lat"),
-    tcpverbs_job("tcpverbs_events", "tcpverbs -e (events)", "send_lat", "-e"),
+    tcpverbs_job("tcpverbs_poll", "tcpverbs polling", "send_lat", *PYTHON),
+    tcpverbs_job("tcpverbs_events", "tcpverbs -e (events)", "send_lat", *PYTHON, "-e"),
     *(
         [
             tcpverbs_job("native_poll", "native polling", "send_lat", *NATIVE),

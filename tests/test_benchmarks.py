@@ -278,6 +278,25 @@ def test_every_job_of_the_benchmark_measures_end_to_end(runner: Any, job: Any) -
     assert all(figures[k] > 0 for k in wanted if k != "cpu_per_gb")
 
 
+@pytest.mark.parametrize(
+    "job",
+    [
+        j
+        for j in (*compare.BW_JOBS, *compare.LAT_JOBS)
+        if j.key.startswith(("rc_", "stream_", "tcpverbs_", "native_"))
+    ],
+    ids=lambda j: j.key,
+)
+def test_every_tcpverbs_job_names_its_engine(job: Any) -> None:
+    """Both processes of a tcpverbs job say which engine they run: a column must not
+    change engines when the default does (the Python columns once ran the native one)."""
+    want = "native" if job.key.startswith("native_") else "python"
+    server = job.server(64, 100)
+    client = job.client(64, 100, "1", pathlib.Path("out.json"))
+    for cmd in (server, client):
+        assert cmd[cmd.index("--engine") + 1] == want
+
+
 @pytest.mark.skipif(
     not pathlib.Path("/usr/include/liburing.h").exists(), reason="liburing-dev is not installed"
 )
