@@ -4,14 +4,15 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 
 # Tools for the multi-host and interop tests (iproute2 for netns/veth/netem, nftables for
-# black holes, socat, nc) and for fuzzing the C code (clang brings libFuzzer and the
-# sanitizers).
+# black holes, socat, nc), for fuzzing the C code (clang brings libFuzzer and the
+# sanitizers) and for the io_uring trial's program (liburing).
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v socat >/dev/null || need+=(socat)
 command -v nc >/dev/null || need+=(netcat-openbsd)
 command -v clang >/dev/null || need+=(clang)
+[ -e /usr/include/liburing.h ] || need+=(liburing-dev)
 if [ "${#need[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${need[*]} for the network tests"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" \
