@@ -4,9 +4,11 @@
  * the C side is put together).
  *
  * Files, one concern each: engine.c (the context: memory table, engine thread, epoll,
- * timers, the event queue), cq.c (completions, waiting, channels), qp.c (queues, the
- * checks at post time, outcomes, the error flush, revocation), stream.c (the stream wire
- * mode).  py_engine.c is the CPython binding; nothing here touches Python.
+ * timers, SQ polling, the event queue), cq.c (completions, waiting, channels), qp.c
+ * (queues, the checks at post time, outcomes, the error flush, revocation), conn.c (what
+ * both wires share), stream.c (the stream wire mode), rcconn.c (the rc wire mode),
+ * zerocopy.c (MSG_ZEROCOPY bookkeeping).  py_engine.c is the CPython binding; nothing
+ * here touches Python.
  *
  * Threads.  Application threads call in through the binding (post, poll, wait, control);
  * one engine thread per context (started at the first attach) runs without the GIL:
