@@ -617,3 +617,29 @@ def test_polling_many_completions_at_once_frees_every_slot(ctx: v.Context) -> No
     for receiver in receivers:
         assert receiver.statistics()["rq_outstanding"] == 0
         fill(receiver)  # eight fit again, a ninth does not
+
+
+def test_an_ack_held_for_a_reply_goes_when_the_application_polls_another_cq(
+    pair: PairFactory,
+) -> None:
+    """A spinning receiver may hold its ACK for the application's next move (a reply
+    would carry it).  When that move is a poll of another CQ -- here the sender's, waiting
+    for the very send the ACK completes -- the ACK goes then, not at the engine's parked-
+    reads check milliseconds later.  Counted in polls, not time: each send completes
+    within a few polls of the sender's CQ (a held ACK used to cost a thousand or more)."""
+    a, b = pair("rc")
+    src, dst = v.MR(a.pd, 8, LOCAL_WRITE), v.MR(b.pd, 8, LOCAL_WRITE)
+    send = v.SendWR(2, num_sge=1, sg=[v.SGE(src.buf, 8, src.lkey)])
+    recv = v.RecvWR(1, 1, [v.SGE(dst.buf, 8, dst.lkey)])
+    worst = 0
+    for _ in range(1000):
+        b.qp.post_recv(recv)
+        a.qp.post_send(send)
+        while b.rcq.poll()[0] == 0:  # the receiver's application spins
+            pass
+        polls = 1
+        while a.scq.poll()[0] == 0:  # then the sender's: the ACK completes the send
+            polls += 1
+            assert polls < 100_000, "the send never completed"
+        worst = max(worst, polls)
+    assert worst <= 200, f"a send completed only after {worst} polls of its CQ"

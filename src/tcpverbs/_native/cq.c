@@ -286,6 +286,7 @@ int tv_cq_take(tv_cq *cq, tv_cqe *out, int n, uint32_t *lost) {
 }
 
 void tv_cq_progress(tv_cq *cq) {
+    tv_engine_send_deferred_acks(cq->engine, cq); /* waiting on any CQ is the next move */
     pthread_mutex_lock(&cq->qps_lock);
     for (uint32_t i = 0; i < cq->nqps; i++)
         tv_qp_progress(cq->qps[i]);

@@ -426,6 +426,30 @@ void tv_engine_kick(tv_engine *e, tv_qp *qp) {
         ring_doorbell(e);
 }
 
+void tv_engine_send_deferred_acks(tv_engine *e, const tv_cq *polled) {
+    if (!atomic_load(&e->acks_deferred) || !atomic_exchange(&e->acks_deferred, 0))
+        return;
+    tv_qp *local[BATCH];
+    uint32_t n = 0;
+    pthread_mutex_lock(&e->lock);
+    for (uint32_t i = 0; i < e->nwatch; i++) {
+        tv_qp *qp = e->watch[i];
+        if (!atomic_load(&qp->ack_deferred))
+            continue;
+        if (qp->scq == polled || qp->rcq == polled || n == BATCH) {
+            atomic_store(&e->acks_deferred, 1); /* its own CQ's poll, or the next one */
+            continue;
+        }
+        tv_qp_get(qp);
+        local[n++] = qp;
+    }
+    pthread_mutex_unlock(&e->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        tv_qp_send_deferred_ack(local[i]);
+        tv_qp_put(local[i]); /* may free the QP: outside the engine lock */
+    }
+}
+
 void tv_engine_timer_changed(tv_engine *e, uint64_t deadline) {
     uint64_t sleeping = atomic_load(&e->sleep_until);
     if (sleeping != 0 && deadline != 0 && deadline < sleeping)

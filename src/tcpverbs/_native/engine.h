@@ -239,6 +239,7 @@ struct tv_qp {
     _Atomic uint64_t deadline;   /* the conn's next timer (ns), 0: none; read unlocked */
     _Atomic uint64_t app_polled; /* ns of the application's last empty poll, 0: blocking */
     _Atomic int sq_kicked;       /* SQ polling: sends posted for the engine thread to push */
+    _Atomic int ack_deferred;    /* rc: an ACK waits for the application's next move */
     uint64_t stats[TV_QP_NSTATS]; /* guarded by `lock` */
 };
 extern const char *const tv_qp_stat_names[TV_QP_NSTATS];
@@ -264,6 +265,7 @@ struct tv_engine {
      * long after its last push before it sleeps; `sq_kicks` counts the posts it serves */
     uint64_t sq_poll_ns;
     _Atomic uint64_t sq_kicks;
+    _Atomic int acks_deferred;  /* some watched QP may hold a deferred ACK (a hint) */
     tv_qp **watch;             /* QPs with a live connection (a reference each) */
     uint32_t nwatch, capwatch;
     tv_qp **retired;           /* references the engine thread drops between batches */
@@ -297,6 +299,10 @@ void tv_engine_unwatch(tv_engine *e, tv_qp *qp);
 void tv_engine_timer_changed(tv_engine *e, uint64_t deadline);
 /* SQ polling: `qp` has posted sends for the engine thread (rings the doorbell if it sleeps) */
 void tv_engine_kick(tv_engine *e, tv_qp *qp);
+/* An application's empty poll of `polled`: the ACKs rc QPs of other CQs deferred go now
+ * (they waited for the application's next move, and this is it; the polled CQ's own QPs
+ * send theirs as they read).  No lock held. */
+void tv_engine_send_deferred_acks(tv_engine *e, const tv_cq *polled);
 void tv_engine_event(tv_engine *e, uint32_t type, uint64_t handle, const char *reason);
 /* Take a half-closed socket: read and discard until the peer's FIN (or TV_DRAIN_NS),
  * then close it.  Without the engine thread, or memory, it is closed at once. */
@@ -368,6 +374,7 @@ void tv_qp_post_recv(tv_qp *qp, uint64_t wr_id, const tv_sge_in *sge, uint32_t n
                      uint32_t sg_len, tv_post_result *res);
 void tv_qp_posted(tv_qp *qp, int send); /* after a chain: start what was posted */
 void tv_qp_push_kicked(tv_qp *qp);        /* engine thread, SQ polling: push what was */
+void tv_qp_send_deferred_ack(tv_qp *qp);  /* try-lock: its deferred rc ACK goes now */
 int tv_qp_modify(tv_qp *qp, int expect, int state, const tv_params *params);
 /* Take the connected socket `fd` (rc: with the peer's hello when the connection manager
  * read it already, the time to wait for it otherwise, and the smallest payload segment
@@ -451,6 +458,7 @@ int tv_rcconn_start(tv_qp *qp, const uint8_t *peer_hello, uint64_t hello_timeout
 /* WRs held for zerocopy releases complete now, in order (the connection is gone: the
  * kernel lets go of the pages with it).  Before a failure's flush. */
 void tv_rcconn_complete_held(tv_qp *qp);
+void tv_rcconn_send_deferred_ack(tv_qp *qp); /* QP lock held */
 uint32_t tv_rcconn_tx_queued(const tv_qp *qp); /* pieces waiting to be written */
 /* Where in the protocol the connection is, for error messages ("" when nothing to say). */
 const char *tv_rcconn_where(const tv_qp *qp);

@@ -361,6 +361,16 @@ void tv_qp_posted(tv_qp *qp, int send) {
     pthread_mutex_unlock(&qp->lock);
 }
 
+void tv_qp_send_deferred_ack(tv_qp *qp) {
+    if (pthread_mutex_trylock(&qp->lock) != 0) {
+        atomic_store(&qp->engine->acks_deferred, 1); /* busy: the next poll tries again */
+        return;
+    }
+    if (qp->conn.fd >= 0 && !qp->conn.closed && qp->wire == TV_WIRE_RC)
+        tv_rcconn_send_deferred_ack(qp);
+    pthread_mutex_unlock(&qp->lock);
+}
+
 void tv_qp_push_kicked(tv_qp *qp) {
     if (!atomic_exchange(&qp->sq_kicked, 0))
         return;

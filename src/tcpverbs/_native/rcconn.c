@@ -295,6 +295,7 @@ static int answer(tv_qp *qp, const tv_header *h, const uint8_t *payload, uint64_
 static void queue_ack(tv_qp *qp) {
     tv_rcconn *rc = qp->conn.rc;
     uint32_t msn;
+    atomic_store(&qp->ack_deferred, 0);
     if (tv_rc_take_ack(&rc->proto, &msn)) {
         tv_header h = {.opcode = TV_ACK, .msn = msn};
         answer(qp, &h, NULL, 0, NULL);
@@ -633,6 +634,14 @@ static void reap_zerocopy(tv_qp *qp) {
     qp->stats[TV_QP_ZC_RELEASED] += rc->zc.released - released;
     qp->stats[TV_QP_ZC_COPIED] += rc->zc.copied - copied;
     complete_released(qp);
+}
+
+void tv_rcconn_send_deferred_ack(tv_qp *qp) {
+    if (qp->conn.rc == NULL || !atomic_load(&qp->ack_deferred))
+        return;
+    queue_ack(qp);
+    if (qp->conn.rc->tx_len != 0)
+        flush(qp);
 }
 
 void tv_rcconn_complete_held(tv_qp *qp) {
@@ -1200,12 +1209,17 @@ static void process(tv_qp *qp, int app) {
     int got = receive_loop(qp);
     if (c->closed)
         return;
-    /* a spinning application's ACK may wait one poll: its reply often follows at once,
-     * and the ACK then rides in the same sendmsg (see rc.py, _process) */
+    /* a spinning application's ACK may wait for its next move: its reply often follows
+     * at once, and the ACK then rides in the same sendmsg (see rc.py, _process); its
+     * next empty poll of any CQ sends it otherwise (tv_engine_send_deferred_acks) */
     if (c->pending_error != 0)
         return; /* delivering what came before a reset: nothing can be written */
-    if (!(app && got && c->reads_parked && !owed_before))
+    if (!(app && got && c->reads_parked && !owed_before)) {
         queue_ack(qp);
+    } else if (tv_rc_ack_owed(&rc->proto)) { /* until the application's next move */
+        atomic_store(&qp->ack_deferred, 1);
+        atomic_store(&qp->engine->acks_deferred, 1);
+    }
     if (rc->tx_len)
         flush(qp);
     if (rc->budget <= 0 && !c->closed && rc->resume_at == 0) {

@@ -50,6 +50,8 @@ class PyEngine:
         self._reactor: Reactor | None = None
         self._events: queue.SimpleQueue[EngineEvent | None] = queue.SimpleQueue()
         self._objects: Tally[PyQP | PyCQ] = Tally()  # for dereg_mr and statistics()
+        # rc QPs holding an ACK for the application's next move (see rc.py, _process)
+        self.deferred_acks: set[PyQP] = set()
         self._closed = False
 
     @property
@@ -112,6 +114,14 @@ class PyEngine:
         return event
 
     # -- statistics ---------------------------------------------------------------
+    def send_deferred_acks(self, polled: PyCQ) -> None:
+        """An application's empty poll of *polled*: the ACKs rc QPs of other CQs deferred
+        for its next move go now (its own QPs send theirs as they read, see rc.py
+        _process; a QP busy elsewhere keeps its own for the next poll)."""
+        for qp in list(self.deferred_acks):  # sending one takes it out
+            if qp.scq is not polled and qp.rcq is not polled:
+                qp.send_deferred_ack()
+
     def statistics(self) -> dict[str, int]:
         reactor = self._reactor
         return self._objects.total(reactor.statistics() if reactor is not None else {})

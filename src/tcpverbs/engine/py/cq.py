@@ -176,6 +176,8 @@ class PyCQ:
         stats["polls"] += 1
         entries = self.entries
         if not entries:
+            if self.engine.deferred_acks:  # waiting on any CQ is the application's next move
+                self.engine.send_deferred_acks(self)
             for qp in list(self.qps.values()):
                 qp.progress()
             if not entries:

@@ -564,6 +564,16 @@ class PyQP:
             finally:
                 self.lock.release()
 
+    def send_deferred_ack(self) -> None:
+        """The rc ACK this QP deferred goes now, unless another thread holds the QP."""
+        if self.lock.acquire(blocking=False):
+            try:
+                if self.transport is not None:
+                    self.transport.send_deferred_ack()
+                self.engine.deferred_acks.discard(self)  # sent, or nothing left to send
+            finally:
+                self.lock.release()
+
     def sleeper_enter(self, token: object) -> Transport | None:
         """A thread sleeping on a completion channel reads this QP's socket now (see
         ``PyChannel._sleep``); returns the transport it watches, or None."""

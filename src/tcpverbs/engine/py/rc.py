@@ -213,6 +213,13 @@ class RcTransport(Transport):
     def recv_posted(self) -> None:
         """Nothing to resume: a refused SEND comes back after the RNR timer."""
 
+    def send_deferred_ack(self) -> None:
+        if self._closed:
+            return
+        self._queue_ack()
+        if self._tx:
+            self._flush()
+
     def progress(self) -> None:
         zc = self._zerocopy
         if zc is not None and zc.outstanding:  # reap here rather than wake the engine
@@ -385,6 +392,8 @@ class RcTransport(Transport):
         one poll at most — the next poll sends it whatever it reads, so a one-way stream
         is acknowledged every other read, never starved — or until the next post, or, if
         the application stops polling, the parked-reads check (``Transport._park_reads``).
+        The next empty poll of *any* CQ sends it too (:meth:`PyEngine.send_deferred_acks`):
+        an application that waits on another QP next is not about to answer on this one.
         """
         owed_before = self.proto.ack_owed
         self._budget = WORK_PER_CALL
@@ -398,6 +407,8 @@ class RcTransport(Transport):
             return
         if not (app and got and self._reads_parked and not owed_before):
             self._queue_ack()
+        elif self.proto.ack_owed:  # until the application's next move
+            self.qp.engine.deferred_acks.add(self.qp)
         if self._tx:
             self._flush()
         if self._budget <= 0 and not self._closed and self._resume_timer is None:
@@ -412,6 +423,7 @@ class RcTransport(Transport):
                 self._process()
 
     def _queue_ack(self) -> None:
+        self.qp.engine.deferred_acks.discard(self.qp)
         ack = self.proto.take_ack()
         if ack is not None:
             self._answer(ack)

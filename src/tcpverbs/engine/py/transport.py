@@ -123,6 +123,9 @@ class Transport:
         """Make whatever progress is possible without blocking."""
         raise NotImplementedError
 
+    def send_deferred_ack(self) -> None:
+        """An ACK deferred for the application's next move goes now (rc has them)."""
+
     def take_unfinished(self) -> list[SendWork]:
         """Send WRs handed to the wire whose outcome is not known yet (to be flushed)."""
         raise NotImplementedError
