@@ -35,19 +35,16 @@ for kind in ("vectors", "malformed", "truncated"):
         (corpus / f"{kind}-{i}").write_bytes(b"\x03\xff" + bytes.fromhex(vec["hex"]))
 PY
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-echo "fuzzing the frame decoder for ${SECONDS_PER_HARNESS} s"
-"$OUT/frames_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=4096 \
-    -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$corpus"
-echo "fuzzing the requester's window for ${SECONDS_PER_HARNESS} s"
-mkdir -p "$OUT/requester_corpus"
-"$OUT/requester_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=512 \
-    -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$OUT/requester_corpus"
-echo "fuzzing the rc connection for ${SECONDS_PER_HARNESS} s"
+# fuzz HARNESS WHAT MAX_LEN CORPUS: one harness for the time given
+fuzz() {
+    echo "fuzzing $2 for ${SECONDS_PER_HARNESS} s"
+    mkdir -p "$4"
+    "$OUT/$1" -max_total_time="$SECONDS_PER_HARNESS" -max_len="$3" \
+        -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$4"
+}
+fuzz frames_fuzz "the frame decoder" 4096 "$corpus"
+fuzz requester_fuzz "the requester's window" 512 "$OUT/requester_corpus"
 mkdir -p "$OUT/responder_corpus"
 cp "$corpus"/* "$OUT/responder_corpus/" 2>/dev/null || true # frames make good seeds
-"$OUT/responder_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=4096 \
-    -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$OUT/responder_corpus"
-echo "fuzzing the zerocopy bookkeeping for ${SECONDS_PER_HARNESS} s"
-mkdir -p "$OUT/zerocopy_corpus"
-"$OUT/zerocopy_fuzz" -max_total_time="$SECONDS_PER_HARNESS" -max_len=1024 \
-    -artifact_prefix="$ROOT/fuzz/crashes/" -print_final_stats=1 "$OUT/zerocopy_corpus"
+fuzz responder_fuzz "the rc connection" 4096 "$OUT/responder_corpus"
+fuzz zerocopy_fuzz "the zerocopy bookkeeping" 1024 "$OUT/zerocopy_corpus"

@@ -21,6 +21,7 @@
 #include "engine.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,27 +240,44 @@ static inline void spin_pause(void) {
 #endif
 }
 
+/* `act` on each watched QP whose flag (the _Atomic int at offset `flag` in tv_qp) is
+ * set, but for the QPs of CQ `skip`, at most BATCH of them, outside the engine lock.
+ * Returns how many; *left says whether flagged ones were left (skipped, or past BATCH). */
+static uint32_t serve_flagged(tv_engine *e, size_t flag, const tv_cq *skip,
+                              void (*act)(tv_qp *), int *left) {
+    tv_qp *local[BATCH];
+    uint32_t n = 0;
+    *left = 0;
+    pthread_mutex_lock(&e->lock);
+    for (uint32_t i = 0; i < e->nwatch; i++) {
+        tv_qp *qp = e->watch[i];
+        if (!atomic_load((_Atomic int *)((char *)qp + flag)))
+            continue;
+        if (n == BATCH || (skip != NULL && (qp->scq == skip || qp->rcq == skip))) {
+            *left = 1;
+            continue;
+        }
+        tv_qp_get(qp);
+        local[n++] = qp;
+    }
+    pthread_mutex_unlock(&e->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        act(local[i]);
+        tv_qp_put(local[i]); /* may free the QP: outside the engine lock */
+    }
+    return n;
+}
+
 /* SQ polling: push the sends of every kicked QP; 1 if any were kicked. */
 static int serve_kicks(tv_engine *e, uint64_t *seen) {
     uint64_t kicks = atomic_load(&e->sq_kicks);
     if (kicks == *seen)
         return 0;
     *seen = kicks;
-    tv_qp *local[BATCH];
-    uint32_t n = 0;
-    pthread_mutex_lock(&e->lock);
-    for (uint32_t i = 0; i < e->nwatch && n < BATCH; i++)
-        if (atomic_load(&e->watch[i]->sq_kicked)) {
-            tv_qp_get(e->watch[i]);
-            local[n++] = e->watch[i];
-        }
-    if (n == BATCH)
-        *seen = kicks - 1; /* more may be flagged: look again next time */
-    pthread_mutex_unlock(&e->lock);
-    for (uint32_t i = 0; i < n; i++) {
-        tv_qp_push_kicked(local[i]);
-        tv_qp_put(local[i]); /* may free the QP: outside the engine lock */
-    }
+    int left;
+    uint32_t n = serve_flagged(e, offsetof(tv_qp, sq_kicked), NULL, tv_qp_push_kicked, &left);
+    if (left)
+        *seen = kicks - 1; /* more are flagged: look again next time */
     atomic_fetch_add(&e->stats[TV_ENG_SQ_PUSHES], n);
     return 1;
 }
@@ -429,25 +447,10 @@ void tv_engine_kick(tv_engine *e, tv_qp *qp) {
 void tv_engine_send_deferred_acks(tv_engine *e, const tv_cq *polled) {
     if (!atomic_load(&e->acks_deferred) || !atomic_exchange(&e->acks_deferred, 0))
         return;
-    tv_qp *local[BATCH];
-    uint32_t n = 0;
-    pthread_mutex_lock(&e->lock);
-    for (uint32_t i = 0; i < e->nwatch; i++) {
-        tv_qp *qp = e->watch[i];
-        if (!atomic_load(&qp->ack_deferred))
-            continue;
-        if (qp->scq == polled || qp->rcq == polled || n == BATCH) {
-            atomic_store(&e->acks_deferred, 1); /* its own CQ's poll, or the next one */
-            continue;
-        }
-        tv_qp_get(qp);
-        local[n++] = qp;
-    }
-    pthread_mutex_unlock(&e->lock);
-    for (uint32_t i = 0; i < n; i++) {
-        tv_qp_send_deferred_ack(local[i]);
-        tv_qp_put(local[i]); /* may free the QP: outside the engine lock */
-    }
+    int left;
+    serve_flagged(e, offsetof(tv_qp, ack_deferred), polled, tv_qp_send_deferred_ack, &left);
+    if (left)
+        atomic_store(&e->acks_deferred, 1); /* its own CQ's poll, or the next one */
 }
 
 void tv_engine_timer_changed(tv_engine *e, uint64_t deadline) {

@@ -82,7 +82,7 @@ typedef struct tv_txseg {
     tv_work *owner;   /* a request's piece: its WR may not complete before it is written */
     uint8_t cell;     /* the last piece of an answer whose header is a cell */
     uint8_t answer;   /* counts as an answer (the read pause) */
-    uint8_t zc;       /* a request's payload big enough for a zerocopy call */
+    uint8_t zc;       /* a request's payload: may go zerocopy (tv_zc_wanted decides) */
 } tv_txseg;
 
 /* Why the responder refuses a request (tcpverbs.wire.rc.RESPONDER_FAULTS). */
@@ -613,10 +613,10 @@ static int complete_head(tv_qp *qp, uint32_t status) {
     return 0;
 }
 
-/* Held WRs the kernel is through with complete, in order. */
-static void complete_released(tv_qp *qp) {
+/* Held WRs complete, in order: those the kernel is through with, or (`all`) every one. */
+static void complete_held(tv_qp *qp, int all) {
     tv_rcconn *rc = qp->conn.rc;
-    while (rc->held != 0 && sq_at(qp, 0)->zc_mark <= rc->zc.done) {
+    while (rc->held != 0 && (all || sq_at(qp, 0)->zc_mark <= rc->zc.done)) {
         rc->held--;
         finish_head(qp, sq_at(qp, 0)->done_status);
     }
@@ -633,7 +633,7 @@ static void reap_zerocopy(tv_qp *qp) {
     }
     qp->stats[TV_QP_ZC_RELEASED] += rc->zc.released - released;
     qp->stats[TV_QP_ZC_COPIED] += rc->zc.copied - copied;
-    complete_released(qp);
+    complete_held(qp, 0);
 }
 
 void tv_rcconn_send_deferred_ack(tv_qp *qp) {
@@ -645,9 +645,8 @@ void tv_rcconn_send_deferred_ack(tv_qp *qp) {
 }
 
 void tv_rcconn_complete_held(tv_qp *qp) {
-    tv_rcconn *rc = qp->conn.rc;
-    for (; rc != NULL && rc->held != 0; rc->held--)
-        finish_head(qp, sq_at(qp, 0)->done_status);
+    if (qp->conn.rc != NULL)
+        complete_held(qp, 1);
 }
 
 static int complete_done(tv_qp *qp, uint32_t ndone) {
@@ -701,8 +700,7 @@ void tv_rcconn_pump(tv_qp *qp) {
         if (!w->needs_response) /* READ and atomic segments receive the answer */
             for (uint32_t i = 0; i < w->nseg; i++) {
                 tv_txseg seg = {.base = w->seg[i].base, .len = w->seg[i].length, .owner = w,
-                                .zc = rc->zc.threshold != 0 &&
-                                      w->seg[i].length >= rc->zc.threshold};
+                                .zc = 1};
                 if (tx_push(qp, seg) < 0)
                     return;
                 w->tx_refs++;

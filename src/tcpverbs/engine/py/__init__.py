@@ -113,7 +113,7 @@ class PyEngine:
             self._events.put(None)
         return event
 
-    # -- statistics ---------------------------------------------------------------
+    # -- progress -----------------------------------------------------------------
     def send_deferred_acks(self, polled: PyCQ) -> None:
         """An application's empty poll of *polled*: the ACKs rc QPs of other CQs deferred
         for its next move go now (its own QPs send theirs as they read, see rc.py
@@ -122,6 +122,7 @@ class PyEngine:
             if qp.scq is not polled and qp.rcq is not polled:
                 qp.send_deferred_ack()
 
+    # -- statistics ---------------------------------------------------------------
     def statistics(self) -> dict[str, int]:
         reactor = self._reactor
         return self._objects.total(reactor.statistics() if reactor is not None else {})
