@@ -24,6 +24,7 @@ setup(
                 f"{NATIVE}/py_engine.c",
                 f"{NATIVE}/engine.c",
                 f"{NATIVE}/cq.c",
+                f"{NATIVE}/wait.c",
                 f"{NATIVE}/qp.c",
                 f"{NATIVE}/stream.c",
                 f"{NATIVE}/conn.c",

@@ -20,6 +20,8 @@ import tcpverbs as v
 from tcpverbs.engine import available_engines
 from tcpverbs.testing import Endpoint, poll_until, qp_pair
 
+from .test_sleeping import ping_pong_sleeping
+
 pytestmark = pytest.mark.skipif(
     "native" not in available_engines(), reason="the native extension is not built"
 )
@@ -194,6 +196,28 @@ def test_the_python_engine_refuses_sq_polling() -> None:
     with pytest.raises(v.TcpverbsError) as exc:
         v.Context(name="tcpv_lo", engine="python", sq_poll_us=50)
     assert exc.value.errno == errno.EOPNOTSUPP and "native engine" in str(exc.value)
+
+
+@pytest.mark.parametrize("how", ["get_cq_event", "wait"])
+def test_a_sleeping_thread_reads_its_sockets_itself(how: str) -> None:
+    """Handing the reads to the engine thread would wake it for every message, and then
+    the sleeper: the sleeper reads instead (wait.c), and the engine threads stay asleep."""
+    rounds = 300
+    with (
+        v.Context(name="tcpv_lo", engine="native") as ctx_a,
+        v.Context(name="tcpv_lo", engine="native") as ctx_b,
+    ):
+        before = [c.statistics()["engine_wakeups"] for c in (ctx_a, ctx_b)]
+        ping_pong_sleeping((ctx_a, ctx_b), "rc", rounds, how)
+        woke = [
+            c.statistics()["engine_wakeups"] - b
+            for c, b in zip((ctx_a, ctx_b), before, strict=True)
+        ]
+    # before the sleepers read for themselves, each side's engine thread woke for every
+    # message it received (>= rounds); a few wake-ups are timers and connection set-up.
+    # (rc: a stream QP's sends complete on TCP's acknowledgements, which its timers
+    # look at.)
+    assert all(w < rounds // 4 for w in woke), woke
 
 
 # -- kernels without epoll_pwait2 ---------------------------------------------------------

@@ -93,8 +93,14 @@ void tv_conn_close(tv_qp *qp) {
     c->closed = 1;
     c->ack_at = c->watch_at = c->park_at = c->rc_at = 0;
     tv_qp_set_timer(qp);
-    if (c->fd >= 0)
+    if (c->fd >= 0) {
+        /* a thread asleep in poll() on the socket (wait.c) keeps it open past close():
+         * shut it down, so the peer sees the end now and that poll() returns (its only
+         * failure, ENOTCONN, says the peer ended it already) */
+        if (qp->app_waiting)
+            (void)shutdown(c->fd, SHUT_RDWR);
         close(c->fd);
+    }
     c->fd = -1;
 }
 
@@ -169,7 +175,13 @@ void tv_conn_watchdog(tv_qp *qp, uint64_t now, int awaiting_peer) {
 
 /* -- reads parked while the application polls ------------------------------------------ */
 
+int tv_conn_waited_lately(const tv_qp *qp, uint64_t now) {
+    return qp->waited_at != 0 && now - qp->waited_at < APP_POLL_GRACE;
+}
+
 static int app_spinning(tv_qp *qp, uint64_t now) {
+    if (qp->app_waiting || tv_conn_waited_lately(qp, now))
+        return 1; /* a thread sleeps on the socket and reads it (wait.c), or just did */
     uint64_t polled = atomic_load(&qp->app_polled);
     return polled != 0 && now - polled < APP_POLL_GRACE &&
            !__atomic_load_n(&qp->scq->armed, __ATOMIC_RELAXED) &&
@@ -205,6 +217,27 @@ int tv_conn_park_check(tv_qp *qp, uint64_t now) {
     c->reads_parked = 0;
     tv_conn_set_interest(qp);
     return 1; /* the caller reads what arrived meanwhile */
+}
+
+void tv_conn_park_for_waiter(tv_qp *qp) {
+    tv_conn *c = &qp->conn;
+    if (c->reads_parked)
+        return; /* parked for a spinning poll: its timer unparks it once that stops */
+    c->reads_parked = 1; /* no timer while it sleeps: the last to leave starts it */
+    c->park_at = 0;
+    tv_conn_set_interest(qp);
+}
+
+void tv_conn_waiter_left(tv_qp *qp, uint64_t now) {
+    tv_conn *c = &qp->conn;
+    qp->waited_at = now;
+    /* the park timer gives the reading back to the engine thread once no thread has slept
+     * on the socket for the grace period (it checks again while one does) */
+    if (c->reads_parked && c->park_at == 0) {
+        c->park_wait = APP_POLL_GRACE;
+        c->park_at = now + c->park_wait;
+        tv_qp_set_timer(qp);
+    }
 }
 
 int tv_conn_unpark(tv_qp *qp) {

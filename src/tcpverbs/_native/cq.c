@@ -8,32 +8,20 @@
  * it.  Polling gives the WRs' queue slots back, under the QP's lock once the CQ's is let
  * go (a run of completions of one queue costs one lock round).
  *
- * Waiting: tv_cq_wait spins its budget, polling and making progress in the caller's
- * thread, then tells the CQ's QPs the application is about to block (the engine thread
- * reads their sockets from then on) and sleeps on a condition variable that every push
- * signals.  The binding calls it without the GIL, so a thread spinning here never keeps
- * another Python thread from running.
- *
  * A channel is an eventfd and a queue of CQ handles: readable while an event is queued.
+ * How threads wait on either: wait.c.
  */
 #define _GNU_SOURCE
 #include "engine.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 const char *const tv_cq_stat_names[TV_CQ_NSTATS] = {
     "polls", "polls_empty", "yields", "completions", "overruns", "sleeps", "event_writes"};
-
-static void to_timespec(uint64_t ns, struct timespec *ts) {
-    ts->tv_sec = (time_t)(ns / 1000000000u);
-    ts->tv_nsec = (long)(ns % 1000000000u);
-}
 
 /* -- channels ---------------------------------------------------------------------- */
 
@@ -62,10 +50,16 @@ void tv_channel_put(tv_channel *ch) {
     free(ch);
 }
 
-static void drain(int fd) {
-    uint64_t v;
-    while (read(fd, &v, sizeof v) == sizeof v) {
-    }
+_Thread_local const void *tv_serving_sleeper;
+
+/* Make the eventfd say whether events are queued (one read resets its counter); a
+ * sleeper that queued events itself left that to here.  Channel lock. */
+static void signal_queued(tv_channel *ch) {
+    uint64_t v = 1;
+    if (ch->len == 0 && ch->signalled && read(ch->fd, &v, sizeof v) == sizeof v)
+        ch->signalled = 0;
+    else if (ch->len != 0 && !ch->signalled && write(ch->fd, &v, sizeof v) == sizeof v)
+        ch->signalled = 1;
 }
 
 static void channel_notify(tv_cq *cq, tv_channel *ch) {
@@ -86,43 +80,53 @@ static void channel_notify(tv_cq *cq, tv_channel *ch) {
         if (ch->len < ch->cap) { /* without memory the event is lost; the CQ still has it */
             ch->events[(ch->head + ch->len++) % ch->cap] = cq->handle;
             uint64_t one = 1;
-            if (write(ch->fd, &one, sizeof one) == sizeof one)
+            if (!ch->signalled && tv_serving_sleeper != ch &&
+                write(ch->fd, &one, sizeof one) == sizeof one) {
+                ch->signalled = 1;
                 atomic_fetch_add(&cq->stats[TV_CQ_EVENT_WRITES], 1);
+            }
         }
     }
     pthread_mutex_unlock(&ch->lock);
 }
 
-int tv_channel_get_event(tv_channel *ch, int64_t timeout_ns, uint64_t *handle) {
-    uint64_t deadline = timeout_ns < 0 ? 0 : tv_now() + (uint64_t)timeout_ns;
-    for (;;) {
-        pthread_mutex_lock(&ch->lock);
-        if (ch->closed) {
-            pthread_mutex_unlock(&ch->lock);
-            return 0;
-        }
-        if (ch->len != 0) {
-            *handle = ch->events[ch->head];
-            ch->head = (ch->head + 1) % ch->cap;
-            if (--ch->len == 0)
-                drain(ch->fd); /* readable <=> events queued */
-            pthread_mutex_unlock(&ch->lock);
-            return 1;
-        }
-        drain(ch->fd);
-        pthread_mutex_unlock(&ch->lock);
-        struct timespec ts, *tsp = NULL;
-        if (deadline != 0) {
-            uint64_t now = tv_now();
-            if (now >= deadline)
-                return 0;
-            to_timespec(deadline - now, &ts);
-            tsp = &ts;
-        }
-        struct pollfd pfd = {.fd = ch->fd, .events = POLLIN};
-        if (ppoll(&pfd, 1, tsp, NULL) < 0 && errno != EINTR)
-            return 0;
+int tv_channel_take_event(tv_channel *ch, uint64_t *handle) {
+    int got = 0;
+    pthread_mutex_lock(&ch->lock);
+    if (ch->closed) {
+        got = -1;
+    } else if (ch->len != 0) {
+        *handle = ch->events[ch->head];
+        ch->head = (ch->head + 1) % ch->cap;
+        ch->len--;
+        got = 1;
     }
+    if (!ch->closed) /* readable <=> events queued */
+        signal_queued(ch);
+    pthread_mutex_unlock(&ch->lock);
+    return got;
+}
+
+/* The channel's list of CQs (wait.c reads it under the channel's lock). */
+static void channel_add_cq(tv_channel *ch, tv_cq *cq) {
+    pthread_mutex_lock(&ch->lock);
+    if (ch->ncqs < TV_CHANNEL_CQS)
+        ch->cqs[ch->ncqs++] = cq;
+    else
+        ch->untracked++;
+    pthread_mutex_unlock(&ch->lock);
+}
+
+static void channel_remove_cq(tv_channel *ch, tv_cq *cq) {
+    pthread_mutex_lock(&ch->lock);
+    uint32_t i = 0;
+    while (i < ch->ncqs && ch->cqs[i] != cq)
+        i++;
+    if (i < ch->ncqs)
+        ch->cqs[i] = ch->cqs[--ch->ncqs];
+    else if (ch->untracked > 0)
+        ch->untracked--;
+    pthread_mutex_unlock(&ch->lock);
 }
 
 void tv_channel_destroy(tv_channel *ch) {
@@ -164,6 +168,7 @@ tv_cq *tv_cq_new(tv_engine *e, uint64_t handle, uint32_t cqe, tv_channel *ch) {
     }
     cq->ring = tv_ring_init(cq->ring_mem, slots, sizeof(tv_cqe));
     atomic_init(&cq->refs, 1);
+    cq->wake_fd = -1;
     cq->engine = e;
     cq->handle = handle;
     cq->cqe = cqe;
@@ -173,8 +178,17 @@ tv_cq *tv_cq_new(tv_engine *e, uint64_t handle, uint32_t cqe, tv_channel *ch) {
     if (ch != NULL) {
         atomic_fetch_add(&ch->refs, 1);
         cq->channel = ch;
+        channel_add_cq(ch, cq);
     }
     return cq;
+}
+
+/* CQ lock held. */
+static void wake_socket_sleepers(tv_cq *cq) {
+    uint64_t one = 1;
+    if (cq->socket_sleepers && !cq->wake_signalled && tv_serving_sleeper != cq &&
+        write(cq->wake_fd, &one, sizeof one) == sizeof one)
+        cq->wake_signalled = 1;
 }
 
 /* Drop every queued completion (their QP references).  CQ lock held. */
@@ -189,9 +203,13 @@ static void drop_entries(tv_cq *cq) {
 
 void tv_cq_destroy(tv_cq *cq) {
     pthread_mutex_lock(&cq->lock);
+    int was_closed = cq->closed;
     cq->closed = 1;
     pthread_cond_broadcast(&cq->wakeup); /* a sleeper in wait returns */
+    wake_socket_sleepers(cq);
     pthread_mutex_unlock(&cq->lock);
+    if (!was_closed && cq->channel != NULL)
+        channel_remove_cq(cq->channel, cq);
     /* the references of unpolled completions would keep a destroyed QP alive, and that
      * QP this CQ: drop them outside the lock (a QP freed here puts its CQs) */
     for (;;) {
@@ -217,6 +235,8 @@ void tv_cq_put(tv_cq *cq) {
     pthread_mutex_destroy(&cq->lock);
     pthread_mutex_destroy(&cq->qps_lock);
     pthread_cond_destroy(&cq->wakeup);
+    if (cq->wake_fd >= 0)
+        close(cq->wake_fd);
     free(cq->qps);
     free(cq->ring_mem);
     free(cq);
@@ -242,6 +262,7 @@ int tv_cq_push(tv_cq *cq, const tv_cqe *entry, int solicited) {
     atomic_fetch_add(&cq->stats[TV_CQ_COMPLETIONS], 1);
     if (cq->sleepers)
         pthread_cond_broadcast(&cq->wakeup);
+    wake_socket_sleepers(cq);
     if (cq->armed && (!cq->solicited_only || solicited || entry->status != TV_WC_SUCCESS)) {
         cq->armed = 0;
         notify = 1;
@@ -293,49 +314,11 @@ void tv_cq_progress(tv_cq *cq) {
     pthread_mutex_unlock(&cq->qps_lock);
 }
 
-static void app_blocking(tv_cq *cq) {
+void tv_cq_app_blocking(tv_cq *cq, int lazy) {
     pthread_mutex_lock(&cq->qps_lock);
     for (uint32_t i = 0; i < cq->nqps; i++)
-        tv_qp_app_blocking(cq->qps[i]);
+        tv_qp_app_blocking(cq->qps[i], lazy);
     pthread_mutex_unlock(&cq->qps_lock);
-}
-
-int tv_cq_wait(tv_cq *cq, tv_cqe *out, int n, uint32_t *lost, uint64_t spin_ns,
-               uint64_t deadline_ns) {
-    uint64_t spin_end = tv_now() + spin_ns;
-    for (;;) {
-        atomic_fetch_add(&cq->stats[TV_CQ_POLLS], 1);
-        int got = tv_cq_take(cq, out, n, lost);
-        if (got == 0) {
-            tv_cq_progress(cq);
-            got = tv_cq_take(cq, out, n, lost);
-        }
-        if (got != 0)
-            return got;
-        atomic_fetch_add(&cq->stats[TV_CQ_POLLS_EMPTY], 1);
-        if (cq->closed)
-            return 0;
-        uint64_t now = tv_now();
-        if (now < spin_end)
-            continue;
-        if (deadline_ns != 0 && now >= deadline_ns)
-            return 0;
-        app_blocking(cq); /* about to sleep: the engine thread reads from here on */
-        pthread_mutex_lock(&cq->lock);
-        if (tv_ring_count(cq->ring) == 0 && cq->lost == 0 && !cq->closed) {
-            atomic_fetch_add(&cq->stats[TV_CQ_SLEEPS], 1);
-            cq->sleepers++;
-            if (deadline_ns == 0) {
-                pthread_cond_wait(&cq->wakeup, &cq->lock);
-            } else {
-                struct timespec ts;
-                to_timespec(deadline_ns, &ts);
-                pthread_cond_timedwait(&cq->wakeup, &cq->lock, &ts);
-            }
-            cq->sleepers--;
-        }
-        pthread_mutex_unlock(&cq->lock);
-    }
 }
 
 void tv_cq_req_notify(tv_cq *cq, int solicited_only) {
@@ -343,7 +326,7 @@ void tv_cq_req_notify(tv_cq *cq, int solicited_only) {
     cq->armed = 1;
     cq->solicited_only = solicited_only;
     pthread_mutex_unlock(&cq->lock);
-    app_blocking(cq); /* about to sleep: the engine thread takes over */
+    tv_cq_app_blocking(cq, 1); /* about to sleep: the engine thread takes over */
 }
 
 uint32_t tv_cq_pending(tv_cq *cq) { return tv_ring_count(cq->ring); }

@@ -4,7 +4,8 @@
  * the C side is put together).
  *
  * Files, one concern each: engine.c (the context: memory table, engine thread, epoll,
- * timers, SQ polling, the event queue), cq.c (completions, waiting, channels), qp.c
+ * timers, SQ polling, the event queue), cq.c (completions, channels), wait.c (how
+ * application threads sleep), qp.c
  * (queues, the checks at post time, outcomes, the error flush, revocation), conn.c (what
  * both wires share), stream.c (the stream wire mode), rcconn.c (the rc wire mode),
  * zerocopy.c (MSG_ZEROCOPY bookkeeping).  py_engine.c is the CPython binding; nothing
@@ -68,7 +69,7 @@ enum tv_error_kind { TV_ERR_PLAIN = 0, TV_ERR_BROKEN = 1, TV_ERR_PROTOCOL = 2 };
 
 enum tv_wire { TV_WIRE_STREAM = 1, TV_WIRE_RC = 2 };
 
-enum { TV_MAX_SGE = 32, TV_MSG_LEN = 256, TV_MAX_MSG_SZ = 1u << 31 };
+enum { TV_MAX_SGE = 32, TV_MSG_LEN = 256, TV_MAX_MSG_SZ = 1u << 31, TV_CHANNEL_CQS = 4 };
 
 /* Counters (statistics()): names in the *_stat_names arrays, same order. */
 enum tv_cq_stat { TV_CQ_POLLS, TV_CQ_POLLS_EMPTY, TV_CQ_YIELDS, TV_CQ_COMPLETIONS,
@@ -162,6 +163,12 @@ struct tv_channel {
     uint64_t *events;    /* CQ handles, oldest first (a growing circular array) */
     uint32_t head, len, cap;
     int closed;
+    int signalled;       /* the eventfd was written and not read since */
+    /* its CQs (weak: a CQ leaves in tv_cq_destroy), for a sleeper that reads their QPs'
+     * sockets itself (wait.c); past TV_CHANNEL_CQS only counted, and sleepers sleep on
+     * the eventfd alone */
+    tv_cq *cqs[TV_CHANNEL_CQS];
+    uint32_t ncqs, untracked;
 };
 
 struct tv_cq {
@@ -176,6 +183,9 @@ struct tv_cq {
     _Atomic uint32_t lost;   /* completions that did not fit, not yet reported */
     _Atomic int closed;
     int armed, solicited_only, sleepers;
+    /* threads of CQ.wait sleeping on its QPs' sockets (wait.c): a push writes `wake_fd`
+     * (an eventfd made on first use, -1 before) unless `wake_signalled` says it did */
+    int socket_sleepers, wake_fd, wake_signalled;
     tv_channel *channel;
     pthread_mutex_t qps_lock;
     tv_qp **qps;             /* the QPs completing here (inline progress); weak */
@@ -240,6 +250,9 @@ struct tv_qp {
     _Atomic uint64_t app_polled; /* ns of the application's last empty poll, 0: blocking */
     _Atomic int sq_kicked;       /* SQ polling: sends posted for the engine thread to push */
     _Atomic int ack_deferred;    /* rc: an ACK waits for the application's next move */
+    int app_waiting;             /* threads sleeping on its socket themselves (wait.c);
+                                    under `lock` */
+    uint64_t waited_at;          /* ns the last of them left (under `lock`) */
     uint64_t stats[TV_QP_NSTATS]; /* guarded by `lock` */
 };
 extern const char *const tv_qp_stat_names[TV_QP_NSTATS];
@@ -318,9 +331,12 @@ void *tv_engine_dereg(tv_engine *e, uint32_t key);
 tv_channel *tv_channel_new(void);          /* NULL with errno set */
 void tv_channel_put(tv_channel *ch);
 void tv_channel_destroy(tv_channel *ch);
-/* 1 and *handle when an event was queued, 0 after timeout_ns (<0: for ever) or once
- * destroyed.  Blocks: call without the GIL. */
-int tv_channel_get_event(tv_channel *ch, int64_t timeout_ns, uint64_t *handle);
+/* The oldest queued event's CQ handle into *handle: 1, or 0 when none is queued; -1
+ * once destroyed.  Does not block. */
+int tv_channel_take_event(tv_channel *ch, uint64_t *handle);
+/* The channel or CQ whose sleeper this thread is, while that sleeper reads (wait.c):
+ * what it queues there goes without a signal, as it takes it itself right after. */
+extern _Thread_local const void *tv_serving_sleeper;
 
 tv_cq *tv_cq_new(tv_engine *e, uint64_t handle, uint32_t cqe, tv_channel *ch);
 void tv_cq_put(tv_cq *cq);
@@ -333,15 +349,21 @@ int tv_cq_push(tv_cq *cq, const tv_cqe *entry, int solicited);
 int tv_cq_take(tv_cq *cq, tv_cqe *out, int n, uint32_t *lost);
 /* Progress of the CQ's QPs in this thread (an empty poll); may make system calls. */
 void tv_cq_progress(tv_cq *cq);
-/* Spin up to spin_ns, then sleep until a completion or deadline_ns (0: none); returns
- * like tv_cq_take (0: timed out or destroyed).  Blocks: call without the GIL. */
-int tv_cq_wait(tv_cq *cq, tv_cqe *out, int n, uint32_t *lost, uint64_t spin_ns,
-               uint64_t deadline_ns);
+void tv_cq_app_blocking(tv_cq *cq, int lazy); /* tv_qp_app_blocking for each QP */
 void tv_cq_req_notify(tv_cq *cq, int solicited_only);
 uint32_t tv_cq_pending(tv_cq *cq);
 int tv_cq_add_qp(tv_cq *cq, tv_qp *qp);
 void tv_cq_remove_qp(tv_cq *cq, tv_qp *qp);
 void tv_cq_discard_qp(tv_cq *cq, tv_qp *qp); /* RESET: its unpolled completions go */
+
+/* wait.c: how application threads sleep.  Both block: call without the GIL. */
+/* Spin up to spin_ns, then sleep until a completion or deadline_ns (0: none); returns
+ * like tv_cq_take (0: timed out or destroyed). */
+int tv_cq_wait(tv_cq *cq, tv_cqe *out, int n, uint32_t *lost, uint64_t spin_ns,
+               uint64_t deadline_ns);
+/* 1 and *handle when an event was queued, 0 after timeout_ns (<0: for ever) or once
+ * destroyed. */
+int tv_channel_get_event(tv_channel *ch, int64_t timeout_ns, uint64_t *handle);
 
 /* qp.c */
 typedef struct tv_qp_spec {
@@ -390,7 +412,17 @@ void tv_qp_slot_freed(tv_qp *qp, int is_send, uint32_t generation, uint32_t coun
 uint32_t tv_qp_slots_used(tv_qp *qp, int is_send);
 void tv_qp_revoke(tv_qp *qp, const tv_region *region);
 void tv_qp_progress(tv_qp *qp);          /* try-lock: an application's empty poll */
-void tv_qp_app_blocking(tv_qp *qp);      /* the application is about to sleep */
+/* The application is about to sleep: the engine thread reads from now on -- unless a
+ * thread slept on the socket itself just before (wait.c) and `lazy` allows waiting for
+ * the park timer, as it will likely do so again at once. */
+void tv_qp_app_blocking(tv_qp *qp, int lazy);
+/* A thread sleeps on the QP's socket itself (wait.c): begin gives the fd to poll (-1:
+ * nothing to read there, no end owed) and parks the engine thread's reads; ready reads
+ * what poll found (0: stop polling that fd, the QP is done with it); end hands the
+ * reading back to the engine thread. */
+int tv_qp_direct_begin(tv_qp *qp);
+int tv_qp_direct_ready(tv_qp *qp, int fd);
+void tv_qp_direct_end(tv_qp *qp);
 void tv_qp_on_events(tv_qp *qp, uint32_t events); /* engine thread */
 void tv_qp_on_timer(tv_qp *qp, uint64_t now);     /* engine thread */
 /* Outcomes, QP lock held (the transports report through these). */
@@ -432,6 +464,9 @@ void tv_conn_watchdog(tv_qp *qp, uint64_t now, int awaiting_peer);
 int tv_conn_park_reads(tv_qp *qp, uint64_t now); /* 1: parked, leave the reading */
 int tv_conn_park_check(tv_qp *qp, uint64_t now); /* 1: unparked, read now */
 int tv_conn_unpark(tv_qp *qp);                   /* 1: it was parked */
+void tv_conn_park_for_waiter(tv_qp *qp);         /* a thread reads it itself (wait.c) */
+void tv_conn_waiter_left(tv_qp *qp, uint64_t now); /* ... and the last one left */
+int tv_conn_waited_lately(const tv_qp *qp, uint64_t now); /* one left within the grace */
 /* One sendmsg of iov[0..n) with `flags` added (MSG_ZEROCOPY, or 0): bytes (0 for nothing
  * to send), TV_SEND_FULL (the socket is full: epoll is asked for room), TV_SEND_NOBUFS (a
  * zerocopy call over the pinned-page budget: nothing sent, copy instead), or

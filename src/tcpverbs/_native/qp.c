@@ -640,15 +640,56 @@ void tv_qp_progress(tv_qp *qp) {
     pthread_mutex_unlock(&qp->lock);
 }
 
-void tv_qp_app_blocking(tv_qp *qp) {
+void tv_qp_app_blocking(tv_qp *qp, int lazy) {
     pthread_mutex_lock(&qp->lock);
     atomic_store(&qp->app_polled, 0);
-    if (qp->conn.fd >= 0 && !qp->conn.closed && tv_conn_unpark(qp)) {
+    if (lazy && tv_conn_waited_lately(qp, tv_now())) {
+        /* it will likely sleep on the socket again at once; the park timer hands the
+           reading to the engine thread otherwise */
+    } else if (qp->conn.fd >= 0 && !qp->conn.closed && tv_conn_unpark(qp)) {
         if (qp->wire == TV_WIRE_RC) /* whatever arrived meanwhile */
             tv_rcconn_receive(qp);
         else
             tv_stream_receive(qp);
     }
+    pthread_mutex_unlock(&qp->lock);
+}
+
+static int reading(const tv_qp *qp) {
+    return qp->conn.fd >= 0 && !qp->conn.closed && qp->conn.watched && qp->conn.want_read;
+}
+
+int tv_qp_direct_begin(tv_qp *qp) {
+    int fd = -1;
+    pthread_mutex_lock(&qp->lock);
+    if (reading(qp)) {
+        fd = qp->conn.fd;
+        qp->app_waiting++;
+        tv_conn_park_for_waiter(qp);
+    }
+    pthread_mutex_unlock(&qp->lock);
+    return fd;
+}
+
+int tv_qp_direct_ready(tv_qp *qp, int fd) {
+    pthread_mutex_lock(&qp->lock);
+    int keep = reading(qp) && qp->conn.fd == fd; /* not a later socket on the same number */
+    if (keep) {
+        atomic_store(&qp->app_polled, tv_now());
+        if (qp->wire == TV_WIRE_RC)
+            tv_rcconn_progress(qp);
+        else
+            tv_stream_progress(qp);
+        keep = reading(qp) && qp->conn.fd == fd;
+    }
+    pthread_mutex_unlock(&qp->lock);
+    return keep;
+}
+
+void tv_qp_direct_end(tv_qp *qp) {
+    pthread_mutex_lock(&qp->lock);
+    if (--qp->app_waiting == 0 && qp->conn.fd >= 0 && !qp->conn.closed)
+        tv_conn_waiter_left(qp, tv_now());
     pthread_mutex_unlock(&qp->lock);
 }
 
