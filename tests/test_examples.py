@@ -43,6 +43,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
         (["examples/stream_client.py", "--loopback"], "server answered: b'GET / HTTP/1.0"),
         (["examples/rdma_write_read.py"], "counter:       42"),
         (["-m", "tcpverbs.cli", "demo", "--size", "1000", "--count", "3"], "demo OK"),
+        (  # plain pyverbs, under the face
+            ["-m", "tcpverbs.cli", "run", "--", "python", "examples/pyverbs_rc.py"],
+            "tcpv_lo: 'sent by SEND', 'written by RDMA WRITE': OK",
+        ),
     ],
 )
 def test_runs(args: list[str], expected: str) -> None:

@@ -157,13 +157,15 @@ def test_a_caller_buffer_is_registered_in_place(fctx: v.Context, fake: FakeEngin
 
 
 def test_invalid_mrs_never_reach_the_engine(fctx: v.Context, fake: FakeEngine) -> None:
-    """Bad access flags or lengths raise EINVAL before reg_mr is called."""
+    """Bad access flags or lengths raise EINVAL, and access a TCP device does not offer
+    (MW_BIND) EOPNOTSUPP, before reg_mr is called."""
     pd = v.PD(fctx)
     remote_write = v.ibv_access_flags.IBV_ACCESS_REMOTE_WRITE
-    for length, access in ((4096, remote_write), (0, LOCAL_WRITE), (4096, 1 << 4)):
+    cases = ((4096, remote_write, errno.EINVAL), (0, LOCAL_WRITE, errno.EINVAL))
+    for length, access, err in (*cases, (4096, 1 << 4, errno.EOPNOTSUPP)):
         with pytest.raises(v.TcpverbsError) as info:
             v.MR(pd, length, access)
-        assert info.value.errno == errno.EINVAL
+        assert info.value.errno == err
     assert fake.called("reg_mr") == []
 
 

@@ -1,5 +1,6 @@
 """The ``tcpverbs`` command: ``devices``, ``devinfo`` (shaped like rdma-core's
-``ibv_devices`` / ``ibv_devinfo``) and ``demo``."""
+``ibv_devices`` / ``ibv_devinfo``), ``demo``, ``perf`` and ``run`` (a program with
+``import pyverbs`` served by tcpverbs)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from .device import (
     query_port_attr,
 )
 from .engine import available_engines, chosen_engine
-from .enums import ibv_atomic_cap, ibv_link_layer, ibv_mtu, ibv_port_state, ibv_transport_type
+from .enums import ibv_atomic_cap, ibv_mtu, ibv_port_state, ibv_transport_type
 from .errors import TcpverbsError
+from .words import LINK_LAYER_WORDS, SPEED_WORDS
 
 __all__ = ["build_parser", "main"]
 
@@ -30,11 +32,6 @@ _TRANSPORT_STR = {
     ibv_transport_type.IBV_TRANSPORT_USNIC_UDP: "usNIC UDP",
     ibv_transport_type.IBV_TRANSPORT_UNSPECIFIED: "unspecified",
 }
-_LINK_LAYER_STR = {
-    ibv_link_layer.IBV_LINK_LAYER_UNSPECIFIED: "Unspecified",
-    ibv_link_layer.IBV_LINK_LAYER_INFINIBAND: "InfiniBand",
-    ibv_link_layer.IBV_LINK_LAYER_ETHERNET: "Ethernet",
-}
 _DEVICE_CAP_FLAG_NAMES = {
     1 << 11: "SYS_IMAGE_GUID",
     1 << 12: "RC_RNR_NAK_GEN",
@@ -42,17 +39,6 @@ _DEVICE_CAP_FLAG_NAMES = {
 _VL_STR = {1: "1", 2: "2", 3: "4", 4: "8", 5: "15"}
 _PHYS_STATE_STR = {3: "DISABLED", 5: "LINK_UP"}
 _WIDTH_STR = {1: "1", 2: "4", 4: "8", 8: "12", 16: "2"}
-_SPEED_STR = {
-    1: "2.5 Gbps",
-    2: "5.0 Gbps",
-    4: "10.0 Gbps",
-    8: "10.0 Gbps",
-    16: "14.0 Gbps",
-    32: "25.0 Gbps",
-    64: "50.0 Gbps",
-    128: "100.0 Gbps",
-    256: "200.0 Gbps",
-}
 
 
 def _guid_str(guid: int) -> str:
@@ -138,7 +124,7 @@ def _print_devinfo(dev: Device, port: int | None, verbose: bool) -> None:
         out(f"\t\t\tsm_lid:\t\t\t{pattr.sm_lid}")
         out(f"\t\t\tport_lid:\t\t{pattr.lid}")
         out(f"\t\t\tport_lmc:\t\t0x{pattr.lmc:02x}")
-        out(f"\t\t\tlink_layer:\t\t{_LINK_LAYER_STR.get(pattr.link_layer, 'Unknown')}")
+        out(f"\t\t\tlink_layer:\t\t{LINK_LAYER_WORDS.get(pattr.link_layer, 'Unknown')}")
         if verbose:
             out(f"\t\t\tmax_msg_sz:\t\t0x{pattr.max_msg_sz:x}")
             out(f"\t\t\tport_cap_flags:\t\t0x{pattr.port_cap_flags:08x}")
@@ -155,7 +141,7 @@ def _print_devinfo(dev: Device, port: int | None, verbose: bool) -> None:
             width = _WIDTH_STR.get(pattr.active_width, "invalid width")
             out(f"\t\t\tactive_width:\t\t{width}X ({pattr.active_width})")
             speed = pattr.active_speed_ex or pattr.active_speed
-            out(f"\t\t\tactive_speed:\t\t{_SPEED_STR.get(speed, 'invalid speed')} ({speed})")
+            out(f"\t\t\tactive_speed:\t\t{SPEED_WORDS.get(speed, 'invalid speed')} ({speed})")
             phys = _PHYS_STATE_STR.get(pattr.phys_state, "invalid physical state")
             out(f"\t\t\tphys_state:\t\t{phys} ({pattr.phys_state})")
             for index in range(pattr.gid_tbl_len):
@@ -201,6 +187,22 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     return run_perf(args)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .face import environ
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise TcpverbsError(errno.EINVAL, "run: name the program to run (tcpverbs run -- CMD ...)")
+    if command[0] in ("python", "python3"):  # the interpreter that has tcpverbs
+        command = [sys.executable, *command[1:]]
+    try:  # replaces this process: the program's exit status is the command's
+        os.execvpe(command[0], command, environ())
+    except OSError as exc:
+        raise TcpverbsError(
+            exc.errno or errno.ENOENT, f"run: {command[0]}: {exc.strerror}"
+        ) from exc
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text, 0)
@@ -237,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("perf", help="perftest-style bandwidth and latency tests")
     add_perf_arguments(p)
     p.set_defaults(func=_cmd_perf)
+
+    p = sub.add_parser(
+        "run",
+        help="run a program whose `import pyverbs` gets tcpverbs (it and its children)",
+        description="Run CMD with tcpverbs' pyverbs face first on PYTHONPATH: a pyverbs "
+        "program runs unchanged on tcpverbs devices. A CMD of `python` or `python3` "
+        "means the interpreter tcpverbs itself runs under.",
+    )
+    p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    p.set_defaults(func=_cmd_run)
     return parser
 
 

@@ -9,6 +9,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 
+from . import device_ex
 from ._base import VerbsObject
 from .cq import CQ, DEFAULT_SPIN_US
 from .cq import check_spin as _check_spin
@@ -23,7 +24,7 @@ from .device import (
 )
 from .engine import EngineFactory, open_engine
 from .engine.api import ContextEngine, EngineOptions
-from .enums import ibv_event_type
+from .enums import ibv_event_type, ibv_gid_type_sysfs
 from .errors import TcpverbsError, check_int, check_timeout
 from .oob.service import OobService
 from .qp import QP
@@ -114,6 +115,36 @@ class Context(VerbsObject):
     def query_gid(self, port_num: int, index: int) -> GID:
         self._check_open()
         return query_gid(self.device, port_num, index)
+
+    def query_device_ex(self, ex_input: object = None) -> device_ex.DeviceAttrEx:
+        """``ibv_query_device_ex`` (*ex_input*, for future extensions, is ignored)."""
+        self._check_open()
+        return device_ex.query_device_ex(self.device)
+
+    def query_gid_type(self, port_num: int, index: int) -> ibv_gid_type_sysfs:
+        self._check_open()
+        return device_ex.query_gid_type(self.device, port_num, index)
+
+    def query_gid_ex(self, port_num: int, gid_index: int, flags: int = 0) -> device_ex.GIDEntry:
+        self._check_open()
+        return device_ex.query_gid_ex(self.device, port_num, gid_index, flags)
+
+    def query_gid_table(self, max_entries: int, flags: int = 0) -> list[device_ex.GIDEntry]:
+        self._check_open()
+        return device_ex.query_gid_table(self.device, max_entries, flags)
+
+    def query_pkey(self, port_num: int, index: int) -> int:
+        self._check_open()
+        return device_ex.query_pkey(self.device, port_num, index)
+
+    def get_pkey_index(self, port_num: int, pkey: int) -> int:
+        self._check_open()
+        return device_ex.get_pkey_index(self.device, port_num, pkey)
+
+    @property
+    def num_comp_vectors(self) -> int:
+        """Completion vectors a CQ may name: one (the engine thread serves them all)."""
+        return 1
 
     def get_async_event(self, timeout: float | None = None) -> AsyncEvent:
         """``ibv_get_async_event``: wait for the next asynchronous event.

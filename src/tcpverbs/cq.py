@@ -121,13 +121,15 @@ class CQ(VerbsObject):
     def __init__(
         self,
         ctx: Context,
-        cqe: int,
+        cqe: int | float,
         cq_context: object = None,
         channel: CompChannel | None = None,
         comp_vector: int = 0,
         *,
         spin_us: int | None = None,
     ) -> None:
+        if isinstance(cqe, float) and cqe.is_integer():  # pyverbs takes 100.0 for 100
+            cqe = int(cqe)
         if not isinstance(cqe, int) or not 1 <= cqe <= MAX_CQE:
             raise TcpverbsError(errno.EINVAL, f"cqe must be in 1..{MAX_CQE}, got {cqe!r}")
         if spin_us is not None:
@@ -156,6 +158,11 @@ class CQ(VerbsObject):
             raise
         # an engine that builds WC objects itself (the native one, in C) is asked for them
         self._poll_wc: Callable[[int], list[WC]] | None = getattr(self._cq, "poll_wc", None)
+
+    @property
+    def comp_channel(self) -> CompChannel | None:
+        """pyverbs' name for :attr:`channel`."""
+        return self.channel
 
     # -- application side --------------------------------------------------------
     def poll(self, num_entries: int = 1) -> tuple[int, list[WC]]:

@@ -524,6 +524,16 @@ class DeviceAttr:
         """The C field name (pyverbs calls it ``atomic_caps``)."""
         return self.atomic_caps
 
+    @property
+    def fw_version(self) -> str:
+        """pyverbs' name for ``fw_ver``."""
+        return self.fw_ver
+
+    @property
+    def max_raw_ipv6_qps(self) -> int:
+        """pyverbs' name for ``max_raw_ipv6_qp``."""
+        return self.max_raw_ipv6_qp
+
 
 @dataclass(frozen=True, slots=True)
 class PortAttr:
@@ -609,7 +619,10 @@ def _check_port(dev: Device, port_num: int) -> None:
 
 def query_port_attr(dev: Device, port_num: int = 1) -> PortAttr:
     """``ibv_query_port``: live state, MTU, speed and GID count of the interface."""
-    _check_port(dev, port_num)
+    if port_num != 1:  # worded as pyverbs words it
+        raise TcpverbsError(
+            errno.EINVAL, f"Failed to query port {port_num}: {dev.name.decode()} has only port 1"
+        )
     stats = psutil.net_if_stats().get(dev.ifname)
     if stats is None:
         raise TcpverbsError(

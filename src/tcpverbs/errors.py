@@ -1,8 +1,8 @@
 """The exception tree.
 
 Every error tcpverbs raises is a :class:`TcpverbsError`, which is an :class:`OSError`
-carrying ``errno`` (as pyverbs' ``PyverbsRDMAError`` carries ``error_code``), so code may
-catch by errno or by cause:
+carrying ``errno`` and also pyverbs' ``PyverbsRDMAError`` (whose ``error_code`` is that
+errno), so code may catch by errno, by cause, or as a pyverbs program does:
 
 * :class:`PostError` — ``post_send`` / ``post_recv`` refused a work request; tells which
   one of a chained list (``bad_wr``, ``bad_wr_index``).  Nothing from that WR on was posted.
@@ -25,26 +25,79 @@ __all__ = [
     "ClosedResourceError",
     "ConnectionBrokenError",
     "PostError",
+    "PyverbsError",
+    "PyverbsRDMAError",
+    "PyverbsUserError",
     "RemoteProtocolError",
     "TcpverbsError",
     "from_oserror",
 ]
 
 
-class TcpverbsError(OSError):
-    """Base class: a verbs call failed.  ``errno`` says why, ``strerror`` says it in words."""
+class PyverbsError(Exception):
+    """pyverbs' root exception, here so that pyverbs programs catch what tcpverbs raises.
 
-    def __init__(self, err: int, message: str) -> None:
-        super().__init__(err, message)
+    ``PyverbsError(msg, error_code)`` reads ``"<msg>. Errno: <n>, <strerror>"`` when given
+    an errno, as pyverbs words it (programs search that text); *msg* alone otherwise.
+    """
+
+    def __init__(self, msg: str, error_code: int = -1) -> None:
+        if error_code != -1:
+            msg = f"{msg}. Errno: {error_code}, {os.strerror(abs(error_code))}"
+        super().__init__(msg)
+
+
+class PyverbsRDMAError(PyverbsError):
+    """pyverbs: a verbs call failed; ``error_code`` is its errno (-1: none given)."""
+
+    def __init__(self, msg: str, error_code: int = -1) -> None:
+        super().__init__(msg, error_code)
+        self._error_code = error_code
 
     @property
     def error_code(self) -> int:
-        """pyverbs spelling of :attr:`errno`."""
-        return int(self.errno or 0)
+        return self._error_code
+
+
+class PyverbsUserError(PyverbsError):
+    """pyverbs: the program asked for something impossible (checked before any call)."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+
+
+class TcpverbsError(OSError, PyverbsRDMAError):
+    """Base class: a verbs call failed.  ``errno`` says why, ``strerror`` says it in words.
+
+    It is also pyverbs' ``PyverbsRDMAError`` (``error_code`` is ``errno``), so
+    ``except PyverbsRDMAError`` in a pyverbs program catches it, and its ``args[0]`` is
+    the text as pyverbs words it: ``"<message>. Errno: <n>, <strerror(n)>"``.
+    """
+
+    def __init__(self, err: int, message: str, *, error_code: int | None = None) -> None:
+        OSError.__init__(self, err, message)  # errno, strerror (PyverbsRDMAError's: below)
+        self.args = (f"{message}. Errno: {err}, {os.strerror(err)}",)
+        # pyverbs passes on what the C call returned: errno, or a few calls' -errno
+        self._error_code = err if error_code is None else error_code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # args no longer rebuild it (OSError's pickling would call cls(*args))
+        return _rebuild, (type(self), self.errno, self.strerror, self.args, self.__dict__)
 
     def __str__(self) -> str:
         name = _errno.errorcode.get(self.errno or 0, str(self.errno))
         return f"[{name}] {self.strerror}"
+
+
+def _rebuild(
+    cls: type[TcpverbsError], err: int, strerror: str, args: tuple[Any, ...], state: dict[str, Any]
+) -> TcpverbsError:
+    """Unpickle a :class:`TcpverbsError` of any subclass (their constructors differ)."""
+    made = cls.__new__(cls, err, strerror)
+    OSError.__init__(made, err, strerror)
+    made.args = args
+    made.__dict__.update(state)
+    return made
 
 
 class PostError(TcpverbsError):

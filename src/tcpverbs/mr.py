@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import mmap
+import operator
 from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
@@ -37,15 +39,28 @@ _SUPPORTED_ACCESS = (
 )
 
 
+_KNOWN_ACCESS = functools.reduce(operator.or_, ibv_access_flags)
+
+
 def _check_access(access: int) -> ibv_access_flags:
-    if not isinstance(access, int) or access < 0 or access & ~int(_SUPPORTED_ACCESS):
-        raise TcpverbsError(errno.EINVAL, f"unsupported MR access flags {access!r}")
+    if not isinstance(access, int) or access < 0 or access & ~int(_KNOWN_ACCESS):
+        raise TcpverbsError(
+            errno.EINVAL, f"Failed to register a MR: unknown access flags {access!r}"
+        )
+    if access & ~int(_SUPPORTED_ACCESS):  # verbs flags for what a TCP device has not
+        missing = ibv_access_flags(access & ~int(_SUPPORTED_ACCESS))
+        raise TcpverbsError(
+            errno.EOPNOTSUPP,
+            f"Failed to register a MR: a tcpverbs device does not offer {missing.name} "
+            "(no memory windows, on-demand paging, zero-based or huge-page MRs, flushes)",
+        )
     flags = ibv_access_flags(access)
     needs_local_write = _A.IBV_ACCESS_REMOTE_WRITE | _A.IBV_ACCESS_REMOTE_ATOMIC
     if flags & needs_local_write and not flags & _A.IBV_ACCESS_LOCAL_WRITE:
         raise TcpverbsError(
             errno.EINVAL,
-            "REMOTE_WRITE and REMOTE_ATOMIC access require LOCAL_WRITE (see ibv_reg_mr(3))",
+            "Failed to register a MR: REMOTE_WRITE and REMOTE_ATOMIC access require "
+            "LOCAL_WRITE (see ibv_reg_mr(3))",
         )
     return flags
 

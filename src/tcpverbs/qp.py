@@ -209,13 +209,19 @@ class QP(VerbsObject):
         self.modify(attr, _INIT_MASK)
 
     def to_rtr(self, attr: QPAttr) -> None:
-        """INIT → RTR.  ``attr.sock`` hands over the connected TCP socket."""
+        """INIT → RTR.  ``attr.sock`` hands over the connected TCP socket.  From RESET it
+        goes through INIT first, with the same *attr* (as pyverbs' ``to_rtr``)."""
+        if self.qp_state is S.IBV_QPS_RESET:
+            self.to_init(attr)
         attr.qp_state = S.IBV_QPS_RTR
         mask = _RTR_MASK | (_RTR_AV_MASK if attr.ah_attr.is_global else M(0))
         self.modify(attr, mask)
 
     def to_rts(self, attr: QPAttr) -> None:
-        """RTR → RTS: the send queue starts working."""
+        """RTR → RTS: the send queue starts working.  From RESET or INIT it goes through
+        the states before, with the same *attr* (as pyverbs' ``to_rts``)."""
+        if self.qp_state in (S.IBV_QPS_RESET, S.IBV_QPS_INIT):
+            self.to_rtr(attr)
         attr.qp_state = S.IBV_QPS_RTS
         self.modify(attr, _RTS_MASK)
 
@@ -358,24 +364,34 @@ class QP(VerbsObject):
         return attr, self.init_attr
 
     # -- posting -------------------------------------------------------------------
-    def post_send(self, wr: SendWR) -> None:
-        """``ibv_post_send``: queue *wr* and the WRs chained to it by ``next_wr``."""
+    def post_send(self, wr: SendWR, bad_wr: SendWR | None = None) -> None:
+        """``ibv_post_send``: queue *wr* and the WRs chained to it by ``next_wr``.
+
+        When a WR is refused, the error names it (``PostError.bad_wr``) and, as in
+        pyverbs, a *bad_wr* given here becomes a copy of it."""
         if self._closed:
             self._check_open()
         failure = self._post_send(wr)
         if failure is not None:
-            raise self._post_error(failure, wr, "post_send")
+            raise self._post_error(failure, wr, "post_send", bad_wr)
 
-    def post_recv(self, wr: RecvWR) -> None:
-        """``ibv_post_recv``: give the QP buffers for incoming messages."""
+    def post_recv(self, wr: RecvWR, bad_wr: RecvWR | None = None) -> None:
+        """``ibv_post_recv``: give the QP buffers for incoming messages (*bad_wr*: as for
+        :meth:`post_send`)."""
         if self._closed:
             self._check_open()
         failure = self._post_recv(wr)
         if failure is not None:
-            raise self._post_error(failure, wr, "post_recv")
+            raise self._post_error(failure, wr, "post_recv", bad_wr)
 
-    def _post_error(self, failure: PostFailure, first: SendWR | RecvWR, verb: str) -> PostError:
-        """The one place where a refused WR is put into words."""
+    def _post_error(
+        self,
+        failure: PostFailure,
+        first: SendWR | RecvWR,
+        verb: str,
+        bad_wr: SendWR | RecvWR | None = None,
+    ) -> PostError:
+        """The one place where a refused WR is put into words (and copied to *bad_wr*)."""
         index, fault, value, limit = failure.index, failure.fault, failure.value, failure.limit
         wr: SendWR | RecvWR = first
         for _ in range(index):
@@ -408,7 +424,10 @@ class QP(VerbsObject):
         else:  # QUEUE_FULL
             err = errno.ENOMEM
             why = f"{queue} queue full ({limit} WRs outstanding; poll the CQ)"
-        return PostError(err, why, wr, index)
+        if bad_wr is not None and type(bad_wr) is type(wr):  # pyverbs' out-parameter
+            for name in type(wr).__slots__:
+                setattr(bad_wr, name, getattr(wr, name))
+        return PostError(err, f"Failed to post {queue}: {why}", wr, index)
 
     def _release(self) -> None:
         with self._lock:  # no modify() half-way: a connection plan never outlives the QP

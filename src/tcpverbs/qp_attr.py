@@ -30,6 +30,19 @@ class QPCap:
     max_inline_data: int = 0
 
 
+class _CapField:
+    """An attribute of :class:`QPInitAttr` that is its ``cap``'s, by the same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, attr: QPInitAttr, owner: type | None = None) -> int:
+        return int(getattr(attr.cap, self.name))
+
+    def __set__(self, attr: QPInitAttr, value: int) -> None:
+        setattr(attr.cap, self.name, value)
+
+
 @dataclass(slots=True)
 class QPInitAttr:
     """``ibv_qp_init_attr`` plus ``wire``: ``"rc"`` (framed, default) or ``"stream"``."""
@@ -42,6 +55,13 @@ class QPInitAttr:
     cap: QPCap = field(default_factory=QPCap)
     sq_sig_all: int = 1
     wire: WireName = "rc"
+
+    # pyverbs reads and sets the capabilities on the init attributes themselves
+    max_send_wr = _CapField()
+    max_recv_wr = _CapField()
+    max_send_sge = _CapField()
+    max_recv_sge = _CapField()
+    max_inline_data = _CapField()
 
 
 @dataclass(slots=True)

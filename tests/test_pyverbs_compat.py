@@ -1,0 +1,181 @@
+"""What pyverbs programs meet in tcpverbs itself: pyverbs' exceptions, the extended
+device queries, the walk through the QP states, ``bad_wr``, the attribute spellings
+(issue #11).  The pyverbs face (``import pyverbs`` under ``tcpverbs run``) is tested in
+``test_pyverbs_face.py``."""
+
+from __future__ import annotations
+
+import errno
+import pickle
+
+import pytest
+
+import tcpverbs as v
+from tcpverbs.errors import (
+    ClosedResourceError,
+    ConnectionBrokenError,
+    PostError,
+    PyverbsError,
+    PyverbsRDMAError,
+    PyverbsUserError,
+    TcpverbsError,
+)
+from tcpverbs.testing import make_endpoint
+
+S = v.ibv_qp_state
+
+
+# -- exceptions ------------------------------------------------------------------------
+def test_every_tcpverbs_error_is_a_pyverbs_rdma_error_with_its_text_first() -> None:
+    err = TcpverbsError(errno.EINVAL, "Failed to query port 7")
+    assert isinstance(err, PyverbsRDMAError) and isinstance(err, PyverbsError)
+    assert isinstance(err, OSError) and err.errno == errno.EINVAL
+    assert err.error_code == errno.EINVAL
+    assert err.args == ("Failed to query port 7. Errno: 22, Invalid argument",)
+    assert str(err) == "[EINVAL] Failed to query port 7"
+
+
+def test_pyverbs_errors_built_by_programs_word_themselves_as_pyverbs_does() -> None:
+    err = PyverbsRDMAError("Failed to create AH", errno.EOPNOTSUPP)
+    assert err.error_code == errno.EOPNOTSUPP
+    assert str(err) == "Failed to create AH. Errno: 95, Operation not supported"
+    assert PyverbsRDMAError("no errno").error_code == -1
+    assert str(PyverbsRDMAError("no errno")) == "no errno"
+    user = PyverbsUserError("bad input")
+    assert isinstance(user, PyverbsError) and not isinstance(user, PyverbsRDMAError)
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        TcpverbsError(errno.EINVAL, "bad"),
+        PostError(errno.ENOMEM, "full", None, 2),
+        ClosedResourceError("QP"),
+        ConnectionBrokenError(errno.ECONNRESET, "gone"),
+        TcpverbsError(errno.EINVAL, "too small", error_code=-errno.EINVAL),
+    ],
+)
+def test_errors_survive_pickling(err: TcpverbsError) -> None:
+    """multiprocessing sends them between processes (rdma-core's tests do)."""
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is type(err)
+    assert (back.errno, back.strerror, back.args, back.error_code) == (
+        err.errno,
+        err.strerror,
+        err.args,
+        err.error_code,
+    )
+    assert getattr(back, "bad_wr_index", None) == getattr(err, "bad_wr_index", None)
+
+
+# -- the extended queries ----------------------------------------------------------------
+def test_query_device_ex_reports_no_extended_capabilities(ctx: v.Context) -> None:
+    ex = ctx.query_device_ex()
+    assert ex.orig_attr == ctx.query_device()
+    assert ex.phys_port_cnt_ex == ex.orig_attr.phys_port_cnt == 1
+    assert ex.device_cap_flags_ex == ex.orig_attr.device_cap_flags
+    assert ex.max_dm_size == 0 and ex.odp_caps.general_caps == 0 and ex.tso_caps.max_tso == 0
+    assert ex.tm_caps.max_num_tags == 0 and ex.raw_packet_caps == 0
+    assert ex.orig_attr.fw_version == ex.orig_attr.fw_ver
+    assert ctx.num_comp_vectors == 1
+
+
+def test_the_gid_table_is_the_interfaces_addresses(ctx: v.Context) -> None:
+    count = ctx.query_port(1).gid_tbl_len
+    table = ctx.query_gid_table(count)
+    assert [e.gid for e in table] == [ctx.query_gid(1, i) for i in range(count)]
+    assert [e.gid_index for e in table] == list(range(count))
+    roce_v2 = v.enums.ibv_gid_type.IBV_GID_TYPE_ROCE_V2
+    assert all(e.port_num == 1 and e.gid_type == roce_v2 for e in table)
+    entry = ctx.query_gid_ex(1, 0)
+    assert entry == table[0] and entry.gid_str() == table[0].gid.gid
+    assert entry.ndev_ifindex > 0
+    sysfs = v.enums.ibv_gid_type_sysfs.IBV_GID_TYPE_SYSFS_ROCE_V2
+    assert ctx.query_gid_type(1, 0) == sysfs
+
+
+def test_gid_table_queries_refuse_as_libibverbs_does(ctx: v.Context) -> None:
+    count = ctx.query_port(1).gid_tbl_len
+    with pytest.raises(TcpverbsError) as small:
+        ctx.query_gid_table(count - 1)
+    # ibv_query_gid_table returns -EINVAL, and pyverbs passes that on
+    assert small.value.errno == errno.EINVAL and small.value.error_code == -errno.EINVAL
+    for bad in (lambda: ctx.query_gid_ex(1, count), lambda: ctx.query_gid_type(1, count)):
+        with pytest.raises(TcpverbsError) as info:
+            bad()
+        assert info.value.error_code == errno.EINVAL
+    with pytest.raises(TcpverbsError) as port:
+        ctx.query_port(2)
+    assert "Failed to query port" in port.value.args[0] and "Invalid argument" in port.value.args[0]
+
+
+def test_the_one_pkey_is_the_default(ctx: v.Context) -> None:
+    assert ctx.query_pkey(1, 0) == 0xFFFF
+    assert ctx.get_pkey_index(1, 0xFFFF) == 0
+    with pytest.raises(TcpverbsError) as index:
+        ctx.query_pkey(1, 1)
+    assert index.value.errno == errno.EINVAL
+    with pytest.raises(TcpverbsError) as pkey:
+        ctx.get_pkey_index(1, 0x8001)
+    assert pkey.value.errno == errno.ENOENT
+
+
+# -- objects -----------------------------------------------------------------------------
+def test_to_rts_walks_from_reset_and_init_as_pyverbs_does(ctx: v.Context) -> None:
+    a, b = make_endpoint(ctx), make_endpoint(ctx)
+    fresh = v.QP(a.pd, v.QPInitAttr(scq=a.scq, rcq=a.rcq))
+    assert fresh.qp_state == S.IBV_QPS_RESET and b.qp.qp_state == S.IBV_QPS_INIT
+    route = v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=ctx.query_gid(1, 0)))
+    for qp, peer in ((fresh, b.qp), (b.qp, fresh)):
+        qp.to_rts(v.QPAttr(dest_qp_num=peer.qp_num, ah_attr=route))
+        assert qp.qp_state == S.IBV_QPS_RTS
+    with pytest.raises(TcpverbsError) as again:  # from RTS there is nothing to walk
+        fresh.to_rtr(v.QPAttr())
+    assert again.value.errno == errno.EINVAL
+
+
+def test_a_refused_wr_is_copied_into_bad_wr(ctx: v.Context) -> None:
+    a = make_endpoint(ctx)  # INIT: posting a send is refused
+    wr = v.SendWR(wr_id=77, num_sge=0)
+    bad = v.SendWR()
+    with pytest.raises(PostError) as info:
+        a.qp.post_send(wr, bad)
+    assert bad.wr_id == 77 and info.value.bad_wr is wr
+    assert "Failed to post send" in info.value.args[0]
+
+
+def test_qp_init_attr_spells_the_capabilities_as_pyverbs_does() -> None:
+    init = v.QPInitAttr()
+    init.max_send_wr, init.max_recv_sge = 33, 3
+    assert init.cap.max_send_wr == 33 and init.cap.max_recv_sge == 3
+    init.cap.max_inline_data = 64
+    assert init.max_inline_data == 64
+
+
+def test_cq_takes_a_whole_float_cqe_and_names_its_channel_as_pyverbs_does(
+    ctx: v.Context,
+) -> None:
+    ch = v.CompChannel(ctx)
+    cq = v.CQ(ctx, 100.0, channel=ch)
+    assert cq.cqe == 100 and isinstance(cq.cqe, int) and cq.comp_channel is ch
+    with pytest.raises(TcpverbsError) as info:
+        v.CQ(ctx, 10.5)
+    assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize(
+    ("flag", "err"),
+    [
+        (v.ibv_access_flags.IBV_ACCESS_MW_BIND, errno.EOPNOTSUPP),
+        (v.ibv_access_flags.IBV_ACCESS_ON_DEMAND, errno.EOPNOTSUPP),
+        (v.ibv_access_flags.IBV_ACCESS_ZERO_BASED, errno.EOPNOTSUPP),
+        (1 << 30, errno.EINVAL),
+    ],
+)
+def test_access_a_tcp_device_has_not_is_eopnotsupp_unknown_bits_einval(
+    ctx: v.Context, flag: int, err: int
+) -> None:
+    pd = v.PD(ctx)
+    with pytest.raises(TcpverbsError) as info:
+        v.MR(pd, 64, v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE | flag)
+    assert info.value.errno == err and "Failed to register a MR" in info.value.args[0]
