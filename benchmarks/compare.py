@@ -1,6 +1,7 @@
 """tcpverbs against plain Python sockets (and iperf3), back to back on loopback, in one run.
 
     python benchmarks/compare.py [--quick] [--rounds N] [--json FILE] [--png DIR]
+    python benchmarks/compare.py --replot FILE [--png DIR]    (the PNGs of a saved run)
 
 For 64 B, 4 KiB, 64 KiB and 1 MiB it runs, as two processes each:
 
@@ -743,6 +744,8 @@ def draw(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    outdir.mkdir(parents=True, exist_ok=True)
+
     fig, ax = plt.subplots(figsize=(7, 4))
     sizes = list(rows)
     for job in BW_JOBS:
@@ -787,7 +790,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="runs of every configuration (default 3)")
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     parser.add_argument("--png", default=str(HERE / "results"))
+    parser.add_argument(
+        "--replot", metavar="JSON", help="only draw the PNGs again, from a saved report"
+    )
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads(pathlib.Path(args.replot).read_text())
+        rows = {
+            int(size): {k: m for k, m in jobs.items() if k != "iperf3"}
+            for size, jobs in saved["bandwidth"].items()
+        }
+        for png in draw(rows, saved["latency_8B"], pathlib.Path(args.png)):
+            print(f"wrote {png}")
+        return
     rounds = args.rounds or (1 if args.quick else 3)
     if rounds < 1:
         parser.error("--rounds must be at least 1")
