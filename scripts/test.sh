@@ -26,9 +26,12 @@ fi
 # the native extension is built by the install above: its tests must not skip here
 export TCPVERBS_REQUIRE_NATIVE=1
 
-echo "== ruff" && ruff check src tests examples benchmarks
-echo "== ruff format --check" && ruff format --check src tests examples benchmarks
+echo "== ruff" && ruff check src tests examples benchmarks scripts
+echo "== ruff format --check" && ruff format --check src tests examples benchmarks scripts
 echo "== mypy" && mypy
+echo "== rdma-core's pyverbs suite through the pyverbs face (issue #11: a report; every"
+echo "   module must load and finish in time)"
+python scripts/rdma_core_suite.py --strict --timeout 300 || [ $? -eq 3 ]
 echo "== pytest (branch coverage; the floor is enforced)"
 exec python -m pytest --cov=tcpverbs --cov-branch --cov-report=term:skip-covered \
     --cov-fail-under=90 "$@"
