@@ -179,3 +179,107 @@ def test_access_a_tcp_device_has_not_is_eopnotsupp_unknown_bits_einval(
     with pytest.raises(TcpverbsError) as info:
         v.MR(pd, 64, v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE | flag)
     assert info.value.errno == err and "Failed to register a MR" in info.value.args[0]
+
+
+# -- ibv_create_qp_ex --------------------------------------------------------------------
+X = v.enums.ibv_qp_init_attr_mask
+
+
+def test_a_qp_made_from_the_context_with_init_attr_ex_carries_traffic(ctx: v.Context) -> None:
+    pd, cq = v.PD(ctx), v.CQ(ctx, 16)
+    attr = v.QPInitAttrEx(pd=pd, comp_mask=X.IBV_QP_INIT_ATTR_PD, cap=v.QPCap(4, 4, 1, 1))
+    attr.send_cq = attr.recv_cq = cq
+    attr.max_inline_data = 16
+    qp = v.QP(ctx, attr)
+    assert qp.qp_state == S.IBV_QPS_RESET and qp.pd is pd and qp.cap.max_inline_data == 16
+    assert v.QP(ctx, attr, v.QPAttr()).qp_state == S.IBV_QPS_INIT
+    peer = make_endpoint(ctx)
+    route = v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=ctx.query_gid(1, 0)))
+    for a, b in ((qp, peer.qp), (peer.qp, qp)):
+        a.to_rts(v.QPAttr(dest_qp_num=b.qp_num, ah_attr=route))
+    mr, rmr = v.MR(pd, 8, v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE), v.MR(peer.pd, 8, 1)
+    mr.write(b"ex-made!", 8)
+    peer.qp.post_recv(v.RecvWR(1, 1, [v.SGE(rmr.buf, 8, rmr.lkey)]))
+    qp.post_send(v.SendWR(2, v.ibv_wr_opcode.IBV_WR_SEND, 1, 0, [v.SGE(mr.buf, 8, mr.lkey)]))
+    from tcpverbs.testing import poll_until
+
+    assert poll_until(peer.rcq)[0].byte_len == 8 and rmr.read(8, 0) == b"ex-made!"
+
+
+@pytest.mark.parametrize(
+    ("change", "err"),
+    [
+        ({"comp_mask": 0}, errno.EINVAL),  # no PD named
+        ({"pd": None}, errno.EINVAL),
+        ({"comp_mask": X.IBV_QP_INIT_ATTR_PD | X.IBV_QP_INIT_ATTR_XRCD}, errno.EOPNOTSUPP),
+        ({"comp_mask": X.IBV_QP_INIT_ATTR_PD | X.IBV_QP_INIT_ATTR_RX_HASH}, errno.EOPNOTSUPP),
+        (
+            {
+                "comp_mask": X.IBV_QP_INIT_ATTR_PD | X.IBV_QP_INIT_ATTR_CREATE_FLAGS,
+                "create_flags": 2,
+            },
+            errno.EOPNOTSUPP,
+        ),
+        ({"comp_mask": X.IBV_QP_INIT_ATTR_PD | X.IBV_QP_INIT_ATTR_SEND_OPS_FLAGS}, errno.ENOSYS),
+        ({"comp_mask": 1 << 20}, errno.EINVAL),
+        ({"qp_type": v.ibv_qp_type.IBV_QPT_UD}, errno.EOPNOTSUPP),
+    ],
+)
+def test_create_qp_ex_refuses_what_a_tcpverbs_qp_cannot_be(
+    ctx: v.Context, change: dict[str, object], err: int
+) -> None:
+    pd, cq = v.PD(ctx), v.CQ(ctx, 16)
+    attr = v.QPInitAttrEx(pd=pd, scq=cq, rcq=cq, comp_mask=X.IBV_QP_INIT_ATTR_PD)
+    for name, value in change.items():
+        setattr(attr, name, value)
+    with pytest.raises(TcpverbsError) as info:
+        v.QP(ctx, attr)
+    assert info.value.errno == err
+
+
+def test_each_way_of_making_a_qp_takes_its_own_attributes(ctx: v.Context) -> None:
+    pd, cq = v.PD(ctx), v.CQ(ctx, 16)
+    with pytest.raises(TcpverbsError, match="QPInitAttrEx goes with QP"):
+        v.QP(pd, v.QPInitAttrEx(pd=pd, scq=cq, rcq=cq, comp_mask=1))  # type: ignore[arg-type]
+    with pytest.raises(TcpverbsError, match="takes a QPInitAttrEx"):
+        v.QP(ctx, v.QPInitAttr(scq=cq, rcq=cq))
+    with v.Context(name="tcpv_lo", engine=ctx.engine) as other:
+        attr = v.QPInitAttrEx(pd=v.PD(other), scq=cq, rcq=cq, comp_mask=1)
+        with pytest.raises(TcpverbsError, match="another context"):
+            v.QP(ctx, attr)
+
+
+# -- address handles ---------------------------------------------------------------------
+def test_an_address_handle_is_a_gid_on_port_1(ctx: v.Context) -> None:
+    pd = v.PD(ctx)
+    route = v.GlobalRoute(dgid=ctx.query_gid(1, 0), sgid_index=0)
+    attr = v.AHAttr(is_global=1, gr=route, port_num=1)
+    ah = v.AH(pd, attr=attr)
+    route.sgid_index = 5  # the AH took a copy
+    assert ah.attr.gr is not None and ah.attr.gr.sgid_index == 0 and ah.pd is pd
+    assert ah.attr.gr.dgid == ctx.query_gid(1, 0)
+    pd.close()  # the AH goes with its PD
+    assert ah.closed
+
+
+@pytest.mark.parametrize(
+    ("attr", "err"),
+    [
+        (v.AHAttr(is_global=0), errno.EINVAL),  # a RoCE-like port needs a GRH
+        (v.AHAttr(is_global=1, gr=v.GlobalRoute()), errno.EINVAL),  # no dgid
+        (v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid="::1", sgid_index=99)), errno.EINVAL),
+        (v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid="::1"), port_num=2), errno.EINVAL),
+    ],
+)
+def test_address_handles_a_tcpverbs_port_cannot_reach_are_refused(
+    ctx: v.Context, attr: v.AHAttr, err: int
+) -> None:
+    with pytest.raises(TcpverbsError) as info:
+        v.AH(v.PD(ctx), attr=attr)
+    assert info.value.errno == err and "Failed to create AH" in str(info.value)
+
+
+def test_an_address_handle_for_ud_replies_is_not_offered(ctx: v.Context) -> None:
+    with pytest.raises(TcpverbsError) as info:
+        v.AH(v.PD(ctx), wc=object(), grh=object())
+    assert info.value.errno == errno.EOPNOTSUPP

@@ -14,6 +14,7 @@ See README.md for the socket handoff and docs/ for the semantics.
 
 from __future__ import annotations
 
+from .ah import AH
 from .context import AsyncEvent, Context
 from .cq import CQ, WC, CompChannel
 from .device import GID, Device, DeviceAttr, PortAttr, get_device_list
@@ -45,12 +46,13 @@ from .errors import (
 from .mr import MR
 from .pd import PD
 from .qp import QP
-from .qp_attr import AHAttr, GlobalRoute, QPAttr, QPCap, QPInitAttr
+from .qp_attr import AHAttr, GlobalRoute, QPAttr, QPCap, QPInitAttr, QPInitAttrEx
 from .wr import SGE, RecvWR, SendWR
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AH",
     "CQ",
     "GID",
     "MR",
@@ -72,6 +74,7 @@ __all__ = [
     "QPAttr",
     "QPCap",
     "QPInitAttr",
+    "QPInitAttrEx",
     "RecvWR",
     "RemoteProtocolError",
     "SendWR",

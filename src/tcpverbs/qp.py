@@ -19,6 +19,8 @@ transition or attribute changes nothing and raises ``EINVAL``.
 from __future__ import annotations
 
 import errno
+import functools
+import operator
 import re
 import threading
 from typing import TYPE_CHECKING
@@ -29,6 +31,7 @@ from .engine.api import PostFailure, PostFault, QPCaps, QPEngine, QPParams, QPSp
 from .enums import (
     ibv_access_flags,
     ibv_qp_attr_mask,
+    ibv_qp_init_attr_mask,
     ibv_qp_state,
     ibv_qp_type,
     ibv_wr_opcode,
@@ -36,12 +39,13 @@ from .enums import (
 from .errors import PostError, TcpverbsError, check_int
 from .oob import service as oob
 from .oob.sockets import take_socket
-from .qp_attr import QPAttr, QPCap, QPInitAttr
+from .qp_attr import QPAttr, QPCap, QPInitAttr, QPInitAttrEx
 from .wr import RecvWR, SendWR
 
 if TYPE_CHECKING:
     import socket
 
+    from .context import Context
     from .cq import CQ
     from .pd import PD
 
@@ -127,12 +131,19 @@ _ATTR_RANGES = (
 
 
 class QP(VerbsObject):
-    """``ibv_create_qp``: ``QP(pd, QPInitAttr(...), qp_attr=None)``.
+    """``ibv_create_qp``: ``QP(pd, QPInitAttr(...), qp_attr=None)``; ``ibv_create_qp_ex``:
+    ``QP(ctx, QPInitAttrEx(pd=..., comp_mask=IBV_QP_INIT_ATTR_PD, ...), qp_attr=None)``.
 
     With *qp_attr* the new QP is moved to INIT right away (as pyverbs does).
     """
 
-    def __init__(self, pd: PD, init_attr: QPInitAttr, qp_attr: QPAttr | None = None) -> None:
+    def __init__(
+        self,
+        pd: PD | Context,
+        init_attr: QPInitAttr | QPInitAttrEx,
+        qp_attr: QPAttr | None = None,
+    ) -> None:
+        pd, init_attr = _creator_and_attr(pd, init_attr)
         scq, rcq = _check_init_attr(pd, init_attr)
         parents: list[VerbsObject] = [pd, scq]
         if rcq is not scq:
@@ -508,6 +519,67 @@ def _opname(opcode: int) -> str:
         return ibv_wr_opcode(opcode).name
     except ValueError:
         return str(opcode)
+
+
+_EX_MASK_KNOWN = functools.reduce(operator.or_, ibv_qp_init_attr_mask)
+
+
+def _creator_and_attr(
+    creator: PD | Context, attr: QPInitAttr | QPInitAttrEx
+) -> tuple[PD, QPInitAttr]:
+    """The PD and plain init attributes of a QP made either way (``ibv_create_qp`` from a
+    PD, ``ibv_create_qp_ex`` from a context)."""
+    from .context import Context
+    from .pd import PD
+
+    if isinstance(creator, PD):
+        if not isinstance(attr, QPInitAttr):
+            raise TcpverbsError(
+                errno.EINVAL, "QP(pd, ...) takes a QPInitAttr; QPInitAttrEx goes with QP(ctx, ...)"
+            )
+        return creator, attr
+    if not isinstance(creator, Context):
+        raise TcpverbsError(errno.EINVAL, f"a QP is made from a PD or a Context, not {creator!r}")
+    if not isinstance(attr, QPInitAttrEx):
+        raise TcpverbsError(errno.EINVAL, "QP(ctx, ...) takes a QPInitAttrEx (ibv_create_qp_ex)")
+    mask = attr.comp_mask
+    if not isinstance(mask, int) or mask & ~int(_EX_MASK_KNOWN):
+        raise TcpverbsError(
+            errno.EINVAL, f"Failed to create QP: unknown comp_mask bits in {mask!r}"
+        )
+    X = ibv_qp_init_attr_mask
+    if mask & (X.IBV_QP_INIT_ATTR_XRCD | X.IBV_QP_INIT_ATTR_IND_TABLE | X.IBV_QP_INIT_ATTR_RX_HASH):
+        raise TcpverbsError(
+            errno.EOPNOTSUPP, "Failed to create QP: a tcpverbs device has no XRC or RSS QPs"
+        )
+    if mask & X.IBV_QP_INIT_ATTR_SEND_OPS_FLAGS:
+        raise TcpverbsError(
+            errno.ENOSYS, "Failed to create QP: send_ops_flags (QPEx) are not offered yet"
+        )
+    if mask & X.IBV_QP_INIT_ATTR_CREATE_FLAGS and attr.create_flags:
+        raise TcpverbsError(
+            errno.EOPNOTSUPP,
+            f"Failed to create QP: create_flags {attr.create_flags:#x} (a tcpverbs QP has none)",
+        )
+    if mask & X.IBV_QP_INIT_ATTR_MAX_TSO_HEADER and attr.max_tso_header:
+        raise TcpverbsError(errno.EOPNOTSUPP, "Failed to create QP: TSO is for raw-packet QPs")
+    if not mask & X.IBV_QP_INIT_ATTR_PD or attr.pd is None:
+        raise TcpverbsError(
+            errno.EINVAL, "Failed to create QP: QPInitAttrEx needs pd and IBV_QP_INIT_ATTR_PD"
+        )
+    if attr.pd.ctx is not creator:
+        raise TcpverbsError(errno.EINVAL, "Failed to create QP: the PD belongs to another context")
+    plain = QPInitAttr(
+        qp_type=attr.qp_type,
+        qp_context=attr.qp_context,
+        scq=attr.scq,
+        rcq=attr.rcq,
+        srq=attr.srq,
+        cap=attr.cap,
+        sq_sig_all=attr.sq_sig_all,
+        wire=attr.wire,
+    )
+    return attr.pd, plain
 
 
 def _check_init_attr(pd: PD, attr: QPInitAttr) -> tuple[CQ, CQ]:

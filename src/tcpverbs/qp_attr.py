@@ -1,6 +1,7 @@
 """Queue pair attribute holders.
 
-``ibv_qp_cap``, ``ibv_qp_init_attr``, ``ibv_qp_attr`` and ``ibv_ah_attr``, as in pyverbs.
+``ibv_qp_cap``, ``ibv_qp_init_attr`` (and ``_ex``), ``ibv_qp_attr`` and ``ibv_ah_attr``, as in
+pyverbs.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ if TYPE_CHECKING:
 
     from .cq import CQ
     from .device import GID
+    from .pd import PD
 
-__all__ = ["AHAttr", "GlobalRoute", "QPAttr", "QPCap", "QPInitAttr", "WireName"]
+__all__ = ["AHAttr", "GlobalRoute", "QPAttr", "QPCap", "QPInitAttr", "QPInitAttrEx", "WireName"]
 
 WireName = Literal["rc", "stream"]
 
@@ -36,10 +38,10 @@ class _CapField:
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, attr: QPInitAttr, owner: type | None = None) -> int:
+    def __get__(self, attr: QPInitAttr | QPInitAttrEx, owner: type | None = None) -> int:
         return int(getattr(attr.cap, self.name))
 
-    def __set__(self, attr: QPInitAttr, value: int) -> None:
+    def __set__(self, attr: QPInitAttr | QPInitAttrEx, value: int) -> None:
         setattr(attr.cap, self.name, value)
 
 
@@ -62,6 +64,56 @@ class QPInitAttr:
     max_send_sge = _CapField()
     max_recv_sge = _CapField()
     max_inline_data = _CapField()
+
+
+@dataclass(slots=True)
+class QPInitAttrEx:
+    """``ibv_qp_init_attr_ex``, for ``QP(ctx, QPInitAttrEx(...))`` (``ibv_create_qp_ex``).
+
+    ``comp_mask`` says which of the extended fields count; a tcpverbs QP needs
+    ``IBV_QP_INIT_ATTR_PD`` and *pd* (the context creates the QP, the PD owns it).
+    ``scq`` / ``rcq`` are also spelled ``send_cq`` / ``recv_cq``, as pyverbs does.
+    """
+
+    qp_type: int = ibv_qp_type.IBV_QPT_RC
+    qp_context: object = None
+    pd: PD | None = None
+    xrcd: object = None
+    scq: CQ | None = None
+    rcq: CQ | None = None
+    srq: object = None
+    cap: QPCap = field(default_factory=QPCap)
+    sq_sig_all: int = 0
+    comp_mask: int = 0
+    create_flags: int = 0
+    max_tso_header: int = 0
+    source_qpn: int = 0
+    hash_conf: object = None
+    ind_table: object = None
+    send_ops_flags: int = 0
+    wire: WireName = "rc"
+
+    max_send_wr = _CapField()
+    max_recv_wr = _CapField()
+    max_send_sge = _CapField()
+    max_recv_sge = _CapField()
+    max_inline_data = _CapField()
+
+    @property
+    def send_cq(self) -> CQ | None:
+        return self.scq
+
+    @send_cq.setter
+    def send_cq(self, cq: CQ | None) -> None:
+        self.scq = cq
+
+    @property
+    def recv_cq(self) -> CQ | None:
+        return self.rcq
+
+    @recv_cq.setter
+    def recv_cq(self, cq: CQ | None) -> None:
+        self.rcq = cq
 
 
 @dataclass(slots=True)

@@ -1,9 +1,6 @@
 """pyverbs.addr: address vectors."""
 
+from tcpverbs.ah import AH
 from tcpverbs.qp_attr import AHAttr, GlobalRoute
 
-from ._unsupported import not_yet
-
 __all__ = ["AH", "AHAttr", "GlobalRoute"]
-
-AH = not_yet("AH")
