@@ -33,20 +33,32 @@ class QPCap:
 
 
 class _CapField:
-    """An attribute of :class:`QPInitAttr` that is its ``cap``'s, by the same name."""
+    """An attribute of the init attributes that is their ``cap``'s, by the same name."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, attr: QPInitAttr | QPInitAttrEx, owner: type | None = None) -> int:
+    def __get__(self, attr: _CapsByName, owner: type | None = None) -> int:
         return int(getattr(attr.cap, self.name))
 
-    def __set__(self, attr: QPInitAttr | QPInitAttrEx, value: int) -> None:
+    def __set__(self, attr: _CapsByName, value: int) -> None:
         setattr(attr.cap, self.name, value)
 
 
+class _CapsByName:
+    """pyverbs reads and sets the capabilities on the init attributes themselves."""
+
+    __slots__ = ()
+    cap: QPCap
+    max_send_wr = _CapField()
+    max_recv_wr = _CapField()
+    max_send_sge = _CapField()
+    max_recv_sge = _CapField()
+    max_inline_data = _CapField()
+
+
 @dataclass(slots=True)
-class QPInitAttr:
+class QPInitAttr(_CapsByName):
     """``ibv_qp_init_attr`` plus ``wire``: ``"rc"`` (framed, default) or ``"stream"``."""
 
     qp_type: int = ibv_qp_type.IBV_QPT_RC
@@ -58,16 +70,9 @@ class QPInitAttr:
     sq_sig_all: int = 1
     wire: WireName = "rc"
 
-    # pyverbs reads and sets the capabilities on the init attributes themselves
-    max_send_wr = _CapField()
-    max_recv_wr = _CapField()
-    max_send_sge = _CapField()
-    max_recv_sge = _CapField()
-    max_inline_data = _CapField()
-
 
 @dataclass(slots=True)
-class QPInitAttrEx:
+class QPInitAttrEx(_CapsByName):
     """``ibv_qp_init_attr_ex``, for ``QP(ctx, QPInitAttrEx(...))`` (``ibv_create_qp_ex``).
 
     ``comp_mask`` says which of the extended fields count; a tcpverbs QP needs
@@ -92,12 +97,6 @@ class QPInitAttrEx:
     ind_table: object = None
     send_ops_flags: int = 0
     wire: WireName = "rc"
-
-    max_send_wr = _CapField()
-    max_recv_wr = _CapField()
-    max_send_sge = _CapField()
-    max_recv_sge = _CapField()
-    max_inline_data = _CapField()
 
     @property
     def send_cq(self) -> CQ | None:
