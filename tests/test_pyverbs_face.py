@@ -96,6 +96,7 @@ def test_the_face_hands_out_tcpverbs_own_classes_and_exceptions() -> None:
 
 
 def test_what_a_tcp_device_has_not_refuses_with_eopnotsupp() -> None:
+    """...while its attribute holders are made, so that programs reach the refusal."""
     out = run_under_face(
         """
         import errno
@@ -115,6 +116,11 @@ def test_what_a_tcp_device_has_not_refuses_with_eopnotsupp() -> None:
             except PyverbsRDMAError as exc:
                 codes.append((cls.__name__, exc.error_code))
         assert dve.MLX5DV_CONTEXT_FLAGS_DEVX | dve.MLX5DV_QP_CREATE_TUNNEL_OFFLOADS == 0
+        # attribute holders are plain data: made and filled in, then the object refuses
+        from pyverbs.xrcd import XRCDInitAttr
+        from pyverbs.pd import ParentDomainContext
+        assert Mlx5DVContextAttr(flags=3).flags == 3 and XRCDInitAttr(fd=-1).fd == -1
+        ParentDomainContext(None, None, None)
         print(codes)
         """
     )

@@ -13,7 +13,15 @@ from typing import Any, NoReturn
 
 from tcpverbs.errors import TcpverbsError
 
-__all__ = ["Unsupported", "not_yet", "unsupported", "unsupported_module"]
+__all__ = [
+    "Holder",
+    "Unsupported",
+    "holder",
+    "is_holder_name",
+    "not_yet",
+    "unsupported",
+    "unsupported_module",
+]
 
 _NOT_YET = "tcpverbs does not offer this yet (issue #11)"
 
@@ -38,6 +46,26 @@ def unsupported(name: str, why: str, err: int = errno.EOPNOTSUPP) -> type[Unsupp
     return type(name, (Unsupported,), {"_name": name, "_why": why, "_errno": err})
 
 
+class Holder:
+    """Base of the stand-ins for attribute holders of what is not offered: they are plain
+    data (pyverbs programs fill them in before they ask for the object itself), so they
+    are made and keep what they are given; the object made from them refuses."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.__dict__.update(kwargs)
+
+
+def holder(name: str) -> type[Holder]:
+    """A class called *name* that holds attributes and does nothing else (:class:`Holder`)."""
+    return type(name, (Holder,), {})
+
+
+def is_holder_name(name: str) -> bool:
+    """pyverbs' attribute holders are called ...Attr or ...AttrEx."""
+    return name.endswith(("Attr", "AttrEx"))
+
+
 def not_yet(name: str) -> type[Unsupported]:
     """A class called *name* that tcpverbs means to offer: making one fails with ENOSYS."""
     return unsupported(name, _NOT_YET, errno.ENOSYS)
@@ -57,13 +85,16 @@ class UnsupportedConstant(int):
 
 def unsupported_module(module: str, why: str) -> Callable[[str], object]:
     """A module ``__getattr__`` (PEP 562) for a module none of whose names work here:
-    CONSTANT_NAMES are placeholder ints, other names classes or functions that refuse."""
+    CONSTANT_NAMES are placeholder ints, ...Attr names attribute holders, other names
+    classes or functions that refuse."""
 
     def __getattr__(name: str) -> object:
         if name.startswith("__"):
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
         if name.isupper():
             return UnsupportedConstant(f"{module}.{name}")
+        if is_holder_name(name):
+            return holder(name)
         return unsupported(name, why)
 
     return __getattr__

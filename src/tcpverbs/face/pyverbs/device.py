@@ -7,7 +7,7 @@ from tcpverbs.device import Device, DeviceAttr, PortAttr, get_device_list
 from tcpverbs.enums import ibv_link_layer, ibv_mtu
 from tcpverbs.words import LINK_LAYER_WORDS, SPEED_WORDS
 
-from ._unsupported import unsupported
+from ._unsupported import holder, unsupported
 
 __all__ = [
     "DM",
@@ -26,7 +26,7 @@ __all__ = [
 
 _NO_DM = "a tcpverbs device has no device memory"
 DM = unsupported("DM", _NO_DM)
-AllocDmAttr = unsupported("AllocDmAttr", _NO_DM)
+AllocDmAttr = holder("AllocDmAttr")
 
 _PHYS_STATES = {
     1: "Sleep",

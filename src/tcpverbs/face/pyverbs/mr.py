@@ -2,13 +2,13 @@
 
 from tcpverbs.mr import MR
 
-from ._unsupported import unsupported
+from ._unsupported import holder, unsupported
 
 __all__ = ["DMMR", "MR", "MW", "DmaBufMR", "MWBind", "MWBindInfo"]
 
 _NO_MW = "a tcpverbs device has no memory windows"
 MW = unsupported("MW", _NO_MW)
 MWBind = unsupported("MWBind", _NO_MW)
-MWBindInfo = unsupported("MWBindInfo", _NO_MW)
+MWBindInfo = holder("MWBindInfo")
 DMMR = unsupported("DMMR", "a tcpverbs device has no device memory")
 DmaBufMR = unsupported("DmaBufMR", "a tcpverbs device registers no dma-buf (GPU) memory")
