@@ -283,3 +283,94 @@ def test_an_address_handle_for_ud_replies_is_not_offered(ctx: v.Context) -> None
     with pytest.raises(TcpverbsError) as info:
         v.AH(v.PD(ctx), wc=object(), grh=object())
     assert info.value.errno == errno.EOPNOTSUPP
+
+
+# -- extended CQs ------------------------------------------------------------------------
+def test_an_extended_cq_is_polled_one_completion_at_a_time(ctx: v.Context) -> None:
+    ch = v.CompChannel(ctx)
+    cq = v.CQEX(ctx, v.CqInitAttrEx(cqe=64, channel=ch, wc_flags=v.cq_ex.STANDARD_WC_FLAGS))
+    pd = v.PD(ctx)
+    mine = v.QP(pd, v.QPInitAttr(scq=cq, rcq=cq, cap=v.QPCap(8, 8, 1, 1)), v.QPAttr())
+    peer = make_endpoint(ctx)
+    route = v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=ctx.query_gid(1, 0)))
+    for a, b in ((mine, peer.qp), (peer.qp, mine)):
+        a.to_rts(v.QPAttr(dest_qp_num=b.qp_num, ah_attr=route))
+    assert cq.start_poll(v.PollCqAttr()) == errno.ENOENT  # empty: no session
+    with pytest.raises(TcpverbsError) as none:
+        cq.read_byte_len()
+    assert none.value.errno == errno.EINVAL
+    mr = v.MR(pd, 64, v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE)
+    for i in range(3):
+        mine.post_recv(v.RecvWR(10 + i, 1, [v.SGE(mr.buf + 8 * i, 8, mr.lkey)]))
+    src = v.MR(peer.pd, 8, v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE)
+    cq.req_notify()
+    for i in range(3):
+        op = v.ibv_wr_opcode.IBV_WR_SEND_WITH_IMM
+        peer.qp.post_send(v.SendWR(i, op, 1, 100 + i, [v.SGE(src.buf, 5 + i, src.lkey)]))
+    assert ch.get_cq_event(cq, timeout=10) is cq  # an extended CQ raises events as any
+    cq.ack_events(1)
+    from tcpverbs.testing import poll_until
+
+    poll_until(peer.scq, 3)
+    seen = []
+    ret = cq.start_poll(v.PollCqAttr())
+    while ret == errno.ENOENT:  # the last may still be on its way
+        ret = cq.start_poll(v.PollCqAttr())
+    try:
+        while ret == 0:
+            assert cq.status == v.ibv_wc_status.IBV_WC_SUCCESS
+            assert cq.read_opcode() == v.ibv_wc_opcode.IBV_WC_RECV
+            assert cq.read_qp_num() == mine.qp_num and cq.read_wc_flags() & 2  # WITH_IMM
+            seen.append((cq.wr_id, cq.read_byte_len(), cq.read_imm_data()))
+            ret = cq.poll_next()
+            while ret == errno.ENOENT and len(seen) < 3:
+                ret = cq.poll_next()
+    finally:
+        cq.end_poll()
+    cq.end_poll()  # harmless without a session
+    assert seen == [(10, 5, 100), (11, 6, 101), (12, 7, 102)]
+
+
+W_EX = v.enums.ibv_create_cq_wc_flags
+CQ_FLAGS = v.enums.ibv_create_cq_attr_flags
+CQ_MASK = v.enums.ibv_cq_init_attr_mask
+
+
+@pytest.mark.parametrize(
+    ("attr", "err"),
+    [
+        (v.CqInitAttrEx(wc_flags=W_EX.IBV_WC_EX_WITH_COMPLETION_TIMESTAMP), errno.EOPNOTSUPP),
+        (v.CqInitAttrEx(wc_flags=W_EX.IBV_WC_EX_WITH_TM_INFO), errno.EOPNOTSUPP),
+        (v.CqInitAttrEx(wc_flags=1 << 30), errno.EINVAL),
+        (
+            v.CqInitAttrEx(
+                comp_mask=CQ_MASK.IBV_CQ_INIT_ATTR_MASK_FLAGS,
+                flags=CQ_FLAGS.IBV_CREATE_CQ_ATTR_IGNORE_OVERRUN,
+            ),
+            errno.EOPNOTSUPP,
+        ),
+        (v.CqInitAttrEx(comp_mask=CQ_MASK.IBV_CQ_INIT_ATTR_MASK_PD), errno.EOPNOTSUPP),
+        (v.CqInitAttrEx(comp_mask=1 << 9), errno.EINVAL),
+        (v.CqInitAttrEx(cqe=10**9), errno.EINVAL),
+        (v.CqInitAttrEx(comp_vector=2), errno.EINVAL),
+    ],
+)
+def test_extended_cqs_refuse_what_a_tcpverbs_completion_cannot_carry(
+    ctx: v.Context, attr: v.CqInitAttrEx, err: int
+) -> None:
+    with pytest.raises(TcpverbsError) as info:
+        v.CQEX(ctx, attr)
+    assert info.value.errno == err
+
+
+def test_a_single_threaded_extended_cq_is_an_ordinary_one(ctx: v.Context) -> None:
+    attr = v.CqInitAttrEx(
+        cqe=8,
+        comp_mask=CQ_MASK.IBV_CQ_INIT_ATTR_MASK_FLAGS,
+        flags=CQ_FLAGS.IBV_CREATE_CQ_ATTR_SINGLE_THREADED,
+    )
+    cq = v.CQEX(ctx, attr)
+    assert cq.cqe == 8 and cq.start_poll() == errno.ENOENT
+    with pytest.raises(TcpverbsError) as info:
+        ctx.query_rt_values_ex()
+    assert info.value.errno == errno.EOPNOTSUPP

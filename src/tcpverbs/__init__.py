@@ -17,6 +17,7 @@ from __future__ import annotations
 from .ah import AH
 from .context import AsyncEvent, Context
 from .cq import CQ, WC, CompChannel
+from .cq_ex import CQEX, CqInitAttrEx, PollCqAttr
 from .device import GID, Device, DeviceAttr, PortAttr, get_device_list
 from .enums import (
     ibv_access_flags,
@@ -54,6 +55,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AH",
     "CQ",
+    "CQEX",
     "GID",
     "MR",
     "PD",
@@ -66,9 +68,11 @@ __all__ = [
     "CompChannel",
     "ConnectionBrokenError",
     "Context",
+    "CqInitAttrEx",
     "Device",
     "DeviceAttr",
     "GlobalRoute",
+    "PollCqAttr",
     "PortAttr",
     "PostError",
     "QPAttr",

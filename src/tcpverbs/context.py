@@ -141,6 +141,14 @@ class Context(VerbsObject):
         self._check_open()
         return device_ex.get_pkey_index(self.device, port_num, pkey)
 
+    def query_rt_values_ex(self, comp_mask: int = 0) -> tuple[int, int]:
+        """``ibv_query_rt_values_ex``: a tcpverbs device has no clock of its own
+        (``hca_core_clock`` is 0, completions carry no timestamps): ``EOPNOTSUPP``."""
+        self._check_open()
+        raise TcpverbsError(
+            errno.EOPNOTSUPP, "Failed to query real time values: a tcpverbs device has no clock"
+        )
+
     @property
     def num_comp_vectors(self) -> int:
         """Completion vectors a CQ may name: one (the engine thread serves them all)."""

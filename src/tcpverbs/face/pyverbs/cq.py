@@ -1,11 +1,6 @@
-"""pyverbs.cq: completion queues, channels and work completions."""
+"""pyverbs.cq: completion queues (and the extended ones), channels, work completions."""
 
 from tcpverbs.cq import CQ, WC, CompChannel
-
-from ._unsupported import not_yet
+from tcpverbs.cq_ex import CQEX, CqInitAttrEx, PollCqAttr
 
 __all__ = ["CQ", "CQEX", "WC", "CompChannel", "CqInitAttrEx", "PollCqAttr"]
-
-CQEX = not_yet("CQEX")
-CqInitAttrEx = not_yet("CqInitAttrEx")
-PollCqAttr = not_yet("PollCqAttr")
