@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import pickle
+import socket
 
 import pytest
 
@@ -20,7 +21,7 @@ from tcpverbs.errors import (
     PyverbsUserError,
     TcpverbsError,
 )
-from tcpverbs.testing import make_endpoint
+from tcpverbs.testing import ALL_ACCESS, Endpoint, make_endpoint
 
 S = v.ibv_qp_state
 
@@ -220,7 +221,13 @@ def test_a_qp_made_from_the_context_with_init_attr_ex_carries_traffic(ctx: v.Con
             },
             errno.EOPNOTSUPP,
         ),
-        ({"comp_mask": X.IBV_QP_INIT_ATTR_PD | X.IBV_QP_INIT_ATTR_SEND_OPS_FLAGS}, errno.ENOSYS),
+        (
+            {
+                "comp_mask": X.IBV_QP_INIT_ATTR_PD | X.IBV_QP_INIT_ATTR_SEND_OPS_FLAGS,
+                "send_ops_flags": v.enums.ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_BIND_MW,
+            },
+            errno.EOPNOTSUPP,
+        ),
         ({"comp_mask": 1 << 20}, errno.EINVAL),
         ({"qp_type": v.ibv_qp_type.IBV_QPT_UD}, errno.EOPNOTSUPP),
     ],
@@ -374,3 +381,115 @@ def test_a_single_threaded_extended_cq_is_an_ordinary_one(ctx: v.Context) -> Non
     with pytest.raises(TcpverbsError) as info:
         ctx.query_rt_values_ex()
     assert info.value.errno == errno.EOPNOTSUPP
+
+
+# -- extended QPs: the ibv_wr_* post API ---------------------------------------------------
+OPS = v.enums.ibv_qp_create_send_ops_flags
+
+
+def qp_ex_pair(ctx: v.Context, ops: int) -> tuple[v.QPEx, Endpoint, v.MR, v.MR]:
+    """A QPEx connected to an ordinary endpoint, with an MR on each side."""
+    pd, cq = v.PD(ctx), v.CQ(ctx, 64)
+    attr = v.QPInitAttrEx(
+        pd=pd,
+        scq=cq,
+        rcq=cq,
+        cap=v.QPCap(16, 16, 2, 2),
+        comp_mask=X.IBV_QP_INIT_ATTR_PD | X.IBV_QP_INIT_ATTR_SEND_OPS_FLAGS,
+        send_ops_flags=ops,
+    )
+    qp = v.QPEx(ctx, attr, v.QPAttr())
+    peer = make_endpoint(ctx)
+    route = v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=ctx.query_gid(1, 0)))
+    atomics = v.QPAttr(max_rd_atomic=4, max_dest_rd_atomic=4, ah_attr=route)
+    for a, b in ((qp, peer.qp), (peer.qp, qp)):
+        atomics.dest_qp_num = b.qp_num
+        a.to_rts(atomics)
+    return qp, peer, v.MR(pd, 64, ALL_ACCESS), v.MR(peer.pd, 64, ALL_ACCESS)
+
+
+def test_a_batch_of_work_requests_goes_in_one_call(ctx: v.Context) -> None:
+    from tcpverbs.testing import poll_until
+
+    qp, peer, mine, theirs = qp_ex_pair(ctx, int(v.qp_ex.SUPPORTED_SEND_OPS))
+    mine.write(b"sent....written.", 16)
+    theirs.write((7).to_bytes(8, "little") + b"to read!", 16, 32)
+    peer.qp.post_recv(v.RecvWR(50, 1, [v.SGE(theirs.buf, 8, theirs.lkey)]))
+    signaled = v.ibv_send_flags.IBV_SEND_SIGNALED
+    qp.wr_start()
+    qp.wr_id, qp.wr_flags = 1, signaled
+    qp.wr_send_imm(0x01020304)
+    qp.wr_set_sge(v.SGE(mine.buf, 8, mine.lkey))
+    qp.wr_id = 2
+    qp.wr_rdma_write(theirs.rkey, theirs.buf + 8)
+    qp.wr_set_sge_list([v.SGE(mine.buf + 8, 4, mine.lkey), v.SGE(mine.buf + 12, 4, mine.lkey)])
+    qp.wr_id = 3
+    qp.wr_rdma_read(theirs.rkey, theirs.buf + 40)
+    qp.wr_set_sge(v.SGE(mine.buf + 16, 8, mine.lkey))
+    qp.wr_id = 4
+    qp.wr_atomic_fetch_add(theirs.rkey, theirs.buf + 32, 5)
+    qp.wr_set_sge(v.SGE(mine.buf + 24, 8, mine.lkey))
+    qp.wr_id = 5
+    qp.wr_atomic_cmp_swp(theirs.rkey, theirs.buf + 32, 12, 99)
+    qp.wr_set_sge(v.SGE(mine.buf + 32, 8, mine.lkey))
+    assert qp.scq.poll(1)[0] == 0  # nothing goes before wr_complete
+    qp.wr_complete()
+    wcs = poll_until(qp.scq, 5)
+    assert [(w.wr_id, w.status) for w in wcs] == [
+        (i, v.ibv_wc_status.IBV_WC_SUCCESS) for i in range(1, 6)
+    ]
+    (recv,) = poll_until(peer.rcq)
+    assert recv.imm_data == socket.htonl(0x01020304)  # given in host order, sent in network order
+    assert theirs.read(16, 0) == b"sent....written."
+    assert mine.read(8, 16) == b"to read!"
+    assert int.from_bytes(mine.read(8, 24), "little") == 7  # fetched before the add
+    assert int.from_bytes(mine.read(8, 32), "little") == 12  # compared equal: swapped
+    assert int.from_bytes(theirs.read(8, 32), "little") == 99
+
+
+def test_an_aborted_batch_posts_nothing_and_misuse_is_refused(ctx: v.Context) -> None:
+    qp, _, mine, theirs = qp_ex_pair(ctx, OPS.IBV_QP_EX_WITH_RDMA_WRITE)
+    with pytest.raises(TcpverbsError, match="wr_start first"):
+        qp.wr_rdma_write(theirs.rkey, theirs.buf)
+    qp.wr_start()
+    with pytest.raises(TcpverbsError, match="no work request"):
+        qp.wr_set_sge(v.SGE(mine.buf, 8, mine.lkey))
+    with pytest.raises(TcpverbsError, match="not created with IBV_QP_EX_WITH_SEND"):
+        qp.wr_send()
+    qp.wr_rdma_write(theirs.rkey, theirs.buf)
+    qp.wr_set_sge(v.SGE(mine.buf, 8, mine.lkey))
+    qp.wr_abort()
+    with pytest.raises(TcpverbsError, match="wr_start first"):
+        qp.wr_complete()
+    assert qp.statistics()["sq_outstanding"] == 0
+    for call in (
+        lambda: qp.wr_bind_mw(None, 0, None),
+        lambda: qp.wr_local_inv(0),
+        lambda: qp.wr_set_ud_addr(None, 1, 1),
+        lambda: qp.wr_set_xrc_srqn(1),
+    ):
+        with pytest.raises(TcpverbsError) as info:
+            call()
+        assert info.value.errno == errno.EOPNOTSUPP
+
+
+@pytest.mark.parametrize(
+    ("mask", "ops", "err"),
+    [
+        (X.IBV_QP_INIT_ATTR_PD, OPS.IBV_QP_EX_WITH_SEND, errno.EINVAL),  # no SEND_OPS_FLAGS
+        (
+            X.IBV_QP_INIT_ATTR_PD | X.IBV_QP_INIT_ATTR_SEND_OPS_FLAGS,
+            OPS.IBV_QP_EX_WITH_TSO,
+            errno.EOPNOTSUPP,
+        ),
+        (X.IBV_QP_INIT_ATTR_PD | X.IBV_QP_INIT_ATTR_SEND_OPS_FLAGS, 1 << 40, errno.EINVAL),
+    ],
+)
+def test_an_extended_qp_builds_only_what_a_tcpverbs_qp_sends(
+    ctx: v.Context, mask: int, ops: int, err: int
+) -> None:
+    pd, cq = v.PD(ctx), v.CQ(ctx, 8)
+    attr = v.QPInitAttrEx(pd=pd, scq=cq, rcq=cq, comp_mask=mask, send_ops_flags=ops)
+    with pytest.raises(TcpverbsError) as info:
+        v.QPEx(ctx, attr)
+    assert info.value.errno == err

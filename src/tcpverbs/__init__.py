@@ -47,6 +47,7 @@ from .errors import (
 from .mr import MR
 from .pd import PD
 from .qp import QP
+from .qp_ex import QPEx
 from .qp_attr import AHAttr, GlobalRoute, QPAttr, QPCap, QPInitAttr, QPInitAttrEx
 from .wr import SGE, RecvWR, SendWR
 
@@ -77,6 +78,7 @@ __all__ = [
     "PostError",
     "QPAttr",
     "QPCap",
+    "QPEx",
     "QPInitAttr",
     "QPInitAttrEx",
     "RecvWR",

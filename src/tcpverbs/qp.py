@@ -31,6 +31,7 @@ from .engine.api import PostFailure, PostFault, QPCaps, QPEngine, QPParams, QPSp
 from .enums import (
     ibv_access_flags,
     ibv_qp_attr_mask,
+    ibv_qp_create_send_ops_flags,
     ibv_qp_init_attr_mask,
     ibv_qp_state,
     ibv_qp_type,
@@ -522,6 +523,31 @@ def _opname(opcode: int) -> str:
 
 
 _EX_MASK_KNOWN = functools.reduce(operator.or_, ibv_qp_init_attr_mask)
+_F = ibv_qp_create_send_ops_flags
+# the operations a QP made with send_ops_flags (QPEx) may build
+SUPPORTED_SEND_OPS = (
+    _F.IBV_QP_EX_WITH_RDMA_WRITE
+    | _F.IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM
+    | _F.IBV_QP_EX_WITH_SEND
+    | _F.IBV_QP_EX_WITH_SEND_WITH_IMM
+    | _F.IBV_QP_EX_WITH_RDMA_READ
+    | _F.IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP
+    | _F.IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD
+)
+_KNOWN_SEND_OPS = functools.reduce(operator.or_, _F)
+
+
+def check_send_ops(ops: object) -> ibv_qp_create_send_ops_flags:
+    """*ops* as flags, if a tcpverbs QP builds all of them: memory windows, invalidation,
+    TSO, FLUSH and ATOMIC_WRITE are EOPNOTSUPP, unknown bits EINVAL."""
+    if not isinstance(ops, int) or ops < 0 or ops & ~int(_KNOWN_SEND_OPS):
+        raise TcpverbsError(errno.EINVAL, f"Failed to create QP: send_ops_flags {ops!r}")
+    if ops & ~int(SUPPORTED_SEND_OPS):
+        missing = _F(ops & ~int(SUPPORTED_SEND_OPS))
+        raise TcpverbsError(
+            errno.EOPNOTSUPP, f"Failed to create QP: a tcpverbs QP does not offer {missing.name}"
+        )
+    return _F(ops)
 
 
 def _creator_and_attr(
@@ -553,9 +579,8 @@ def _creator_and_attr(
             errno.EOPNOTSUPP, "Failed to create QP: a tcpverbs device has no XRC or RSS QPs"
         )
     if mask & X.IBV_QP_INIT_ATTR_SEND_OPS_FLAGS:
-        raise TcpverbsError(
-            errno.ENOSYS, "Failed to create QP: send_ops_flags (QPEx) are not offered yet"
-        )
+        check_send_ops(attr.send_ops_flags)
+
     if mask & X.IBV_QP_INIT_ATTR_CREATE_FLAGS and attr.create_flags:
         raise TcpverbsError(
             errno.EOPNOTSUPP,

@@ -1,10 +1,7 @@
-"""pyverbs.qp: queue pairs and their attributes."""
+"""pyverbs.qp: queue pairs (and the extended ones) and their attributes."""
 
 from tcpverbs.qp import QP
 from tcpverbs.qp_attr import QPAttr, QPCap, QPInitAttr, QPInitAttrEx
-
-from ._unsupported import not_yet
+from tcpverbs.qp_ex import QPEx
 
 __all__ = ["QP", "QPAttr", "QPCap", "QPEx", "QPInitAttr", "QPInitAttrEx"]
-
-QPEx = not_yet("QPEx")
