@@ -493,3 +493,78 @@ def test_an_extended_qp_builds_only_what_a_tcpverbs_qp_sends(
     with pytest.raises(TcpverbsError) as info:
         v.QPEx(ctx, attr)
     assert info.value.errno == err
+
+
+# -- MR: raw addresses and ibv_rereg_mr --------------------------------------------------
+RR = v.enums.ibv_rereg_mr_flags
+LOCAL = v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
+
+
+def write_to(writer: Endpoint, target: v.MR, data: bytes) -> v.ibv_wc_status:
+    """RDMA WRITE *data* into *target* from *writer*; the writer's completion status."""
+    from tcpverbs.testing import poll_until
+
+    src = v.MR(writer.pd, len(data), LOCAL)
+    src.write(data, len(data))
+    wr = v.SendWR(1, v.ibv_wr_opcode.IBV_WR_RDMA_WRITE, 1, 0, [v.SGE(src.buf, len(data), src.lkey)])
+    wr.set_wr_rdma(target.rkey, target.buf)
+    writer.qp.post_send(wr)
+    return v.ibv_wc_status(poll_until(writer.scq)[0].status)
+
+
+def test_rereg_changes_access_and_keeps_the_keys(ctx: v.Context) -> None:
+    from tcpverbs.testing import qp_pair
+
+    a, b = qp_pair(ctx)
+    mr = v.MR(b.pd, 16, LOCAL)
+    keys = (mr.lkey, mr.rkey)
+    mr.rereg(
+        RR.IBV_REREG_MR_CHANGE_ACCESS, access=LOCAL | v.ibv_access_flags.IBV_ACCESS_REMOTE_WRITE
+    )
+    assert (mr.lkey, mr.rkey) == keys and mr.access & v.ibv_access_flags.IBV_ACCESS_REMOTE_WRITE
+    assert write_to(a, mr, b"now writable....") == v.ibv_wc_status.IBV_WC_SUCCESS
+    assert mr.read(16, 0) == b"now writable...."
+    mr.rereg(RR.IBV_REREG_MR_CHANGE_ACCESS, access=LOCAL)
+    assert write_to(a, mr, b"refused.........") == v.ibv_wc_status.IBV_WC_REM_ACCESS_ERR
+
+
+def test_rereg_moves_an_mr_to_another_pd_and_to_other_memory(ctx: v.Context) -> None:
+    import ctypes
+
+    old_pd, new_pd = v.PD(ctx), v.PD(ctx)
+    mr = v.MR(old_pd, 64, LOCAL)
+    mr.rereg(RR.IBV_REREG_MR_CHANGE_PD, pd=new_pd)
+    assert mr.pd is new_pd
+    old_pd.close()
+    assert not mr.closed  # it depends on its new PD now
+    raw = ctypes.create_string_buffer(b"raw memory of the program", 32)
+    mr.rereg(RR.IBV_REREG_MR_CHANGE_TRANSLATION, addr=ctypes.addressof(raw), length=25)
+    assert (mr.buf, mr.length) == (ctypes.addressof(raw), 25)
+    assert mr.read(25, 0) == b"raw memory of the program"
+    mr.write(b"RAW", 3)
+    assert raw.value.startswith(b"RAW memory")
+    new_pd.close()
+    assert mr.closed
+
+
+def test_rereg_and_raw_addresses_refuse_bad_input(ctx: v.Context) -> None:
+    pd = v.PD(ctx)
+    mr = v.MR(pd, 64, LOCAL)
+    for flags, kwargs, err in (
+        (0, {}, errno.EINVAL),
+        (1 << 5, {}, errno.EINVAL),
+        (RR.IBV_REREG_MR_CHANGE_PD, {"pd": None}, errno.EINVAL),
+        (
+            RR.IBV_REREG_MR_CHANGE_ACCESS,
+            {"access": LOCAL | v.ibv_access_flags.IBV_ACCESS_MW_BIND},
+            errno.EOPNOTSUPP,
+        ),
+        (RR.IBV_REREG_MR_CHANGE_TRANSLATION, {"addr": 4096, "length": 64}, errno.EFAULT),
+    ):
+        with pytest.raises(TcpverbsError) as info:
+            mr.rereg(flags, **kwargs)  # type: ignore[arg-type]
+        assert info.value.errno == err
+    assert not mr.closed and mr.read(4, 0) == bytes(4)  # a refused rereg changed nothing
+    with pytest.raises(TcpverbsError) as unmapped:
+        v.MR(pd, 64, LOCAL, address=4096)  # the first page is never mapped
+    assert unmapped.value.errno == errno.EFAULT

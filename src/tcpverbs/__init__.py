@@ -47,8 +47,8 @@ from .errors import (
 from .mr import MR
 from .pd import PD
 from .qp import QP
-from .qp_ex import QPEx
 from .qp_attr import AHAttr, GlobalRoute, QPAttr, QPCap, QPInitAttr, QPInitAttrEx
+from .qp_ex import QPEx
 from .wr import SGE, RecvWR, SendWR
 
 __version__ = "0.1.0"

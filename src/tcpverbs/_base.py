@@ -53,6 +53,12 @@ class VerbsObject:
             for parent in self._parents:
                 parent._children.pop(id(self), None)
 
+    def _move_to(self, old: VerbsObject, new: VerbsObject) -> None:
+        """Depend on *new* instead of *old* (an MR re-registered into another PD)."""
+        old._children.pop(id(self), None)
+        self._parents = tuple(new if p is old else p for p in self._parents)
+        new._children[id(self)] = self
+
     def _release(self) -> None:
         """Free this object's own resources (children are already closed)."""
 

@@ -19,7 +19,7 @@ import operator
 from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
-from .enums import ibv_access_flags
+from .enums import ibv_access_flags, ibv_rereg_mr_flags
 from .errors import TcpverbsError
 
 if TYPE_CHECKING:
@@ -66,18 +66,31 @@ def _check_access(access: int) -> ibv_access_flags:
 
 
 class MR(VerbsObject):
-    """``ibv_reg_mr``.  ``MR(pd, length, access)`` or ``MR(pd, length, access, address=buf)``."""
+    """``ibv_reg_mr``.  ``MR(pd, length, access)``, ``MR(pd, length, access, address=buf)``
+    with a writable buffer, or ``address=`` an integer address of raw memory (pyverbs'
+    ``posix_memalign``, ``mmap``): that memory must stay mapped and writable while it is
+    registered, as in verbs."""
 
     def __init__(
-        self, pd: PD, length: int, access: int, address: WriteableBuffer | None = None
+        self, pd: PD, length: int, access: int, address: WriteableBuffer | int | None = None
     ) -> None:
         self._access = _check_access(access)
-        if not isinstance(length, int) or length <= 0:
-            raise TcpverbsError(errno.EINVAL, f"MR length must be a positive int, got {length!r}")
+        _check_length(length)
         self._mmap: mmap.mmap | None = None
+        view = self._translate(length, address)
+        self.pd = pd
+        super().__init__(pd)
+        self.lkey = self.rkey = pd.ctx._new_key()
+        pd.ctx._engine.reg_mr(self.lkey, pd.handle, self._view, self.buf, int(self._access))
+        del view
+
+    def _translate(self, length: int, address: WriteableBuffer | int | None) -> memoryview:
+        """Take the memory the MR stands for (new anonymous memory without *address*)."""
         if address is None:
             self._mmap = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             view = memoryview(self._mmap)
+        elif isinstance(address, int):
+            view = _raw_bytes(address, length)
         else:
             view = _writable_bytes(address, length)
         self._view: memoryview = view[:length]
@@ -85,14 +98,63 @@ class MR(VerbsObject):
         self._anchor = (ctypes.c_char * length).from_buffer(self._view)
         self.buf: int = ctypes.addressof(self._anchor)
         self.length = length
-        self.pd = pd
-        super().__init__(pd)
-        self.lkey = self.rkey = pd.ctx._new_key()
-        pd.ctx._engine.reg_mr(self.lkey, pd.handle, self._view, self.buf, int(self._access))
+        return view
+
+    def rereg(
+        self,
+        flags: int,
+        pd: PD | None = None,
+        addr: WriteableBuffer | int = 0,
+        length: int = 0,
+        access: int = 0,
+    ) -> None:
+        """``ibv_rereg_mr``: change the MR's memory (``IBV_REREG_MR_CHANGE_TRANSLATION``:
+        *addr*, *length*), its PD (``..._CHANGE_PD``) and/or its access
+        (``..._CHANGE_ACCESS``); the keys stay.  Work outstanding on the MR is revoked
+        (it completes in error), as deregistration does; with no outstanding work
+        nothing is lost.  If the new registration fails, the MR is closed."""
+        self._check_open()
+        known = int(ibv_rereg_mr_flags.IBV_REREG_MR_CHANGE_TRANSLATION) | int(
+            ibv_rereg_mr_flags.IBV_REREG_MR_CHANGE_PD
+            | ibv_rereg_mr_flags.IBV_REREG_MR_CHANGE_ACCESS
+        )
+        if not isinstance(flags, int) or not flags or flags & ~known:
+            raise TcpverbsError(errno.EINVAL, f"Failed to rereg MR: flags {flags!r}")
+        new_access = self._access
+        if flags & ibv_rereg_mr_flags.IBV_REREG_MR_CHANGE_ACCESS:
+            new_access = _check_access(access)
+        new_pd = self.pd
+        if flags & ibv_rereg_mr_flags.IBV_REREG_MR_CHANGE_PD:
+            from .pd import PD
+
+            if not isinstance(pd, PD) or pd.ctx is not self.pd.ctx:
+                raise TcpverbsError(
+                    errno.EINVAL, "Failed to rereg MR: pd must be a PD of its context"
+                )
+            pd._check_open()
+            new_pd = pd
+        translate = flags & ibv_rereg_mr_flags.IBV_REREG_MR_CHANGE_TRANSLATION
+        if translate:
+            _check_length(length)
+            old = (self._mmap, self._view, self._anchor, self.buf, self.length)
+            self._translate(length, addr)  # checked before anything changes
+        engine = self.pd.ctx._engine
+        engine.dereg_mr(self.lkey)
+        if new_pd is not self.pd:
+            self._move_to(self.pd, new_pd)
+            self.pd = new_pd
+        self._access = new_access
+        try:
+            engine.reg_mr(self.lkey, new_pd.handle, self._view, self.buf, int(new_access))
+        except BaseException:
+            self.close()
+            raise
+        if translate:
+            del old  # the previous memory's references go with the registration
 
     @property
     def access(self) -> ibv_access_flags:
-        """The access flags it was registered with (fixed: no ``ibv_rereg_mr``)."""
+        """The access flags it is registered with (``rereg`` may change them)."""
         return self._access
 
     @property
@@ -137,6 +199,30 @@ class MR(VerbsObject):
         if self._closed:
             return "<MR closed>"
         return f"<MR buf=0x{self.buf:x} length={self.length} lkey=0x{self.lkey:08x}>"
+
+
+def _check_length(length: object) -> None:
+    if not isinstance(length, int) or length <= 0:
+        raise TcpverbsError(errno.EINVAL, f"MR length must be a positive int, got {length!r}")
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MS_ASYNC = 1
+
+
+def _raw_bytes(address: int, length: int) -> memoryview:
+    """The *length* bytes at *address*, if the whole range is mapped (``msync`` says
+    ENOMEM for a range with a hole: refused, not a crash later)."""
+    if not 0 < address < 1 << 64 or address + length > 1 << 64:
+        raise TcpverbsError(errno.EINVAL, f"Failed to register a MR: address {address:#x}")
+    start = address & ~(mmap.PAGESIZE - 1)
+    if _libc.msync(start, address + length - start, _MS_ASYNC) != 0:
+        raise TcpverbsError(
+            errno.EFAULT,
+            f"Failed to register a MR: [{address:#x}, {address + length:#x}) is not mapped",
+        )
+    return memoryview((ctypes.c_char * length).from_address(address)).cast("B")
 
 
 def _writable_bytes(buffer: WriteableBuffer, length: int) -> memoryview:
