@@ -102,7 +102,7 @@ def test_registered_bytearray_cannot_be_resized(ctx: v.Context) -> None:
         (-1, A.IBV_ACCESS_LOCAL_WRITE, None, errno.EINVAL),
         (64, A.IBV_ACCESS_LOCAL_WRITE, b"read-only bytes" * 10, errno.EACCES),
         (65, A.IBV_ACCESS_LOCAL_WRITE, bytearray(64), errno.EINVAL),
-        (4, A.IBV_ACCESS_LOCAL_WRITE, 12345, errno.EINVAL),
+        (4, A.IBV_ACCESS_LOCAL_WRITE, 12345, errno.EFAULT),  # a raw address, not mapped
     ],
 )
 def test_bad_mr_arguments(

@@ -555,7 +555,6 @@ def _creator_and_attr(
 ) -> tuple[PD, QPInitAttr]:
     """The PD and plain init attributes of a QP made either way (``ibv_create_qp`` from a
     PD, ``ibv_create_qp_ex`` from a context)."""
-    from .context import Context
     from .pd import PD
 
     if isinstance(creator, PD):
@@ -564,8 +563,6 @@ def _creator_and_attr(
                 errno.EINVAL, "QP(pd, ...) takes a QPInitAttr; QPInitAttrEx goes with QP(ctx, ...)"
             )
         return creator, attr
-    if not isinstance(creator, Context):
-        raise TcpverbsError(errno.EINVAL, f"a QP is made from a PD or a Context, not {creator!r}")
     if not isinstance(attr, QPInitAttrEx):
         raise TcpverbsError(errno.EINVAL, "QP(ctx, ...) takes a QPInitAttrEx (ibv_create_qp_ex)")
     mask = attr.comp_mask
@@ -592,8 +589,9 @@ def _creator_and_attr(
         raise TcpverbsError(
             errno.EINVAL, "Failed to create QP: QPInitAttrEx needs pd and IBV_QP_INIT_ATTR_PD"
         )
-    if attr.pd.ctx is not creator:
+    if attr.pd.ctx is not creator:  # (a creator that is no context is none of the PD's)
         raise TcpverbsError(errno.EINVAL, "Failed to create QP: the PD belongs to another context")
+
     plain = QPInitAttr(
         qp_type=attr.qp_type,
         qp_context=attr.qp_context,

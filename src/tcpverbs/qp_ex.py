@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import errno
 import itertools
-import socket
+import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from .enums import ibv_qp_create_send_ops_flags, ibv_qp_init_attr_mask, ibv_wr_opcode
@@ -39,6 +39,14 @@ __all__ = ["SUPPORTED_SEND_OPS", "QPEx"]
 
 F = ibv_qp_create_send_ops_flags
 OP = ibv_wr_opcode
+
+
+def _htonl(value: int) -> int:
+    """A 32-bit immediate in network byte order (as ``htonl``)."""
+    try:
+        return int.from_bytes(value.to_bytes(4, "big"), sys.byteorder)
+    except (OverflowError, AttributeError):
+        raise TcpverbsError(errno.EINVAL, f"imm_data must be a 32-bit int, got {value!r}") from None
 
 
 def _not_offered(what: str) -> NoReturn:
@@ -122,7 +130,7 @@ class QPEx(QP):
 
     def wr_send_imm(self, imm_data: int) -> None:
         self._new(
-            OP.IBV_WR_SEND_WITH_IMM, F.IBV_QP_EX_WITH_SEND_WITH_IMM, imm_data=socket.htonl(imm_data)
+            OP.IBV_WR_SEND_WITH_IMM, F.IBV_QP_EX_WITH_SEND_WITH_IMM, imm_data=_htonl(imm_data)
         )
 
     def wr_rdma_write(self, rkey: int, remote_addr: int) -> None:
@@ -136,7 +144,7 @@ class QPEx(QP):
             F.IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM,
             rkey=rkey,
             remote_addr=remote_addr,
-            imm_data=socket.htonl(imm_data),
+            imm_data=_htonl(imm_data),
         )
 
     def wr_rdma_read(self, rkey: int, remote_addr: int) -> None:
