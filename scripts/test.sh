@@ -33,5 +33,5 @@ echo "== rdma-core's pyverbs suite through the pyverbs face (issue #11: a report
 echo "   module must load and finish in time)"
 python scripts/rdma_core_suite.py --strict --timeout 300 || [ $? -eq 3 ]
 echo "== pytest (branch coverage; the floor is enforced)"
-exec python -m pytest --cov=tcpverbs --cov-branch --cov-report=term:skip-covered \
+exec python -m pytest --cov=tcpverbs --cov=pyverbs --cov-branch --cov-report=term:skip-covered \
     --cov-fail-under=90 "$@"

@@ -91,7 +91,7 @@ def unsupported_module(module: str, why: str) -> Callable[[str], object]:
     def __getattr__(name: str) -> object:
         if name.startswith("__"):
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        if name.isupper():
+        if name.isupper() and "_" in name:  # MLX5DV_CONTEXT_FLAGS_DEVX; not WQ or DMMR
             return UnsupportedConstant(f"{module}.{name}")
         if is_holder_name(name):
             return holder(name)
