@@ -26,6 +26,14 @@ from tcpverbs.testing import ALL_ACCESS, Endpoint, make_endpoint
 S = v.ibv_qp_state
 
 
+def connect_by_gid(ctx: v.Context, a: v.QP, b: v.QP, **attrs: int) -> None:
+    """Bring *a* and *b* to RTS, each naming the other by GID and QP number (pyverbs'
+    way), whatever state they are in; *attrs* go into both QPAttrs."""
+    route = v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=ctx.query_gid(1, 0)))
+    for qp, peer in ((a, b), (b, a)):
+        qp.to_rts(v.QPAttr(dest_qp_num=peer.qp_num, ah_attr=route, **attrs))  # type: ignore[arg-type]
+
+
 # -- exceptions ------------------------------------------------------------------------
 def test_every_tcpverbs_error_is_a_pyverbs_rdma_error_with_its_text_first() -> None:
     err = TcpverbsError(errno.EINVAL, "Failed to query port 7")
@@ -126,10 +134,8 @@ def test_to_rts_walks_from_reset_and_init_as_pyverbs_does(ctx: v.Context) -> Non
     a, b = make_endpoint(ctx), make_endpoint(ctx)
     fresh = v.QP(a.pd, v.QPInitAttr(scq=a.scq, rcq=a.rcq))
     assert fresh.qp_state == S.IBV_QPS_RESET and b.qp.qp_state == S.IBV_QPS_INIT
-    route = v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=ctx.query_gid(1, 0)))
-    for qp, peer in ((fresh, b.qp), (b.qp, fresh)):
-        qp.to_rts(v.QPAttr(dest_qp_num=peer.qp_num, ah_attr=route))
-        assert qp.qp_state == S.IBV_QPS_RTS
+    connect_by_gid(ctx, fresh, b.qp)
+    assert fresh.qp_state == b.qp.qp_state == S.IBV_QPS_RTS
     with pytest.raises(TcpverbsError) as again:  # from RTS there is nothing to walk
         fresh.to_rtr(v.QPAttr())
     assert again.value.errno == errno.EINVAL
@@ -195,9 +201,7 @@ def test_a_qp_made_from_the_context_with_init_attr_ex_carries_traffic(ctx: v.Con
     assert qp.qp_state == S.IBV_QPS_RESET and qp.pd is pd and qp.cap.max_inline_data == 16
     assert v.QP(ctx, attr, v.QPAttr()).qp_state == S.IBV_QPS_INIT
     peer = make_endpoint(ctx)
-    route = v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=ctx.query_gid(1, 0)))
-    for a, b in ((qp, peer.qp), (peer.qp, qp)):
-        a.to_rts(v.QPAttr(dest_qp_num=b.qp_num, ah_attr=route))
+    connect_by_gid(ctx, qp, peer.qp)
     mr, rmr = v.MR(pd, 8, v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE), v.MR(peer.pd, 8, 1)
     mr.write(b"ex-made!", 8)
     peer.qp.post_recv(v.RecvWR(1, 1, [v.SGE(rmr.buf, 8, rmr.lkey)]))
@@ -299,9 +303,7 @@ def test_an_extended_cq_is_polled_one_completion_at_a_time(ctx: v.Context) -> No
     pd = v.PD(ctx)
     mine = v.QP(pd, v.QPInitAttr(scq=cq, rcq=cq, cap=v.QPCap(8, 8, 1, 1)), v.QPAttr())
     peer = make_endpoint(ctx)
-    route = v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=ctx.query_gid(1, 0)))
-    for a, b in ((mine, peer.qp), (peer.qp, mine)):
-        a.to_rts(v.QPAttr(dest_qp_num=b.qp_num, ah_attr=route))
+    connect_by_gid(ctx, mine, peer.qp)
     assert cq.start_poll(v.PollCqAttr()) == errno.ENOENT  # empty: no session
     with pytest.raises(TcpverbsError) as none:
         cq.read_byte_len()
@@ -400,11 +402,7 @@ def qp_ex_pair(ctx: v.Context, ops: int) -> tuple[v.QPEx, Endpoint, v.MR, v.MR]:
     )
     qp = v.QPEx(ctx, attr, v.QPAttr())
     peer = make_endpoint(ctx)
-    route = v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=ctx.query_gid(1, 0)))
-    atomics = v.QPAttr(max_rd_atomic=4, max_dest_rd_atomic=4, ah_attr=route)
-    for a, b in ((qp, peer.qp), (peer.qp, qp)):
-        atomics.dest_qp_num = b.qp_num
-        a.to_rts(atomics)
+    connect_by_gid(ctx, qp, peer.qp, max_rd_atomic=4, max_dest_rd_atomic=4)
     return qp, peer, v.MR(pd, 64, ALL_ACCESS), v.MR(peer.pd, 64, ALL_ACCESS)
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .cq import CQ, WC, CompChannel
 from .enums import ibv_cq_init_attr_mask, ibv_create_cq_attr_flags, ibv_create_cq_wc_flags
-from .errors import TcpverbsError
+from .errors import TcpverbsError, check_flags
 
 if TYPE_CHECKING:
     from .context import Context
@@ -45,7 +45,6 @@ STANDARD_WC_FLAGS = (
     | _W.IBV_WC_EX_WITH_SL
     | _W.IBV_WC_EX_WITH_DLID_PATH_BITS
 )
-_ALL_WC_FLAGS = int(STANDARD_WC_FLAGS) | sum(int(f) for f in _W)
 _ENOENT = errno.ENOENT
 
 
@@ -74,15 +73,13 @@ def _check(attr: CqInitAttrEx) -> None:
     """Refuse what tcpverbs' completions cannot carry or promise."""
     if not isinstance(attr, CqInitAttrEx):
         raise TcpverbsError(errno.EINVAL, f"CQEX takes a CqInitAttrEx, got {attr!r}")
-    flags = attr.wc_flags
-    if not isinstance(flags, int) or flags < 0 or flags & ~_ALL_WC_FLAGS:
-        raise TcpverbsError(errno.EINVAL, f"Failed to create extended CQ: wc_flags {flags!r}")
-    if flags & ~int(STANDARD_WC_FLAGS):
-        extra = ibv_create_cq_wc_flags(flags & ~int(STANDARD_WC_FLAGS))
-        raise TcpverbsError(
-            errno.EOPNOTSUPP,
-            f"Failed to create extended CQ: a tcpverbs completion has no {extra.name}",
-        )
+    check_flags(
+        attr.wc_flags,
+        ibv_create_cq_wc_flags,
+        STANDARD_WC_FLAGS,
+        "Failed to create extended CQ: wc_flags {value!r}",
+        "Failed to create extended CQ: a tcpverbs completion has no {names}",
+    )
     mask = attr.comp_mask
     known = int(ibv_cq_init_attr_mask.IBV_CQ_INIT_ATTR_MASK_FLAGS) | int(
         ibv_cq_init_attr_mask.IBV_CQ_INIT_ATTR_MASK_PD

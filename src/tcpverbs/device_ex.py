@@ -21,6 +21,7 @@ from .device import (
     _read_sysfs,
     device_gids,
     query_device_attr,
+    query_gid,
 )
 from .enums import ibv_gid_type, ibv_gid_type_sysfs
 from .errors import TcpverbsError
@@ -161,15 +162,7 @@ def query_gid_type(dev: Device, port_num: int, index: int) -> ibv_gid_type_sysfs
 
 
 def _gid_at(dev: Device, port_num: int, index: int) -> GID:
-    _check_port(dev, port_num)
-    gids = device_gids(dev)
-    if not 0 <= index < len(gids):
-        raise TcpverbsError(
-            errno.EINVAL,
-            f"Failed to query gid {index} of port {port_num}: {dev.name.decode()} has "
-            f"{len(gids)} GIDs",
-        )
-    return gids[index]
+    return query_gid(dev, port_num, index)  # its checks: the port, the index's range
 
 
 def _entry(dev: Device, port_num: int, index: int, gid: GID) -> GIDEntry:

@@ -18,8 +18,11 @@ OS errors from socket calls are translated in one place, :func:`from_oserror`.
 from __future__ import annotations
 
 import errno as _errno
+import functools
+import operator
 import os
-from typing import Any
+from enum import IntFlag
+from typing import Any, TypeVar
 
 __all__ = [
     "ClosedResourceError",
@@ -156,6 +159,24 @@ def check_int(name: str, value: object, low: int, high: int) -> int:
     if not isinstance(value, int) or not low <= value <= high:
         raise TcpverbsError(_errno.EINVAL, f"{name} must be an int in {low}..{high}, got {value!r}")
     return value
+
+
+_Flags = TypeVar("_Flags", bound=IntFlag)
+
+
+def check_flags(
+    value: object, kind: type[_Flags], offered: int, unknown: str, not_offered: str
+) -> _Flags:
+    """*value* as flags of *kind*, when tcpverbs offers every one: a bit *kind* does not
+    name is ``EINVAL`` (*unknown*, formatted with ``value``), one it names and tcpverbs has
+    not ``EOPNOTSUPP`` (*not_offered*, formatted with ``names``: those flags' names)."""
+    known = functools.reduce(operator.or_, (int(flag) for flag in kind), 0)
+    if not isinstance(value, int) or value < 0 or value & ~known:
+        raise TcpverbsError(_errno.EINVAL, unknown.format(value=value))
+    missing = value & ~int(offered)
+    if missing:
+        raise TcpverbsError(_errno.EOPNOTSUPP, not_offered.format(names=kind(missing).name))
+    return kind(value)
 
 
 def check_timeout(timeout: object) -> float | None:

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import mmap
-import operator
 from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
 from .enums import ibv_access_flags, ibv_rereg_mr_flags
-from .errors import TcpverbsError
+from .errors import TcpverbsError, check_flags
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -39,22 +37,15 @@ _SUPPORTED_ACCESS = (
 )
 
 
-_KNOWN_ACCESS = functools.reduce(operator.or_, ibv_access_flags)
-
-
 def _check_access(access: int) -> ibv_access_flags:
-    if not isinstance(access, int) or access < 0 or access & ~int(_KNOWN_ACCESS):
-        raise TcpverbsError(
-            errno.EINVAL, f"Failed to register a MR: unknown access flags {access!r}"
-        )
-    if access & ~int(_SUPPORTED_ACCESS):  # verbs flags for what a TCP device has not
-        missing = ibv_access_flags(access & ~int(_SUPPORTED_ACCESS))
-        raise TcpverbsError(
-            errno.EOPNOTSUPP,
-            f"Failed to register a MR: a tcpverbs device does not offer {missing.name} "
-            "(no memory windows, on-demand paging, zero-based or huge-page MRs, flushes)",
-        )
-    flags = ibv_access_flags(access)
+    flags = check_flags(
+        access,
+        ibv_access_flags,
+        _SUPPORTED_ACCESS,  # the rest are verbs flags for what a TCP device has not
+        "Failed to register a MR: unknown access flags {value!r}",
+        "Failed to register a MR: a tcpverbs device does not offer {names} "
+        "(no memory windows, on-demand paging, zero-based or huge-page MRs, flushes)",
+    )
     needs_local_write = _A.IBV_ACCESS_REMOTE_WRITE | _A.IBV_ACCESS_REMOTE_ATOMIC
     if flags & needs_local_write and not flags & _A.IBV_ACCESS_LOCAL_WRITE:
         raise TcpverbsError(

@@ -37,7 +37,7 @@ from .enums import (
     ibv_qp_type,
     ibv_wr_opcode,
 )
-from .errors import PostError, TcpverbsError, check_int
+from .errors import PostError, TcpverbsError, check_flags, check_int
 from .oob import service as oob
 from .oob.sockets import take_socket
 from .qp_attr import QPAttr, QPCap, QPInitAttr, QPInitAttrEx
@@ -534,20 +534,18 @@ SUPPORTED_SEND_OPS = (
     | _F.IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP
     | _F.IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD
 )
-_KNOWN_SEND_OPS = functools.reduce(operator.or_, _F)
 
 
 def check_send_ops(ops: object) -> ibv_qp_create_send_ops_flags:
     """*ops* as flags, if a tcpverbs QP builds all of them: memory windows, invalidation,
     TSO, FLUSH and ATOMIC_WRITE are EOPNOTSUPP, unknown bits EINVAL."""
-    if not isinstance(ops, int) or ops < 0 or ops & ~int(_KNOWN_SEND_OPS):
-        raise TcpverbsError(errno.EINVAL, f"Failed to create QP: send_ops_flags {ops!r}")
-    if ops & ~int(SUPPORTED_SEND_OPS):
-        missing = _F(ops & ~int(SUPPORTED_SEND_OPS))
-        raise TcpverbsError(
-            errno.EOPNOTSUPP, f"Failed to create QP: a tcpverbs QP does not offer {missing.name}"
-        )
-    return _F(ops)
+    return check_flags(
+        ops,
+        ibv_qp_create_send_ops_flags,
+        SUPPORTED_SEND_OPS,
+        "Failed to create QP: send_ops_flags {value!r}",
+        "Failed to create QP: a tcpverbs QP does not offer {names}",
+    )
 
 
 def _creator_and_attr(

@@ -627,9 +627,8 @@ void tv_qp_destroy(tv_qp *qp) {
 
 /* -- scheduling ----------------------------------------------------------------------- */
 
-void tv_qp_progress(tv_qp *qp) {
-    if (pthread_mutex_trylock(&qp->lock) != 0)
-        return; /* the engine thread is at it */
+/* The application's progress on its own thread (QP lock held). */
+static void app_progress(tv_qp *qp) {
     atomic_store(&qp->app_polled, tv_now());
     if (qp->conn.fd >= 0 && !qp->conn.closed) {
         if (qp->wire == TV_WIRE_RC)
@@ -637,6 +636,12 @@ void tv_qp_progress(tv_qp *qp) {
         else
             tv_stream_progress(qp);
     }
+}
+
+void tv_qp_progress(tv_qp *qp) {
+    if (pthread_mutex_trylock(&qp->lock) != 0)
+        return; /* the engine thread is at it */
+    app_progress(qp);
     pthread_mutex_unlock(&qp->lock);
 }
 
@@ -675,11 +680,7 @@ int tv_qp_direct_ready(tv_qp *qp, int fd) {
     pthread_mutex_lock(&qp->lock);
     int keep = reading(qp) && qp->conn.fd == fd; /* not a later socket on the same number */
     if (keep) {
-        atomic_store(&qp->app_polled, tv_now());
-        if (qp->wire == TV_WIRE_RC)
-            tv_rcconn_progress(qp);
-        else
-            tv_stream_progress(qp);
+        app_progress(qp);
         keep = reading(qp) && qp->conn.fd == fd;
     }
     pthread_mutex_unlock(&qp->lock);
