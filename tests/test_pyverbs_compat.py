@@ -545,6 +545,84 @@ def test_rereg_moves_an_mr_to_another_pd_and_to_other_memory(ctx: v.Context) -> 
     assert mr.closed
 
 
+def send_to(sender: Endpoint, receiver: Endpoint, target: v.MR, data: bytes) -> tuple[int, int]:
+    """A receive into *target* was posted already; SEND *data*: (sender's, receiver's)
+    completion status."""
+    from tcpverbs.testing import poll_until
+
+    src = v.MR(sender.pd, len(data), LOCAL)
+    src.write(data, len(data))
+    sge = v.SGE(src.buf, len(data), src.lkey)
+    sender.qp.post_send(v.SendWR(2, v.ibv_wr_opcode.IBV_WR_SEND, 1, 0, [sge]))
+    return poll_until(sender.scq)[0].status, poll_until(receiver.rcq)[0].status
+
+
+def post_recv_into(end: Endpoint, mr: v.MR, length: int) -> None:
+    end.qp.post_recv(v.RecvWR(9, 1, [v.SGE(mr.buf, length, mr.lkey)]))
+
+
+def test_a_posted_receive_meets_the_new_registration_when_it_is_used(
+    ctx: v.Context, wire: str
+) -> None:
+    """ibv_rereg_mr leaves posted receives queued; the lkey is checked when a message
+    comes.  Still covered: the payload lands."""
+    from tcpverbs.testing import qp_pair
+
+    a, b = qp_pair(ctx, wire)
+    mr = v.MR(b.pd, 16, LOCAL)
+    post_recv_into(b, mr, 16)
+    more = LOCAL | v.ibv_access_flags.IBV_ACCESS_REMOTE_READ
+    mr.rereg(RR.IBV_REREG_MR_CHANGE_ACCESS, access=more)
+    ok = v.ibv_wc_status.IBV_WC_SUCCESS
+    assert send_to(a, b, mr, b"after the rereg.") == (ok, ok)
+    assert mr.read(16, 0) == b"after the rereg."
+
+
+@pytest.mark.parametrize("change", ["pd", "translation"])
+def test_a_posted_receive_the_rereg_took_away_fails_when_used_and_reset_recovers(
+    ctx: v.Context, change: str
+) -> None:
+    """The receive completes with LOC_PROT_ERR, the SEND with REM_OP_ERR (rdma-core's
+    test_mr_rereg_pd / _addr); RESET and a new connection carry traffic again."""
+    import ctypes
+
+    from tcpverbs.testing import connect, qp_pair
+
+    a, b = qp_pair(ctx)
+    mr = v.MR(b.pd, 16, LOCAL)
+    post_recv_into(b, mr, 16)
+    other = ctypes.create_string_buffer(16)
+    if change == "pd":
+        mr.rereg(RR.IBV_REREG_MR_CHANGE_PD, pd=v.PD(ctx))
+    else:
+        mr.rereg(RR.IBV_REREG_MR_CHANGE_TRANSLATION, addr=ctypes.addressof(other), length=16)
+    W = v.ibv_wc_status
+    assert send_to(a, b, mr, b"nowhere to land.") == (W.IBV_WC_REM_OP_ERR, W.IBV_WC_LOC_PROT_ERR)
+    assert b.qp.qp_state == S.IBV_QPS_ERR
+    for end in (a, b):
+        end.qp.modify(v.QPAttr(qp_state=S.IBV_QPS_RESET), v.ibv_qp_attr_mask.IBV_QP_STATE)
+    connect(a.qp, b.qp)
+    if change == "pd":
+        mr.rereg(RR.IBV_REREG_MR_CHANGE_PD, pd=b.pd)
+    post_recv_into(b, mr, 16)
+    assert send_to(a, b, mr, b"lands after all.") == (W.IBV_WC_SUCCESS, W.IBV_WC_SUCCESS)
+    assert mr.read(16, 0) == b"lands after all."
+
+
+def test_rereg_revokes_a_send_that_uses_the_mr(ctx: v.Context) -> None:
+    """A send WR is not checked again: rereg under it revokes it, as dereg does."""
+    from tcpverbs.testing import poll_until, qp_pair
+
+    a, _ = qp_pair(ctx)
+    mr = v.MR(a.pd, 16, LOCAL)
+    # no receive at b: the SEND waits for one (RNR), so it is still the QP's when rereg comes
+    sge = v.SGE(mr.buf, 16, mr.lkey)
+    a.qp.post_send(v.SendWR(3, v.ibv_wr_opcode.IBV_WR_SEND, 1, 0, [sge]))
+    mr.rereg(RR.IBV_REREG_MR_CHANGE_ACCESS, access=LOCAL)
+    assert poll_until(a.scq)[0].status == v.ibv_wc_status.IBV_WC_LOC_PROT_ERR
+    assert a.qp.qp_state == S.IBV_QPS_ERR
+
+
 def test_rereg_and_raw_addresses_refuse_bad_input(ctx: v.Context) -> None:
     pd = v.PD(ctx)
     mr = v.MR(pd, 64, LOCAL)

@@ -101,9 +101,13 @@ class MR(VerbsObject):
     ) -> None:
         """``ibv_rereg_mr``: change the MR's memory (``IBV_REREG_MR_CHANGE_TRANSLATION``:
         *addr*, *length*), its PD (``..._CHANGE_PD``) and/or its access
-        (``..._CHANGE_ACCESS``); the keys stay.  Work outstanding on the MR is revoked
-        (it completes in error), as deregistration does; with no outstanding work
-        nothing is lost.  If the new registration fails, the MR is closed."""
+        (``..._CHANGE_ACCESS``); the keys stay.  A receive WR posted before and not yet
+        used is checked against the new registration, as hardware checks an lkey when
+        it uses it: if the MR no longer gives its QP that memory, it completes with
+        ``IBV_WC_LOC_PROT_ERR`` when a message comes for it (the sender's WR with
+        ``IBV_WC_REM_OP_ERR``).  Work moving data with the MR now, and send WRs that use
+        it, are revoked as by deregistration.  If the new registration fails, the MR is
+        closed."""
         self._check_open()
         known = int(ibv_rereg_mr_flags.IBV_REREG_MR_CHANGE_TRANSLATION) | int(
             ibv_rereg_mr_flags.IBV_REREG_MR_CHANGE_PD
@@ -129,14 +133,14 @@ class MR(VerbsObject):
             _check_length(length)
             old = (self._mmap, self._view, self._anchor, self.buf, self.length)
             self._translate(length, addr)  # checked before anything changes
-        engine = self.pd.ctx._engine
-        engine.dereg_mr(self.lkey)
         if new_pd is not self.pd:
             self._move_to(self.pd, new_pd)
             self.pd = new_pd
         self._access = new_access
         try:
-            engine.reg_mr(self.lkey, new_pd.handle, self._view, self.buf, int(new_access))
+            self.pd.ctx._engine.rereg_mr(
+                self.lkey, new_pd.handle, self._view, self.buf, int(new_access)
+            )
         except BaseException:
             self.close()
             raise

@@ -443,6 +443,10 @@ class FakeEngine:
         self.calls.append(("dereg_mr", key))
         self.mrs.pop(key, None)
 
+    def rereg_mr(self, key: int, pd: int, view: memoryview, addr: int, access: int) -> None:
+        self.calls.append(("rereg_mr", key, pd, access))
+        self.mrs[key] = (pd, view, addr, access)
+
     def create_channel(self) -> FakeChannel:
         self.calls.append(("create_channel",))
         channel = FakeChannel(self)

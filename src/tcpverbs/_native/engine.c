@@ -515,20 +515,28 @@ void tv_engine_remove_qp(tv_engine *e, tv_qp *qp) {
     pthread_mutex_unlock(&e->lock);
 }
 
+/* The QPs of PD `pd`, each with a reference (tv_qp_put them), in a new array (*n of
+ * them); NULL without memory for it. */
+static tv_qp **qps_of(tv_engine *e, uint64_t pd, uint32_t *n) {
+    pthread_mutex_lock(&e->lock);
+    *n = 0;
+    tv_qp **qps = malloc((e->nqps ? e->nqps : 1) * sizeof *qps);
+    for (uint32_t i = 0; qps != NULL && i < e->nqps; i++)
+        if (e->qps[i]->pd == pd) {
+            tv_qp_get(e->qps[i]);
+            qps[(*n)++] = e->qps[i];
+        }
+    pthread_mutex_unlock(&e->lock);
+    return qps;
+}
+
 void *tv_engine_dereg(tv_engine *e, uint32_t key) {
     tv_region *region = tv_mem_take(&e->mem, key);
     if (region == NULL)
         return NULL;
     /* the QPs of its PD are the only ones that can reach it, locally or from the peer */
-    pthread_mutex_lock(&e->lock);
-    uint32_t n = 0;
-    tv_qp **qps = malloc((e->nqps ? e->nqps : 1) * sizeof *qps);
-    for (uint32_t i = 0; qps != NULL && i < e->nqps; i++)
-        if (e->qps[i]->pd == region->pd) {
-            tv_qp_get(e->qps[i]);
-            qps[n++] = e->qps[i];
-        }
-    pthread_mutex_unlock(&e->lock);
+    uint32_t n;
+    tv_qp **qps = qps_of(e, region->pd, &n);
     for (uint32_t i = 0; i < n; i++) {
         tv_qp_revoke(qps[i], region);
         tv_qp_put(qps[i]);
@@ -537,6 +545,27 @@ void *tv_engine_dereg(tv_engine *e, uint32_t key) {
     /* without memory for the list, work holding pins keeps them until it completes:
      * the wait below is then longer, never unsafe */
     return tv_mem_release(&e->mem, region);
+}
+
+int tv_engine_rereg(tv_engine *e, uint32_t key, uint64_t pd, uint64_t addr, uint64_t length,
+                    uint32_t access, void *owner, void **old_owner) {
+    *old_owner = NULL;
+    tv_region *old = tv_mem_take(&e->mem, key);
+    int status = tv_mem_reg(&e->mem, key, pd, addr, length, access, owner);
+    if (old == NULL)
+        return status;
+    uint32_t n;
+    tv_qp **qps = qps_of(e, old->pd, &n);
+    for (uint32_t i = 0; i < n; i++) {
+        if (status == TV_MEM_OK)
+            tv_qp_reregistered(qps[i], old);
+        else
+            tv_qp_revoke(qps[i], old);
+        tv_qp_put(qps[i]);
+    }
+    free(qps);
+    *old_owner = tv_mem_release(&e->mem, old);
+    return status;
 }
 
 void tv_engine_close(tv_engine *e) {

@@ -326,6 +326,12 @@ int tv_engine_add_qp(tv_engine *e, tv_qp *qp);
 void tv_engine_remove_qp(tv_engine *e, tv_qp *qp);
 /* Deregister `key`: revoke the work using it, then wait out pins; its owner or NULL. */
 void *tv_engine_dereg(tv_engine *e, uint32_t key);
+/* Register `key` anew in place of what it was (ibv_rereg_mr): TV_MEM_OK or why not (the
+ * key is then deregistered).  Receive WRs not yet started that used the old region are
+ * checked against the new one (tv_qp_reregistered); the old region's owner, once no pin
+ * is left, goes to *old_owner (NULL if the key was not registered). */
+int tv_engine_rereg(tv_engine *e, uint32_t key, uint64_t pd, uint64_t addr, uint64_t length,
+                    uint32_t access, void *owner, void **old_owner);
 
 /* cq.c */
 tv_channel *tv_channel_new(void);          /* NULL with errno set */
@@ -411,6 +417,11 @@ void tv_qp_destroy(tv_qp *qp);
 void tv_qp_slot_freed(tv_qp *qp, int is_send, uint32_t generation, uint32_t count);
 uint32_t tv_qp_slots_used(tv_qp *qp, int is_send);
 void tv_qp_revoke(tv_qp *qp, const tv_region *region);
+/* `old` was re-registered under its key (the new region is in the table): receive WRs
+ * that used it and have not started are checked again -- re-pinned, or left with the
+ * LOC_PROT_ERR fault for their turn; work moving data with it, and send WRs using it,
+ * are revoked as by tv_qp_revoke. */
+void tv_qp_reregistered(tv_qp *qp, const tv_region *old);
 void tv_qp_progress(tv_qp *qp);          /* try-lock: an application's empty poll */
 /* The application is about to sleep: the engine thread reads from now on -- unless a
  * thread slept on the socket itself just before (wait.c) and `lazy` allows waiting for
@@ -513,6 +524,8 @@ void tv_rcconn_free(tv_qp *qp);
 /* Whether the connection itself holds a pin on `region` (a WRITE landing in it, a READ
  * answer not yet written). */
 int tv_rcconn_uses(const tv_qp *qp, const tv_region *region);
+/* Whether a payload is landing in the head receive WR now, part of it still to come. */
+int tv_rcconn_placing_recv(const tv_qp *qp);
 /* `region` was deregistered while the connection used it: the peer's access ends (a
  * TERMINATE MR_GONE), the QP fails. */
 void tv_rcconn_refuse_gone(tv_qp *qp, const char *why);

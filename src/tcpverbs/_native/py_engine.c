@@ -163,16 +163,14 @@ static void Engine_dealloc(EngineObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *Engine_reg_mr(EngineObject *self, PyObject *args) {
-    unsigned int key;
-    unsigned long long pd, addr;
-    unsigned int access;
-    PyObject *view;
-    if (!PyArg_ParseTuple(args, "IKOKI", &key, &pd, &view, &addr, &access))
-        return NULL;
+/* The registration's owner: a Py_buffer of `view` that pins it, checked to start at
+ * `addr`; NULL with an exception set. */
+static Py_buffer *pin_buffer(PyObject *view, unsigned long long addr) {
     Py_buffer *buf = PyMem_Malloc(sizeof *buf);
-    if (buf == NULL)
-        return PyErr_NoMemory();
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
     if (PyObject_GetBuffer(view, buf, PyBUF_WRITABLE) < 0) {
         PyMem_Free(buf);
         return NULL;
@@ -180,16 +178,55 @@ static PyObject *Engine_reg_mr(EngineObject *self, PyObject *args) {
     if ((uintptr_t)buf->buf != addr) {
         PyBuffer_Release(buf);
         PyMem_Free(buf);
-        return raise_errno(EINVAL, "the address does not match the buffer");
+        raise_errno(EINVAL, "the address does not match the buffer");
+        return NULL;
     }
-    int status = tv_mem_reg(&self->engine.mem, key, pd, addr, (uint64_t)buf->len, access, buf);
+    return buf;
+}
+
+static void release_buffer(void *owner) {
+    if (owner != NULL) {
+        PyBuffer_Release((Py_buffer *)owner);
+        PyMem_Free(owner);
+    }
+}
+
+/* reg_mr and rereg_mr: (key, pd, view, addr, access). */
+static PyObject *register_mr(EngineObject *self, PyObject *args, int replace) {
+    unsigned int key;
+    unsigned long long pd, addr;
+    unsigned int access;
+    PyObject *view;
+    if (!PyArg_ParseTuple(args, "IKOKI", &key, &pd, &view, &addr, &access))
+        return NULL;
+    Py_buffer *buf = pin_buffer(view, addr);
+    if (buf == NULL)
+        return NULL;
+    int status;
+    void *old_owner = NULL;
+    if (replace) {
+        Py_BEGIN_ALLOW_THREADS /* waits out the old region's pins */
+        status = tv_engine_rereg(&self->engine, key, pd, addr, (uint64_t)buf->len, access, buf,
+                                 &old_owner);
+        Py_END_ALLOW_THREADS
+    } else {
+        status = tv_mem_reg(&self->engine.mem, key, pd, addr, (uint64_t)buf->len, access, buf);
+    }
+    release_buffer(old_owner);
     if (status != TV_MEM_OK) {
-        PyBuffer_Release(buf);
-        PyMem_Free(buf);
+        release_buffer(buf);
         return status == TV_MEM_EXISTS ? raise_errno(EEXIST, "the key is registered already")
                                        : PyErr_NoMemory();
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *Engine_reg_mr(EngineObject *self, PyObject *args) {
+    return register_mr(self, args, 0);
+}
+
+static PyObject *Engine_rereg_mr(EngineObject *self, PyObject *args) {
+    return register_mr(self, args, 1);
 }
 
 static PyObject *Engine_dereg_mr(EngineObject *self, PyObject *arg) {
@@ -200,10 +237,7 @@ static PyObject *Engine_dereg_mr(EngineObject *self, PyObject *arg) {
     Py_BEGIN_ALLOW_THREADS
     owner = tv_engine_dereg(&self->engine, (uint32_t)key);
     Py_END_ALLOW_THREADS
-    if (owner != NULL) {
-        PyBuffer_Release((Py_buffer *)owner);
-        PyMem_Free(owner);
-    }
+    release_buffer(owner);
     Py_RETURN_NONE;
 }
 
@@ -260,6 +294,7 @@ static PyObject *Engine_close(EngineObject *self, PyObject *unused) {
 static PyMethodDef Engine_methods[] = {
     {"reg_mr", (PyCFunction)Engine_reg_mr, METH_VARARGS, NULL},
     {"dereg_mr", (PyCFunction)Engine_dereg_mr, METH_O, NULL},
+    {"rereg_mr", (PyCFunction)Engine_rereg_mr, METH_VARARGS, NULL},
     {"next_event_raw", (PyCFunction)Engine_next_event, METH_O, NULL},
     {"engine_statistics", (PyCFunction)Engine_engine_statistics, METH_NOARGS, NULL},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, NULL},

@@ -534,6 +534,51 @@ void tv_qp_revoke(tv_qp *qp, const tv_region *region) {
     pthread_mutex_unlock(&qp->lock);
 }
 
+/* Check w's segments in `old` against the key's new region, as its use would (QP lock
+ * held): re-pinned there, or, when the new region no longer gives this QP the memory,
+ * no pin left and the LOC_PROT_ERR fault recorded for its turn. */
+static void check_again(tv_qp *qp, tv_work *w, const tv_region *old) {
+    tv_memtable *mem = &qp->engine->mem;
+    for (uint32_t i = 0; i < w->nseg; i++) {
+        tv_seg *seg = &w->seg[i];
+        if (seg->region != old)
+            continue;
+        tv_region *pin = NULL;
+        uint64_t addr = (uint64_t)(uintptr_t)seg->base, length = seg->length;
+        int status = tv_mem_check(mem, old->key, qp->pd, addr, length, TV_LOCAL_WRITE, &pin);
+        tv_mem_unpin(mem, seg->region);
+        seg->region = pin; /* NULL when refused */
+        if (status != TV_MEM_OK) {
+            tv_work_unpin(qp, w);
+            w->fault = (tv_work_fault){TV_WC_LOC_PROT_ERR, (uint32_t)status, i, old->key, addr,
+                                       length};
+            return;
+        }
+    }
+}
+
+void tv_qp_reregistered(tv_qp *qp, const tv_region *old) {
+    pthread_mutex_lock(&qp->lock); /* waits out a placement under way */
+    int busy = 0;
+    int state = atomic_load(&qp->state);
+    if (state != TV_QPS_ERR && !qp->destroyed) {
+        tv_work *w;
+        for (uint32_t i = 0; !busy && (w = tv_ring_peek(qp->sq, i)) != NULL; i++)
+            busy = uses(w, old);
+        if (qp->conn.rc != NULL && !busy) {
+            w = head_of(qp->rq);
+            busy = tv_rcconn_uses(qp, old) ||
+                   (w != NULL && tv_rcconn_placing_recv(qp) && uses(w, old));
+        }
+        for (uint32_t i = 0; !busy && (w = tv_ring_peek(qp->rq, i)) != NULL; i++)
+            if (w->fault.status == 0 && uses(w, old))
+                check_again(qp, w, old);
+    }
+    pthread_mutex_unlock(&qp->lock);
+    if (busy)
+        tv_qp_revoke(qp, old); /* checks again under the lock */
+}
+
 /* -- control ------------------------------------------------------------------------- */
 
 int tv_qp_modify(tv_qp *qp, int expect, int state, const tv_params *params) {

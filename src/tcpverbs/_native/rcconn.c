@@ -1317,6 +1317,8 @@ int tv_rcconn_uses(const tv_qp *qp, const tv_region *region) {
     return 0;
 }
 
+int tv_rcconn_placing_recv(const tv_qp *qp) { return qp->conn.rc->place == PLACE_RECV; }
+
 void tv_rcconn_refuse_gone(tv_qp *qp, const char *why) {
     terminate(qp, qp->conn.rc->placed_op, MR_GONE, why);
 }

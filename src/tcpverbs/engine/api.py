@@ -11,7 +11,8 @@ the memory table it checks work against, and the atomics.  The two meet here and
 else; this module is the whole of what crosses:
 
 Control calls (any thread, GIL held)
-    :meth:`ContextEngine.reg_mr` / :meth:`~ContextEngine.dereg_mr` (synchronous: no new
+    :meth:`ContextEngine.reg_mr` / :meth:`~ContextEngine.dereg_mr` /
+    :meth:`~ContextEngine.rereg_mr` (synchronous: no new
     access to the memory once ``dereg_mr`` returns; work already holding it keeps it
     alive), :meth:`~ContextEngine.create_cq` (with the :class:`ChannelEngine` it
     signals), :meth:`~ContextEngine.create_qp` (a :class:`QPSpec`),
@@ -372,6 +373,14 @@ class ContextEngine(Protocol):
         ...
 
     def dereg_mr(self, key: int) -> None: ...
+
+    def rereg_mr(self, key: int, pd: int, view: memoryview, addr: int, access: int) -> None:
+        """Register *view* under *key* in place of what was there (``ibv_rereg_mr``).
+        Receive WRs posted before, not started, that used the old registration are
+        checked against the new one instead (an lkey is checked when it is used); work
+        moving data with the old memory, and send WRs that use it, are revoked as by
+        ``dereg_mr``.  If the new registration fails the key is deregistered."""
+        ...
 
     def create_channel(self) -> ChannelEngine: ...
 

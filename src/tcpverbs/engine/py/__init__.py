@@ -74,11 +74,21 @@ class PyEngine:
 
     def dereg_mr(self, key: int) -> None:
         region = self.memory.dereg(key)
-        if region is None:
-            return
-        qps = [o for o in self._objects.live() if isinstance(o, PyQP) and o.pd == region.pd]
-        for qp in qps:  # the only QPs that can reach it, locally or from the peer
-            qp.revoke(region)
+        if region is not None:
+            for qp in self._qps_of(region.pd):
+                qp.revoke(region)
+
+    def rereg_mr(self, key: int, pd: int, view: memoryview, addr: int, access: int) -> None:
+        old = self.memory.dereg(key)
+        self.memory.reg(key, pd, view, addr, access)
+        if old is not None:
+            for qp in self._qps_of(old.pd):
+                qp.reregistered(old)
+
+    def _qps_of(self, pd: int) -> list[PyQP]:
+        """The QPs of *pd*: the only ones that can reach its memory, locally or from the
+        peer."""
+        return [o for o in self._objects.live() if isinstance(o, PyQP) and o.pd == pd]
 
     def create_channel(self) -> PyChannel:
         return PyChannel()

@@ -21,6 +21,7 @@ error, so that its error completion comes out in queue order, as on hardware.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import socket
 import threading
@@ -514,6 +515,58 @@ class PyQP:
                         revoked=region,
                     )
                     return
+
+    def reregistered(self, old: Region) -> None:
+        """*old* was re-registered under its key (``ibv_rereg_mr``).  Receive WRs that
+        use it and have not started are checked against the new registration when they
+        are used, as hardware checks an lkey: here, now, once.  One that no longer may
+        use its memory keeps the error for its turn (LOC_PROT_ERR; the peer's SEND gets
+        REM_OP_ERR).  Work already moving data with the old memory, and send WRs, are
+        revoked as by deregistration."""
+        with self.lock:
+            if self.state is S.IBV_QPS_ERR or self._destroyed:
+                return
+            transport = self.transport
+            busy: list[SendWork | RecvWork] = [*self.sq]
+            if transport is not None:
+                busy.extend(transport.outstanding())
+                placing = transport.placing()
+                if placing is not None:
+                    busy.append(placing)
+            if any(old in work.regions for work in busy):
+                self.revoke(old)
+                return
+            for work in self.rq:
+                if old in work.regions and work.error is None:
+                    self._check_again(work, old)
+
+    def _check_again(self, work: RecvWork, old: Region) -> None:
+        new = self.engine.memory.get(old.key)
+        if len(work.segments) != len(work.regions):  # one empty SGE: no memory used
+            work.regions = tuple(new if r is old else r for r in work.regions if new)
+            return
+        segments: list[memoryview] = []
+        regions: list[Region] = []
+        for view, region in zip(work.segments, work.regions, strict=True):
+            if region is not old:
+                segments.append(view)
+                regions.append(region)
+                continue
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(view))
+            moved = None
+            if new is not None and new.pd == self.pd and new.access & _LOCAL_WRITE:
+                moved = new.slice(addr, len(view))
+            if moved is None or new is None:
+                work.error = (
+                    _LOC_PROT,
+                    f"MR 0x{old.key:x} was re-registered and no longer gives this "
+                    f"QP [0x{addr:x}, +{len(view)})",
+                )
+                work.segments, work.regions = [], ()
+                return
+            segments.append(moved)
+            regions.append(new)
+        work.segments, work.regions = segments, tuple(regions)
 
     def enter_error(
         self,

@@ -232,6 +232,10 @@ class RcTransport(Transport):
     def outstanding(self) -> Iterable[SendWork]:
         return self.window.inflight
 
+    def placing(self) -> RecvWork | None:
+        placed = self._on_placed
+        return placed[1] if placed is not None and isinstance(placed[1], RecvWork) else None
+
     def take_unfinished(self) -> list[SendWork]:
         # completions held for zerocopy come out first: they are earlier, and successful
         # (the socket is going away, the kernel lets go of the pages with it)

@@ -29,7 +29,7 @@ from ...enums import ibv_event_type, ibv_wc_status
 from ...errors import ConnectionBrokenError, TcpverbsError, from_oserror
 from ...reactor import Reactor, Timer
 from ..api import requester_timeout
-from .work import Segment, SendWork
+from .work import RecvWork, Segment, SendWork
 from .zerocopy import MSG_ZEROCOPY, ZeroCopy
 
 if TYPE_CHECKING:
@@ -133,6 +133,10 @@ class Transport:
     def outstanding(self) -> Iterable[SendWork]:
         """Send WRs handed to the wire whose outcome is not known yet (a look only)."""
         raise NotImplementedError
+
+    def placing(self) -> RecvWork | None:
+        """The receive WR whose payload is landing now, part of it still to come."""
+        return None
 
     def close(self, reason: TcpverbsError | None) -> None:
         """Tear the connection down.  With *reason*, tell the peer why first (best effort)
