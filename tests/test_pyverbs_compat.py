@@ -188,6 +188,35 @@ def test_access_a_tcp_device_has_not_is_eopnotsupp_unknown_bits_einval(
     assert info.value.errno == err and "Failed to register a MR" in info.value.args[0]
 
 
+def test_the_command_fd_names_the_context_and_cannot_be_imported(ctx: v.Context) -> None:
+    """pyverbs' ``cmd_fd`` is a real descriptor (a program may dup it); importing a
+    context from one (``ibv_import_device``) is not something a TCP device does."""
+    import os
+
+    fd = ctx.cmd_fd
+    assert ctx.cmd_fd == fd
+    copy = os.dup(fd)
+    try:
+        assert os.path.samestat(os.fstat(copy), os.fstat(fd))
+        with v.Context(name="tcpv_lo", engine=ctx.engine) as other:
+            assert other.cmd_fd not in (fd, copy)
+        with pytest.raises(TcpverbsError) as info:
+            v.Context(cmd_fd=copy)
+        assert info.value.errno == errno.EOPNOTSUPP
+        assert info.value.error_code == errno.EOPNOTSUPP
+    finally:
+        os.close(copy)
+    ctx.close()
+    with pytest.raises(v.ClosedResourceError):
+        _ = ctx.cmd_fd
+
+
+def test_mrs_and_pds_have_handles_no_other_object_of_the_context_has(ctx: v.Context) -> None:
+    pd = v.PD(ctx)
+    handles = [pd.handle, *(v.MR(pd, 8, 0).handle for _ in range(3)), v.PD(ctx).handle]
+    assert len(set(handles)) == len(handles) and all(isinstance(h, int) for h in handles)
+
+
 # -- ibv_create_qp_ex --------------------------------------------------------------------
 X = v.enums.ibv_qp_init_attr_mask
 

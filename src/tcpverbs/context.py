@@ -73,7 +73,16 @@ class Context(VerbsObject):
         zerocopy_min: int | None = None,
         sq_poll_us: int = 0,
         engine: str | EngineFactory | None = None,
+        cmd_fd: int | None = None,
     ) -> None:
+        if cmd_fd is not None:
+            # ibv_import_device: a context shared with another process through its
+            # kernel command fd.  A tcpverbs context lives in its process's engine.
+            raise TcpverbsError(
+                errno.EOPNOTSUPP,
+                "Failed to import device: a tcpverbs context cannot be imported "
+                "from a command fd (ibv_import_device)",
+            )
         _check_spin(spin_us)
         if zerocopy_min is not None and (not isinstance(zerocopy_min, int) or zerocopy_min < 0):
             raise TcpverbsError(
@@ -97,6 +106,14 @@ class Context(VerbsObject):
         # read late finds its object while the application still holds it)
         self._objects: weakref.WeakValueDictionary[int, VerbsObject] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+
+    @property
+    def cmd_fd(self) -> int:
+        """``ibv_context.cmd_fd``: the engine's own descriptor (its epoll instance).  It
+        names the context; importing it elsewhere (``Context(cmd_fd=...)``) is not
+        supported."""
+        self._check_open()
+        return self._engine.fileno()
 
     @property
     def engine(self) -> str:

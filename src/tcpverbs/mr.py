@@ -72,6 +72,8 @@ class MR(VerbsObject):
         self.pd = pd
         super().__init__(pd)
         self.lkey = self.rkey = pd.ctx._new_key()
+        # pyverbs' MR.handle (the kernel's name for it): unique in the context, as a PD's
+        self.handle = pd.ctx._new_handle(self)
         pd.ctx._engine.reg_mr(self.lkey, pd.handle, self._view, self.buf, int(self._access))
         del view
 

@@ -62,6 +62,10 @@ class Reactor:
         self._thread.start()
 
     # -- registration (any thread) ------------------------------------------------
+    def fileno(self) -> int:
+        """The epoll instance's descriptor."""
+        return self._epoll.fileno()
+
     def register(self, fd: int, handler: Handler, events: int) -> None:
         with self._lock:
             self._handlers[fd] = handler

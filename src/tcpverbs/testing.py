@@ -419,6 +419,7 @@ class FakeEngine:
         self.channels: list[FakeChannel] = []
         self.events: deque[EngineEvent] = deque()
         self.closed = False
+        self._fd: int | None = None
 
     def factory(self, device: str, options: EngineOptions) -> FakeEngine:
         """An :data:`~tcpverbs.engine.EngineFactory` that hands out this engine."""
@@ -482,9 +483,19 @@ class FakeEngine:
             "events_queued": len(self.events),
         }
 
+    def fileno(self) -> int:
+        """An eventfd made on first use (a real descriptor, as the contract asks)."""
+        self.calls.append(("fileno",))
+        if self._fd is None:
+            self._fd = os.eventfd(0, os.EFD_CLOEXEC)
+        return self._fd
+
     def close(self) -> None:
         self.calls.append(("close",))
         self.closed = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _fakes_conform(

@@ -241,6 +241,12 @@ static PyObject *Engine_dereg_mr(EngineObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Engine_fileno(EngineObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->closed)
+        return raise_errno(EBADF, "the context's engine is closed");
+    return PyLong_FromLong(self->engine.epfd);
+}
+
 static PyObject *Engine_next_event(EngineObject *self, PyObject *arg) {
     int forever;
     uint64_t ns = timeout_ns(arg, &forever);
@@ -294,6 +300,7 @@ static PyObject *Engine_close(EngineObject *self, PyObject *unused) {
 static PyMethodDef Engine_methods[] = {
     {"reg_mr", (PyCFunction)Engine_reg_mr, METH_VARARGS, NULL},
     {"dereg_mr", (PyCFunction)Engine_dereg_mr, METH_O, NULL},
+    {"fileno", (PyCFunction)Engine_fileno, METH_NOARGS, NULL},
     {"rereg_mr", (PyCFunction)Engine_rereg_mr, METH_VARARGS, NULL},
     {"next_event_raw", (PyCFunction)Engine_next_event, METH_O, NULL},
     {"engine_statistics", (PyCFunction)Engine_engine_statistics, METH_NOARGS, NULL},

@@ -396,4 +396,10 @@ class ContextEngine(Protocol):
         """Counters summed over every QP and CQ (destroyed ones too) and the engine's own."""
         ...
 
+    def fileno(self) -> int:
+        """The engine's own file descriptor (its epoll instance), valid until ``close``:
+        what a verbs program sees as the context's ``cmd_fd``.  For identity only;
+        nothing is read from or written to it by anyone but the engine."""
+        ...
+
     def close(self) -> None: ...

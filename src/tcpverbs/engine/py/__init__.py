@@ -137,6 +137,9 @@ class PyEngine:
         reactor = self._reactor
         return self._objects.total(reactor.statistics() if reactor is not None else {})
 
+    def fileno(self) -> int:
+        return self.reactor.fileno()
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
