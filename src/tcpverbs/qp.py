@@ -366,6 +366,15 @@ class QP(VerbsObject):
             return _Dial(oob.connect_socket(dgid, dest, local), dest, host)
         return _Wait(dest, host)
 
+    def query_ece(self) -> object:
+        """``ibv_query_ece``: a tcpverbs device has no enhanced connection establishment
+        options to offer (``EOPNOTSUPP``, which rdma_cm programs take as "none")."""
+        raise TcpverbsError(errno.EOPNOTSUPP, "Failed to query ECE: a tcpverbs device has no ECE")
+
+    def set_ece(self, ece: object) -> None:
+        """``ibv_set_ece``: ``EOPNOTSUPP``, as :meth:`query_ece`."""
+        raise TcpverbsError(errno.EOPNOTSUPP, "Failed to set ECE: a tcpverbs device has no ECE")
+
     def query(self, attr_mask: int = 0) -> tuple[QPAttr, QPInitAttr]:
         """``ibv_query_qp``: current attributes (all of them, whatever the mask)."""
         self._check_open()

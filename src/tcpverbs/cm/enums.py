@@ -6,6 +6,17 @@ from __future__ import annotations
 from enum import IntEnum, IntFlag
 
 __all__ = [
+    "RAI_FAMILY",
+    "RAI_NOROUTE",
+    "RAI_NUMERICHOST",
+    "RAI_PASSIVE",
+    "RDMA_OPTION_IB",
+    "RDMA_OPTION_IB_PATH",
+    "RDMA_OPTION_ID",
+    "RDMA_OPTION_ID_ACK_TIMEOUT",
+    "RDMA_OPTION_ID_AFONLY",
+    "RDMA_OPTION_ID_REUSEADDR",
+    "RDMA_OPTION_ID_TOS",
     "rdma_cm_event_type",
     "rdma_cm_join_mc_attr_mask",
     "rdma_cm_mc_join_flags",
@@ -47,3 +58,19 @@ class rdma_port_space(IntEnum):
     RDMA_PS_TCP = 262
     RDMA_PS_UDP = 273
     RDMA_PS_IB = 319
+
+
+# rdma_getaddrinfo's hint flags (``<rdma/rdma_cma.h>``, #defines rather than an enum)
+RAI_PASSIVE = 1
+RAI_NUMERICHOST = 2
+RAI_NOROUTE = 4
+RAI_FAMILY = 8
+
+# rdma_set_option's levels and names
+RDMA_OPTION_ID = 0
+RDMA_OPTION_IB = 1
+RDMA_OPTION_ID_TOS = 0
+RDMA_OPTION_ID_REUSEADDR = 1
+RDMA_OPTION_ID_AFONLY = 2
+RDMA_OPTION_ID_ACK_TIMEOUT = 3
+RDMA_OPTION_IB_PATH = 1

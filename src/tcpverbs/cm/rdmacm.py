@@ -1,0 +1,1106 @@
+"""rdma_cm over TCP: ``CMID``, ``AddrInfo``, ``CMEventChannel``, ``CMEvent``, ``ConnParam``
+with librdmacm's semantics for RC (``RDMA_PS_TCP``), as pyverbs spells them.
+
+A connection is made the way InfiniBand's CM makes it, over a TCP *control connection*
+instead of management datagrams (:mod:`.messages`): the active side's ``connect`` sends
+a REQ to the passive side's listening address; the passive side sees
+``RDMA_CM_EVENT_CONNECT_REQUEST`` with a new ``CMID`` and ``accept``\\ s (REP) or
+``reject``\\ s (REJ, with private data); the active side, on the REP, moves its QP to RTS
+and answers RTU.  Both see ``RDMA_CM_EVENT_ESTABLISHED``.  The QPs connect to each other
+by GID and QP number (tcpverbs' out-of-band connection, :mod:`tcpverbs.oob`), each GID
+being the address of its end of the control connection, and the PSNs the two sides
+exchanged prove them to each other.  ``disconnect`` moves the QP to ERR and sends a DREQ;
+the peer's QP goes to ERR too, and both sides see ``RDMA_CM_EVENT_DISCONNECTED``.  The
+control connection stays up meanwhile, so a peer that goes away is seen as a
+disconnection.
+
+Progress is made by whoever waits for an event (``CMEvent(channel)``, ``get_request``,
+a synchronous ``connect`` / ``accept``), as librdmacm delivers events only through
+``rdma_get_cm_event``: no thread runs behind the program's back.  A ``CMID`` made from an
+``AddrInfo`` is *synchronous* (``rdma_create_ep``): it has a private channel and its
+calls wait for their outcome.  What a TCP device does not have -- UD and multicast port
+spaces, ECE, IB path records -- says ``EOPNOTSUPP``.
+
+Bounds: a listener holds at most ``backlog`` (at most ``MAX_BACKLOG``) connections that
+have not sent their REQ, each for ``REQ_DEADLINE`` seconds at most; a control connection
+buffers at most one message (:data:`.messages.MAX_BODY`); an active side waits
+``RESPONSE_TIMEOUT`` seconds for its answer, then sees ``RDMA_CM_EVENT_UNREACHABLE``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..context import Context
+from ..cq import CQ
+from ..device import GID, device_for_gid, device_gids
+from ..enums import (
+    ibv_access_flags,
+    ibv_qp_attr_mask,
+    ibv_qp_state,
+    ibv_qp_type,
+    ibv_send_flags,
+)
+from ..enums import ibv_wr_opcode as _WR
+from ..errors import PyverbsUserError, TcpverbsError, from_oserror
+from ..mr import MR
+from ..pd import PD
+from ..qp import QP
+from ..qp_attr import AHAttr, GlobalRoute, QPAttr, QPCap, QPInitAttr
+from ..wr import SGE, RecvWR, SendWR
+from .enums import (
+    RAI_PASSIVE,
+    RDMA_OPTION_ID,
+    RDMA_OPTION_ID_ACK_TIMEOUT,
+    RDMA_OPTION_ID_REUSEADDR,
+    rdma_cm_event_type,
+    rdma_port_space,
+)
+from .messages import CMDecoder, CMMessage, CMProtocolError, MessageType, encode
+
+if TYPE_CHECKING:
+    from ..cq import WC
+
+__all__ = [
+    "CMID",
+    "MAX_BACKLOG",
+    "REQ_DEADLINE",
+    "RESPONSE_TIMEOUT",
+    "AddrInfo",
+    "CMEvent",
+    "CMEventChannel",
+    "ConnParam",
+]
+
+EV = rdma_cm_event_type
+S = ibv_qp_state
+M = ibv_qp_attr_mask
+A = ibv_access_flags
+
+MAX_BACKLOG = 128
+REQ_DEADLINE = 10.0  # seconds a new control connection has to send its REQ
+RESPONSE_TIMEOUT = 20.0  # seconds an active side waits for REP / REJ
+_SLICE = 0.05  # seconds one waiter polls before it looks at deadlines again
+# what rdma_cm gives a QP it makes or tells a program to set (librdmacm does the same)
+_QP_ACCESS = A.IBV_ACCESS_LOCAL_WRITE | A.IBV_ACCESS_REMOTE_WRITE | A.IBV_ACCESS_REMOTE_READ
+_DEFAULT_TIMEOUT = 14  # 4.096 us * 2^14: about 67 ms per try
+_MIN_RNR_TIMER = 12
+
+
+def _failed(what: str, err: int, why: str) -> TcpverbsError:
+    return TcpverbsError(err, f"{what}: {why}")
+
+
+# -- addresses ---------------------------------------------------------------------------
+def _resolve(
+    host: str | bytes | None, service: str | bytes | int | None, passive: bool
+) -> tuple[str, int]:
+    """(host, port) of *host* / *service*, numerically, as rdma_getaddrinfo gives it."""
+    if isinstance(host, bytes):
+        host = host.decode()
+    if isinstance(service, bytes):
+        service = service.decode()
+    flags = socket.AI_PASSIVE if passive and host is None else 0
+    try:
+        infos = socket.getaddrinfo(host, service or 0, type=socket.SOCK_STREAM, flags=flags)
+    except socket.gaierror as exc:
+        raise TcpverbsError(errno.EADDRNOTAVAIL, f"Failed to get Address Info: {exc}") from None
+    _, _, _, _, sockaddr = infos[0]
+    return str(sockaddr[0]), int(sockaddr[1])
+
+
+class AddrInfo:
+    """``rdma_getaddrinfo``: where to listen (``flags=RAI_PASSIVE``: *src*,
+    *src_service*) or where to connect (*dst*, *dst_service*, from *src* if given).
+    ``service`` is the older pyverbs name of the one port."""
+
+    def __init__(
+        self,
+        src: str | bytes | None = None,
+        dst: str | bytes | None = None,
+        src_service: str | int | None = None,
+        dst_service: str | int | None = None,
+        port_space: int = rdma_port_space.RDMA_PS_TCP,
+        flags: int = 0,
+        service: str | int | None = None,
+    ) -> None:
+        self.port_space = port_space
+        self.flags = flags
+        self.passive = bool(flags & RAI_PASSIVE)
+        if self.passive:
+            self.src_addr: tuple[str, int] | None = _resolve(src, src_service or service, True)
+            self.dst_addr: tuple[str, int] | None = None
+        else:
+            self.src_addr = _resolve(src, src_service, True) if src is not None else None
+            self.dst_addr = (
+                _resolve(dst, dst_service or service, False) if dst is not None else None
+            )
+
+    def close(self) -> None:
+        """(rdma_freeaddrinfo: nothing to free here.)"""
+
+
+class ConnParam:
+    """``struct rdma_conn_param``: read/atomic depths, retry counts, the QP number of a
+    QP the program made itself, and private data (``data``)."""
+
+    def __init__(
+        self,
+        resources: int = 1,
+        depth: int = 1,
+        flow_control: int = 0,
+        retry: int = 5,
+        rnr_retry: int = 5,
+        srq: int = 0,
+        qp_num: int = 0,
+        data: bytes | None = None,
+    ) -> None:
+        self.responder_resources = resources
+        self.initiator_depth = depth
+        self.flow_control = flow_control
+        self.retry_count = retry
+        self.rnr_retry_count = rnr_retry
+        self.srq = srq
+        self.qp_num = qp_num
+        self.private_data = bytes(data or b"")
+
+    @property
+    def qpn(self) -> int:
+        return self.qp_num
+
+    @qpn.setter
+    def qpn(self, value: int) -> None:
+        self.qp_num = value
+
+
+# -- events ------------------------------------------------------------------------------
+class CMEvent:
+    """``rdma_get_cm_event``: the next event of *channel*, waiting for it (*timeout*
+    seconds at most, a tcpverbs extension: ``ETIMEDOUT``)."""
+
+    event_type: rdma_cm_event_type
+    id: CMID
+    listen_id: CMID | None
+    status: int  # 0, or a negative errno (librdmacm's)
+    private_data: bytes
+    acked: bool
+
+    def __init__(self, channel: CMEventChannel, timeout: float | None = None) -> None:
+        event = channel._next(lambda e: True, timeout)
+        for name in ("event_type", "id", "listen_id", "status", "private_data", "acked"):
+            setattr(self, name, getattr(event, name))
+
+    @classmethod
+    def _make(
+        cls,
+        event_type: rdma_cm_event_type,
+        cmid: CMID,
+        listen_id: CMID | None = None,
+        private_data: bytes = b"",
+        status: int = 0,
+    ) -> CMEvent:
+        event = cls.__new__(cls)
+        event.event_type = event_type
+        event.id, event.listen_id = cmid, listen_id
+        event.private_data, event.status = private_data, status
+        event.acked = False
+        return event
+
+    def ack_cm_event(self) -> None:
+        """``rdma_ack_cm_event`` (nothing is held for an event here)."""
+        self.acked = True
+
+    def close(self) -> None:
+        self.ack_cm_event()
+
+    def event_str(self) -> str:
+        return rdma_event_str(self.event_type)
+
+    def __repr__(self) -> str:
+        return f"<CMEvent {self.event_str()} status={self.status}>"
+
+
+def rdma_event_str(event_type: int) -> str:
+    """librdmacm's ``rdma_event_str``."""
+    try:
+        return EV(event_type).name
+    except ValueError:
+        return "UNKNOWN EVENT"
+
+
+class CMEventChannel:
+    """``rdma_create_event_channel``: where a CMID's events queue.  ``fd`` is readable
+    while an event waits (an eventfd); ``CMEvent(channel)`` takes the next one, and
+    while it waits it does the connection manager's work for every CMID of the channel."""
+
+    def __init__(self) -> None:
+        self._events: deque[CMEvent] = deque()
+        self._ids: dict[int, CMID] = {}  # fd of a listening or control socket -> its CMID
+        self._lock = threading.RLock()
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.closed = False
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            for cmid in list(self._ids.values()):
+                cmid.close()
+            os.close(self._fd)
+
+    def __enter__(self) -> CMEventChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internal ------------------------------------------------------------------------
+    def _push(self, event: CMEvent) -> None:
+        with self._lock:
+            self._events.append(event)
+            if not self.closed:
+                os.eventfd_write(self._fd, 1)
+
+    def _watch(self, sock: socket.socket, cmid: CMID) -> None:
+        with self._lock:
+            self._ids[sock.fileno()] = cmid
+
+    def _unwatch(self, sock: socket.socket | None) -> None:
+        if sock is not None:
+            with self._lock:
+                self._ids.pop(sock.fileno(), None)
+
+    def _next(self, wanted: Callable[[CMEvent], bool], timeout: float | None) -> CMEvent:
+        """The oldest queued event *wanted* takes, doing the work that makes events
+        until one comes (``ETIMEDOUT`` after *timeout* seconds)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self.closed:
+                    raise TcpverbsError(errno.EBADF, "the CM event channel is closed")
+                for event in self._events:
+                    if wanted(event):
+                        self._events.remove(event)
+                        if not self._events:
+                            try:
+                                os.eventfd_read(self._fd)
+                            except BlockingIOError:
+                                pass
+                        return event
+                self._progress(
+                    _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TcpverbsError(errno.ETIMEDOUT, "no CM event within the timeout")
+
+    def _progress(self, timeout: float) -> None:
+        """Read what the channel's sockets have (up to *timeout* seconds of waiting), and
+        look at deadlines.  Called with the lock held."""
+        poller = select.poll()
+        for fd, cmid in self._ids.items():
+            poller.register(fd, select.POLLOUT if cmid._connecting else select.POLLIN)
+        ready = poller.poll(max(0.0, timeout) * 1000) if self._ids else []
+        if not self._ids and timeout > 0:
+            time.sleep(min(timeout, _SLICE))
+        for fd, events in ready:
+            owner = self._ids.get(fd)
+            if owner is not None:
+                owner._on_ready(fd, events)
+        now = time.monotonic()
+        for cmid in list(self._ids.values()):
+            cmid._check_deadline(now)
+
+
+# -- the contexts rdma_cm opens --------------------------------------------------------------
+_contexts: dict[bytes, Context] = {}
+_contexts_lock = threading.Lock()
+
+
+def _context_for(address: str) -> tuple[Context, GID, int]:
+    """The context of the device that has *address*, the GID it is and its index in the
+    port's table.  Contexts are opened once per process and kept, as librdmacm does."""
+    gid = GID.from_ip(address)
+    device = device_for_gid(gid)
+    with _contexts_lock:
+        ctx = _contexts.get(device.name)
+        if ctx is None or ctx.closed:
+            ctx = _contexts[device.name] = Context(name=device.name)
+    return ctx, gid, device_gids(device).index(gid)
+
+
+def _route_source(dst: tuple[str, int]) -> str:
+    """The local address the kernel would use towards *dst* (no packet is sent)."""
+    family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(dst)
+        except OSError as exc:
+            raise from_oserror(exc, f"Failed to Resolve Address {dst[0]}") from exc
+        return str(probe.getsockname()[0])
+
+
+class _Peer:
+    """What the other side said in its REQ or REP, and where it is."""
+
+    def __init__(self, message: CMMessage, address: str) -> None:
+        self.qp_num = message.qp_num
+        self.psn = message.psn
+        self.responder_resources = message.responder_resources
+        self.initiator_depth = message.initiator_depth
+        self.retry_count = message.retry_count
+        self.rnr_retry_count = message.rnr_retry_count
+        self.gid = GID.from_ip(address)
+
+
+# -- the CM ID ---------------------------------------------------------------------------
+class CMID:
+    """``rdma_cm_id``.  ``CMID(creator=channel)`` (``rdma_create_id``: asynchronous,
+    events on *channel*), ``CMID(creator=addr_info, qp_init_attr=...)``
+    (``rdma_create_ep``: synchronous; an active one has its QP at once), or
+    ``CMID(creator=event, listen_id=listener)``: the new CMID of a
+    ``RDMA_CM_EVENT_CONNECT_REQUEST``."""
+
+    def __new__(cls, creator: object = None, *args: object, **kwargs: object) -> CMID:
+        if isinstance(creator, CMEvent) and isinstance(creator.id, cls):
+            return creator.id  # the request's CMID, made when the REQ came
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        creator: object = None,
+        qp_init_attr: QPInitAttr | None = None,
+        pd: PD | None = None,
+        port_space: int = rdma_port_space.RDMA_PS_TCP,
+        listen_id: CMID | None = None,
+    ) -> None:
+        if isinstance(creator, CMEvent):
+            if listen_id is None:
+                raise PyverbsUserError("listen ID not provided")
+            if creator.event_type != EV.RDMA_CM_EVENT_CONNECT_REQUEST or creator.id is not self:
+                raise TcpverbsError(errno.EINVAL, "Failed to create CM ID: not a request event")
+            if creator.listen_id is not listen_id:
+                raise TcpverbsError(errno.EINVAL, "Failed to create CM ID: another listener's")
+            return
+        self._setup(port_space)
+        if isinstance(creator, CMEventChannel):
+            self.event_channel: CMEventChannel | None = creator
+        elif isinstance(creator, AddrInfo):
+            self._init_endpoint(creator, qp_init_attr, pd)
+        else:
+            raise TcpverbsError(errno.EINVAL, f"Cannot create CM ID from {type(creator).__name__}")
+
+    def _setup(self, port_space: int) -> None:
+        if port_space != rdma_port_space.RDMA_PS_TCP:
+            raise TcpverbsError(
+                errno.EOPNOTSUPP,
+                f"Failed to create CM ID: port space {port_space} -- a tcpverbs device "
+                "has RC only (RDMA_PS_TCP), no UD or multicast",
+            )
+        self.port_space = port_space
+        self.event_channel = None
+        self._channel: CMEventChannel | None = None  # the channel its events go to
+        self.ctx: Context | None = None
+        self.pd: PD | None = None
+        self.qp: QP | None = None
+        self._own_cqs: list[CQ] = []
+        self._sync_init: QPInitAttr | None = None  # a synchronous listener's, for children
+        self._gid: GID | None = None
+        self._sgid_index = 0
+        self._bound: tuple[str, int] | None = None
+        self._dst: tuple[str, int] | None = None
+        self._listener: socket.socket | None = None
+        self._pending: dict[int, tuple[socket.socket, CMDecoder, float]] = {}  # fd -> REQ due
+        self._backlog = 0
+        self._sock: socket.socket | None = None  # the control connection
+        self._decoder = CMDecoder()
+        self._connecting = False  # a non-blocking connect is under way
+        self._deadline: float | None = None
+        self._state = "idle"
+        self._psn = secrets.randbits(24)
+        self._peer: _Peer | None = None
+        self._param = ConnParam()
+        self._timeout = _DEFAULT_TIMEOUT
+        self._reuseaddr = False
+        self._listen_id: CMID | None = None
+        self._request: CMMessage | None = None
+        self._closed = False
+
+    def _init_endpoint(self, ai: AddrInfo, init: QPInitAttr | None, pd: PD | None) -> None:
+        """rdma_create_ep: bound (passive) or resolved (active), with a private channel."""
+        if ai.port_space != rdma_port_space.RDMA_PS_TCP:
+            self._setup(ai.port_space)  # refuses
+        self._channel = CMEventChannel()
+        if ai.passive:
+            assert ai.src_addr is not None
+            self._bind(ai.src_addr)
+            self._sync_init = init
+            return
+        if ai.dst_addr is None:
+            raise TcpverbsError(errno.EINVAL, "Failed to create CM ID: no destination")
+        self.resolve_addr(ai)
+        self._wait(EV.RDMA_CM_EVENT_ADDR_RESOLVED)
+        self.resolve_route()
+        self._wait(EV.RDMA_CM_EVENT_ROUTE_RESOLVED)
+        if pd is not None:
+            self.pd = pd
+        if init is not None:
+            self.create_qp(init)
+
+    # -- properties ----------------------------------------------------------------------
+    @property
+    def context(self) -> Context | None:
+        return self.ctx
+
+    @property
+    def qpn(self) -> int:
+        if self.qp is None:
+            raise TcpverbsError(errno.EINVAL, "the CM ID has no QP")
+        return self.qp.qp_num
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _events(self) -> CMEventChannel:
+        channel = self._channel if self._channel is not None else self.event_channel
+        if channel is None or channel.closed:
+            raise TcpverbsError(errno.EBADF, "the CM ID's event channel is closed")
+        return channel
+
+    def _event(self, event_type: rdma_cm_event_type, data: bytes = b"", status: int = 0) -> None:
+        self._events()._push(CMEvent._make(event_type, self, self._listen_id, data, status))
+
+    def _wait(self, *types: rdma_cm_event_type, timeout: float | None = None) -> CMEvent:
+        """A synchronous call's outcome: this CMID's next event (one of *types*, else an
+        error)."""
+        event = self._events()._next(lambda e: e.id is self, timeout)
+        if event.event_type not in types:
+            raise TcpverbsError(
+                errno.ECONNREFUSED if event.event_type == EV.RDMA_CM_EVENT_REJECTED else errno.EIO,
+                f"expected {' or '.join(t.name for t in types)}, got {event.event_str()}"
+                + (f" (status {event.status})" if event.status else ""),
+            )
+        return event
+
+    # -- addresses -----------------------------------------------------------------------
+    def _open_device(self, address: str) -> None:
+        if self.ctx is None:
+            self.ctx, self._gid, self._sgid_index = _context_for(address)
+        if self.pd is None:
+            self.pd = PD(self.ctx)
+
+    def _bind(self, addr: tuple[str, int]) -> None:
+        if self._state != "idle":
+            raise TcpverbsError(errno.EINVAL, "Failed to Bind ID: it is bound already")
+        if addr[0] not in ("0.0.0.0", "::"):
+            self._open_device(addr[0])
+        self._bound = addr
+        self._state = "bound"
+
+    def bind_addr(self, lai: AddrInfo) -> None:
+        """``rdma_bind_addr``: the local address (and so the device) of this CMID."""
+        addr = lai.src_addr
+        if addr is None:
+            raise TcpverbsError(errno.EINVAL, "Failed to Bind ID: the AddrInfo has no source")
+        self._bind(addr)
+
+    def resolve_addr(self, rai: AddrInfo, timeout_ms: int = 2000) -> None:
+        """``rdma_resolve_addr``: the device that reaches *rai*'s destination; then
+        ``RDMA_CM_EVENT_ADDR_RESOLVED`` (or ``..._ADDR_ERROR``)."""
+        if rai.dst_addr is None:
+            raise TcpverbsError(errno.EINVAL, "Failed to Resolve Address: no destination")
+        if self._state not in ("idle", "bound"):
+            raise TcpverbsError(errno.EINVAL, f"Failed to Resolve Address: the ID is {self._state}")
+        self._dst = rai.dst_addr
+        try:
+            source = rai.src_addr[0] if rai.src_addr is not None else _route_source(rai.dst_addr)
+            self._open_device(source)
+        except TcpverbsError as exc:
+            self._event(EV.RDMA_CM_EVENT_ADDR_ERROR, status=-(exc.errno or errno.EIO))
+            return
+        self._state = "addr_resolved"
+        self._event(EV.RDMA_CM_EVENT_ADDR_RESOLVED)
+
+    def resolve_route(self, timeout_ms: int = 2000) -> None:
+        """``rdma_resolve_route`` (the kernel routes TCP): ``RDMA_CM_EVENT_ROUTE_RESOLVED``."""
+        if self._state != "addr_resolved":
+            raise TcpverbsError(errno.EINVAL, "Failed to Resolve Route: resolve the address first")
+        self._state = "route_resolved"
+        self._event(EV.RDMA_CM_EVENT_ROUTE_RESOLVED)
+
+    # -- the QP --------------------------------------------------------------------------
+    def create_qp(self, qp_init: QPInitAttr) -> None:
+        """``rdma_create_qp``: an RC QP on this CMID's PD, in INIT; CQs are made for it
+        when *qp_init* has none."""
+        if self.pd is None or self.ctx is None:
+            raise TcpverbsError(errno.EINVAL, "Failed to Create QP: the CM ID has no device yet")
+        if self.qp is not None:
+            raise TcpverbsError(errno.EINVAL, "Failed to Create QP: the CM ID has one")
+        if qp_init.qp_type != ibv_qp_type.IBV_QPT_RC:
+            raise TcpverbsError(
+                errno.EOPNOTSUPP, f"Failed to Create QP: type {qp_init.qp_type} (RC only)"
+            )
+        cap = qp_init.cap if qp_init.cap is not None else QPCap()
+        init = QPInitAttr(
+            qp_type=qp_init.qp_type,
+            scq=qp_init.scq,
+            rcq=qp_init.rcq,
+            cap=cap,
+            sq_sig_all=qp_init.sq_sig_all,
+        )
+        if init.scq is None:
+            init.scq = self._cq(cap.max_send_wr)
+        if init.rcq is None:
+            init.rcq = self._cq(cap.max_recv_wr)
+        self.qp = QP(self.pd, init, QPAttr(qp_access_flags=_QP_ACCESS))
+
+    def _cq(self, depth: int) -> CQ:
+        assert self.ctx is not None
+        cq = CQ(self.ctx, max(depth, 1))
+        self._own_cqs.append(cq)
+        return cq
+
+    def init_qp_attr(self, qp_state: int) -> tuple[QPAttr, int]:
+        """``rdma_init_qp_attr``: what a QP the program made itself needs to reach
+        *qp_state* on this connection, and the mask of what is set."""
+        state = S(qp_state)
+        if state == S.IBV_QPS_INIT:
+            attr = QPAttr(qp_state=state, pkey_index=0, port_num=1, qp_access_flags=_QP_ACCESS)
+            return attr, int(
+                M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_ACCESS_FLAGS
+            )
+        peer = self._peer
+        if peer is None or state not in (S.IBV_QPS_RTR, S.IBV_QPS_RTS):
+            raise TcpverbsError(
+                errno.EINVAL,
+                f"Failed to get QP attributes for {state.name}"
+                + ("" if peer else ": the peer is not known yet"),
+            )
+        if state == S.IBV_QPS_RTR:
+            attr = QPAttr(
+                qp_state=state,
+                ah_attr=AHAttr(
+                    is_global=1,
+                    gr=GlobalRoute(dgid=peer.gid, sgid_index=self._sgid_index),
+                    port_num=1,
+                ),
+                dest_qp_num=peer.qp_num,
+                rq_psn=peer.psn,
+                max_dest_rd_atomic=max(self._param.responder_resources, 1),
+                min_rnr_timer=_MIN_RNR_TIMER,
+            )
+            mask = (
+                M.IBV_QP_STATE
+                | M.IBV_QP_AV
+                | M.IBV_QP_PATH_MTU
+                | M.IBV_QP_DEST_QPN
+                | M.IBV_QP_RQ_PSN
+                | M.IBV_QP_MAX_DEST_RD_ATOMIC
+                | M.IBV_QP_MIN_RNR_TIMER
+            )
+            return attr, int(mask)
+        attr = QPAttr(
+            qp_state=state,
+            sq_psn=self._psn,
+            timeout=self._timeout,
+            retry_cnt=min(peer.retry_count, 7),
+            rnr_retry=min(peer.rnr_retry_count, 7),
+            max_rd_atomic=max(self._param.initiator_depth, 1),
+        )
+        mask = (
+            M.IBV_QP_STATE
+            | M.IBV_QP_TIMEOUT
+            | M.IBV_QP_RETRY_CNT
+            | M.IBV_QP_RNR_RETRY
+            | M.IBV_QP_SQ_PSN
+            | M.IBV_QP_MAX_QP_RD_ATOMIC
+        )
+        return attr, int(mask)
+
+    def _connect_qp(self) -> None:
+        """This CMID's own QP to RTS towards the peer (the QPs connect by GID)."""
+        qp = self.qp
+        assert qp is not None
+        if qp.qp_state == S.IBV_QPS_RESET:
+            qp.modify(*self.init_qp_attr(S.IBV_QPS_INIT))
+        qp.modify(*self.init_qp_attr(S.IBV_QPS_RTR))
+        qp.modify(*self.init_qp_attr(S.IBV_QPS_RTS))
+
+    def query_qp(self, attr_mask: int) -> tuple[QPAttr, QPInitAttr]:
+        if self.qp is None:
+            raise TcpverbsError(errno.EINVAL, "Failed to query QP: the CM ID has no QP")
+        return self.qp.query(attr_mask)
+
+    def set_option(self, level: int, optname: int, optval: int, optlen: int = 0) -> None:
+        """``rdma_set_option``: ``RDMA_OPTION_ID_ACK_TIMEOUT`` (the QP's ``timeout``) and
+        ``..._REUSEADDR``; the rest are not offered (``EOPNOTSUPP``)."""
+        if level == RDMA_OPTION_ID and optname == RDMA_OPTION_ID_ACK_TIMEOUT:
+            if not isinstance(optval, int) or not 0 <= optval <= 31:
+                raise TcpverbsError(errno.EINVAL, f"Failed to Set Option: timeout {optval!r}")
+            self._timeout = optval
+            if self.qp is not None and self.qp.qp_state == S.IBV_QPS_RTS:
+                self.qp.modify(QPAttr(timeout=optval), M.IBV_QP_TIMEOUT)
+            return
+        if level == RDMA_OPTION_ID and optname == RDMA_OPTION_ID_REUSEADDR:
+            self._reuseaddr = bool(optval)
+            return
+        raise TcpverbsError(
+            errno.EOPNOTSUPP, f"Failed to Set Option: level {level} option {optname}"
+        )
+
+    def get_remote_ece(self) -> object:
+        raise TcpverbsError(
+            errno.EOPNOTSUPP, "Failed to get remote ECE: a tcpverbs device has no ECE"
+        )
+
+    def set_local_ece(self, ece: object) -> None:
+        raise TcpverbsError(
+            errno.EOPNOTSUPP, "Failed to set local ECE: a tcpverbs device has no ECE"
+        )
+
+    # -- passive side --------------------------------------------------------------------
+    def listen(self, backlog: int = 0) -> None:
+        """``rdma_listen``: connection requests to the bound address become
+        ``RDMA_CM_EVENT_CONNECT_REQUEST`` events (each with its new CMID)."""
+        if self._state != "bound" or self._bound is None:
+            raise TcpverbsError(errno.EINVAL, "Listen Failed: bind the CM ID first")
+        host, port = self._bound
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            self._backlog = min(backlog or MAX_BACKLOG, MAX_BACKLOG)
+            sock.listen(self._backlog)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise from_oserror(exc, f"Listen Failed on {host}:{port}") from exc
+        self._listener = sock
+        self._bound = sock.getsockname()[:2]
+        self._state = "listening"
+        self._events()._watch(sock, self)
+
+    def get_request(self, timeout: float | None = None) -> CMID:
+        """``rdma_get_request`` (a synchronous listener): the next request's CMID, with
+        its QP made from the listener's ``qp_init_attr``."""
+        if self._channel is None or self._state != "listening":
+            raise TcpverbsError(errno.EINVAL, "Failed to get request: not a synchronous listener")
+        event = self._channel._next(
+            lambda e: e.listen_id is self and e.event_type == EV.RDMA_CM_EVENT_CONNECT_REQUEST,
+            timeout,
+        )
+        child = event.id
+        assert isinstance(child, CMID)
+        if self._sync_init is not None:
+            child.create_qp(self._sync_init)
+        return child
+
+    def _on_ready(self, fd: int, events: int) -> None:
+        if self._listener is not None and fd == self._listener.fileno():
+            self._accept_pending()
+        elif fd in self._pending:
+            self._read_pending(fd)
+        elif self._sock is not None and fd == self._sock.fileno():
+            if self._connecting:
+                self._connected(events)
+            else:
+                self._read()
+
+    def _accept_pending(self) -> None:
+        assert self._listener is not None
+        while len(self._pending) < self._backlog:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # (ECONNABORTED and the like: that one is gone)
+            sock.setblocking(False)
+            self._pending[sock.fileno()] = (sock, CMDecoder(), time.monotonic() + REQ_DEADLINE)
+            self._events()._watch(sock, self)
+
+    def _drop_pending(self, fd: int) -> None:
+        sock, _, _ = self._pending.pop(fd)
+        self._events()._unwatch(sock)
+        sock.close()
+
+    def _read_pending(self, fd: int) -> None:
+        sock, decoder, _ = self._pending[fd]
+        try:
+            data = sock.recv(4096)
+            messages = decoder.feed(data) if data else None
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, CMProtocolError):
+            messages = None
+        if not messages:
+            if messages is None:
+                self._drop_pending(fd)
+            return
+        request = messages[0]
+        if request.type != MessageType.REQ or len(messages) > 1:
+            self._drop_pending(fd)  # anything else first is not a CM peer
+            return
+        del self._pending[fd]
+        self._events()._unwatch(sock)
+        try:
+            child = self._child(sock, request)
+        except TcpverbsError:
+            sock.close()  # no device for that address: the peer sees its end
+            return
+        child._event(EV.RDMA_CM_EVENT_CONNECT_REQUEST, request.private_data)
+
+    def _child(self, sock: socket.socket, request: CMMessage) -> CMID:
+        child = object.__new__(CMID)
+        child._setup(self.port_space)
+        child.event_channel = self.event_channel
+        child._channel = self._channel
+        child._listen_id = self
+        local, remote = sock.getsockname()[0], sock.getpeername()[0]
+        if self.ctx is not None:
+            child.ctx, child.pd, child._gid = self.ctx, self.pd, GID.from_ip(local)
+            device = device_for_gid(child._gid)
+            child._sgid_index = device_gids(device).index(child._gid)
+        else:
+            child._open_device(local)
+        child._sock = sock
+        child._peer = _Peer(request, remote)
+        child._request = request
+        child._state = "request"
+        self._events()._watch(sock, child)
+        return child
+
+    def accept(self, param: ConnParam | None = None) -> None:
+        """``rdma_accept``: answer the request (REP); its QP (or the one *param* names)
+        goes to RTS.  ``RDMA_CM_EVENT_ESTABLISHED`` follows when the peer confirms; a
+        synchronous CMID waits for it."""
+        if self._state != "request" or self._peer is None:
+            raise TcpverbsError(errno.EINVAL, "Failed to Accept Connection: no request pending")
+        self._param = param or ConnParam()
+        qp_num = self._param.qp_num
+        if self.qp is not None:
+            self._connect_qp()
+            qp_num = self.qp.qp_num
+        self._send(MessageType.REP, self._param.private_data, qp_num, "Failed to Accept Connection")
+        self._state = "accepted"
+        self._deadline = time.monotonic() + RESPONSE_TIMEOUT
+        if self._channel is not None:  # synchronous
+            self._wait(EV.RDMA_CM_EVENT_ESTABLISHED)
+
+    def reject(self, private_data: bytes | None = None) -> None:
+        """``rdma_reject``: refuse the request; the peer sees ``RDMA_CM_EVENT_REJECTED``
+        with *private_data*."""
+        if self._state != "request":
+            raise TcpverbsError(errno.EINVAL, "Failed to Reject: no request pending")
+        self._send(MessageType.REJ, bytes(private_data or b""), 0, "Failed to Reject")
+        self._state = "rejected"
+        self._close_control()
+
+    # -- active side ---------------------------------------------------------------------
+    def connect(self, param: ConnParam | None = None) -> None:
+        """``rdma_connect``: send the request.  The answer is an event:
+        ``RDMA_CM_EVENT_ESTABLISHED`` (this CMID's QP is in RTS), ``..._CONNECT_RESPONSE``
+        (no QP here: move yours with :meth:`init_qp_attr`, then :meth:`establish`),
+        ``..._REJECTED`` or ``..._UNREACHABLE``.  A synchronous CMID waits for it."""
+        if self._state != "route_resolved" or self._dst is None:
+            raise TcpverbsError(errno.EINVAL, "Failed to Connect: resolve the route first")
+        self._param = param or ConnParam()
+        if len(self._param.private_data) > 56:
+            raise TcpverbsError(errno.EINVAL, "Failed to Connect: at most 56 bytes of private data")
+        family = socket.AF_INET6 if ":" in self._dst[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        err = sock.connect_ex(self._dst)
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            raise _failed("Failed to Connect", err, os.strerror(err))
+        self._sock = sock
+        self._connecting = True
+        self._state = "connecting"
+        self._deadline = time.monotonic() + RESPONSE_TIMEOUT
+        self._events()._watch(sock, self)
+        if self._channel is not None:  # synchronous
+            self._wait(EV.RDMA_CM_EVENT_ESTABLISHED)
+
+    def _connected(self, events: int) -> None:
+        assert self._sock is not None
+        self._connecting = False
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._fail_connect(
+                EV.RDMA_CM_EVENT_REJECTED
+                if err == errno.ECONNREFUSED
+                else EV.RDMA_CM_EVENT_UNREACHABLE,
+                err,
+            )
+            return
+        qp_num = self.qp.qp_num if self.qp is not None else self._param.qp_num
+        try:
+            self._send(MessageType.REQ, self._param.private_data, qp_num, "Failed to Connect")
+        except TcpverbsError as exc:
+            self._fail_connect(EV.RDMA_CM_EVENT_UNREACHABLE, exc.errno or errno.EIO)
+
+    def _fail_connect(self, event_type: rdma_cm_event_type, err: int, data: bytes = b"") -> None:
+        self._close_control()
+        self._state = "failed"
+        self._event(event_type, data, -err)
+
+    def establish(self) -> None:
+        """``rdma_establish``: after ``RDMA_CM_EVENT_CONNECT_RESPONSE``, with the
+        program's own QP in RTS, confirm the connection (the peer sees ESTABLISHED)."""
+        if self._state != "responded":
+            raise TcpverbsError(errno.EINVAL, "Failed to Complete an active connection request")
+        self._send(MessageType.RTU, b"", 0, "Failed to Complete an active connection request")
+        self._state = "established"
+
+    def disconnect(self) -> None:
+        """``rdma_disconnect``: the QP goes to ERR and the peer is told (DREQ); both
+        sides see ``RDMA_CM_EVENT_DISCONNECTED``.  Idempotent once disconnected."""
+        if self._state in ("disconnecting", "disconnected"):
+            if self._state == "disconnected" and self._sock is not None:
+                self._close_control()
+            return
+        if self._state not in ("established", "accepted", "responded"):
+            raise TcpverbsError(errno.EINVAL, f"Failed to Disconnect: the CM ID is {self._state}")
+        self._qp_to_error()
+        try:
+            self._send(MessageType.DREQ, b"", 0, "Failed to Disconnect")
+            self._state = "disconnecting"
+            self._deadline = time.monotonic() + RESPONSE_TIMEOUT
+        except TcpverbsError:
+            self._disconnected()  # the peer is gone already
+
+    def _qp_to_error(self) -> None:
+        if self.qp is not None and not self.qp.closed and self.qp.qp_state != S.IBV_QPS_ERR:
+            self.qp.modify(QPAttr(qp_state=S.IBV_QPS_ERR), M.IBV_QP_STATE)
+
+    def _disconnected(self) -> None:
+        self._qp_to_error()
+        self._close_control()
+        self._state = "disconnected"
+        self._event(EV.RDMA_CM_EVENT_DISCONNECTED)
+
+    # -- the control connection ------------------------------------------------------------
+    def _send(self, kind: MessageType, data: bytes, qp_num: int, what: str) -> None:
+        param = self._param
+        message = CMMessage(
+            kind,
+            data,
+            qp_num,
+            self._psn,
+            param.responder_resources & 0xFF,
+            param.initiator_depth & 0xFF,
+            param.retry_count & 0xFF,
+            param.rnr_retry_count & 0xFF,
+        )
+        payload = encode(message)
+        sock = self._sock
+        if sock is None:
+            raise TcpverbsError(errno.ENOTCONN, f"{what}: no connection to the peer")
+        try:
+            sock.settimeout(RESPONSE_TIMEOUT)  # a few hundred bytes: they fit at once
+            sock.sendall(payload)
+        except OSError as exc:
+            raise from_oserror(exc, what) from exc
+        finally:
+            sock.setblocking(False)
+
+    def _read(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            data = sock.recv(4096)
+            messages = self._decoder.feed(data) if data else None
+        except (BlockingIOError, InterruptedError):
+            return
+        except CMProtocolError:
+            messages = None
+        except OSError:
+            messages = None
+        if messages is None:
+            self._lost()
+            return
+        for message in messages:
+            self._handle(message)
+            if self._sock is None:
+                return
+
+    def _lost(self) -> None:
+        """The control connection ended (or spoke nonsense)."""
+        if self._state in ("established", "disconnecting", "responded"):
+            self._disconnected()
+        elif self._state in ("connecting", "accepted", "request"):
+            self._fail_connect(EV.RDMA_CM_EVENT_CONNECT_ERROR, errno.ECONNRESET)
+        else:
+            self._close_control()
+
+    def _handle(self, message: CMMessage) -> None:
+        kind, state = message.type, self._state
+        if kind == MessageType.REP and state == "connecting":
+            assert self._sock is not None
+            self._peer = _Peer(message, self._sock.getpeername()[0])
+            self._deadline = None
+            if self.qp is None:
+                self._state = "responded"
+                self._event(EV.RDMA_CM_EVENT_CONNECT_RESPONSE, message.private_data)
+                return
+            try:
+                self._connect_qp()
+            except TcpverbsError as exc:
+                self._fail_connect(EV.RDMA_CM_EVENT_CONNECT_ERROR, exc.errno or errno.EIO)
+                return
+            self._send(MessageType.RTU, b"", 0, "Failed to Connect")
+            self._state = "established"
+            self._event(EV.RDMA_CM_EVENT_ESTABLISHED, message.private_data)
+        elif kind == MessageType.REJ and state == "connecting":
+            self._fail_connect(EV.RDMA_CM_EVENT_REJECTED, errno.ECONNREFUSED, message.private_data)
+        elif kind == MessageType.RTU and state == "accepted":
+            self._deadline = None
+            self._state = "established"
+            self._event(EV.RDMA_CM_EVENT_ESTABLISHED, message.private_data)
+        elif kind == MessageType.DREQ and state in (
+            "established",
+            "accepted",
+            "responded",
+            "disconnecting",
+        ):
+            try:
+                self._send(MessageType.DREP, b"", 0, "Failed to Disconnect")
+            except TcpverbsError:
+                pass  # it asked and went: disconnected either way
+            self._disconnected()
+        elif kind == MessageType.DREP and state == "disconnecting":
+            self._disconnected()
+        else:
+            self._lost()  # out of turn: not a peer to trust
+
+    def _check_deadline(self, now: float) -> None:
+        for fd, (_, _, due) in list(self._pending.items()):
+            if now >= due:
+                self._drop_pending(fd)
+        if self._deadline is not None and now >= self._deadline:
+            self._deadline = None
+            if self._state in ("connecting", "accepted"):
+                self._fail_connect(EV.RDMA_CM_EVENT_UNREACHABLE, errno.ETIMEDOUT)
+            elif self._state == "disconnecting":
+                self._disconnected()
+
+    def _close_control(self) -> None:
+        sock, self._sock = self._sock, None
+        self._connecting = False
+        if sock is not None:
+            channel = self._channel if self._channel is not None else self.event_channel
+            if channel is not None:
+                channel._unwatch(sock)
+            sock.close()
+
+    # -- the data path, rdma_verbs.h's helpers ---------------------------------------------
+    def _mr(self, size: int, access: int) -> MR:
+        if self.pd is None:
+            raise TcpverbsError(errno.EINVAL, "the CM ID has no PD yet")
+        return MR(self.pd, size, access)
+
+    def reg_msgs(self, size: int) -> MR:
+        """``rdma_reg_msgs``: memory to send from and receive into."""
+        return self._mr(size, A.IBV_ACCESS_LOCAL_WRITE)
+
+    def reg_read(self, size: int) -> MR:
+        """``rdma_reg_read``: memory the peer may READ."""
+        return self._mr(size, A.IBV_ACCESS_LOCAL_WRITE | A.IBV_ACCESS_REMOTE_READ)
+
+    def reg_write(self, size: int) -> MR:
+        """``rdma_reg_write``: memory the peer may WRITE."""
+        return self._mr(size, A.IBV_ACCESS_LOCAL_WRITE | A.IBV_ACCESS_REMOTE_WRITE)
+
+    def _the_qp(self, what: str) -> QP:
+        if self.qp is None:
+            raise TcpverbsError(errno.EINVAL, f"{what}: the CM ID has no QP")
+        return self.qp
+
+    def _cq_of(self, what: str, send: bool) -> CQ:
+        init = self._the_qp(what).init_attr
+        cq = init.scq if send else init.rcq
+        assert cq is not None  # a QP has both
+        return cq
+
+    def post_recv(self, mr: MR, length: int | None = None) -> None:
+        """``rdma_post_recv``: receive into *mr* (its first *length* bytes)."""
+        n = mr.length if length is None else length
+        self._the_qp("Failed to Post Receive").post_recv(RecvWR(0, 1, [SGE(mr.buf, n, mr.lkey)]))
+
+    def post_send(
+        self, mr: MR, flags: int = ibv_send_flags.IBV_SEND_SIGNALED, length: int | None = None
+    ) -> None:
+        """``rdma_post_send``: SEND *mr* (its first *length* bytes)."""
+        n = mr.length if length is None else length
+        wr = SendWR(
+            opcode=_WR.IBV_WR_SEND, num_sge=1, sg=[SGE(mr.buf, n, mr.lkey)], send_flags=flags
+        )
+        self._the_qp("Failed to Post Send").post_send(wr)
+
+    def _post_rdma(
+        self, opcode: int, mr: MR, size: int, remote_addr: int, rkey: int, flags: int
+    ) -> None:
+        wr = SendWR(opcode=opcode, num_sge=1, sg=[SGE(mr.buf, size, mr.lkey)], send_flags=flags)
+        wr.set_wr_rdma(rkey, remote_addr)
+        self._the_qp("Failed to Post RDMA").post_send(wr)
+
+    def post_write(self, mr: MR, size: int, remote_addr: int, rkey: int, flags: int = 0) -> None:
+        """``rdma_post_write``: WRITE *size* bytes of *mr* to the peer's *remote_addr*."""
+        self._post_rdma(_WR.IBV_WR_RDMA_WRITE, mr, size, remote_addr, rkey, flags)
+
+    def post_read(self, mr: MR, size: int, remote_addr: int, rkey: int, flags: int = 0) -> None:
+        """``rdma_post_read``: READ *size* bytes of the peer's *remote_addr* into *mr*."""
+        self._post_rdma(_WR.IBV_WR_RDMA_READ, mr, size, remote_addr, rkey, flags)
+
+    def get_send_comp(self) -> WC:
+        """``rdma_get_send_comp``: wait for the next send completion."""
+        return self._cq_of("Failed to retrieve send completion", send=True).wait(1)[0]
+
+    def get_recv_comp(self) -> WC:
+        """``rdma_get_recv_comp``: wait for the next receive completion."""
+        return self._cq_of("Failed to retrieve receive completion", send=False).wait(1)[0]
+
+    # -- the end -------------------------------------------------------------------------
+    def close(self) -> None:
+        """``rdma_destroy_id`` (with its QP, the CQs made for it and, for a synchronous
+        CMID, its channel)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._close_control()
+        channel = self._channel if self._channel is not None else self.event_channel
+        for fd in list(self._pending):
+            self._drop_pending(fd)
+        if self._listener is not None:
+            if channel is not None:
+                channel._unwatch(self._listener)
+            self._listener.close()
+            self._listener = None
+        if self.qp is not None:
+            self.qp.close()
+        for cq in self._own_cqs:
+            cq.close()
+        if self._channel is not None and self._listen_id is None:
+            self._channel.close()
+
+    def __enter__(self) -> CMID:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
