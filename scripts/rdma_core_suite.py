@@ -9,7 +9,9 @@ package is fetched with ``apt-get download`` (only the package registry is neede
 unpacked into a temporary directory; the tests are not edited.  Each module runs on its
 own, with the suite's own ``run_tests.py``, under ``tcpverbs run`` (so ``import pyverbs``
 is tcpverbs) and a time limit, and the script prints a table per module and the totals;
-``--reasons`` lists why each skipped test skipped.  What passes is the table's to say
+``--reasons`` lists why each skipped test skipped.  As root, each module sees the
+device's net interface under ``/sys/class/infiniband`` (``SYSFS_VIEW``), which the
+suite's rdma_cm tests need to find its address.  What passes is the table's to say
 (issue #11); the exit status is 1 with ``--strict`` when a module timed out or did not
 load (so no test hangs, and every module's imports resolve through the face), and 3
 when the suite could not be fetched (no apt here).
@@ -69,14 +71,59 @@ def fetch_suite(into: pathlib.Path) -> pathlib.Path:
     return tests
 
 
-def run_module(tests: pathlib.Path, module: str, dev: str, timeout: float) -> ModuleResult:
+# rdma-core's base.py finds a device's IP address through
+# /sys/class/infiniband/<dev>/device/net/, which only kernel RDMA devices have: without
+# it every rdma_cm test skips ("doesn't have net interface") however well rdma_cm works.
+# Where it may (root, unshare), each module runs in a private mount namespace whose
+# /sys/class also shows <dev>/device/net/<interface>, the interface the device really
+# is; nothing else changes, and the host's /sys is untouched.
+SYSFS_VIEW = r"""
+set -e
+mount --make-rprivate /
+base=$(mktemp -d)
+mkdir "$base/orig"
+mount --bind /sys/class "$base/orig"
+mount -t tmpfs tcpverbs-sysfs-view /sys/class
+for entry in "$base"/orig/*; do
+  name=${entry##*/}
+  [ "$name" = infiniband ] && continue
+  mkdir "/sys/class/$name"
+  mount --bind "$entry" "/sys/class/$name"
+done
+mkdir -p "/sys/class/infiniband/$TV_DEV/device/net/$TV_IFNAME"
+exec "$@"
+"""
+
+
+def sysfs_view(dev: str) -> tuple[list[str], dict[str, str]] | None:
+    """The command prefix and environment that show *dev* its net interface, or None
+    where a mount namespace cannot be made (not root, no unshare)."""
+    from tcpverbs.device import find_device
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        return None
+    env = {**os.environ, "TV_DEV": dev, "TV_IFNAME": find_device(dev).ifname}
+    return ["unshare", "--mount", "sh", "-c", SYSFS_VIEW, "sysfs-view"], env
+
+
+def run_module(
+    tests: pathlib.Path,
+    module: str,
+    dev: str,
+    timeout: float,
+    view: tuple[list[str], dict[str, str]] | None = None,
+) -> ModuleResult:
     result = ModuleResult(module)
-    cmd = [sys.executable, "-m", "tcpverbs.cli", "run", "--", "python", "run_tests.py"]
+    prefix, env = view if view is not None else ([], None)
+    cmd = [*prefix, sys.executable, "-m", "tcpverbs.cli", "run", "--", "python", "run_tests.py"]
     cmd += ["--dev", dev, "-v", f"tests.{module}"]
     started = time.monotonic()
     try:
         done = subprocess.run(
-            cmd, cwd=tests, capture_output=True, text=True, timeout=timeout, check=False
+            cmd, cwd=tests, capture_output=True, text=True, timeout=timeout, check=False, env=env
         )
         output = done.stderr
     except subprocess.TimeoutExpired as exc:
@@ -141,9 +188,17 @@ def main() -> int:
         modules = args.modules or sorted(p.stem for p in tests.glob("test_*.py"))
         env_note = os.environ.get("TCPVERBS_ENGINE", "default engine")
         print(f"{len(modules)} modules from {tests} on {args.dev} ({env_note})", flush=True)
+        view = sysfs_view(args.dev)
+        print(
+            f"  {args.dev}'s net interface is shown to the suite in a mount namespace"
+            if view is not None
+            else "  no mount namespace here (root and unshare are needed): "
+            "the rdma_cm tests will skip for want of a net interface",
+            flush=True,
+        )
         results = []
         for module in modules:
-            results.append(run_module(tests, module, args.dev, args.timeout))
+            results.append(run_module(tests, module, args.dev, args.timeout, view))
             print(f"  {module}: {dict(results[-1].counts)} {results[-1].note}", flush=True)
         print_table(results, args.reasons)
         if args.json:

@@ -47,6 +47,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
             ["-m", "tcpverbs.cli", "run", "--", "python", "examples/pyverbs_rc.py"],
             "tcpv_lo: 'sent by SEND', 'written by RDMA WRITE': OK",
         ),
+        (  # plain pyverbs rdma_cm, two processes, under the face
+            ["-m", "tcpverbs.cli", "run", "--", "python", "examples/pyverbs_rdmacm.py"],
+            "rdma_cm: OK",
+        ),
     ],
 )
 def test_runs(args: list[str], expected: str) -> None:

@@ -13,6 +13,7 @@ from types import ModuleType
 import pytest
 
 import tcpverbs as v
+from tcpverbs.cm import rdmacm
 from tcpverbs.errors import PyverbsRDMAError
 from tcpverbs.face import PATH
 
@@ -40,6 +41,9 @@ def test_the_modules_are_tcpverbs_own_names(face: Importer) -> None:
     assert face("pyverbs.addr").AH is v.AH and face("pyverbs.wr").SGE is v.SGE
     e = face("pyverbs.enums")
     assert e.IBV_WR_SEND is v.ibv_wr_opcode.IBV_WR_SEND and e._IBV_ALLOCATOR_USE_DEFAULT
+    cmid = face("pyverbs.cmid")
+    assert cmid.CMID is rdmacm.CMID and cmid.CMEventChannel is rdmacm.CMEventChannel
+    assert cmid.AddrInfo is rdmacm.AddrInfo and cmid.ConnParam is rdmacm.ConnParam
     ce = face("pyverbs.cm_enums")
     assert ce.RDMA_CM_EVENT_ESTABLISHED == 9 and ce.RDMA_OPTION_ID_ACK_TIMEOUT == 3
     base = face("pyverbs.base")
@@ -64,7 +68,7 @@ def test_providers_are_made_on_demand_and_refuse(face: Importer) -> None:
     ("module", "name", "err"),
     [
         ("pyverbs.srq", "SRQ", errno.ENOSYS),
-        ("pyverbs.cmid", "CMID", errno.ENOSYS),
+        ("pyverbs.cmid", "JoinMCAttrEx", errno.EOPNOTSUPP),
         ("pyverbs.cmid", "UDParam", errno.EOPNOTSUPP),
         ("pyverbs.pd", "ParentDomain", errno.EOPNOTSUPP),
         ("pyverbs.mr", "DmaBufMR", errno.EOPNOTSUPP),

@@ -5,6 +5,9 @@
 hood both simply make a TCP connection with the socket API and hand it to the QP in the
 INIT → RTR transition — exactly what an application may do itself (README, "Socket
 handoff").
+
+:mod:`tcpverbs.cm.rdmacm` is librdmacm's model (``CMID`` and its events), for programs
+written for rdma_cm and for pyverbs' ``pyverbs.cmid``.
 """
 
 from __future__ import annotations

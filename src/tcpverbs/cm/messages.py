@@ -65,7 +65,13 @@ PRIVATE_DATA_MAX = {
     MessageType.DREP: 224,
 }
 _HAS_ENDPOINT = (MessageType.REQ, MessageType.REP)
-MAX_BODY = _ENDPOINT.size + max(PRIVATE_DATA_MAX.values())
+
+
+def _body_limit(kind: MessageType) -> int:
+    return PRIVATE_DATA_MAX[kind] + (_ENDPOINT.size if kind in _HAS_ENDPOINT else 0)
+
+
+MAX_BODY = max(_body_limit(kind) for kind in MessageType)
 
 
 class CMProtocolError(TcpverbsError):
@@ -89,8 +95,12 @@ class CMMessage:
 
 
 def encode(message: CMMessage) -> bytes:
-    """The bytes of *message*; ``EINVAL`` for what no peer could decode."""
-    kind = MessageType(message.type)
+    """The bytes of *message*; ``EINVAL`` for what no peer could decode.  (The QP
+    fields of a message other than REQ and REP are not sent.)"""
+    try:
+        kind = MessageType(message.type)
+    except ValueError:
+        raise TcpverbsError(errno.EINVAL, f"no CM message type {message.type!r}") from None
     if len(message.private_data) > PRIVATE_DATA_MAX[kind]:
         raise TcpverbsError(
             errno.EINVAL,
@@ -130,7 +140,8 @@ def _decode_body(kind: MessageType, body: bytes) -> CMMessage:
 class CMDecoder:
     """Bytes from the control connection in, whole messages out.  A broken message
     raises :class:`CMProtocolError` and the decoder stays broken (the connection is to
-    be closed): nothing after it is trusted."""
+    be closed): nothing after it is trusted.  The whole messages before it in the same
+    :meth:`feed` are returned first; the error comes with the next call."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -153,7 +164,8 @@ class CMDecoder:
         except CMProtocolError as exc:
             self._error = exc
             self._buffer.clear()
-            raise
+            if not messages:
+                raise
         return messages
 
     @staticmethod
@@ -164,10 +176,15 @@ class CMDecoder:
             kind = MessageType(kind_byte)
         except ValueError:
             raise CMProtocolError(f"unknown CM message type {kind_byte}") from None
-        limit = PRIVATE_DATA_MAX[kind] + (_ENDPOINT.size if kind in _HAS_ENDPOINT else 0)
+        limit = _body_limit(kind)
         if length > limit:
             raise CMProtocolError(f"{kind.name} of {length} bytes, more than {limit}")
         return kind
+
+    @property
+    def broken(self) -> bool:
+        """A broken message came: the connection is to be closed."""
+        return self._error is not None
 
     @property
     def pending(self) -> int:

@@ -34,10 +34,7 @@ import os
 import secrets
 import select
 import socket
-import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..context import Context
@@ -57,21 +54,23 @@ from ..pd import PD
 from ..qp import QP
 from ..qp_attr import AHAttr, GlobalRoute, QPAttr, QPCap, QPInitAttr
 from ..wr import SGE, RecvWR, SendWR
+from .addresses import AddrInfo, ConnParam, context_for, route_source
 from .enums import (
-    RAI_PASSIVE,
     RDMA_OPTION_ID,
     RDMA_OPTION_ID_ACK_TIMEOUT,
     RDMA_OPTION_ID_REUSEADDR,
     rdma_cm_event_type,
     rdma_port_space,
 )
-from .messages import CMDecoder, CMMessage, CMProtocolError, MessageType, encode
+from .events import CMEvent, CMEventChannel
+from .messages import CMDecoder, CMMessage, MessageType, encode
 
 if TYPE_CHECKING:
     from ..cq import WC
 
 __all__ = [
     "CMID",
+    "CONNECT_GRACE",
     "MAX_BACKLOG",
     "REQ_DEADLINE",
     "RESPONSE_TIMEOUT",
@@ -89,268 +88,11 @@ A = ibv_access_flags
 MAX_BACKLOG = 128
 REQ_DEADLINE = 10.0  # seconds a new control connection has to send its REQ
 RESPONSE_TIMEOUT = 20.0  # seconds an active side waits for REP / REJ
-_SLICE = 0.05  # seconds one waiter polls before it looks at deadlines again
+CONNECT_GRACE = 0.05  # seconds connect() waits for the TCP handshake before returning
 # what rdma_cm gives a QP it makes or tells a program to set (librdmacm does the same)
 _QP_ACCESS = A.IBV_ACCESS_LOCAL_WRITE | A.IBV_ACCESS_REMOTE_WRITE | A.IBV_ACCESS_REMOTE_READ
 _DEFAULT_TIMEOUT = 14  # 4.096 us * 2^14: about 67 ms per try
 _MIN_RNR_TIMER = 12
-
-
-def _failed(what: str, err: int, why: str) -> TcpverbsError:
-    return TcpverbsError(err, f"{what}: {why}")
-
-
-# -- addresses ---------------------------------------------------------------------------
-def _resolve(
-    host: str | bytes | None, service: str | bytes | int | None, passive: bool
-) -> tuple[str, int]:
-    """(host, port) of *host* / *service*, numerically, as rdma_getaddrinfo gives it."""
-    if isinstance(host, bytes):
-        host = host.decode()
-    if isinstance(service, bytes):
-        service = service.decode()
-    flags = socket.AI_PASSIVE if passive and host is None else 0
-    try:
-        infos = socket.getaddrinfo(host, service or 0, type=socket.SOCK_STREAM, flags=flags)
-    except socket.gaierror as exc:
-        raise TcpverbsError(errno.EADDRNOTAVAIL, f"Failed to get Address Info: {exc}") from None
-    _, _, _, _, sockaddr = infos[0]
-    return str(sockaddr[0]), int(sockaddr[1])
-
-
-class AddrInfo:
-    """``rdma_getaddrinfo``: where to listen (``flags=RAI_PASSIVE``: *src*,
-    *src_service*) or where to connect (*dst*, *dst_service*, from *src* if given).
-    ``service`` is the older pyverbs name of the one port."""
-
-    def __init__(
-        self,
-        src: str | bytes | None = None,
-        dst: str | bytes | None = None,
-        src_service: str | int | None = None,
-        dst_service: str | int | None = None,
-        port_space: int = rdma_port_space.RDMA_PS_TCP,
-        flags: int = 0,
-        service: str | int | None = None,
-    ) -> None:
-        self.port_space = port_space
-        self.flags = flags
-        self.passive = bool(flags & RAI_PASSIVE)
-        if self.passive:
-            self.src_addr: tuple[str, int] | None = _resolve(src, src_service or service, True)
-            self.dst_addr: tuple[str, int] | None = None
-        else:
-            self.src_addr = _resolve(src, src_service, True) if src is not None else None
-            self.dst_addr = (
-                _resolve(dst, dst_service or service, False) if dst is not None else None
-            )
-
-    def close(self) -> None:
-        """(rdma_freeaddrinfo: nothing to free here.)"""
-
-
-class ConnParam:
-    """``struct rdma_conn_param``: read/atomic depths, retry counts, the QP number of a
-    QP the program made itself, and private data (``data``)."""
-
-    def __init__(
-        self,
-        resources: int = 1,
-        depth: int = 1,
-        flow_control: int = 0,
-        retry: int = 5,
-        rnr_retry: int = 5,
-        srq: int = 0,
-        qp_num: int = 0,
-        data: bytes | None = None,
-    ) -> None:
-        self.responder_resources = resources
-        self.initiator_depth = depth
-        self.flow_control = flow_control
-        self.retry_count = retry
-        self.rnr_retry_count = rnr_retry
-        self.srq = srq
-        self.qp_num = qp_num
-        self.private_data = bytes(data or b"")
-
-    @property
-    def qpn(self) -> int:
-        return self.qp_num
-
-    @qpn.setter
-    def qpn(self, value: int) -> None:
-        self.qp_num = value
-
-
-# -- events ------------------------------------------------------------------------------
-class CMEvent:
-    """``rdma_get_cm_event``: the next event of *channel*, waiting for it (*timeout*
-    seconds at most, a tcpverbs extension: ``ETIMEDOUT``)."""
-
-    event_type: rdma_cm_event_type
-    id: CMID
-    listen_id: CMID | None
-    status: int  # 0, or a negative errno (librdmacm's)
-    private_data: bytes
-    acked: bool
-
-    def __init__(self, channel: CMEventChannel, timeout: float | None = None) -> None:
-        event = channel._next(lambda e: True, timeout)
-        for name in ("event_type", "id", "listen_id", "status", "private_data", "acked"):
-            setattr(self, name, getattr(event, name))
-
-    @classmethod
-    def _make(
-        cls,
-        event_type: rdma_cm_event_type,
-        cmid: CMID,
-        listen_id: CMID | None = None,
-        private_data: bytes = b"",
-        status: int = 0,
-    ) -> CMEvent:
-        event = cls.__new__(cls)
-        event.event_type = event_type
-        event.id, event.listen_id = cmid, listen_id
-        event.private_data, event.status = private_data, status
-        event.acked = False
-        return event
-
-    def ack_cm_event(self) -> None:
-        """``rdma_ack_cm_event`` (nothing is held for an event here)."""
-        self.acked = True
-
-    def close(self) -> None:
-        self.ack_cm_event()
-
-    def event_str(self) -> str:
-        return rdma_event_str(self.event_type)
-
-    def __repr__(self) -> str:
-        return f"<CMEvent {self.event_str()} status={self.status}>"
-
-
-def rdma_event_str(event_type: int) -> str:
-    """librdmacm's ``rdma_event_str``."""
-    try:
-        return EV(event_type).name
-    except ValueError:
-        return "UNKNOWN EVENT"
-
-
-class CMEventChannel:
-    """``rdma_create_event_channel``: where a CMID's events queue.  ``fd`` is readable
-    while an event waits (an eventfd); ``CMEvent(channel)`` takes the next one, and
-    while it waits it does the connection manager's work for every CMID of the channel."""
-
-    def __init__(self) -> None:
-        self._events: deque[CMEvent] = deque()
-        self._ids: dict[int, CMID] = {}  # fd of a listening or control socket -> its CMID
-        self._lock = threading.RLock()
-        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.closed = False
-
-    @property
-    def fd(self) -> int:
-        return self._fd
-
-    def close(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            for cmid in list(self._ids.values()):
-                cmid.close()
-            os.close(self._fd)
-
-    def __enter__(self) -> CMEventChannel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- internal ------------------------------------------------------------------------
-    def _push(self, event: CMEvent) -> None:
-        with self._lock:
-            self._events.append(event)
-            if not self.closed:
-                os.eventfd_write(self._fd, 1)
-
-    def _watch(self, sock: socket.socket, cmid: CMID) -> None:
-        with self._lock:
-            self._ids[sock.fileno()] = cmid
-
-    def _unwatch(self, sock: socket.socket | None) -> None:
-        if sock is not None:
-            with self._lock:
-                self._ids.pop(sock.fileno(), None)
-
-    def _next(self, wanted: Callable[[CMEvent], bool], timeout: float | None) -> CMEvent:
-        """The oldest queued event *wanted* takes, doing the work that makes events
-        until one comes (``ETIMEDOUT`` after *timeout* seconds)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if self.closed:
-                    raise TcpverbsError(errno.EBADF, "the CM event channel is closed")
-                for event in self._events:
-                    if wanted(event):
-                        self._events.remove(event)
-                        if not self._events:
-                            try:
-                                os.eventfd_read(self._fd)
-                            except BlockingIOError:
-                                pass
-                        return event
-                self._progress(
-                    _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
-                )
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TcpverbsError(errno.ETIMEDOUT, "no CM event within the timeout")
-
-    def _progress(self, timeout: float) -> None:
-        """Read what the channel's sockets have (up to *timeout* seconds of waiting), and
-        look at deadlines.  Called with the lock held."""
-        poller = select.poll()
-        for fd, cmid in self._ids.items():
-            poller.register(fd, select.POLLOUT if cmid._connecting else select.POLLIN)
-        ready = poller.poll(max(0.0, timeout) * 1000) if self._ids else []
-        if not self._ids and timeout > 0:
-            time.sleep(min(timeout, _SLICE))
-        for fd, events in ready:
-            owner = self._ids.get(fd)
-            if owner is not None:
-                owner._on_ready(fd, events)
-        now = time.monotonic()
-        for cmid in list(self._ids.values()):
-            cmid._check_deadline(now)
-
-
-# -- the contexts rdma_cm opens --------------------------------------------------------------
-_contexts: dict[bytes, Context] = {}
-_contexts_lock = threading.Lock()
-
-
-def _context_for(address: str) -> tuple[Context, GID, int]:
-    """The context of the device that has *address*, the GID it is and its index in the
-    port's table.  Contexts are opened once per process and kept, as librdmacm does."""
-    gid = GID.from_ip(address)
-    device = device_for_gid(gid)
-    with _contexts_lock:
-        ctx = _contexts.get(device.name)
-        if ctx is None or ctx.closed:
-            ctx = _contexts[device.name] = Context(name=device.name)
-    return ctx, gid, device_gids(device).index(gid)
-
-
-def _route_source(dst: tuple[str, int]) -> str:
-    """The local address the kernel would use towards *dst* (no packet is sent)."""
-    family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(dst)
-        except OSError as exc:
-            raise from_oserror(exc, f"Failed to Resolve Address {dst[0]}") from exc
-        return str(probe.getsockname()[0])
 
 
 class _Peer:
@@ -475,6 +217,15 @@ class CMID:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def local_addr(self) -> tuple[str, int] | None:
+        """(host, port) this CMID is bound or listening on (``rdma_get_local_addr``;
+        the port a listener bound to port 0 got), or of its end of the connection."""
+        if self._sock is not None:
+            host, port = self._sock.getsockname()[:2]
+            return str(host), int(port)
+        return self._bound
+
     def _events(self) -> CMEventChannel:
         channel = self._channel if self._channel is not None else self.event_channel
         if channel is None or channel.closed:
@@ -499,7 +250,7 @@ class CMID:
     # -- addresses -----------------------------------------------------------------------
     def _open_device(self, address: str) -> None:
         if self.ctx is None:
-            self.ctx, self._gid, self._sgid_index = _context_for(address)
+            self.ctx, self._gid, self._sgid_index = context_for(address)
         if self.pd is None:
             self.pd = PD(self.ctx)
 
@@ -527,7 +278,7 @@ class CMID:
             raise TcpverbsError(errno.EINVAL, f"Failed to Resolve Address: the ID is {self._state}")
         self._dst = rai.dst_addr
         try:
-            source = rai.src_addr[0] if rai.src_addr is not None else _route_source(rai.dst_addr)
+            source = rai.src_addr[0] if rai.src_addr is not None else route_source(rai.dst_addr)
             self._open_device(source)
         except TcpverbsError as exc:
             self._event(EV.RDMA_CM_EVENT_ADDR_ERROR, status=-(exc.errno or errno.EIO))
@@ -746,14 +497,14 @@ class CMID:
             messages = decoder.feed(data) if data else None
         except (BlockingIOError, InterruptedError):
             return
-        except (OSError, CMProtocolError):
+        except OSError:  # (a CMProtocolError too)
             messages = None
         if not messages:
             if messages is None:
                 self._drop_pending(fd)
             return
         request = messages[0]
-        if request.type != MessageType.REQ or len(messages) > 1:
+        if request.type != MessageType.REQ or len(messages) > 1 or decoder.broken:
             self._drop_pending(fd)  # anything else first is not a CM peer
             return
         del self._pending[fd]
@@ -828,12 +579,17 @@ class CMID:
         err = sock.connect_ex(self._dst)
         if err not in (0, errno.EINPROGRESS):
             sock.close()
-            raise _failed("Failed to Connect", err, os.strerror(err))
+            raise TcpverbsError(err, f"Failed to Connect: {os.strerror(err)}")
         self._sock = sock
         self._connecting = True
         self._state = "connecting"
         self._deadline = time.monotonic() + RESPONSE_TIMEOUT
         self._events()._watch(sock, self)
+        # the REQ leaves now when the TCP handshake is quick (loopback, a LAN), as
+        # rdma_connect's does, so a peer waiting for it needs nothing from this side;
+        # a slower one goes out when this CMID's channel is next waited on
+        if select.select([], [sock], [], CONNECT_GRACE)[1]:
+            self._connected(select.POLLOUT)
         if self._channel is not None:  # synchronous
             self._wait(EV.RDMA_CM_EVENT_ESTABLISHED)
 
@@ -928,9 +684,7 @@ class CMID:
             messages = self._decoder.feed(data) if data else None
         except (BlockingIOError, InterruptedError):
             return
-        except CMProtocolError:
-            messages = None
-        except OSError:
+        except OSError:  # the connection failed, or spoke nonsense (CMProtocolError)
             messages = None
         if messages is None:
             self._lost()
@@ -939,6 +693,8 @@ class CMID:
             self._handle(message)
             if self._sock is None:
                 return
+        if self._decoder.broken:  # whole messages, then nonsense: heard, then ended
+            self._lost()
 
     def _lost(self) -> None:
         """The control connection ended (or spoke nonsense)."""
@@ -1040,18 +796,20 @@ class CMID:
 
     def post_recv(self, mr: MR, length: int | None = None) -> None:
         """``rdma_post_recv``: receive into *mr* (its first *length* bytes)."""
+        qp = self._the_qp("Failed to Post Receive")
         n = mr.length if length is None else length
-        self._the_qp("Failed to Post Receive").post_recv(RecvWR(0, 1, [SGE(mr.buf, n, mr.lkey)]))
+        qp.post_recv(RecvWR(0, 1, [SGE(mr.buf, n, mr.lkey)]))
 
     def post_send(
         self, mr: MR, flags: int = ibv_send_flags.IBV_SEND_SIGNALED, length: int | None = None
     ) -> None:
         """``rdma_post_send``: SEND *mr* (its first *length* bytes)."""
+        qp = self._the_qp("Failed to Post Send")
         n = mr.length if length is None else length
         wr = SendWR(
             opcode=_WR.IBV_WR_SEND, num_sge=1, sg=[SGE(mr.buf, n, mr.lkey)], send_flags=flags
         )
-        self._the_qp("Failed to Post Send").post_send(wr)
+        qp.post_send(wr)
 
     def _post_rdma(
         self, opcode: int, mr: MR, size: int, remote_addr: int, rkey: int, flags: int
@@ -1098,6 +856,10 @@ class CMID:
             cq.close()
         if self._channel is not None and self._listen_id is None:
             self._channel.close()
+
+    def __del__(self) -> None:  # sockets go with the CMID, as pyverbs' ids do
+        if hasattr(self, "_closed") and not self._closed:
+            self.close()
 
     def __enter__(self) -> CMID:
         return self
