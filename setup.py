@@ -30,6 +30,8 @@ setup(
                 f"{NATIVE}/conn.c",
                 f"{NATIVE}/rcconn.c",
                 f"{NATIVE}/zerocopy.c",
+                f"{NATIVE}/srq.c",
+                f"{NATIVE}/py_srq.c",
             ],
             depends=[
                 f"{NATIVE}/binding.h",

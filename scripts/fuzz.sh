@@ -20,7 +20,7 @@ FLAGS=(-std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/requester_fuzz.c" "$NATIVE/requester.c" "$NATIVE/rcproto.c" \
     -o "$OUT/requester_fuzz"
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/zerocopy_fuzz.c" "$NATIVE/zerocopy.c" -o "$OUT/zerocopy_fuzz"
-ENGINE_C=(engine.c cq.c qp.c conn.c stream.c rcconn.c zerocopy.c frames.c rcproto.c requester.c ring.c
+ENGINE_C=(engine.c cq.c qp.c srq.c conn.c stream.c rcconn.c zerocopy.c frames.c rcproto.c requester.c ring.c
           memtable.c)
 "$CC" "${FLAGS[@]}" -pthread "$ROOT/fuzz/responder_fuzz.c" "${ENGINE_C[@]/#/$NATIVE/}" \
     -o "$OUT/responder_fuzz"

@@ -99,7 +99,7 @@ def test_query_device_attr_reports_limits() -> None:
     assert attr.atomic_caps == attr.atomic_cap == ibv_atomic_cap.IBV_ATOMIC_HCA
     assert attr.phys_port_cnt == 1
     assert isinstance(attr.fw_ver, str) and attr.fw_ver
-    assert attr.max_srq == 0 and attr.max_mw == 0
+    assert attr.max_srq > 0 and attr.max_srq_wr == MAX_QP_WR and attr.max_mw == 0
 
 
 def test_query_port_loopback_is_active_ethernet() -> None:

@@ -211,6 +211,12 @@ def test_the_command_fd_names_the_context_and_cannot_be_imported(ctx: v.Context)
         _ = ctx.cmd_fd
 
 
+def test_a_context_s_name_is_the_str_asked_for_as_in_pyverbs(ctx: v.Context) -> None:
+    """pyverbs' tests match ``dev.name.decode() == ctx.name``; a Device's name is bytes."""
+    assert ctx.name == "tcpv_lo"
+    assert [d for d in v.get_device_list() if d.name.decode() == ctx.name]
+
+
 def test_mrs_and_pds_have_handles_no_other_object_of_the_context_has(ctx: v.Context) -> None:
     pd = v.PD(ctx)
     handles = [pd.handle, *(v.MR(pd, 8, 0).handle for _ in range(3)), v.PD(ctx).handle]

@@ -108,9 +108,9 @@ def test_what_a_tcp_device_has_not_refuses_with_eopnotsupp() -> None:
         from pyverbs.mr import MW
         from pyverbs.xrcd import XRCD
         from pyverbs.flow import Flow
-        from pyverbs.srq import SRQ
+        from pyverbs.srq import OpsWr
         codes = []
-        for cls in (Mlx5Context, EfaCQ, DM, MW, XRCD, Flow, SRQ):
+        for cls in (Mlx5Context, EfaCQ, DM, MW, XRCD, Flow, OpsWr):
             try:
                 cls(None)
             except PyverbsRDMAError as exc:
@@ -125,9 +125,7 @@ def test_what_a_tcp_device_has_not_refuses_with_eopnotsupp() -> None:
         """
     )
     codes = dict(ast.literal_eval(out))
-    # what tcpverbs means to offer and does not yet fails as ENOSYS, never as a skip
-    assert codes.pop("SRQ") == errno.ENOSYS
-    assert set(codes.values()) == {errno.EOPNOTSUPP} and len(codes) == 6
+    assert set(codes.values()) == {errno.EOPNOTSUPP} and len(codes) == 7
 
 
 def test_pyverbs_helpers() -> None:

@@ -41,6 +41,7 @@ def test_the_modules_are_tcpverbs_own_names(face: Importer) -> None:
     assert face("pyverbs.addr").AH is v.AH and face("pyverbs.wr").SGE is v.SGE
     e = face("pyverbs.enums")
     assert e.IBV_WR_SEND is v.ibv_wr_opcode.IBV_WR_SEND and e._IBV_ALLOCATOR_USE_DEFAULT
+    assert face("pyverbs.srq").SRQ is v.SRQ and face("pyverbs.srq").SrqAttr is v.SrqAttr
     cmid = face("pyverbs.cmid")
     assert cmid.CMID is rdmacm.CMID and cmid.CMEventChannel is rdmacm.CMEventChannel
     assert cmid.AddrInfo is rdmacm.AddrInfo and cmid.ConnParam is rdmacm.ConnParam
@@ -67,7 +68,7 @@ def test_providers_are_made_on_demand_and_refuse(face: Importer) -> None:
 @pytest.mark.parametrize(
     ("module", "name", "err"),
     [
-        ("pyverbs.srq", "SRQ", errno.ENOSYS),
+        ("pyverbs.srq", "OpsWr", errno.EOPNOTSUPP),
         ("pyverbs.cmid", "JoinMCAttrEx", errno.EOPNOTSUPP),
         ("pyverbs.cmid", "UDParam", errno.EOPNOTSUPP),
         ("pyverbs.pd", "ParentDomain", errno.EOPNOTSUPP),

@@ -31,6 +31,7 @@ from .enums import (
     ibv_qp_state,
     ibv_qp_type,
     ibv_send_flags,
+    ibv_srq_attr_mask,
     ibv_transport_type,
     ibv_wc_flags,
     ibv_wc_opcode,
@@ -49,6 +50,7 @@ from .pd import PD
 from .qp import QP
 from .qp_attr import AHAttr, GlobalRoute, QPAttr, QPCap, QPInitAttr, QPInitAttrEx
 from .qp_ex import QPEx
+from .srq import SRQ, SrqAttr, SrqInitAttr, SrqInitAttrEx
 from .wr import SGE, RecvWR, SendWR
 
 __version__ = "0.1.0"
@@ -62,6 +64,7 @@ __all__ = [
     "PD",
     "QP",
     "SGE",
+    "SRQ",
     "WC",
     "AHAttr",
     "AsyncEvent",
@@ -84,6 +87,9 @@ __all__ = [
     "RecvWR",
     "RemoteProtocolError",
     "SendWR",
+    "SrqAttr",
+    "SrqInitAttr",
+    "SrqInitAttrEx",
     "TcpverbsError",
     "__version__",
     "get_device_list",
@@ -98,6 +104,7 @@ __all__ = [
     "ibv_qp_state",
     "ibv_qp_type",
     "ibv_send_flags",
+    "ibv_srq_attr_mask",
     "ibv_transport_type",
     "ibv_wc_flags",
     "ibv_wc_opcode",

@@ -90,16 +90,16 @@ class Context(VerbsObject):
             )
         check_int("sq_poll_us", sq_poll_us, 0, MAX_SQ_POLL_US)
         self.device = find_device(name)
-        self.name: bytes = self.device.name
+        self.name: str = self.device.name.decode()  # as pyverbs: the name asked for
         self._engine: ContextEngine = open_engine(
-            self.name.decode(), engine, EngineOptions(zerocopy_min, sq_poll_us)
+            self.name, engine, EngineOptions(zerocopy_min, sq_poll_us)
         )
         super().__init__()
         # how long CQ.wait() polls before it sleeps (a CQ may override it)
         self.spin_us = spin_us
         self.zerocopy_min = zerocopy_min  # as given (the engine applies it)
         self.sq_poll_us = sq_poll_us
-        self._oob = OobService(self.name.decode())
+        self._oob = OobService(self.name)
         self._keys: set[int] = set()
         self._handles = itertools.count(1)  # what the engine knows PDs, CQs and QPs by
         # handle -> object, for the events the engine names by handle (weak: an event
@@ -226,4 +226,4 @@ class Context(VerbsObject):
         self._engine.close()
 
     def __repr__(self) -> str:
-        return f"<Context {self.name.decode()}{' closed' if self._closed else ''}>"
+        return f"<Context {self.name}{' closed' if self._closed else ''}>"

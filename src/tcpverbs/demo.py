@@ -86,7 +86,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         attr = ctx.query_device()
         port = ctx.query_port(1)
         print(
-            f"device {ctx.name.decode()}: node_guid {attr.node_guid:016x}, "
+            f"device {ctx.name}: node_guid {attr.node_guid:016x}, "
             f"port 1 {port.state.name}, gid[0] {ctx.query_gid(1, 0)}"
         )
         for wire in ("rc", "stream"):

@@ -71,6 +71,7 @@ __all__ = [
     "MAX_SGE",
     "MAX_SGE_RD",
     "MAX_SRQ",
+    "MAX_SRQ_WR",
     "PORT_CAP_FLAGS",
     "VENDOR_ID",
     "VENDOR_PART_ID",
@@ -110,9 +111,10 @@ MAX_RES_RD_ATOM: Final = MAX_QP * MAX_QP_RD_ATOM
 MAX_INLINE_DATA: Final = 1024
 MAX_MSG_SZ: Final = 1 << 31
 MAX_PKEYS: Final = 1  # one P_Key (the default, 0xffff); RoCE-style, no partitions
-# Not supported (yet): memory windows, SRQs, address handles (UD), multicast, FMRs, EE.
+# Not supported: memory windows, address handles (UD), multicast, FMRs, EE.
 MAX_MW: Final = 0
-MAX_SRQ: Final = 0
+MAX_SRQ: Final = 1 << 16
+MAX_SRQ_WR: Final = MAX_QP_WR
 MAX_AH: Final = 0
 
 #: ``vendor_id``: there is no IEEE OUI behind tcpverbs.  Like siw (0x626d74, ASCII
@@ -127,8 +129,12 @@ LOCAL_CA_ACK_DELAY: Final = 15
 # ibv_device_cap_flags bits we honour (values from <infiniband/verbs.h>).
 _IBV_DEVICE_SYS_IMAGE_GUID: Final = 1 << 11
 _IBV_DEVICE_RC_RNR_NAK_GEN: Final = 1 << 12
-#: sys_image_guid is meaningful; the responder generates RNR NAKs (rnr_retry honoured).
-DEVICE_CAP_FLAGS: Final = _IBV_DEVICE_SYS_IMAGE_GUID | _IBV_DEVICE_RC_RNR_NAK_GEN
+_IBV_DEVICE_SRQ_RESIZE: Final = 1 << 13
+#: sys_image_guid is meaningful; the responder generates RNR NAKs (rnr_retry honoured);
+#: an SRQ can be resized.
+DEVICE_CAP_FLAGS: Final = (
+    _IBV_DEVICE_SYS_IMAGE_GUID | _IBV_DEVICE_RC_RNR_NAK_GEN | _IBV_DEVICE_SRQ_RESIZE
+)
 
 # ibv_port_cap_flags: like rxe, advertise connection-manager support only.
 _IBV_PORT_CM_SUP: Final = 1 << 16
@@ -602,8 +608,8 @@ def query_device_attr(dev: Device) -> DeviceAttr:
         max_fmr=0,
         max_map_per_fmr=0,
         max_srq=MAX_SRQ,
-        max_srq_wr=0,
-        max_srq_sge=0,
+        max_srq_wr=MAX_SRQ_WR,
+        max_srq_sge=MAX_SGE,
         max_pkeys=MAX_PKEYS,
         local_ca_ack_delay=LOCAL_CA_ACK_DELAY,
         phys_port_cnt=1,

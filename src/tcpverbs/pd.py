@@ -26,4 +26,4 @@ class PD(VerbsObject):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._children)} MRs and QPs"
-        return f"<PD of {self.ctx.name.decode()} ({state})>"
+        return f"<PD of {self.ctx.name} ({state})>"

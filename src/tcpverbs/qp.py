@@ -21,13 +21,12 @@ from __future__ import annotations
 import errno
 import functools
 import operator
-import re
 import threading
 from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
 from .device import GID, MAX_INLINE_DATA, MAX_QP_RD_ATOM, MAX_QP_WR, MAX_SGE
-from .engine.api import PostFailure, PostFault, QPCaps, QPEngine, QPParams, QPSpec
+from .engine.api import PostFailure, QPCaps, QPEngine, QPParams, QPSpec
 from .enums import (
     ibv_access_flags,
     ibv_qp_attr_mask,
@@ -35,12 +34,13 @@ from .enums import (
     ibv_qp_init_attr_mask,
     ibv_qp_state,
     ibv_qp_type,
-    ibv_wr_opcode,
 )
 from .errors import PostError, TcpverbsError, check_flags, check_int
 from .oob import service as oob
 from .oob.sockets import take_socket
+from .post_errors import post_error
 from .qp_attr import QPAttr, QPCap, QPInitAttr, QPInitAttrEx
+from .srq import SRQ
 from .wr import RecvWR, SendWR
 
 if TYPE_CHECKING:
@@ -149,6 +149,10 @@ class QP(VerbsObject):
         parents: list[VerbsObject] = [pd, scq]
         if rcq is not scq:
             parents.append(rcq)
+        srq = init_attr.srq
+        if srq is not None:  # closing the SRQ closes its QPs first, as in pyverbs
+            parents.append(srq)
+        self.srq = srq
         self.pd = pd
         self.ctx = pd.ctx
         self.init_attr = init_attr
@@ -179,6 +183,7 @@ class QP(VerbsObject):
                     self.wire,
                     scq._cq,
                     rcq._cq,
+                    srq._srq if srq is not None else None,
                 )
             )
         except BaseException:
@@ -401,6 +406,10 @@ class QP(VerbsObject):
         :meth:`post_send`)."""
         if self._closed:
             self._check_open()
+        if self.srq is not None:
+            raise TcpverbsError(
+                errno.EINVAL, "Failed to post receive: the QP takes its receives from an SRQ"
+            )
         failure = self._post_recv(wr)
         if failure is not None:
             raise self._post_error(failure, wr, "post_recv", bad_wr)
@@ -412,43 +421,7 @@ class QP(VerbsObject):
         verb: str,
         bad_wr: SendWR | RecvWR | None = None,
     ) -> PostError:
-        """The one place where a refused WR is put into words (and copied to *bad_wr*)."""
-        index, fault, value, limit = failure.index, failure.fault, failure.value, failure.limit
-        wr: SendWR | RecvWR = first
-        for _ in range(index):
-            assert wr.next_wr is not None
-            wr = wr.next_wr
-        queue = "send" if verb == "post_send" else "receive"
-        err = errno.EINVAL
-        if fault is PostFault.SETUP_FAILED:
-            cause = self._qp.error
-            err = cause.error_code if cause is not None else errno.EIO
-            why = f"connection set-up failed: {cause.strerror if cause is not None else '?'}"
-        elif fault is PostFault.BAD_STATE:
-            why = f"{verb} on a QP in {S(value).name}"
-        elif fault is PostFault.BAD_OPCODE:
-            if self.wire != "stream":
-                err = errno.EOPNOTSUPP
-            why = f"opcode {_opname(value)} is not supported on a {self.wire} QP"
-        elif fault is PostFault.TOO_MANY_SGE:
-            why = f"num_sge {value} exceeds the QP's max SGE {limit}"
-        elif fault is PostFault.SGE_COUNT:
-            why = f"num_sge {value} but {limit} SGEs given"
-        elif fault is PostFault.INLINE_TOO_LONG:
-            why = f"inline send of {value} bytes exceeds max_inline_data {limit}"
-        elif fault is PostFault.NOT_INLINABLE:
-            why = f"{_opname(value)} cannot be inline"
-        elif fault is PostFault.ATOMIC_SHAPE:
-            why = f"atomics take one 8-byte local SGE, got {value} SGEs of {limit} bytes"
-        elif fault is PostFault.BAD_FIELD:
-            why = _bad_field_words(wr, failure.field, limit, verb)
-        else:  # QUEUE_FULL
-            err = errno.ENOMEM
-            why = f"{queue} queue full ({limit} WRs outstanding; poll the CQ)"
-        if bad_wr is not None and type(bad_wr) is type(wr):  # pyverbs' out-parameter
-            for name in type(wr).__slots__:
-                setattr(bad_wr, name, getattr(wr, name))
-        return PostError(err, f"Failed to post {queue}: {why}", wr, index)
+        return post_error(failure, first, verb, bad_wr, wire=self.wire, setup_error=self._qp.error)
 
     def _release(self) -> None:
         with self._lock:  # no modify() half-way: a connection plan never outlives the QP
@@ -505,30 +478,6 @@ class _Wait:
 
 
 _Plan = _Handoff | _Dial | _Wait
-
-
-def _bad_field_words(wr: object, path: str, bits: int, verb: str) -> str:
-    """Say what is wrong with the field at *path* (``"sg_list[1].length"``) of *wr*."""
-    kind = "SendWR" if verb == "post_send" else "RecvWR"
-    if not isinstance(wr, SendWR | RecvWR):
-        return f"{verb} takes a {kind}, got {type(wr).__name__}"
-    value: object = wr
-    for part in re.findall(r"\w+|\[\d+\]", path):
-        if part.startswith("["):
-            value = value[int(part[1:-1])]  # type: ignore[index]
-        else:
-            value = getattr(value, "sg" if part == "sg_list" else part, None)
-    if bits == 0:
-        wanted = "a list of SGE" if path == "sg_list" else "an SGE"
-        return f"{path} must be {wanted}, got {type(value).__name__} {value!r}"
-    return f"{path} must be an int in 0..2^{bits}-1, got {type(value).__name__} {value!r}"
-
-
-def _opname(opcode: int) -> str:
-    try:
-        return ibv_wr_opcode(opcode).name
-    except ValueError:
-        return str(opcode)
 
 
 _EX_MASK_KNOWN = functools.reduce(operator.or_, ibv_qp_init_attr_mask)
@@ -620,7 +569,13 @@ def _check_init_attr(pd: PD, attr: QPInitAttr) -> tuple[CQ, CQ]:
     if attr.wire not in ("rc", "stream"):
         raise TcpverbsError(errno.EINVAL, f"wire must be 'rc' or 'stream', not {attr.wire!r}")
     if attr.srq is not None:
-        raise TcpverbsError(errno.EOPNOTSUPP, "shared receive queues are not supported")
+        if not isinstance(attr.srq, SRQ) or attr.srq.ctx is not pd.ctx:
+            raise TcpverbsError(errno.EINVAL, "QPInitAttr.srq must be an SRQ of the PD's context")
+        attr.srq._check_open()
+        if attr.wire != "rc":
+            raise TcpverbsError(
+                errno.EOPNOTSUPP, "an SRQ serves rc QPs only (a stream QP's receives are its bytes)"
+            )
     scq, rcq = attr.scq, attr.rcq
     if scq is None or rcq is None:
         raise TcpverbsError(errno.EINVAL, "QPInitAttr needs scq and rcq")

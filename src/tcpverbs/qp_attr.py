@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .cq import CQ
     from .device import GID
     from .pd import PD
+    from .srq import SRQ
 
 __all__ = ["AHAttr", "GlobalRoute", "QPAttr", "QPCap", "QPInitAttr", "QPInitAttrEx", "WireName"]
 
@@ -65,7 +66,7 @@ class QPInitAttr(_CapsByName):
     qp_context: object = None
     scq: CQ | None = None
     rcq: CQ | None = None
-    srq: object = None
+    srq: SRQ | None = None
     cap: QPCap = field(default_factory=QPCap)
     sq_sig_all: int = 1
     wire: WireName = "rc"
@@ -86,7 +87,7 @@ class QPInitAttrEx(_CapsByName):
     xrcd: object = None
     scq: CQ | None = None
     rcq: CQ | None = None
-    srq: object = None
+    srq: SRQ | None = None
     cap: QPCap = field(default_factory=QPCap)
     sq_sig_all: int = 0
     comp_mask: int = 0

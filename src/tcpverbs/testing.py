@@ -32,6 +32,7 @@ from .engine.api import (
     QPEngine,
     QPParams,
     QPSpec,
+    SRQEngine,
 )
 from .enums import (
     ibv_access_flags,
@@ -181,6 +182,35 @@ _SEND_WC_OPCODE: dict[int, int] = {
     ibv_wr_opcode.IBV_WR_ATOMIC_CMP_AND_SWP: ibv_wc_opcode.IBV_WC_COMP_SWAP,
     ibv_wr_opcode.IBV_WR_ATOMIC_FETCH_AND_ADD: ibv_wc_opcode.IBV_WC_FETCH_ADD,
 }
+
+
+class FakeSRQ:
+    """An SRQ that records what is posted to it; nothing takes from it."""
+
+    def __init__(self, engine: FakeEngine, max_wr: int, max_sge: int) -> None:
+        self.engine = engine
+        self.max_wr, self.max_sge, self.limit = max_wr, max_sge, 0
+        self.posted: list[RecvWR] = []
+        self.destroyed = False
+
+    @property
+    def count(self) -> int:
+        return len(self.posted)
+
+    def post_recv(self, wr: RecvWR) -> PostFailure | None:
+        self.engine.calls.append(("srq_post_recv", wr.wr_id))
+        self.posted.extend(wr.chain())
+        return None
+
+    def modify(self, max_wr: int | None, max_sge: int | None, limit: int | None) -> None:
+        self.engine.calls.append(("srq_modify", max_wr, max_sge, limit))
+        self.max_wr = self.max_wr if max_wr is None else max_wr
+        self.max_sge = self.max_sge if max_sge is None else max_sge
+        self.limit = self.limit if limit is None else limit
+
+    def destroy(self) -> None:
+        self.engine.calls.append(("srq_destroy",))
+        self.destroyed = True
 
 
 class FakeChannel:
@@ -467,6 +497,10 @@ class FakeEngine:
         self.qps[spec.qp_num] = qp
         return qp
 
+    def create_srq(self, handle: int, pd: int, max_wr: int, max_sge: int) -> FakeSRQ:
+        self.calls.append(("create_srq", handle, pd, max_wr, max_sge))
+        return FakeSRQ(self, max_wr, max_sge)
+
     def next_event(self, timeout: float | None) -> EngineEvent | None:
         """The oldest queued event, or None at once (whatever *timeout*)."""
         self.calls.append(("next_event", timeout))
@@ -499,10 +533,10 @@ class FakeEngine:
 
 
 def _fakes_conform(
-    engine: FakeEngine, qp: FakeQP, cq: FakeCQ, channel: FakeChannel
-) -> tuple[ContextEngine, QPEngine, CQEngine, ChannelEngine, EngineFactory]:
+    engine: FakeEngine, qp: FakeQP, cq: FakeCQ, channel: FakeChannel, srq: FakeSRQ
+) -> tuple[ContextEngine, QPEngine, CQEngine, ChannelEngine, SRQEngine, EngineFactory]:
     """Never called: mypy checks here that the fakes match the protocols of the api."""
-    return engine, qp, cq, channel, FakeEngine
+    return engine, qp, cq, channel, srq, FakeEngine
 
 
-__all__ += ["FakeCQ", "FakeChannel", "FakeEngine", "FakeQP"]
+__all__ += ["FakeCQ", "FakeChannel", "FakeEngine", "FakeQP", "FakeSRQ"]

@@ -1,4 +1,5 @@
-/* What the CPython binding's files share (module.c, py_frames.c, py_rc.c).
+/* What the CPython binding's files share (module.c, py_frames.c, py_rc.c, py_engine.c,
+ * py_srq.c).
  *
  * The Python classes the binding builds or raises (Header, Opcode, RnrRetry,
  * RemoteProtocolError) are looked up once, by tv_py_load_classes(), at the first object
@@ -11,6 +12,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+
+#include "engine.h"
 
 extern PyObject *tv_py_Header;        /* tcpverbs.wire.frames.Header */
 extern PyObject *tv_py_Opcode;        /* tcpverbs.wire.frames.Opcode */
@@ -38,5 +41,27 @@ extern PyTypeObject tv_py_ChannelType;
 extern PyTypeObject tv_py_CQType;
 extern PyTypeObject tv_py_QPType;
 int tv_py_engine_init_names(void);
+/* Where a chain of WRs goes: `post` one WR (without the GIL, `lock` held if not NULL),
+ * then `done` (if not NULL) once some were posted; `depth`: the most WRs it can take. */
+typedef struct tv_py_poster {
+    void (*post)(void *target, const tv_send_in *in, int send, tv_post_result *res);
+    void (*done)(void *target, int send);
+    pthread_mutex_t *lock;
+    void *target;
+    uint32_t depth;
+} tv_py_poster;
+/* Read the chain from `first` into C -- at most depth + 1 WRs, more cannot be posted
+ * anyway -- then post what was read, in order, without the GIL.  None, or the
+ * PostFailure of the first WR refused or unreadable; NULL with an exception. */
+PyObject *tv_py_post_chain(const tv_py_poster *poster, PyObject *first, int send);
+/* The C engine of an Engine object (its type checked by the caller). */
+tv_engine *tv_py_engine_of(PyObject *engine);
+/* An engine error as the exception tcpverbs raises (OSError with errno); NULL. */
+PyObject *tv_py_raise_errno(int err, const char *what);
+
+/* py_srq.c */
+extern PyTypeObject tv_py_SRQType;
+/* The C SRQ of an SRQ object; NULL with TypeError for anything else. */
+tv_srq *tv_py_srq_of(PyObject *obj);
 
 #endif

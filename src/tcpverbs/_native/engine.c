@@ -530,20 +530,69 @@ static tv_qp **qps_of(tv_engine *e, uint64_t pd, uint32_t *n) {
     return qps;
 }
 
+int tv_engine_add_srq(tv_engine *e, tv_srq *srq) {
+    int err = 0;
+    pthread_mutex_lock(&e->lock);
+    if (e->nsrqs == e->capsrqs) {
+        uint32_t grown = e->capsrqs ? e->capsrqs * 2 : 8;
+        tv_srq **fresh = realloc(e->srqs, grown * sizeof *fresh);
+        if (fresh == NULL)
+            err = ENOMEM;
+        else {
+            e->srqs = fresh;
+            e->capsrqs = grown;
+        }
+    }
+    if (err == 0)
+        e->srqs[e->nsrqs++] = srq;
+    pthread_mutex_unlock(&e->lock);
+    return err;
+}
+
+void tv_engine_remove_srq(tv_engine *e, tv_srq *srq) {
+    pthread_mutex_lock(&e->lock);
+    for (uint32_t i = 0; i < e->nsrqs; i++)
+        if (e->srqs[i] == srq) {
+            e->srqs[i] = e->srqs[--e->nsrqs];
+            break;
+        }
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* What a deregistration or re-registration of `region` does to the QPs and SRQs of its
+ * PD -- the only ones that can reach it, locally or from the peer.  Without memory for
+ * the lists, work holding pins keeps them until it completes: the wait for the pins is
+ * then longer (for an SRQ's WRs, until a QP takes them), never unsafe. */
+static void reach(tv_engine *e, const tv_region *region, void (*on_qp)(tv_qp *, const tv_region *),
+                  void (*on_srq)(tv_srq *, const tv_region *)) {
+    uint32_t n;
+    tv_qp **qps = qps_of(e, region->pd, &n);
+    for (uint32_t i = 0; i < n; i++) {
+        on_qp(qps[i], region);
+        tv_qp_put(qps[i]);
+    }
+    free(qps);
+    pthread_mutex_lock(&e->lock);
+    n = 0;
+    tv_srq **srqs = malloc((e->nsrqs ? e->nsrqs : 1) * sizeof *srqs);
+    for (uint32_t i = 0; srqs != NULL && i < e->nsrqs; i++)
+        if (e->srqs[i]->pd == region->pd) {
+            tv_srq_get(e->srqs[i]);
+            srqs[n++] = e->srqs[i];
+        }
+    pthread_mutex_unlock(&e->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        on_srq(srqs[i], region);
+        tv_srq_put(srqs[i]);
+    }
+    free(srqs);
+}
+
 void *tv_engine_dereg(tv_engine *e, uint32_t key) {
     tv_region *region = tv_mem_take(&e->mem, key);
     if (region == NULL)
         return NULL;
-    /* the QPs of its PD are the only ones that can reach it, locally or from the peer */
-    uint32_t n;
-    tv_qp **qps = qps_of(e, region->pd, &n);
-    for (uint32_t i = 0; i < n; i++) {
-        tv_qp_revoke(qps[i], region);
-        tv_qp_put(qps[i]);
-    }
-    free(qps);
-    /* without memory for the list, work holding pins keeps them until it completes:
-     * the wait below is then longer, never unsafe */
+    reach(e, region, tv_qp_revoke, tv_srq_revoke);
     return tv_mem_release(&e->mem, region);
 }
 
@@ -554,16 +603,10 @@ int tv_engine_rereg(tv_engine *e, uint32_t key, uint64_t pd, uint64_t addr, uint
     int status = tv_mem_reg(&e->mem, key, pd, addr, length, access, owner);
     if (old == NULL)
         return status;
-    uint32_t n;
-    tv_qp **qps = qps_of(e, old->pd, &n);
-    for (uint32_t i = 0; i < n; i++) {
-        if (status == TV_MEM_OK)
-            tv_qp_reregistered(qps[i], old);
-        else
-            tv_qp_revoke(qps[i], old);
-        tv_qp_put(qps[i]);
-    }
-    free(qps);
+    if (status == TV_MEM_OK)
+        reach(e, old, tv_qp_reregistered, tv_srq_reregistered);
+    else
+        reach(e, old, tv_qp_revoke, tv_srq_revoke);
     *old_owner = tv_mem_release(&e->mem, old);
     return status;
 }
@@ -595,6 +638,7 @@ void tv_engine_free(tv_engine *e) {
     free(e->watch);
     free(e->retired);
     free(e->qps);
+    free(e->srqs);
     close(e->epfd);
     close(e->doorbell);
     tv_mem_destroy(&e->mem);

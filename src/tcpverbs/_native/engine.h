@@ -8,8 +8,8 @@
  * application threads sleep), qp.c
  * (queues, the checks at post time, outcomes, the error flush, revocation), conn.c (what
  * both wires share), stream.c (the stream wire mode), rcconn.c (the rc wire mode),
- * zerocopy.c (MSG_ZEROCOPY bookkeeping).  py_engine.c is the CPython binding; nothing
- * here touches Python.
+ * zerocopy.c (MSG_ZEROCOPY bookkeeping), srq.c (shared receive queues).  py_engine.c and
+ * py_srq.c are the CPython binding; nothing here touches Python.
  *
  * Threads.  Application threads call in through the binding (post, poll, wait, control);
  * one engine thread per context (started at the first attach) runs without the GIL:
@@ -18,7 +18,8 @@
  * around anything here.
  *
  * Locks, outermost first: a CQ's `qps_lock` (its list of QPs, for inline progress), a
- * QP's `lock`, the engine's `lock` (the watch list) and `events_lock`, a CQ's `lock`
+ * QP's `lock`, an SRQ's `lock` (a QP takes a receive from it), the engine's `lock` (the
+ * watch list) and `events_lock`, a CQ's `lock`
  * (its entries), a channel's `lock`, the memory table's lock.  Never the other way round:
  * the engine thread takes the engine lock only to read the watch list and lets go before
  * it takes a QP lock; poll collects completions under the CQ lock and gives their queue
@@ -55,7 +56,8 @@ enum tv_wr_opcode { TV_WR_RDMA_WRITE = 0, TV_WR_RDMA_WRITE_WITH_IMM = 1, TV_WR_S
                     TV_WR_ATOMIC_CMP_AND_SWP = 5, TV_WR_ATOMIC_FETCH_AND_ADD = 6 };
 enum tv_send_flags { TV_SEND_FENCE = 1, TV_SEND_SIGNALED = 2, TV_SEND_SOLICITED = 4,
                      TV_SEND_INLINE = 8 };
-enum tv_event_type { TV_EVENT_CQ_ERR = 0, TV_EVENT_QP_FATAL = 1 };
+enum tv_event_type { TV_EVENT_CQ_ERR = 0, TV_EVENT_QP_FATAL = 1,
+                     TV_EVENT_SRQ_LIMIT_REACHED = 15, TV_EVENT_QP_LAST_WQE_REACHED = 16 };
 
 /* tcpverbs.engine.api.PostFault */
 enum tv_post_fault { TV_FAULT_NONE = 0, TV_FAULT_SETUP_FAILED = 1, TV_FAULT_BAD_STATE = 2,
@@ -87,6 +89,7 @@ typedef struct tv_engine tv_engine;
 typedef struct tv_cq tv_cq;
 typedef struct tv_channel tv_channel;
 typedef struct tv_qp tv_qp;
+typedef struct tv_srq tv_srq;
 
 /* -- work, as queued in a QP's rings ------------------------------------------------- */
 
@@ -233,6 +236,7 @@ struct tv_qp {
     int sq_sig_all;
     int wire;
     tv_cq *scq, *rcq;
+    tv_srq *srq;                 /* where its receives come from (a reference), or NULL */
     _Atomic int state;
     tv_params params;
     tv_ring *sq, *rq;
@@ -284,6 +288,8 @@ struct tv_engine {
     tv_qp **retired;           /* references the engine thread drops between batches */
     uint32_t nretired, capretired;
     tv_qp **qps;               /* every QP not destroyed (weak): dereg revokes from them */
+    tv_srq **srqs;             /* every SRQ not destroyed (weak): and from them */
+    uint32_t nsrqs, capsrqs;
     struct tv_drainer *drainers; /* closing sockets read until the peer's FIN */
     uint32_t nqps, capqps;
     pthread_mutex_t events_lock;
@@ -376,6 +382,7 @@ typedef struct tv_qp_spec {
     uint64_t handle, pd;
     uint32_t qp_num, max_send_wr, max_recv_wr, max_send_sge, max_recv_sge, max_inline;
     int sq_sig_all, wire;
+    tv_srq *srq; /* NULL, or its receives' SRQ (then max_recv_wr/_sge are not used) */
 } tv_qp_spec;
 
 /* What the binding reads out of one WR before posting it (sge[] has num_sge entries). */
@@ -394,6 +401,10 @@ typedef struct tv_post_result {
 } tv_post_result;
 
 tv_qp *tv_qp_new(tv_engine *e, const tv_qp_spec *spec, tv_cq *scq, tv_cq *rcq);
+/* A ring of at least `depth` slots (a power of two) of `slot_size` bytes, in new memory
+ * (*mem, for free()); NULL without memory. */
+tv_ring *tv_new_ring(uint32_t depth, uint32_t slot_size, void **mem);
+uint32_t tv_recv_slot_size(uint32_t max_sge); /* bytes of a receive slot */
 void tv_qp_get(tv_qp *qp);
 void tv_qp_put(tv_qp *qp);
 /* QP lock held for the posts: one WR each (the binding walks the chain). */
@@ -443,7 +454,60 @@ void tv_qp_complete_recv_full(tv_qp *qp, tv_work *w, uint32_t status, uint32_t b
                               uint32_t opcode, uint32_t imm, uint32_t wc_flags, int solicited);
 void tv_qp_set_timer(tv_qp *qp); /* recompute `deadline` from the conn's timers */
 void tv_work_unpin(tv_qp *qp, tv_work *w);
+void tv_work_unpin_in(tv_memtable *mem, tv_work *w);
 void tv_work_fault_text(const tv_work *w, char *out, size_t cap);
+/* Resolve and pin the SGEs of w for PD `pd` (nseg set); a fault goes to w->fault, with
+ * no pin left.  `inline_buf` (send: room for max_inline bytes) receives an inline copy. */
+void tv_work_resolve(tv_memtable *mem, uint64_t pd, tv_work *w, const tv_sge_in *sge,
+                     uint32_t n, uint32_t need, unsigned char *inline_buf);
+/* A receive WR in slot `w`: its memory resolved and pinned for PD `pd` (a fault is
+ * recorded in it, for its turn), its capacity the sum of its SGEs. */
+void tv_work_init_recv(tv_memtable *mem, uint64_t pd, tv_work *w, uint64_t wr_id,
+                       const tv_sge_in *sge, uint32_t num_sge);
+/* w's segments in the re-registered `old`, checked against the key's new region for PD
+ * `pd`: re-pinned there, or no pin left and the LOC_PROT_ERR fault recorded. */
+void tv_work_check_again(tv_memtable *mem, uint64_t pd, tv_work *w, const tv_region *old);
+/* The receive WR the next message lands in (QP lock held): the head of the QP's own
+ * ring, else one taken from its SRQ into that ring, else NULL. */
+tv_work *tv_qp_next_recv(tv_qp *qp);
+
+/* srq.c: a shared receive queue.  Its ring holds checked, pinned receive WRs; a QP takes
+ * the oldest into its own receive ring (tv_qp_next_recv), and from then on it is that
+ * QP's.  Ownership: the binding's object holds a reference, and so does each QP using
+ * it; the engine lists it (weakly) for deregistration.  Locking: `lock` guards the ring,
+ * `max_wr` and `limit`; a QP's lock may be held when it is taken, never the reverse. */
+struct tv_srq {
+    _Atomic int refs;
+    pthread_mutex_t lock;
+    tv_engine *engine;
+    uint64_t handle, pd;
+    uint32_t max_wr, max_sge, limit;
+    uint32_t slot_size;
+    tv_ring *ring;
+    void *ring_mem;
+    int destroyed;
+};
+tv_srq *tv_srq_new(tv_engine *e, uint64_t handle, uint64_t pd, uint32_t max_wr,
+                   uint32_t max_sge); /* NULL with errno set */
+void tv_srq_get(tv_srq *srq);
+void tv_srq_put(tv_srq *srq);
+void tv_srq_post_recv(tv_srq *srq, uint64_t wr_id, const tv_sge_in *sge, uint32_t num_sge,
+                      uint32_t sg_len, tv_post_result *res);
+/* Move the oldest WR into `slot` (a receive slot of `slot_size` bytes, room for
+ * TV_MAX_SGE segments): 1, or 0 when it is empty.  Queues the limit event when it leaves
+ * fewer than `limit`. */
+int tv_srq_take(tv_srq *srq, tv_work *slot, uint32_t slot_size);
+/* New max_wr and max_sge (if set_max) and / or limit (if set_limit): 0, EINVAL (max_wr
+ * below the WRs it holds, max_sge below what it was) or ENOMEM. */
+int tv_srq_modify(tv_srq *srq, int set_max, uint32_t max_wr, uint32_t max_sge, int set_limit,
+                  uint32_t limit);
+uint32_t tv_srq_count(tv_srq *srq);
+void tv_srq_revoke(tv_srq *srq, const tv_region *region);
+void tv_srq_reregistered(tv_srq *srq, const tv_region *old);
+void tv_srq_destroy(tv_srq *srq); /* its WRs are dropped, without completions */
+/* The engine's list of SRQs (for deregistration): 0 or ENOMEM; remove is idempotent. */
+int tv_engine_add_srq(tv_engine *e, tv_srq *srq);
+void tv_engine_remove_srq(tv_engine *e, tv_srq *srq);
 
 /* How a QP fails (tv_qp_fail_with): tv_failure_of() fills the usual defaults. */
 typedef struct tv_failure {

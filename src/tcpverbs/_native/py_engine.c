@@ -92,7 +92,7 @@ int tv_py_engine_init_names(void) {
     return 0;
 }
 
-static PyObject *raise_errno(int err, const char *what) {
+PyObject *tv_py_raise_errno(int err, const char *what) {
     PyObject *exc = PyObject_CallFunction(TcpverbsError ? TcpverbsError : PyExc_OSError,
                                           "is", err, what);
     if (exc != NULL) {
@@ -121,6 +121,8 @@ typedef struct {
     tv_engine engine;
     int ready, closed;
 } EngineObject;
+
+tv_engine *tv_py_engine_of(PyObject *engine) { return &((EngineObject *)engine)->engine; }
 
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"sq_poll_ns", NULL};
@@ -178,7 +180,7 @@ static Py_buffer *pin_buffer(PyObject *view, unsigned long long addr) {
     if ((uintptr_t)buf->buf != addr) {
         PyBuffer_Release(buf);
         PyMem_Free(buf);
-        raise_errno(EINVAL, "the address does not match the buffer");
+        tv_py_raise_errno(EINVAL, "the address does not match the buffer");
         return NULL;
     }
     return buf;
@@ -215,7 +217,7 @@ static PyObject *register_mr(EngineObject *self, PyObject *args, int replace) {
     release_buffer(old_owner);
     if (status != TV_MEM_OK) {
         release_buffer(buf);
-        return status == TV_MEM_EXISTS ? raise_errno(EEXIST, "the key is registered already")
+        return status == TV_MEM_EXISTS ? tv_py_raise_errno(EEXIST, "the key is registered already")
                                        : PyErr_NoMemory();
     }
     Py_RETURN_NONE;
@@ -243,7 +245,7 @@ static PyObject *Engine_dereg_mr(EngineObject *self, PyObject *arg) {
 
 static PyObject *Engine_fileno(EngineObject *self, PyObject *Py_UNUSED(ignored)) {
     if (self->closed)
-        return raise_errno(EBADF, "the context's engine is closed");
+        return tv_py_raise_errno(EBADF, "the context's engine is closed");
     return PyLong_FromLong(self->engine.epfd);
 }
 
@@ -680,19 +682,24 @@ typedef struct {
 
 static int QP_init(QPObject *self, PyObject *args, PyObject *kwds) {
     (void)kwds;
-    PyObject *engine, *scq, *rcq;
+    PyObject *engine, *scq, *rcq, *srq = Py_None;
     tv_qp_spec spec = {0};
     unsigned long long handle, pd;
     if (self->qp != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "QP initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "O!KIKIIIIIpiO!O!", &tv_py_EngineType, &engine, &handle,
+    if (!PyArg_ParseTuple(args, "O!KIKIIIIIpiO!O!|O", &tv_py_EngineType, &engine, &handle,
                           &spec.qp_num, &pd, &spec.max_send_wr, &spec.max_recv_wr,
                           &spec.max_send_sge, &spec.max_recv_sge, &spec.max_inline,
                           &spec.sq_sig_all, &spec.wire, &tv_py_CQType, &scq, &tv_py_CQType,
-                          &rcq))
+                          &rcq, &srq))
         return -1;
+    if (srq != Py_None) {
+        spec.srq = tv_py_srq_of(srq);
+        if (spec.srq == NULL)
+            return -1;
+    }
     spec.handle = handle;
     spec.pd = pd;
     self->qp = tv_qp_new(&((EngineObject *)engine)->engine, &spec, ((CQObject *)scq)->cq,
@@ -707,7 +714,7 @@ static int QP_init(QPObject *self, PyObject *args, PyObject *kwds) {
     self->engine = engine;
     self->scq = scq;
     self->rcq = rcq;
-    return 0;
+    return 0; /* (the C QP holds its SRQ; the SRQ object need not outlive it) */
 }
 
 static void QP_dealloc(QPObject *self) {
@@ -954,12 +961,8 @@ static int read_wr(PyObject *wr, int send, post_item *it, sge_buf *sges) {
     return 0;
 }
 
-/* post_send (send) and post_recv: read the chain into C -- at most the queue's depth + 1
- * WRs, more cannot be posted anyway -- then post what was read, in order, without the
- * GIL.  None, or the PostFailure of the first WR refused or unreadable. */
-static PyObject *post_chain(QPObject *self, PyObject *first, int send) {
-    tv_qp *qp = self->qp;
-    uint32_t depth = send ? qp->max_send_wr : qp->max_recv_wr;
+PyObject *tv_py_post_chain(const tv_py_poster *poster, PyObject *first, int send) {
+    uint32_t depth = poster->depth;
     post_item local[16], *items = local;
     size_t cap = 16, n = 0;
     sge_buf sges = {.v = sges.local, .len = 0, .cap = 64};
@@ -1006,20 +1009,19 @@ static PyObject *post_chain(QPObject *self, PyObject *first, int send) {
     tv_post_result res = {0};
     size_t posted = 0;
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&qp->lock);
+    if (poster->lock != NULL)
+        pthread_mutex_lock(poster->lock);
     for (; posted < n; posted++) {
         tv_send_in *in = &items[posted].wr;
         in->sge = sges.v + items[posted].sge_start;
-        if (send)
-            tv_qp_post_send(qp, in, &res);
-        else
-            tv_qp_post_recv(qp, in->wr_id, in->sge, in->num_sge, in->sg_len, &res);
+        poster->post(poster->target, in, send, &res);
         if (res.fault != TV_FAULT_NONE)
             break;
     }
-    if (posted) /* WRs before a refused one were posted: they must go out */
-        tv_qp_posted(qp, send);
-    pthread_mutex_unlock(&qp->lock);
+    if (posted && poster->done != NULL) /* WRs before a refused one were posted */
+        poster->done(poster->target, send);
+    if (poster->lock != NULL)
+        pthread_mutex_unlock(poster->lock);
     Py_END_ALLOW_THREADS
     if (res.fault != TV_FAULT_NONE)
         result = post_failure((Py_ssize_t)posted, &res);
@@ -1038,13 +1040,28 @@ out:
     return failed ? NULL : result;
 }
 
-static PyObject *QP_post_send(QPObject *self, PyObject *first) {
-    return post_chain(self, first, 1);
+static void qp_post_one(void *target, const tv_send_in *in, int send, tv_post_result *res) {
+    tv_qp *qp = target;
+    if (send)
+        tv_qp_post_send(qp, in, res);
+    else
+        tv_qp_post_recv(qp, in->wr_id, in->sge, in->num_sge, in->sg_len, res);
 }
 
-static PyObject *QP_post_recv(QPObject *self, PyObject *first) {
-    return post_chain(self, first, 0);
+static void qp_posted(void *target, int send) {
+    tv_qp_posted(target, send); /* they must go out */
 }
+
+static PyObject *qp_post(QPObject *self, PyObject *first, int send) {
+    tv_qp *qp = self->qp;
+    tv_py_poster poster = {qp_post_one, qp_posted, &qp->lock, qp,
+                           send ? qp->max_send_wr : qp->max_recv_wr};
+    return tv_py_post_chain(&poster, first, send);
+}
+
+static PyObject *QP_post_send(QPObject *self, PyObject *first) { return qp_post(self, first, 1); }
+
+static PyObject *QP_post_recv(QPObject *self, PyObject *first) { return qp_post(self, first, 0); }
 
 static int read_params(PyObject *p, tv_params *out) {
     static const char *const names[] = {"access_flags", "max_rd_atomic", "max_dest_rd_atomic",

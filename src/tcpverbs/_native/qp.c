@@ -34,11 +34,11 @@ static uint32_t send_slot_size(uint32_t max_sge, uint32_t max_inline) {
     return (uint32_t)size;
 }
 
-static uint32_t recv_slot_size(uint32_t max_sge) {
+uint32_t tv_recv_slot_size(uint32_t max_sge) {
     return (uint32_t)(sizeof(tv_work) + (max_sge ? max_sge : 1) * sizeof(tv_seg));
 }
 
-static tv_ring *new_ring(uint32_t depth, uint32_t slot_size, void **mem) {
+tv_ring *tv_new_ring(uint32_t depth, uint32_t slot_size, void **mem) {
     uint32_t slots = 1;
     while (slots < depth)
         slots <<= 1;
@@ -60,9 +60,13 @@ tv_qp *tv_qp_new(tv_engine *e, const tv_qp_spec *spec, tv_cq *scq, tv_cq *rcq) {
     tv_qp *qp = calloc(1, sizeof *qp);
     if (qp == NULL)
         return NULL;
-    qp->sq = new_ring(spec->max_send_wr, send_slot_size(spec->max_send_sge, spec->max_inline),
+    qp->sq = tv_new_ring(spec->max_send_wr, send_slot_size(spec->max_send_sge, spec->max_inline),
                       &qp->sq_mem);
-    qp->rq = new_ring(spec->max_recv_wr, recv_slot_size(spec->max_recv_sge), &qp->rq_mem);
+    if (spec->srq != NULL) /* WRs taken from the SRQ, one at a time, of any SGE count */
+        qp->rq = tv_new_ring(2, tv_recv_slot_size(TV_MAX_SGE), &qp->rq_mem);
+    else
+        qp->rq = tv_new_ring(spec->max_recv_wr, tv_recv_slot_size(spec->max_recv_sge),
+                             &qp->rq_mem);
     if (qp->sq == NULL || qp->rq == NULL) {
         free(qp->sq_mem);
         free(qp->rq_mem);
@@ -95,6 +99,10 @@ tv_qp *tv_qp_new(tv_engine *e, const tv_qp_spec *spec, tv_cq *scq, tv_cq *rcq) {
     atomic_fetch_add(&rcq->refs, 1);
     qp->scq = scq;
     qp->rcq = rcq;
+    if (spec->srq != NULL) {
+        tv_srq_get(spec->srq);
+        qp->srq = spec->srq;
+    }
     if (tv_cq_add_qp(scq, qp) != 0 || tv_cq_add_qp(rcq, qp) != 0 ||
         tv_engine_add_qp(e, qp) != 0) {
         tv_cq_remove_qp(scq, qp);
@@ -114,6 +122,8 @@ void tv_qp_put(tv_qp *qp) {
     tv_rcconn_free(qp);
     tv_cq_put(qp->scq);
     tv_cq_put(qp->rcq);
+    if (qp->srq != NULL)
+        tv_srq_put(qp->srq);
     pthread_mutex_destroy(&qp->lock);
     free(qp->sq_mem);
     free(qp->rq_mem);
@@ -121,6 +131,18 @@ void tv_qp_put(tv_qp *qp) {
 }
 
 static tv_work *head_of(tv_ring *r) { return tv_ring_peek(r, 0); }
+
+tv_work *tv_qp_next_recv(tv_qp *qp) {
+    tv_work *w = head_of(qp->rq);
+    if (w != NULL || qp->srq == NULL)
+        return w;
+    w = tv_ring_produce_slot(qp->rq); /* the QP's lock makes it producer and consumer */
+    if (w == NULL || !tv_srq_take(qp->srq, w, qp->rq->slot_size))
+        return NULL;
+    atomic_fetch_add(&qp->rq_slots, 1); /* given back when its completion is polled */
+    tv_ring_produce(qp->rq);
+    return w;
+}
 
 /* -- posting ------------------------------------------------------------------------ */
 
@@ -147,37 +169,35 @@ static int is_atomic(uint32_t opcode) {
     return opcode == TV_WR_ATOMIC_CMP_AND_SWP || opcode == TV_WR_ATOMIC_FETCH_AND_ADD;
 }
 
-void tv_work_unpin(tv_qp *qp, tv_work *w) {
+void tv_work_unpin_in(tv_memtable *mem, tv_work *w) {
     for (uint32_t i = 0; i < w->nseg; i++)
         if (w->seg[i].region != NULL) {
-            tv_mem_unpin(&qp->engine->mem, w->seg[i].region);
+            tv_mem_unpin(mem, w->seg[i].region);
             w->seg[i].region = NULL;
         }
     w->nseg = 0;
 }
 
-/* Resolve and pin the SGEs of w (nseg set); a fault is recorded in w->fault, with no pin
- * left.  `inline_buf` (send: room for max_inline bytes) receives an inline copy. */
-static void resolve(tv_qp *qp, tv_work *w, const tv_sge_in *sge, uint32_t n, uint32_t need,
-                    unsigned char *inline_buf) {
-    tv_memtable *mem = &qp->engine->mem;
+void tv_work_unpin(tv_qp *qp, tv_work *w) { tv_work_unpin_in(&qp->engine->mem, w); }
+
+void tv_work_resolve(tv_memtable *mem, uint64_t pd, tv_work *w, const tv_sge_in *sge,
+                     uint32_t n, uint32_t need, unsigned char *inline_buf) {
     w->nseg = 0;
     uint64_t copied = 0;
     for (uint32_t i = 0; i < n; i++) {
         tv_region *region = NULL;
         int status;
         if (inline_buf != NULL) {
-            status = tv_mem_check(mem, sge[i].lkey, qp->pd, sge[i].addr, sge[i].length, 0,
-                                  NULL);
+            status = tv_mem_check(mem, sge[i].lkey, pd, sge[i].addr, sge[i].length, 0, NULL);
             if ((status == TV_MEM_NO_KEY || status == TV_MEM_WRONG_PD) &&
-                tv_mem_find(mem, qp->pd, sge[i].addr, sge[i].length))
+                tv_mem_find(mem, pd, sge[i].addr, sge[i].length))
                 status = TV_MEM_OK; /* ibv_post_send ignores the lkey of inline data */
         } else {
-            status = tv_mem_check(mem, sge[i].lkey, qp->pd, sge[i].addr, sge[i].length, need,
+            status = tv_mem_check(mem, sge[i].lkey, pd, sge[i].addr, sge[i].length, need,
                                   sge[i].length ? &region : NULL);
         }
         if (status != TV_MEM_OK) {
-            tv_work_unpin(qp, w);
+            tv_work_unpin_in(mem, w);
             w->fault = (tv_work_fault){TV_WC_LOC_PROT_ERR, (uint32_t)status, i, sge[i].lkey,
                                        sge[i].addr, sge[i].length};
             return;
@@ -194,6 +214,16 @@ static void resolve(tv_qp *qp, tv_work *w, const tv_sge_in *sge, uint32_t n, uin
     }
     if (inline_buf != NULL && copied)
         w->seg[w->nseg++] = (tv_seg){inline_buf, copied, NULL};
+}
+
+void tv_work_init_recv(tv_memtable *mem, uint64_t pd, tv_work *w, uint64_t wr_id,
+                       const tv_sge_in *sge, uint32_t num_sge) {
+    memset(w, 0, sizeof *w);
+    w->wr_id = wr_id;
+    w->wc_opcode = TV_WC_RECV;
+    tv_work_resolve(mem, pd, w, sge, num_sge, TV_LOCAL_WRITE, NULL);
+    for (uint32_t i = 0; i < w->nseg; i++)
+        w->length += w->seg[i].length; /* the capacity */
 }
 
 void tv_work_fault_text(const tv_work *w, char *out, size_t cap) {
@@ -281,7 +311,8 @@ void tv_qp_post_send(tv_qp *qp, const tv_send_in *wr, tv_post_result *res) {
     w->needs_response = (uint8_t)writes_local; /* READ and atomics: answered, not acked */
     unsigned char *inline_buf =
         is_inline ? (unsigned char *)&w->seg[qp->max_send_sge ? qp->max_send_sge : 1] : NULL;
-    resolve(qp, w, wr->sge, wr->num_sge, writes_local ? TV_LOCAL_WRITE : 0, inline_buf);
+    tv_work_resolve(&qp->engine->mem, qp->pd, w, wr->sge, wr->num_sge,
+                    writes_local ? TV_LOCAL_WRITE : 0, inline_buf);
     if (w->fault.status == 0 && length > TV_MAX_MSG_SZ) {
         tv_work_unpin(qp, w);
         w->fault.status = TV_WC_LOC_LEN_ERR;
@@ -323,12 +354,7 @@ void tv_qp_post_recv(tv_qp *qp, uint64_t wr_id, const tv_sge_in *sge, uint32_t n
         *res = (tv_post_result){TV_FAULT_QUEUE_FULL, 0, qp->max_recv_wr};
         return;
     }
-    memset(w, 0, sizeof *w);
-    w->wr_id = wr_id;
-    w->wc_opcode = TV_WC_RECV;
-    resolve(qp, w, sge, num_sge, TV_LOCAL_WRITE, NULL);
-    for (uint32_t i = 0; i < w->nseg; i++)
-        w->length += w->seg[i].length; /* the capacity */
+    tv_work_init_recv(&qp->engine->mem, qp->pd, w, wr_id, sge, num_sge);
     atomic_fetch_add(&qp->rq_slots, 1);
     if (state == TV_QPS_ERR) {
         tv_qp_complete_recv(qp, w, TV_WC_WR_FLUSH_ERR, 0);
@@ -496,8 +522,11 @@ void tv_qp_fail_with(tv_qp *qp, const tv_failure *f) {
         status = TV_WC_WR_FLUSH_ERR;
     }
     uint64_t handle = qp->handle;
+    int with_srq = qp->srq != NULL;
     pthread_mutex_unlock(&qp->lock);
     tv_engine_event(qp->engine, f->event, handle, reason);
+    if (with_srq) /* it takes none of the SRQ's WRs any more */
+        tv_engine_event(qp->engine, TV_EVENT_QP_LAST_WQE_REACHED, handle, "the QP is in ERR");
 }
 
 void tv_qp_revoke(tv_qp *qp, const tv_region *region) {
@@ -534,22 +563,18 @@ void tv_qp_revoke(tv_qp *qp, const tv_region *region) {
     pthread_mutex_unlock(&qp->lock);
 }
 
-/* Check w's segments in `old` against the key's new region, as its use would (QP lock
- * held): re-pinned there, or, when the new region no longer gives this QP the memory,
- * no pin left and the LOC_PROT_ERR fault recorded for its turn. */
-static void check_again(tv_qp *qp, tv_work *w, const tv_region *old) {
-    tv_memtable *mem = &qp->engine->mem;
+void tv_work_check_again(tv_memtable *mem, uint64_t pd, tv_work *w, const tv_region *old) {
     for (uint32_t i = 0; i < w->nseg; i++) {
         tv_seg *seg = &w->seg[i];
         if (seg->region != old)
             continue;
         tv_region *pin = NULL;
         uint64_t addr = (uint64_t)(uintptr_t)seg->base, length = seg->length;
-        int status = tv_mem_check(mem, old->key, qp->pd, addr, length, TV_LOCAL_WRITE, &pin);
+        int status = tv_mem_check(mem, old->key, pd, addr, length, TV_LOCAL_WRITE, &pin);
         tv_mem_unpin(mem, seg->region);
         seg->region = pin; /* NULL when refused */
         if (status != TV_MEM_OK) {
-            tv_work_unpin(qp, w);
+            tv_work_unpin_in(mem, w);
             w->fault = (tv_work_fault){TV_WC_LOC_PROT_ERR, (uint32_t)status, i, old->key, addr,
                                        length};
             return;
@@ -572,7 +597,7 @@ void tv_qp_reregistered(tv_qp *qp, const tv_region *old) {
         }
         for (uint32_t i = 0; !busy && (w = tv_ring_peek(qp->rq, i)) != NULL; i++)
             if (w->fault.status == 0 && uses(w, old))
-                check_again(qp, w, old);
+                tv_work_check_again(&qp->engine->mem, qp->pd, w, old);
     }
     pthread_mutex_unlock(&qp->lock);
     if (busy)

@@ -869,7 +869,7 @@ static int remote(tv_qp *qp, const tv_header *h, uint64_t length, uint32_t need,
 /* The receive a SEND / WRITE_IMM consumes; NULL after refusing it (RNR or an error). */
 static tv_work *take_receive(tv_qp *qp, const tv_header *h) {
     tv_rcconn *rc = qp->conn.rc;
-    tv_work *w = tv_ring_peek(qp->rq, 0);
+    tv_work *w = tv_qp_next_recv(qp);
     if (w == NULL) {
         uint32_t ack;
         if (tv_rc_refuse(&rc->proto, &ack)) {

@@ -15,7 +15,8 @@ Control calls (any thread, GIL held)
     :meth:`~ContextEngine.rereg_mr` (synchronous: no new
     access to the memory once ``dereg_mr`` returns; work already holding it keeps it
     alive), :meth:`~ContextEngine.create_cq` (with the :class:`ChannelEngine` it
-    signals), :meth:`~ContextEngine.create_qp` (a :class:`QPSpec`),
+    signals), :meth:`~ContextEngine.create_qp` (a :class:`QPSpec`, which may name the
+    :class:`SRQEngine` of :meth:`~ContextEngine.create_srq` it takes receives from),
     :meth:`QPEngine.modify` (a state and the :class:`QPParams` an engine uses),
     :meth:`QPEngine.attach` (a connected socket, and the peer's hello when the
     connection manager read it already), :meth:`QPEngine.fail`, :meth:`QPEngine.reset`,
@@ -91,6 +92,7 @@ __all__ = [
     "QPEngine",
     "QPParams",
     "QPSpec",
+    "SRQEngine",
 ]
 
 ENGINE_ENV = "TCPVERBS_ENGINE"
@@ -304,6 +306,33 @@ class CQEngine(Protocol):
     def destroy(self) -> None: ...
 
 
+class SRQEngine(Protocol):
+    """A shared receive queue (``ibv_create_srq``): receive WRs that any of its QPs takes
+    when a message comes for it (the WR then belongs to that QP: its completion, or its
+    flush, is that QP's).  When fewer than ``limit`` WRs are left (``limit`` > 0), an
+    ``IBV_EVENT_SRQ_LIMIT_REACHED`` event names the SRQ and ``limit`` goes back to 0."""
+
+    max_wr: int
+    max_sge: int
+    limit: int
+
+    @property
+    def count(self) -> int:
+        """Receive WRs in the queue now."""
+        ...
+
+    def post_recv(self, wr: RecvWR) -> PostFailure | None: ...
+
+    def modify(self, max_wr: int | None, max_sge: int | None, limit: int | None) -> None:
+        """A new capacity (not below ``count``: ``EINVAL``), more SGEs per WR (never
+        fewer), and / or an armed limit."""
+        ...
+
+    def destroy(self) -> None:
+        """Drop the queued WRs (as ``ibv_destroy_srq`` does: no completions)."""
+        ...
+
+
 class QPEngine(Protocol):
     qp_num: int
 
@@ -361,6 +390,7 @@ class QPSpec:
     wire: str  # "rc" | "stream"
     scq: CQEngine
     rcq: CQEngine
+    srq: SRQEngine | None = None  # where its receives come from (rc only)
 
 
 class ContextEngine(Protocol):
@@ -387,6 +417,8 @@ class ContextEngine(Protocol):
     def create_cq(self, handle: int, cqe: int, channel: ChannelEngine | None) -> CQEngine: ...
 
     def create_qp(self, spec: QPSpec) -> QPEngine: ...
+
+    def create_srq(self, handle: int, pd: int, max_wr: int, max_sge: int) -> SRQEngine: ...
 
     def next_event(self, timeout: float | None) -> EngineEvent | None:
         """The oldest queued event; waits up to *timeout* (None: for ever, 0: not at all)."""

@@ -50,9 +50,16 @@ class NativeCQ(_native.CQ):
         self._owner.retire(self)
 
 
+class NativeSRQ(_native.SRQ):
+    pass
+
+
 class NativeQP(_native.QP):
     def __init__(self, engine: NativeEngine, spec: QPSpec, scq: NativeCQ, rcq: NativeCQ) -> None:
         caps = spec.caps
+        srq = spec.srq
+        if srq is not None and not isinstance(srq, NativeSRQ):
+            raise TcpverbsError(errno.EINVAL, "the QP's SRQ belongs to another engine")
         super().__init__(
             engine,
             spec.handle,
@@ -67,6 +74,7 @@ class NativeQP(_native.QP):
             _WIRES[spec.wire],
             scq,
             rcq,
+            srq,
         )
         self._owner = engine
         self._rc = spec.wire == "rc"
@@ -146,6 +154,9 @@ class NativeEngine(_native.Engine):
         qp = NativeQP(self, spec, scq, rcq)
         self._objects.add(qp)
         return qp
+
+    def create_srq(self, handle: int, pd: int, max_wr: int, max_sge: int) -> NativeSRQ:
+        return NativeSRQ(self, handle, pd, max_wr, max_sge)
 
     def retire(self, obj: NativeQP | NativeCQ) -> None:
         """A QP or CQ is destroyed: its counters stay in the totals."""

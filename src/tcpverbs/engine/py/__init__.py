@@ -27,6 +27,7 @@ from ..stats import Tally
 from .cq import PyChannel, PyCQ
 from .memory import MemoryTable
 from .qp import PyQP
+from .srq import PySRQ
 
 __all__ = ["PyEngine"]
 
@@ -50,6 +51,7 @@ class PyEngine:
         self._reactor: Reactor | None = None
         self._events: queue.SimpleQueue[EngineEvent | None] = queue.SimpleQueue()
         self._objects: Tally[PyQP | PyCQ] = Tally()  # for dereg_mr and statistics()
+        self._srqs: set[PySRQ] = set()
         # rc QPs holding an ACK for the application's next move (see rc.py, _process)
         self.deferred_acks: set[PyQP] = set()
         self._closed = False
@@ -75,20 +77,34 @@ class PyEngine:
     def dereg_mr(self, key: int) -> None:
         region = self.memory.dereg(key)
         if region is not None:
-            for qp in self._qps_of(region.pd):
-                qp.revoke(region)
+            for user in self._users_of(region.pd):
+                user.revoke(region)
 
     def rereg_mr(self, key: int, pd: int, view: memoryview, addr: int, access: int) -> None:
         old = self.memory.dereg(key)
         self.memory.reg(key, pd, view, addr, access)
         if old is not None:
-            for qp in self._qps_of(old.pd):
-                qp.reregistered(old)
+            for user in self._users_of(old.pd):
+                user.reregistered(old)
 
-    def _qps_of(self, pd: int) -> list[PyQP]:
-        """The QPs of *pd*: the only ones that can reach its memory, locally or from the
-        peer."""
-        return [o for o in self._objects.live() if isinstance(o, PyQP) and o.pd == pd]
+    def _users_of(self, pd: int) -> list[PyQP | PySRQ]:
+        """The QPs and SRQs of *pd*: the only ones that can reach its memory, locally or
+        from the peer."""
+        qps: list[PyQP | PySRQ] = [
+            o for o in self._objects.live() if isinstance(o, PyQP) and o.pd == pd
+        ]
+        with self._lock:
+            return qps + [srq for srq in self._srqs if srq.pd == pd]
+
+    def create_srq(self, handle: int, pd: int, max_wr: int, max_sge: int) -> PySRQ:
+        srq = PySRQ(self, handle, pd, max_wr, max_sge)
+        with self._lock:
+            self._srqs.add(srq)
+        return srq
+
+    def retire_srq(self, srq: PySRQ) -> None:
+        with self._lock:
+            self._srqs.discard(srq)
 
     def create_channel(self) -> PyChannel:
         return PyChannel()

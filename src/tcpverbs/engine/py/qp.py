@@ -21,7 +21,6 @@ error, so that its error completion comes out in queue order, as on hardware.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import socket
 import threading
@@ -42,7 +41,7 @@ from ...enums import (
 )
 from ...errors import TcpverbsError
 from ...wire.hello import Hello
-from ...wr import SGE, RecvWR, SendWR
+from ...wr import RecvWR, SendWR
 from ..api import (
     RECV_WR_FIELDS,
     SEND_WR_FIELDS,
@@ -50,11 +49,12 @@ from ..api import (
     PostFault,
     QPParams,
     QPSpec,
-    find_bad_field,
 )
 from .cq import PyCQ
 from .memory import Region
 from .rc import RcTransport
+from .resolve import BAD_INPUT, MemoryUser, bad_field
+from .srq import PySRQ
 from .stream import StreamTransport
 from .work import RecvWork, Segment, SendWork
 
@@ -89,27 +89,7 @@ _WRITES_LOCAL = _ATOMICS | {int(WR.IBV_WR_RDMA_READ)}  # their local SGEs receiv
 _POSTABLE_SEND = (S.IBV_QPS_RTS, S.IBV_QPS_ERR)
 
 
-# what reading a malformed WR raises (a str where an int belongs, a tuple for an SGE, a
-# value out of range): the post is refused with the culprit named (find_bad_field)
-_BAD_INPUT = (TypeError, AttributeError, ValueError, OverflowError, IndexError)
-
-
-def _check_sge(sge: SGE) -> None:
-    """Raise unless every field of *sge* is an int within its width (a negative or too
-    wide one leaves bits above it; one that is not an int raises TypeError at "|")."""
-    if (sge.addr >> 64) or (sge.length | sge.lkey) >> 32:
-        raise ValueError("an SGE field is out of range")
-
-
-def _bad_field(wr: object, index: int, fields: dict[str, int], exc: Exception) -> PostFailure:
-    found = find_bad_field(wr, fields)
-    if found is None:  # the error was not about the WR: a bug, not bad input
-        raise exc
-    path, bits = found
-    return PostFailure(index, PostFault.BAD_FIELD, limit=bits, field=path)
-
-
-class PyQP:
+class PyQP(MemoryUser):
     def __init__(self, engine: PyEngine, spec: QPSpec) -> None:
         self.engine = engine
         self.handle = spec.handle
@@ -122,6 +102,8 @@ class PyQP:
         assert isinstance(scq, PyCQ) and isinstance(rcq, PyCQ)  # CQs of this engine
         self.scq: PyCQ = scq
         self.rcq: PyCQ = rcq
+        assert spec.srq is None or isinstance(spec.srq, PySRQ)
+        self.srq: PySRQ | None = spec.srq
         self.params = QPParams()
         self.state = S.IBV_QPS_RESET
         self.lock = threading.RLock()
@@ -234,8 +216,8 @@ class PyQP:
                     if failure is not None:
                         return failure
                 return None
-            except _BAD_INPUT as exc:  # nothing of that WR was posted: name the culprit
-                return _bad_field(one, index, SEND_WR_FIELDS, exc)
+            except BAD_INPUT as exc:  # nothing of that WR was posted: name the culprit
+                return bad_field(one, index, SEND_WR_FIELDS, exc)
             finally:  # WRs before a refused one were posted: they must go out
                 if self.transport is not None and self.state is S.IBV_QPS_RTS and self.sq:
                     self.transport.send_posted()
@@ -249,8 +231,8 @@ class PyQP:
                     if failure is not None:
                         return failure
                 return None
-            except _BAD_INPUT as exc:
-                return _bad_field(one, index, RECV_WR_FIELDS, exc)
+            except BAD_INPUT as exc:
+                return bad_field(one, index, RECV_WR_FIELDS, exc)
             finally:
                 if self.transport is not None and self.rq:
                     self.transport.recv_posted()
@@ -349,28 +331,9 @@ class PyQP:
         if state is S.IBV_QPS_RESET:
             return PostFailure(index, PostFault.BAD_STATE, int(state))
         caps = self.caps
-        sges = wr.sg_list
-        num_sge = wr.num_sge
-        if num_sge > caps.max_recv_sge:
-            return PostFailure(index, PostFault.TOO_MANY_SGE, num_sge, caps.max_recv_sge)
-        if num_sge < 0 or num_sge > len(sges):
-            return PostFailure(index, PostFault.SGE_COUNT, num_sge, len(sges))
-        if self.rq_used >= caps.max_recv_wr:
-            return PostFailure(index, PostFault.QUEUE_FULL, limit=caps.max_recv_wr)
-        wr_id = wr.wr_id
-        if wr_id >> 64:  # negative or too wide (a non-int raises TypeError here)
-            raise ValueError("wr_id is out of range")
-        work = None
-        if num_sge == 1:  # the usual receive, one valid SGE, resolved in one step
-            sge = sges[0]
-            one = self._resolve_one(sge, writable=True)
-            if one is not None:
-                view, region = one
-                work = RecvWork(wr_id, [view] if sge.length else [], sge.length, None, (region,))
-        if work is None:  # anything else: the general path finds the error, if any
-            segments, error, regions = self._resolve(sges[:num_sge], writable=True, inline=False)
-            views = [s for s in segments if isinstance(s, memoryview)]
-            work = RecvWork(wr_id, views, sum(len(v) for v in views), error, regions)
+        work = self._recv_work(wr, index, caps.max_recv_sge, self.rq_used, caps.max_recv_wr)
+        if isinstance(work, PostFailure):
+            return work
         self.rq_used += 1
         if state is S.IBV_QPS_ERR:
             self.complete_recv(work, _FLUSH)
@@ -378,58 +341,17 @@ class PyQP:
             self.rq.append(work)
         return None
 
-    def _resolve_one(self, sge: SGE, *, writable: bool) -> tuple[memoryview, Region] | None:
-        """The memory of one SGE and its region when it may be used, else None
-        (:meth:`_resolve` then says why).  The hot path of every post."""
-        addr, length, lkey = sge.addr, sge.length, sge.lkey
-        if (addr >> 64) or (length | lkey) >> 32:  # (as _check_sge)
-            raise ValueError("an SGE field is out of range")
-        region = self.engine.memory.get(lkey)
-        if (
-            region is None
-            or region.pd != self.pd
-            or (writable and not region.access & _LOCAL_WRITE)
-        ):
-            return None
-        start = addr - region.addr
-        if start < 0 or start + length > region.length:
-            return None
-        return region.view[start : start + length], region
-
-    def _resolve(
-        self, sges: list[SGE], *, writable: bool, inline: bool
-    ) -> tuple[list[Segment], tuple[int, str] | None, tuple[Region, ...]]:
-        """Memory of *sges* as views, and the regions they lie in; an error becomes the
-        WR's LOC_PROT_ERR completion."""
-        views: list[Segment] = []
-        used: list[Region] = []
-        memory = self.engine.memory
-        for i, sge in enumerate(sges):
-            _check_sge(sge)
-            region = memory.get(sge.lkey)
-            if region is not None and region.pd != self.pd:
-                region = None
-            if region is None and inline:  # ibv_post_send ignores lkey for inline data
-                region = memory.find(self.pd, sge.addr, sge.length)
-            why = None
-            view = None
-            if region is None:
-                why = f"SGE {i}: lkey 0x{sge.lkey:x} is not an MR of this QP's PD"
-            elif writable and not region.access & _LOCAL_WRITE:
-                why = f"SGE {i}: MR 0x{sge.lkey:x} lacks IBV_ACCESS_LOCAL_WRITE"
-            else:
-                view = region.slice(sge.addr, sge.length)
-                if view is None:
-                    why = (
-                        f"SGE {i}: [0x{sge.addr:x}, +{sge.length}) is outside MR "
-                        f"[0x{region.addr:x}, +{region.length})"
-                    )
-            if why is not None or view is None or region is None:
-                return views, (_LOC_PROT, why or "?"), ()
-            if sge.length:
-                views.append(view)
-                used.append(region)
-        return views, None, tuple(used)
+    def next_receive(self) -> RecvWork | None:
+        """The receive WR the next message lands in (lock held): the oldest of the
+        QP's own, else one taken from its SRQ, else None."""
+        if self.rq:
+            return self.rq[0]
+        if self.srq is not None:
+            work = self.srq.take()
+            if work is not None:
+                self.rq.append(work)
+                return work
+        return None
 
     # -- outcomes (called with the lock held, by the transport or the state machine) --
     def complete_send(self, work: SendWork, status: int, vendor_err: int = 0) -> None:
@@ -540,34 +462,6 @@ class PyQP:
                 if old in work.regions and work.error is None:
                     self._check_again(work, old)
 
-    def _check_again(self, work: RecvWork, old: Region) -> None:
-        new = self.engine.memory.get(old.key)
-        if len(work.segments) != len(work.regions):  # one empty SGE: no memory used
-            work.regions = tuple(new if r is old else r for r in work.regions if new)
-            return
-        segments: list[memoryview] = []
-        regions: list[Region] = []
-        for view, region in zip(work.segments, work.regions, strict=True):
-            if region is not old:
-                segments.append(view)
-                regions.append(region)
-                continue
-            addr = ctypes.addressof(ctypes.c_char.from_buffer(view))
-            moved = None
-            if new is not None and new.pd == self.pd and new.access & _LOCAL_WRITE:
-                moved = new.slice(addr, len(view))
-            if moved is None or new is None:
-                work.error = (
-                    _LOC_PROT,
-                    f"MR 0x{old.key:x} was re-registered and no longer gives this "
-                    f"QP [0x{addr:x}, +{len(view)})",
-                )
-                work.segments, work.regions = [], ()
-                return
-            segments.append(moved)
-            regions.append(new)
-        work.segments, work.regions = segments, tuple(regions)
-
     def enter_error(
         self,
         exc: TcpverbsError,
@@ -605,6 +499,10 @@ class PyQP:
                 self.complete_recv(rwork, _LOC_PROT if hit else _FLUSH)
             self.rq.clear()
         self.engine.event(event, self.handle, exc.strerror or str(exc))
+        if self.srq is not None:  # none of the SRQ's WRs will be taken by it any more
+            self.engine.event(
+                ibv_event_type.IBV_EVENT_QP_LAST_WQE_REACHED, self.handle, "the QP is in ERR"
+            )
 
     # -- scheduling ---------------------------------------------------------------------
     def progress(self) -> None:

@@ -562,16 +562,18 @@ class RcTransport(Transport):
         first buffer of the next receive: placed and completed at once.  False (nothing
         done) for anything else — no receive, an error, a scattered or too small buffer,
         an RNR resync — which the frame-by-frame path then handles."""
-        rq = self.qp.rq
-        if not rq or self.proto.discarding:
+        if self.proto.discarding:
             return False
-        work = rq[0]
+        qp = self.qp
+        work = qp.next_receive()
+        if work is None:
+            return False
         n = len(payload)
         if work.error is not None or not work.segments or len(work.segments[0]) < n:
             return False
         work.segments[0][:n] = payload
         self.proto.request_done()
-        rq.popleft()
+        qp.rq.popleft()
         stats = self.stats
         stats["frames_received"] += 1
         stats["wrs_received"] += 1
@@ -705,7 +707,7 @@ class RcTransport(Transport):
     def _take_receive(self, h: Header) -> RecvWork | None:
         """The receive WR a SEND / WRITE_IMM consumes; None after refusing (RNR or error)."""
         qp = self.qp
-        if not qp.rq:
+        if qp.next_receive() is None:
             ack = self.proto.refuse()
             nak = encode_header(
                 Header(Opcode.RNR_NAK, msn=self.proto.next_msn, timer=qp.params.min_rnr_timer)

@@ -1,8 +1,8 @@
-"""Names pyverbs has and a TCP device cannot offer, or tcpverbs does not offer yet.
+"""Names pyverbs has and a TCP device cannot offer.
 
-Using one raises ``PyverbsRDMAError``: ``EOPNOTSUPP`` for what a TCP device has no use
-or room for (pyverbs programs and rdma-core's tests take that as "skip"), ``ENOSYS`` for
-what tcpverbs means to offer and does not yet (an honest failure, not a skip).
+Using one raises ``PyverbsRDMAError`` with ``EOPNOTSUPP``: a TCP device has no use or
+room for it (pyverbs programs and rdma-core's tests take that as "skip").  Anything
+tcpverbs means to offer is offered for real, never as a stand-in.
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ __all__ = [
     "Unsupported",
     "holder",
     "is_holder_name",
-    "not_yet",
     "unsupported",
     "unsupported_module",
 ]
-
-_NOT_YET = "tcpverbs does not offer this yet (issue #11)"
 
 
 def _refuse(name: str, why: str, err: int) -> NoReturn:
@@ -64,11 +61,6 @@ def holder(name: str) -> type[Holder]:
 def is_holder_name(name: str) -> bool:
     """pyverbs' attribute holders are called ...Attr or ...AttrEx."""
     return name.endswith(("Attr", "AttrEx"))
-
-
-def not_yet(name: str) -> type[Unsupported]:
-    """A class called *name* that tcpverbs means to offer: making one fails with ENOSYS."""
-    return unsupported(name, _NOT_YET, errno.ENOSYS)
 
 
 class UnsupportedConstant(int):

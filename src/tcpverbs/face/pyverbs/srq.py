@@ -1,11 +1,9 @@
-"""pyverbs.srq: shared receive queues."""
+"""pyverbs.srq: shared receive queues (tcpverbs' :mod:`tcpverbs.srq`)."""
 
-from ._unsupported import not_yet, unsupported
+from tcpverbs.srq import SRQ, SrqAttr, SrqInitAttr, SrqInitAttrEx
+
+from ._unsupported import unsupported
 
 __all__ = ["SRQ", "OpsWr", "SrqAttr", "SrqInitAttr", "SrqInitAttrEx"]
 
-SRQ = not_yet("SRQ")
-SrqAttr = not_yet("SrqAttr")
-SrqInitAttr = not_yet("SrqInitAttr")
-SrqInitAttrEx = not_yet("SrqInitAttrEx")
 OpsWr = unsupported("OpsWr", "a tcpverbs device has no tag matching")
