@@ -50,10 +50,15 @@ def next_event(channel: CMEventChannel, expected: rdma_cm_event_type) -> CMEvent
     return event
 
 
-def listener(channel: CMEventChannel) -> CMID:
+def bound(channel: CMEventChannel) -> CMID:
     lid = CMID(creator=channel)
     lid.bind_addr(AddrInfo(src=HOST, src_service="0", flags=RAI_PASSIVE))
-    lid.listen()
+    return lid
+
+
+def listener(channel: CMEventChannel, backlog: int = 0) -> CMID:
+    lid = bound(channel)
+    lid.listen(backlog)
     return lid
 
 
@@ -260,6 +265,8 @@ def test_a_program_s_own_qp_connects_with_init_qp_attr_and_establish() -> None:
     src.write(b"own QPs!", 8)
     qp.post_send(v.SendWR(2, v.ibv_wr_opcode.IBV_WR_SEND, 1, 0, [v.SGE(src.buf, 8, src.lkey)]))
     join()
+    for thing in (cid, lid, client_channel, server_channel):  # (`early` keeps a cycle)
+        thing.close()
 
 
 def test_a_rejected_request_carries_the_rejecter_s_private_data() -> None:
@@ -348,6 +355,7 @@ def test_what_is_not_a_cm_peer_is_dropped_and_the_listener_goes_on(
         (lambda: CMID(creator=CMEventChannel()).accept(), errno.EINVAL),
         (lambda: CMID(creator=CMEventChannel()).connect(), errno.EINVAL),
         (lambda: CMID(creator=CMEventChannel()).listen(), errno.EINVAL),
+        (lambda: bound(CMEventChannel()).listen(-1), errno.EINVAL),
         (lambda: CMID(creator=CMEventChannel()).resolve_route(), errno.EINVAL),
         (lambda: CMID(creator=CMEventChannel()).create_qp(v.QPInitAttr()), errno.EINVAL),
         (lambda: CMID(creator=CMEventChannel()).post_recv(None), errno.EINVAL),  # type: ignore[arg-type]
@@ -384,6 +392,8 @@ def test_too_much_private_data_and_a_udp_qp_are_refused() -> None:
     with pytest.raises(TcpverbsError) as big:
         cid.connect(ConnParam(data=bytes(57)))
     assert big.value.errno == errno.EINVAL
+    for thing in (cid, lid, channel):  # (`big` keeps a cycle that holds them)
+        thing.close()
 
 
 def _process_server(port_out: multiprocessing.Queue[int]) -> None:
@@ -414,3 +424,83 @@ def test_two_processes_connect_through_the_cm() -> None:
     finally:
         if server.is_alive():
             server.kill()
+
+
+def test_idle_connections_cannot_fill_the_listener_nor_hold_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With room for one connection owing its REQ, idle ones are pushed out by newcomers
+    (the deadline is far away here); a REQ followed by a reset is dropped quietly."""
+    monkeypatch.setattr(rdmacm, "REQ_DEADLINE", 60.0)
+    channel = CMEventChannel()
+    lid = listener(channel, backlog=1)
+    port = port_of(lid)
+    idle = [socket.create_connection((HOST, port)) for _ in range(3)]
+    rude = socket.create_connection((HOST, port))
+    rude.sendall(encode(CMMessage(MessageType.REQ, qp_num=1)))
+    rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    rude.close()  # RST
+    client_channel = CMEventChannel()
+    cid = resolved(client_channel, port)
+    cid.create_qp(v.QPInitAttr())
+    cid.connect(ConnParam(data=b"served"))
+    assert next_event(channel, EV.RDMA_CM_EVENT_CONNECT_REQUEST).private_data == b"served"
+    for sock in idle:
+        sock.close()
+    for thing in (cid, lid, channel, client_channel):
+        thing.close()
+
+
+def test_a_synchronous_request_outlives_its_listener() -> None:
+    """get_request moves the new CMID to a channel of its own (rdma_migrate_id)."""
+    server = CMID(
+        creator=AddrInfo(src=HOST, src_service="0", flags=RAI_PASSIVE),
+        qp_init_attr=v.QPInitAttr(cap=v.QPCap(max_recv_wr=2)),
+    )
+    server.listen()
+    client_channel = CMEventChannel()
+    cid = resolved(client_channel, port_of(server))
+    cid.create_qp(v.QPInitAttr(cap=v.QPCap(max_recv_wr=2)))
+    cid.connect()
+    child = server.get_request(timeout=10)
+    server.close()
+    join = in_thread(child.accept)
+    next_event(client_channel, EV.RDMA_CM_EVENT_ESTABLISHED)
+    join()
+    got: dict[str, bytes] = {}
+    join = in_thread(lambda: got.update(child=exchange(child, False, b"after close")))
+    assert exchange(cid, True, b"still there") == b"after close"
+    join()
+    assert got == {"child": b"still there"} and not child.closed
+
+
+def test_accept_refuses_too_much_private_data_before_anything_changes() -> None:
+    channel, client_channel = CMEventChannel(), CMEventChannel()
+    lid = listener(channel)
+    cid = resolved(client_channel, port_of(lid))
+    cid.create_qp(v.QPInitAttr())
+    cid.connect()
+    child = CMID(creator=next_event(channel, EV.RDMA_CM_EVENT_CONNECT_REQUEST), listen_id=lid)
+    child.create_qp(v.QPInitAttr())
+    with pytest.raises(TcpverbsError) as info:
+        child.accept(ConnParam(data=bytes(197)))
+    assert info.value.errno == errno.EINVAL
+    assert child.qp is not None and child.qp.qp_state == S.IBV_QPS_INIT
+    child.accept(ConnParam(data=bytes(196)))  # the limit itself is fine
+    assert next_event(client_channel, EV.RDMA_CM_EVENT_ESTABLISHED).private_data == bytes(196)
+    for thing in (child, cid, lid, channel, client_channel):  # (`info` keeps a cycle)
+        thing.close()
+
+
+def test_a_peer_that_leaves_before_confirming_is_a_connect_error() -> None:
+    """REQ, then the REP is read, then the peer closes without an RTU."""
+    channel = CMEventChannel()
+    lid = listener(channel)
+    peer = socket.create_connection((HOST, port_of(lid)))
+    peer.sendall(encode(CMMessage(MessageType.REQ, qp_num=5, psn=7)))
+    child = CMID(creator=next_event(channel, EV.RDMA_CM_EVENT_CONNECT_REQUEST), listen_id=lid)
+    child.accept(ConnParam(qp_num=9))  # (no QP of its own: nothing to connect)
+    peer.settimeout(10)
+    assert peer.recv(4)[0] == MessageType.REP
+    peer.close()
+    assert next_event(channel, EV.RDMA_CM_EVENT_CONNECT_ERROR).status == -errno.ECONNRESET

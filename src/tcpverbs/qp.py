@@ -569,8 +569,10 @@ def _check_init_attr(pd: PD, attr: QPInitAttr) -> tuple[CQ, CQ]:
     if attr.wire not in ("rc", "stream"):
         raise TcpverbsError(errno.EINVAL, f"wire must be 'rc' or 'stream', not {attr.wire!r}")
     if attr.srq is not None:
-        if not isinstance(attr.srq, SRQ) or attr.srq.ctx is not pd.ctx:
-            raise TcpverbsError(errno.EINVAL, "QPInitAttr.srq must be an SRQ of the PD's context")
+        if not isinstance(attr.srq, SRQ) or attr.srq.pd is not pd:
+            # (verbs lets an SRQ's PD differ from its QPs'; here the WRs a QP takes are
+            # checked, and revoked, with the QP's own memory: one PD for both)
+            raise TcpverbsError(errno.EINVAL, "QPInitAttr.srq must be an SRQ of the QP's PD")
         attr.srq._check_open()
         if attr.wire != "rc":
             raise TcpverbsError(
@@ -586,7 +588,8 @@ def _check_init_attr(pd: PD, attr: QPInitAttr) -> tuple[CQ, CQ]:
     cap = attr.cap
     limits = {
         "max_send_wr": (1, MAX_QP_WR),
-        "max_recv_wr": (1, MAX_QP_WR),
+        # with an SRQ the receive caps are not used (ibv_create_qp ignores them)
+        "max_recv_wr": (0 if attr.srq is not None else 1, MAX_QP_WR),
         "max_send_sge": (0, MAX_SGE),
         "max_recv_sge": (0, MAX_SGE),
         "max_inline_data": (0, MAX_INLINE_DATA),

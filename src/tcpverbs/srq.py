@@ -141,15 +141,19 @@ class SRQ(VerbsObject):
 
     def modify(self, attr: SrqAttr, comp_mask: int) -> None:
         """``ibv_modify_srq``: ``IBV_SRQ_MAX_WR`` resizes it -- ``max_wr`` not below the
-        WRs it holds, ``max_sge`` not below what it was -- and ``IBV_SRQ_LIMIT`` arms the
-        limit event (at most ``max_wr``)."""
+        WRs it holds; a larger ``max_sge`` grows the SGEs a WR may have, a smaller one
+        changes nothing -- and ``IBV_SRQ_LIMIT`` arms the limit event (at most
+        ``max_wr``)."""
         self._check_open()
         known = ibv_srq_attr_mask.IBV_SRQ_MAX_WR | ibv_srq_attr_mask.IBV_SRQ_LIMIT
         if not isinstance(comp_mask, int) or not comp_mask or comp_mask & ~known:
             raise TcpverbsError(errno.EINVAL, f"Failed to modify SRQ: comp_mask {comp_mask!r}")
         max_wr = max_sge = limit = None
         if comp_mask & ibv_srq_attr_mask.IBV_SRQ_MAX_WR:
-            max_wr, max_sge = _check_size("Failed to modify SRQ", attr.max_wr, attr.max_sge)
+            # more SGEs per WR when asked (rdma-core's test_resize_srq does), never fewer:
+            # SrqAttr's default max_sge of 1 leaves them as they are
+            wanted = max(attr.max_sge, self._srq.max_sge) if isinstance(attr.max_sge, int) else 0
+            max_wr, max_sge = _check_size("Failed to modify SRQ", attr.max_wr, wanted)
         if comp_mask & ibv_srq_attr_mask.IBV_SRQ_LIMIT:
             limit = attr.srq_limit
             top = max_wr if max_wr is not None else self._srq.max_wr

@@ -565,15 +565,10 @@ void tv_engine_remove_srq(tv_engine *e, tv_srq *srq) {
  * then longer (for an SRQ's WRs, until a QP takes them), never unsafe. */
 static void reach(tv_engine *e, const tv_region *region, void (*on_qp)(tv_qp *, const tv_region *),
                   void (*on_srq)(tv_srq *, const tv_region *)) {
-    uint32_t n;
-    tv_qp **qps = qps_of(e, region->pd, &n);
-    for (uint32_t i = 0; i < n; i++) {
-        on_qp(qps[i], region);
-        tv_qp_put(qps[i]);
-    }
-    free(qps);
+    /* SRQs first: a QP takes a WR under the SRQ's lock, so each WR is seen either here,
+     * still in its SRQ, or below, in the QP that took it */
     pthread_mutex_lock(&e->lock);
-    n = 0;
+    uint32_t n = 0;
     tv_srq **srqs = malloc((e->nsrqs ? e->nsrqs : 1) * sizeof *srqs);
     for (uint32_t i = 0; srqs != NULL && i < e->nsrqs; i++)
         if (e->srqs[i]->pd == region->pd) {
@@ -586,6 +581,12 @@ static void reach(tv_engine *e, const tv_region *region, void (*on_qp)(tv_qp *, 
         tv_srq_put(srqs[i]);
     }
     free(srqs);
+    tv_qp **qps = qps_of(e, region->pd, &n);
+    for (uint32_t i = 0; i < n; i++) {
+        on_qp(qps[i], region);
+        tv_qp_put(qps[i]);
+    }
+    free(qps);
 }
 
 void *tv_engine_dereg(tv_engine *e, uint32_t key) {

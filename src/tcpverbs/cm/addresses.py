@@ -2,7 +2,7 @@
 (rdma_conn_param), and the device -- the context -- an IP address belongs to.
 
 The contexts rdma_cm opens are opened once per process and kept, as librdmacm does:
-every CMID of a device shares one (and each CMID has its own PD on it).
+every CMID of a device shares one, and one PD on it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import threading
 from ..context import Context
 from ..device import GID, device_for_gid, device_gids
 from ..errors import TcpverbsError, from_oserror
+from ..pd import PD
 from .enums import RAI_PASSIVE, rdma_port_space
 
-__all__ = ["AddrInfo", "ConnParam", "context_for", "route_source"]
+__all__ = ["AddrInfo", "ConnParam", "context_for", "pd_for", "route_source"]
 
 
 def _resolve(
@@ -102,6 +103,19 @@ class ConnParam:
 
 _contexts: dict[bytes, Context] = {}
 _contexts_lock = threading.Lock()
+
+
+_pds: dict[int, PD] = {}  # id(context) -> its PD
+
+
+def pd_for(ctx: Context) -> PD:
+    """The PD every CMID of *ctx* uses (librdmacm's per-device PD), made on first use:
+    memory one CMID registers serves them all."""
+    with _contexts_lock:
+        pd = _pds.get(id(ctx))
+        if pd is None or pd.closed:
+            pd = _pds[id(ctx)] = PD(ctx)
+        return pd
 
 
 def context_for(address: str) -> tuple[Context, GID, int]:

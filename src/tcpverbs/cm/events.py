@@ -15,6 +15,7 @@ import select
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -92,7 +93,9 @@ class CMEventChannel:
 
     def __init__(self) -> None:
         self._events: deque[CMEvent] = deque()
-        self._ids: dict[int, CMID] = {}  # fd of a listening or control socket -> its CMID
+        # fd of a listening or control socket -> its CMID; weak: a CMID the program drops
+        # closes (its sockets with it), as pyverbs' ids do
+        self._ids: weakref.WeakValueDictionary[int, CMID] = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
         self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.closed = False
@@ -163,15 +166,16 @@ class CMEventChannel:
         """Read what the channel's sockets have (up to *timeout* seconds of waiting), and
         look at deadlines.  Called with the lock held."""
         poller = select.poll()
-        for fd, cmid in self._ids.items():
-            poller.register(fd, select.POLLOUT if cmid._connecting else select.POLLIN)
-        ready = poller.poll(max(0.0, timeout) * 1000) if self._ids else []
-        if not self._ids and timeout > 0:
+        watched = list(self._ids.items())
+        for fd, cmid in watched:
+            poller.register(fd, cmid._poll_events(fd))
+        ready = poller.poll(max(0.0, timeout) * 1000) if watched else []
+        if not watched and timeout > 0:
             time.sleep(min(timeout, _SLICE))
         for fd, events in ready:
             owner = self._ids.get(fd)
             if owner is not None:
-                owner._on_ready(fd, events)
+                owner._on_ready(fd, events)  # (never raises: its failures are its events)
         now = time.monotonic()
         for cmid in list(self._ids.values()):
             cmid._check_deadline(now)

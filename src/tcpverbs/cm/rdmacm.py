@@ -35,6 +35,7 @@ import secrets
 import select
 import socket
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 from ..context import Context
@@ -54,7 +55,7 @@ from ..pd import PD
 from ..qp import QP
 from ..qp_attr import AHAttr, GlobalRoute, QPAttr, QPCap, QPInitAttr
 from ..wr import SGE, RecvWR, SendWR
-from .addresses import AddrInfo, ConnParam, context_for, route_source
+from .addresses import AddrInfo, ConnParam, context_for, pd_for, route_source
 from .enums import (
     RDMA_OPTION_ID,
     RDMA_OPTION_ID_ACK_TIMEOUT,
@@ -63,7 +64,7 @@ from .enums import (
     rdma_port_space,
 )
 from .events import CMEvent, CMEventChannel
-from .messages import CMDecoder, CMMessage, MessageType, encode
+from .messages import PRIVATE_DATA_MAX, CMDecoder, CMMessage, MessageType, encode
 
 if TYPE_CHECKING:
     from ..cq import WC
@@ -93,6 +94,16 @@ CONNECT_GRACE = 0.05  # seconds connect() waits for the TCP handshake before ret
 _QP_ACCESS = A.IBV_ACCESS_LOCAL_WRITE | A.IBV_ACCESS_REMOTE_WRITE | A.IBV_ACCESS_REMOTE_READ
 _DEFAULT_TIMEOUT = 14  # 4.096 us * 2^14: about 67 ms per try
 _MIN_RNR_TIMER = 12
+
+
+def _check_private_data(what: str, kind: MessageType, param: ConnParam) -> None:
+    """EINVAL before anything changes when *param* carries more than *kind* may."""
+    if len(param.private_data) > PRIVATE_DATA_MAX[kind]:
+        raise TcpverbsError(
+            errno.EINVAL,
+            f"{what}: at most {PRIVATE_DATA_MAX[kind]} bytes of private data, "
+            f"got {len(param.private_data)}",
+        )
 
 
 class _Peer:
@@ -154,7 +165,8 @@ class CMID:
             )
         self.port_space = port_space
         self.event_channel = None
-        self._channel: CMEventChannel | None = None  # the channel its events go to
+        self._channel: CMEventChannel | None = None  # a synchronous CMID's own channel
+        self._owns_channel = False
         self.ctx: Context | None = None
         self.pd: PD | None = None
         self.qp: QP | None = None
@@ -186,6 +198,7 @@ class CMID:
         if ai.port_space != rdma_port_space.RDMA_PS_TCP:
             self._setup(ai.port_space)  # refuses
         self._channel = CMEventChannel()
+        self._owns_channel = True
         if ai.passive:
             assert ai.src_addr is not None
             self._bind(ai.src_addr)
@@ -226,6 +239,12 @@ class CMID:
             return str(host), int(port)
         return self._bound
 
+    def _guard(self) -> AbstractContextManager[object]:
+        """The channel's lock: a public call that changes the state runs under it, so
+        it never interleaves with the event processing another thread's wait does."""
+        channel = self._channel if self._channel is not None else self.event_channel
+        return channel._lock if channel is not None else nullcontext()
+
     def _events(self) -> CMEventChannel:
         channel = self._channel if self._channel is not None else self.event_channel
         if channel is None or channel.closed:
@@ -252,7 +271,7 @@ class CMID:
         if self.ctx is None:
             self.ctx, self._gid, self._sgid_index = context_for(address)
         if self.pd is None:
-            self.pd = PD(self.ctx)
+            self.pd = pd_for(self.ctx)
 
     def _bind(self, addr: tuple[str, int]) -> None:
         if self._state != "idle":
@@ -429,22 +448,27 @@ class CMID:
         ``RDMA_CM_EVENT_CONNECT_REQUEST`` events (each with its new CMID)."""
         if self._state != "bound" or self._bound is None:
             raise TcpverbsError(errno.EINVAL, "Listen Failed: bind the CM ID first")
+        if not isinstance(backlog, int) or backlog < 0:
+            raise TcpverbsError(errno.EINVAL, f"Listen Failed: backlog {backlog!r}")
         host, port = self._bound
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
+            # *backlog* bounds the connections owing their REQ; the kernel's queue is
+            # the largest, so that a newcomer reaches the table and pushes an idle one out
             self._backlog = min(backlog or MAX_BACKLOG, MAX_BACKLOG)
-            sock.listen(self._backlog)
+            sock.listen(MAX_BACKLOG)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
             raise from_oserror(exc, f"Listen Failed on {host}:{port}") from exc
-        self._listener = sock
-        self._bound = sock.getsockname()[:2]
-        self._state = "listening"
-        self._events()._watch(sock, self)
+        with self._guard():
+            self._listener = sock
+            self._bound = sock.getsockname()[:2]
+            self._state = "listening"
+            self._events()._watch(sock, self)
 
     def get_request(self, timeout: float | None = None) -> CMID:
         """``rdma_get_request`` (a synchronous listener): the next request's CMID, with
@@ -457,38 +481,72 @@ class CMID:
         )
         child = event.id
         assert isinstance(child, CMID)
+        child._migrate(CMEventChannel())  # its own, as rdma_migrate_id: it outlives us
         if self._sync_init is not None:
             child.create_qp(self._sync_init)
         return child
 
+    def _migrate(self, channel: CMEventChannel) -> None:
+        """Move to *channel* (a synchronous request's CMID leaves its listener's)."""
+        old = self._events()
+        with old._lock:
+            if self._sock is not None:
+                old._unwatch(self._sock)
+                channel._watch(self._sock, self)
+            self._channel = channel
+            self._owns_channel = True
+
+    def _poll_events(self, fd: int) -> int:
+        """What the channel waits for on *fd*, one of this CMID's sockets."""
+        if self._sock is not None and fd == self._sock.fileno() and self._connecting:
+            return select.POLLOUT
+        return select.POLLIN
+
     def _on_ready(self, fd: int, events: int) -> None:
-        if self._listener is not None and fd == self._listener.fileno():
-            self._accept_pending()
-        elif fd in self._pending:
-            self._read_pending(fd)
-        elif self._sock is not None and fd == self._sock.fileno():
-            if self._connecting:
-                self._connected(events)
-            else:
-                self._read()
+        """*fd* is ready; whatever goes wrong becomes this CMID's event, never an
+        exception in the thread that waits on the channel (it may be another CMID's)."""
+        try:
+            if self._listener is not None and fd == self._listener.fileno():
+                self._accept_pending()
+            elif fd in self._pending:
+                self._read_pending(fd)
+            elif self._sock is not None and fd == self._sock.fileno():
+                if self._connecting:
+                    self._connected(events)
+                else:
+                    self._read()
+        except OSError:  # the peer went away mid-step (ENOTCONN, EPIPE...)
+            self._lost()
 
     def _accept_pending(self) -> None:
+        """Take what the kernel queued, up to ``backlog`` at a time.  When the table of
+        connections that owe their REQ is full, a newcomer takes the oldest one's place:
+        a REQ comes at once from a real peer, so only idle connections are pushed out,
+        and the listener is never left readable with nobody taking (a busy loop)."""
         assert self._listener is not None
-        while len(self._pending) < self._backlog:
+        for _ in range(max(self._backlog, 1)):
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # (ECONNABORTED and the like: that one is gone)
+            if len(self._pending) >= self._backlog:
+                oldest = min(self._pending, key=lambda fd: self._pending[fd][2])
+                self._drop_pending(oldest)
             sock.setblocking(False)
             self._pending[sock.fileno()] = (sock, CMDecoder(), time.monotonic() + REQ_DEADLINE)
             self._events()._watch(sock, self)
 
     def _drop_pending(self, fd: int) -> None:
         sock, _, _ = self._pending.pop(fd)
-        self._events()._unwatch(sock)
+        self._unwatch(sock)
         sock.close()
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        channel = self._channel if self._channel is not None else self.event_channel
+        if channel is not None:
+            channel._unwatch(sock)
 
     def _read_pending(self, fd: int) -> None:
         sock, decoder, _ = self._pending[fd]
@@ -511,8 +569,8 @@ class CMID:
         self._events()._unwatch(sock)
         try:
             child = self._child(sock, request)
-        except TcpverbsError:
-            sock.close()  # no device for that address: the peer sees its end
+        except OSError:  # no device for that address, or the peer left (ENOTCONN)
+            sock.close()  # the peer, if any, sees its end
             return
         child._event(EV.RDMA_CM_EVENT_CONNECT_REQUEST, request.private_data)
 
@@ -540,27 +598,31 @@ class CMID:
         """``rdma_accept``: answer the request (REP); its QP (or the one *param* names)
         goes to RTS.  ``RDMA_CM_EVENT_ESTABLISHED`` follows when the peer confirms; a
         synchronous CMID waits for it."""
-        if self._state != "request" or self._peer is None:
-            raise TcpverbsError(errno.EINVAL, "Failed to Accept Connection: no request pending")
-        self._param = param or ConnParam()
-        qp_num = self._param.qp_num
-        if self.qp is not None:
-            self._connect_qp()
-            qp_num = self.qp.qp_num
-        self._send(MessageType.REP, self._param.private_data, qp_num, "Failed to Accept Connection")
-        self._state = "accepted"
-        self._deadline = time.monotonic() + RESPONSE_TIMEOUT
+        with self._guard():
+            if self._state != "request" or self._peer is None:
+                raise TcpverbsError(errno.EINVAL, "Failed to Accept Connection: no request pending")
+            param = param or ConnParam()
+            _check_private_data("Failed to Accept Connection", MessageType.REP, param)
+            self._param = param
+            qp_num = param.qp_num
+            if self.qp is not None:
+                self._connect_qp()
+                qp_num = self.qp.qp_num
+            self._send(MessageType.REP, param.private_data, qp_num, "Failed to Accept Connection")
+            self._state = "accepted"
+            self._deadline = time.monotonic() + RESPONSE_TIMEOUT
         if self._channel is not None:  # synchronous
             self._wait(EV.RDMA_CM_EVENT_ESTABLISHED)
 
     def reject(self, private_data: bytes | None = None) -> None:
         """``rdma_reject``: refuse the request; the peer sees ``RDMA_CM_EVENT_REJECTED``
         with *private_data*."""
-        if self._state != "request":
-            raise TcpverbsError(errno.EINVAL, "Failed to Reject: no request pending")
-        self._send(MessageType.REJ, bytes(private_data or b""), 0, "Failed to Reject")
-        self._state = "rejected"
-        self._close_control()
+        with self._guard():
+            if self._state != "request":
+                raise TcpverbsError(errno.EINVAL, "Failed to Reject: no request pending")
+            self._send(MessageType.REJ, bytes(private_data or b""), 0, "Failed to Reject")
+            self._state = "rejected"
+            self._close_control()
 
     # -- active side ---------------------------------------------------------------------
     def connect(self, param: ConnParam | None = None) -> None:
@@ -568,28 +630,29 @@ class CMID:
         ``RDMA_CM_EVENT_ESTABLISHED`` (this CMID's QP is in RTS), ``..._CONNECT_RESPONSE``
         (no QP here: move yours with :meth:`init_qp_attr`, then :meth:`establish`),
         ``..._REJECTED`` or ``..._UNREACHABLE``.  A synchronous CMID waits for it."""
-        if self._state != "route_resolved" or self._dst is None:
-            raise TcpverbsError(errno.EINVAL, "Failed to Connect: resolve the route first")
-        self._param = param or ConnParam()
-        if len(self._param.private_data) > 56:
-            raise TcpverbsError(errno.EINVAL, "Failed to Connect: at most 56 bytes of private data")
-        family = socket.AF_INET6 if ":" in self._dst[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        err = sock.connect_ex(self._dst)
-        if err not in (0, errno.EINPROGRESS):
-            sock.close()
-            raise TcpverbsError(err, f"Failed to Connect: {os.strerror(err)}")
-        self._sock = sock
-        self._connecting = True
-        self._state = "connecting"
-        self._deadline = time.monotonic() + RESPONSE_TIMEOUT
-        self._events()._watch(sock, self)
-        # the REQ leaves now when the TCP handshake is quick (loopback, a LAN), as
-        # rdma_connect's does, so a peer waiting for it needs nothing from this side;
-        # a slower one goes out when this CMID's channel is next waited on
-        if select.select([], [sock], [], CONNECT_GRACE)[1]:
-            self._connected(select.POLLOUT)
+        with self._guard():
+            if self._state != "route_resolved" or self._dst is None:
+                raise TcpverbsError(errno.EINVAL, "Failed to Connect: resolve the route first")
+            param = param or ConnParam()
+            _check_private_data("Failed to Connect", MessageType.REQ, param)
+            self._param = param
+            family = socket.AF_INET6 if ":" in self._dst[0] else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            err = sock.connect_ex(self._dst)
+            if err not in (0, errno.EINPROGRESS):
+                sock.close()
+                raise TcpverbsError(err, f"Failed to Connect: {os.strerror(err)}")
+            self._sock = sock
+            self._connecting = True
+            self._state = "connecting"
+            self._deadline = time.monotonic() + RESPONSE_TIMEOUT
+            self._events()._watch(sock, self)
+            # the REQ leaves now when the TCP handshake is quick (loopback, a LAN), as
+            # rdma_connect's does, so a peer waiting for it needs nothing from this side;
+            # a slower one goes out when this CMID's channel is next waited on
+            if select.select([], [sock], [], CONNECT_GRACE)[1]:
+                self._on_ready(sock.fileno(), select.POLLOUT)
         if self._channel is not None:  # synchronous
             self._wait(EV.RDMA_CM_EVENT_ESTABLISHED)
 
@@ -612,6 +675,8 @@ class CMID:
             self._fail_connect(EV.RDMA_CM_EVENT_UNREACHABLE, exc.errno or errno.EIO)
 
     def _fail_connect(self, event_type: rdma_cm_event_type, err: int, data: bytes = b"") -> None:
+        if self.qp is not None and self.qp.qp_state in (S.IBV_QPS_RTR, S.IBV_QPS_RTS):
+            self._qp_to_error()  # it was moved towards a peer that is not there
         self._close_control()
         self._state = "failed"
         self._event(event_type, data, -err)
@@ -619,27 +684,29 @@ class CMID:
     def establish(self) -> None:
         """``rdma_establish``: after ``RDMA_CM_EVENT_CONNECT_RESPONSE``, with the
         program's own QP in RTS, confirm the connection (the peer sees ESTABLISHED)."""
-        if self._state != "responded":
-            raise TcpverbsError(errno.EINVAL, "Failed to Complete an active connection request")
-        self._send(MessageType.RTU, b"", 0, "Failed to Complete an active connection request")
-        self._state = "established"
+        with self._guard():
+            if self._state != "responded":
+                raise TcpverbsError(errno.EINVAL, "Failed to Complete an active connection request")
+            self._send(MessageType.RTU, b"", 0, "Failed to Complete an active connection request")
+            self._state = "established"
 
     def disconnect(self) -> None:
         """``rdma_disconnect``: the QP goes to ERR and the peer is told (DREQ); both
         sides see ``RDMA_CM_EVENT_DISCONNECTED``.  Idempotent once disconnected."""
-        if self._state in ("disconnecting", "disconnected"):
-            if self._state == "disconnected" and self._sock is not None:
-                self._close_control()
-            return
-        if self._state not in ("established", "accepted", "responded"):
-            raise TcpverbsError(errno.EINVAL, f"Failed to Disconnect: the CM ID is {self._state}")
-        self._qp_to_error()
-        try:
-            self._send(MessageType.DREQ, b"", 0, "Failed to Disconnect")
-            self._state = "disconnecting"
-            self._deadline = time.monotonic() + RESPONSE_TIMEOUT
-        except TcpverbsError:
-            self._disconnected()  # the peer is gone already
+        with self._guard():
+            if self._state in ("disconnecting", "disconnected"):
+                return
+            if self._state not in ("established", "accepted", "responded"):
+                raise TcpverbsError(
+                    errno.EINVAL, f"Failed to Disconnect: the CM ID is {self._state}"
+                )
+            self._qp_to_error()
+            try:
+                self._send(MessageType.DREQ, b"", 0, "Failed to Disconnect")
+                self._state = "disconnecting"
+                self._deadline = time.monotonic() + RESPONSE_TIMEOUT
+            except TcpverbsError:
+                self._disconnected()  # the peer is gone already
 
     def _qp_to_error(self) -> None:
         if self.qp is not None and not self.qp.closed and self.qp.qp_state != S.IBV_QPS_ERR:
@@ -760,9 +827,7 @@ class CMID:
         sock, self._sock = self._sock, None
         self._connecting = False
         if sock is not None:
-            channel = self._channel if self._channel is not None else self.event_channel
-            if channel is not None:
-                channel._unwatch(sock)
+            self._unwatch(sock)
             sock.close()
 
     # -- the data path, rdma_verbs.h's helpers ---------------------------------------------
@@ -840,21 +905,20 @@ class CMID:
         CMID, its channel)."""
         if self._closed:
             return
-        self._closed = True
-        self._close_control()
-        channel = self._channel if self._channel is not None else self.event_channel
-        for fd in list(self._pending):
-            self._drop_pending(fd)
-        if self._listener is not None:
-            if channel is not None:
-                channel._unwatch(self._listener)
-            self._listener.close()
-            self._listener = None
+        with self._guard():
+            self._closed = True
+            self._close_control()
+            for fd in list(self._pending):
+                self._drop_pending(fd)
+            if self._listener is not None:
+                self._unwatch(self._listener)
+                self._listener.close()
+                self._listener = None
         if self.qp is not None:
             self.qp.close()
         for cq in self._own_cqs:
             cq.close()
-        if self._channel is not None and self._listen_id is None:
+        if self._channel is not None and self._owns_channel:
             self._channel.close()
 
     def __del__(self) -> None:  # sockets go with the CMID, as pyverbs' ids do

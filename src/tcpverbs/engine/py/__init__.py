@@ -90,11 +90,9 @@ class PyEngine:
     def _users_of(self, pd: int) -> list[PyQP | PySRQ]:
         """The QPs and SRQs of *pd*: the only ones that can reach its memory, locally or
         from the peer."""
-        qps: list[PyQP | PySRQ] = [
-            o for o in self._objects.live() if isinstance(o, PyQP) and o.pd == pd
-        ]
-        with self._lock:
-            return qps + [srq for srq in self._srqs if srq.pd == pd]
+        with self._lock:  # SRQs first: a WR is in its SRQ, or in the QP that took it since
+            srqs: list[PyQP | PySRQ] = [srq for srq in self._srqs if srq.pd == pd]
+        return srqs + [o for o in self._objects.live() if isinstance(o, PyQP) and o.pd == pd]
 
     def create_srq(self, handle: int, pd: int, max_wr: int, max_sge: int) -> PySRQ:
         srq = PySRQ(self, handle, pd, max_wr, max_sge)
