@@ -504,3 +504,56 @@ def test_a_peer_that_leaves_before_confirming_is_a_connect_error() -> None:
     assert peer.recv(4)[0] == MessageType.REP
     peer.close()
     assert next_event(channel, EV.RDMA_CM_EVENT_CONNECT_ERROR).status == -errno.ECONNRESET
+
+
+def established_pair() -> tuple[CMEventChannel, CMEventChannel, CMID, CMID, CMID]:
+    """(server channel, client channel, listener, server's CMID, client's CMID)."""
+    server_channel, client_channel = CMEventChannel(), CMEventChannel()
+    lid = listener(server_channel)
+    cid = resolved(client_channel, port_of(lid))
+    cid.create_qp(v.QPInitAttr())
+    cid.connect()
+    child = CMID(
+        creator=next_event(server_channel, EV.RDMA_CM_EVENT_CONNECT_REQUEST), listen_id=lid
+    )
+    child.create_qp(v.QPInitAttr())
+    child.accept()
+    next_event(client_channel, EV.RDMA_CM_EVENT_ESTABLISHED)
+    next_event(server_channel, EV.RDMA_CM_EVENT_ESTABLISHED)
+    return server_channel, client_channel, lid, child, cid
+
+
+def test_both_sides_disconnecting_at_once_each_hear_it_once() -> None:
+    server_channel, client_channel, lid, child, cid = established_pair()
+    child.disconnect()
+    cid.disconnect()
+    next_event(server_channel, EV.RDMA_CM_EVENT_DISCONNECTED)
+    next_event(client_channel, EV.RDMA_CM_EVENT_DISCONNECTED)
+    for channel in (server_channel, client_channel):
+        with pytest.raises(TcpverbsError) as none:
+            CMEvent(channel, timeout=0.3)
+        assert none.value.errno == errno.ETIMEDOUT
+    for thing in (child, cid, lid, server_channel, client_channel):
+        thing.close()
+
+
+def test_a_peer_that_never_answers_is_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RTU after the REP: UNREACHABLE; no DREP after a DREQ: disconnected anyway."""
+    monkeypatch.setattr(rdmacm, "RESPONSE_TIMEOUT", 0.3)
+    channel = CMEventChannel()
+    lid = listener(channel)
+    silent = socket.create_connection((HOST, port_of(lid)))
+    silent.sendall(encode(CMMessage(MessageType.REQ, qp_num=5, psn=7)))
+    child = CMID(creator=next_event(channel, EV.RDMA_CM_EVENT_CONNECT_REQUEST), listen_id=lid)
+    child.accept(ConnParam(qp_num=9))
+    assert next_event(channel, EV.RDMA_CM_EVENT_UNREACHABLE).status == -errno.ETIMEDOUT
+    mute = socket.create_connection((HOST, port_of(lid)))
+    mute.sendall(encode(CMMessage(MessageType.REQ, qp_num=6, psn=8)))
+    other = CMID(creator=next_event(channel, EV.RDMA_CM_EVENT_CONNECT_REQUEST), listen_id=lid)
+    other.accept(ConnParam(qp_num=10))
+    mute.sendall(encode(CMMessage(MessageType.RTU)))
+    next_event(channel, EV.RDMA_CM_EVENT_ESTABLISHED)
+    other.disconnect()  # the peer reads the DREQ and says nothing
+    next_event(channel, EV.RDMA_CM_EVENT_DISCONNECTED)
+    for thing in (silent, mute, child, other, lid, channel):
+        thing.close()

@@ -262,3 +262,57 @@ def test_the_device_says_it_has_srqs(ctx: v.Context) -> None:
     attr = ctx.query_device()
     assert attr.max_srq > 0 and attr.max_srq_wr >= 16 and attr.max_srq_sge >= 2
     assert attr.device_cap_flags & v.enums.ibv_device_cap_flags.IBV_DEVICE_SRQ_RESIZE
+
+
+def test_a_qp_the_application_moves_to_err_says_last_wqe_reached(setup: Setup) -> None:
+    setup.post(0)
+    qp = setup.receivers[1]
+    qp.modify(v.QPAttr(qp_state=S.IBV_QPS_ERR), v.ibv_qp_attr_mask.IBV_QP_STATE)
+    events = []
+    for _ in range(4):  # its own, and the sender's when its peer goes (any order)
+        try:
+            events.append(setup.ctx.get_async_event(timeout=2))
+        except TcpverbsError:
+            break
+    last = [e.element for e in events if e.event_type == E.IBV_EVENT_QP_LAST_WQE_REACHED]
+    assert last == [qp]
+    setup.send(0, b"the other QP")  # the SRQ's WR is still there for the other one
+    assert poll_until(setup.rcq)[0].wr_id == 0
+
+
+def test_a_limit_armed_below_the_count_fires_at_the_next_take(setup: Setup) -> None:
+    setup.post(0, 1)
+    setup.srq.modify(v.SrqAttr(srq_limit=5), SRQ_LIMIT)
+    setup.send(0, b"take one")
+    poll_until(setup.rcq)
+    event = setup.ctx.get_async_event(timeout=10)
+    assert event.event_type == E.IBV_EVENT_SRQ_LIMIT_REACHED and event.element is setup.srq
+
+
+def test_threads_posting_to_one_srq_while_both_qps_take(setup: Setup) -> None:
+    """Posts from two threads and takes by two QPs meet in one SRQ: every message lands
+    in a WR of its own, none twice."""
+    import threading
+
+    rounds = 8
+    big = v.MR(setup.pd, SIZE * 2 * rounds, LOCAL)
+
+    def poster(base: int) -> None:
+        for i in range(rounds):
+            slot = base + i
+            sge = v.SGE(big.buf + SIZE * slot, SIZE, big.lkey)
+            setup.srq.post_recv(v.RecvWR(slot, 1, [sge]))
+
+    threads = [threading.Thread(target=poster, args=(base,)) for base in (0, rounds)]
+    for thread in threads:
+        thread.start()
+    for i in range(2 * rounds):
+        setup.send(i % 2, f"m{i}".encode(), wr_id=i)
+        poll_until(setup.scq)
+    for thread in threads:
+        thread.join()
+    wcs = poll_until(setup.rcq, 2 * rounds)
+    assert sorted(wc.wr_id for wc in wcs) == list(range(2 * rounds))
+    assert all(wc.status == W.IBV_WC_SUCCESS for wc in wcs)
+    landed = {big.read(SIZE, SIZE * wc.wr_id).rstrip(b" ") for wc in wcs}
+    assert landed == {f"m{i}".encode() for i in range(2 * rounds)}
