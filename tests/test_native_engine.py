@@ -278,3 +278,22 @@ def test_the_engine_thread_runs_where_epoll_pwait2_is_missing() -> None:
         check=False,
     )
     assert out.returncode == 0 and "delivered" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_c_engine_refuses_another_context_s_srq() -> None:
+    """The verbs layer checks that a QP's SRQ is of its PD; the C engine does not take
+    one of another engine either (its WRs' pins belong to that engine's memory)."""
+    from tcpverbs.engine.api import QPCaps, QPSpec
+
+    with (
+        v.Context(name="tcpv_lo", engine="native") as a,
+        v.Context(name="tcpv_lo", engine="native") as b,
+    ):
+        srq = a._engine.create_srq(1, 1, 4, 1)
+        cq = b._engine.create_cq(2, 4, None)
+        spec = QPSpec(3, 256, 1, QPCaps(4, 0, 1, 0, 0), True, "rc", cq, cq, srq)
+        with pytest.raises(OSError) as info:
+            b._engine.create_qp(spec)
+        assert info.value.errno == errno.EINVAL
+        srq.destroy()
+        cq.destroy()

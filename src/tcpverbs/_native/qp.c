@@ -51,7 +51,8 @@ tv_ring *tv_new_ring(uint32_t depth, uint32_t slot_size, void **mem) {
 }
 
 tv_qp *tv_qp_new(tv_engine *e, const tv_qp_spec *spec, tv_cq *scq, tv_cq *rcq) {
-    if (spec->max_send_sge > TV_MAX_SGE || spec->max_recv_sge > TV_MAX_SGE ||
+    if ((spec->srq != NULL && spec->srq->engine != e) || /* another context's SRQ */
+        spec->max_send_sge > TV_MAX_SGE || spec->max_recv_sge > TV_MAX_SGE ||
         spec->max_send_wr > TV_RING_MAX_SLOTS || spec->max_recv_wr > TV_RING_MAX_SLOTS ||
         spec->max_inline > 65536) {
         errno = EINVAL;
