@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ._base import VerbsObject
 from .device import MAX_SGE, MAX_SRQ_WR
 from .enums import ibv_srq_attr_mask, ibv_srq_init_attr_mask, ibv_srq_type
-from .errors import TcpverbsError
+from .errors import TcpverbsError, check_int
 from .pd import PD
 from .post_errors import post_error
 from .wr import RecvWR
@@ -81,11 +81,10 @@ class SrqInitAttrEx(SrqInitAttr):
 
 
 def _check_size(what: str, max_wr: object, max_sge: object) -> tuple[int, int]:
-    for name, value, high in (("max_wr", max_wr, MAX_SRQ_WR), ("max_sge", max_sge, MAX_SGE)):
-        if not isinstance(value, int) or not 1 <= value <= high:
-            raise TcpverbsError(errno.EINVAL, f"{what}: {name}={value!r} is outside 1..{high}")
-    assert isinstance(max_wr, int) and isinstance(max_sge, int)
-    return max_wr, max_sge
+    return (
+        check_int(f"{what}: max_wr", max_wr, 1, MAX_SRQ_WR),
+        check_int(f"{what}: max_sge", max_sge, 1, MAX_SGE),
+    )
 
 
 def _pd_of(creator: PD | Context, attr: SrqInitAttr) -> PD:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 from ..context import Context
 from ..cq import CQ
-from ..device import GID, device_for_gid, device_gids
+from ..device import GID
 from ..enums import (
     ibv_access_flags,
     ibv_qp_attr_mask,
@@ -172,7 +172,6 @@ class CMID:
         self.qp: QP | None = None
         self._own_cqs: list[CQ] = []
         self._sync_init: QPInitAttr | None = None  # a synchronous listener's, for children
-        self._gid: GID | None = None
         self._sgid_index = 0
         self._bound: tuple[str, int] | None = None
         self._dst: tuple[str, int] | None = None
@@ -239,14 +238,19 @@ class CMID:
             return str(host), int(port)
         return self._bound
 
+    @property
+    def _any_channel(self) -> CMEventChannel | None:
+        """Where its events go: its own channel (synchronous) or the program's."""
+        return self._channel if self._channel is not None else self.event_channel
+
     def _guard(self) -> AbstractContextManager[object]:
         """The channel's lock: a public call that changes the state runs under it, so
         it never interleaves with the event processing another thread's wait does."""
-        channel = self._channel if self._channel is not None else self.event_channel
+        channel = self._any_channel
         return channel._lock if channel is not None else nullcontext()
 
     def _events(self) -> CMEventChannel:
-        channel = self._channel if self._channel is not None else self.event_channel
+        channel = self._any_channel
         if channel is None or channel.closed:
             raise TcpverbsError(errno.EBADF, "the CM ID's event channel is closed")
         return channel
@@ -269,7 +273,7 @@ class CMID:
     # -- addresses -----------------------------------------------------------------------
     def _open_device(self, address: str) -> None:
         if self.ctx is None:
-            self.ctx, self._gid, self._sgid_index = context_for(address)
+            self.ctx, _, self._sgid_index = context_for(address)
         if self.pd is None:
             self.pd = pd_for(self.ctx)
 
@@ -544,7 +548,7 @@ class CMID:
         sock.close()
 
     def _unwatch(self, sock: socket.socket) -> None:
-        channel = self._channel if self._channel is not None else self.event_channel
+        channel = self._any_channel
         if channel is not None:
             channel._unwatch(sock)
 
@@ -581,12 +585,7 @@ class CMID:
         child._channel = self._channel
         child._listen_id = self
         local, remote = sock.getsockname()[0], sock.getpeername()[0]
-        if self.ctx is not None:
-            child.ctx, child.pd, child._gid = self.ctx, self.pd, GID.from_ip(local)
-            device = device_for_gid(child._gid)
-            child._sgid_index = device_gids(device).index(child._gid)
-        else:
-            child._open_device(local)
+        child._open_device(local)  # the listener's context and PD, if it is bound to one
         child._sock = sock
         child._peer = _Peer(request, remote)
         child._request = request
