@@ -32,6 +32,7 @@ setup(
                 f"{NATIVE}/zerocopy.c",
                 f"{NATIVE}/srq.c",
                 f"{NATIVE}/py_srq.c",
+                f"{NATIVE}/py_fast.c",
             ],
             depends=[
                 f"{NATIVE}/binding.h",

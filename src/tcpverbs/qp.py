@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
 from .device import GID, MAX_INLINE_DATA, MAX_QP_RD_ATOM, MAX_QP_WR, MAX_SGE
-from .engine.api import PostFailure, QPCaps, QPEngine, QPParams, QPSpec
+from .engine.api import FAST_POST, PostFailure, QPCaps, QPEngine, QPParams, QPSpec
 from .enums import (
     ibv_access_flags,
     ibv_qp_attr_mask,
@@ -198,6 +198,7 @@ class QP(VerbsObject):
         # the data path calls the engine directly: one attribute lookup less per WR
         self._post_send = self._qp.post_send
         self._post_recv = self._qp.post_recv
+        self._bind_fast_posts()
         if qp_attr is not None:
             self.to_init(qp_attr)
 
@@ -414,6 +415,26 @@ class QP(VerbsObject):
         if failure is not None:
             raise self._post_error(failure, wr, "post_recv", bad_wr)
 
+    def _bind_fast_posts(self) -> None:
+        """Where the engine can, post without a Python frame (see ContextEngine in
+        engine/api.py): these methods then run only for what is not the common path."""
+        fast_call = getattr(self.ctx._engine, "fast_call", None)
+        if fast_call is None:
+            return
+        if type(self).post_send is _POST_SEND:
+            slow = _POST_SEND.__get__(self)
+            fail = functools.partial(self._refused, "post_send")
+            self.__dict__["post_send"] = fast_call(self, self._post_send, slow, fail, FAST_POST)
+        if type(self).post_recv is _POST_RECV and self.srq is None:
+            slow = _POST_RECV.__get__(self)
+            fail = functools.partial(self._refused, "post_recv")
+            self.__dict__["post_recv"] = fast_call(self, self._post_recv, slow, fail, FAST_POST)
+
+    def _refused(
+        self, verb: str, failure: PostFailure, wr: SendWR | RecvWR, bad_wr: SendWR | RecvWR | None
+    ) -> None:
+        raise self._post_error(failure, wr, verb, bad_wr)
+
     def _post_error(
         self,
         failure: PostFailure,
@@ -435,6 +456,9 @@ class QP(VerbsObject):
 
     def __repr__(self) -> str:
         return f"<QP {self.qp_num} {self.wire} {self.qp_state.name}>"
+
+
+_POST_SEND, _POST_RECV = QP.post_send, QP.post_recv  # what FastCalls shadow, and fall back to
 
 
 class _Handoff:

@@ -279,6 +279,9 @@ class ChannelEngine(Protocol):
     def destroy(self) -> None: ...
 
 
+FAST_POLL, FAST_POST = 0, 1  # kinds of ContextEngine.fast_call
+
+
 class CQEngine(Protocol):
     handle: int
 
@@ -427,6 +430,14 @@ class ContextEngine(Protocol):
     def statistics(self) -> dict[str, int]:
         """Counters summed over every QP and CQ (destroyed ones too) and the engine's own."""
         ...
+
+    # An engine may also offer ``fast_call(owner, call, slow, fail, kind)``: a callable
+    # that does a verbs method's common path without a Python frame and hands the rest
+    # to the method (``slow``).  The verbs layer then shadows ``CQ.poll`` (kind
+    # FAST_POLL; ``call`` is ``poll_wc``, ``fail`` turns an Overrun into the error to
+    # raise) and ``QP.post_send`` / ``post_recv`` (kind FAST_POST; ``call`` is the
+    # engine QP's post, ``fail(failure, wr, bad_wr)`` raises) with it.  The native
+    # engine does (tcpverbs/_native/py_fast.c).
 
     def fileno(self) -> int:
         """The engine's own file descriptor (its epoll instance), valid until ``close``:

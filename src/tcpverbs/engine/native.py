@@ -131,6 +131,7 @@ class NativeQP(_native.QP):
 
 class NativeEngine(_native.Engine):
     name = "native"
+    fast_call = _native.FastCall  # the verbs layer's hot calls without a Python frame
 
     def __init__(self, device: str, options: EngineOptions = EngineOptions()) -> None:  # noqa: B008
         super().__init__(sq_poll_ns=options.sq_poll_us * 1000)
