@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from .. import cm
@@ -85,6 +85,8 @@ TIMEOUT = 60.0  # seconds without progress before a side gives up
 DATA_RECV = 100  # wr_id of send_bw's receives
 REPOST_BATCH = 16  # send_bw's receives are posted again in lists of up to this many
 POLL_BATCH = 64  # completions a bandwidth test takes per poll
+CTRL_EVERY = 64  # empty polls of a latency loop between two looks at the control QP
+CLOCK_EVERY = 4096  # ... and at the clock (a multiple of CTRL_EVERY)
 ACCESS = (
     ibv_access_flags.IBV_ACCESS_LOCAL_WRITE
     | ibv_access_flags.IBV_ACCESS_REMOTE_WRITE
@@ -307,8 +309,8 @@ class _Endpoint:
                     self.ctrl.cq.req_notify()
                 if not len(cq) and not (watch_ctrl and len(self.ctrl.cq)):
                     _sleep_on(self.channel, deadline)
-            elif time.monotonic() > deadline:
-                raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {TIMEOUT} s")
+            else:
+                _check_deadline(deadline)
 
     def next_wcs(
         self, watch_ctrl: bool = False, spare: Callable[[WC], bool] | None = None
@@ -656,21 +658,55 @@ def _spin_until(end: _Endpoint, view: memoryview, index: int, value: int) -> Non
 
 def _await_message(end: _Endpoint, qp: QP, sge: SGE, sends: int = 0) -> None:
     """Wait for *sends* send completions and one message of ``sge.length`` bytes posted
-    into *sge*.  A stream receive completes with whatever bytes arrived, so the rest of
-    the message gets a new receive behind them."""
+    into *sge* (see :func:`_landed`)."""
     arrived = 0
     whole = False
+    if end.events:
+        while sends or not whole:
+            wc = end.next_wc()
+            assert wc is not None
+            if not wc.opcode & RECV:
+                sends -= 1
+                continue
+            arrived += wc.byte_len
+            whole = _landed(qp, sge, arrived)
+        return
+    # Busy polling: the loop perftest runs in C, kept as short as Python allows, since
+    # every instruction here is on the round trip being measured (next_wc's generality
+    # cost about 2 us of it)
+    poll = end.cq.poll
+    deadline = time.monotonic() + TIMEOUT
+    spins = 0
     while sends or not whole:
-        wc = end.next_wc()
-        assert wc is not None
-        if not wc.opcode & RECV:
-            sends -= 1
+        n, wcs = poll(2)
+        if not n:
+            spins += 1
+            if not spins % CLOCK_EVERY:
+                _check_deadline(deadline)
             continue
-        arrived += wc.byte_len
-        whole = arrived >= sge.length
-        if not whole:
-            rest = SGE(sge.addr + arrived, sge.length - arrived, sge.lkey)
-            qp.post_recv(RecvWR(1, 1, [rest]))
+        for wc in wcs:
+            if wc.status:
+                _check_wc(wc)
+            if not wc.opcode & RECV:
+                sends -= 1
+                continue
+            arrived += wc.byte_len
+            whole = _landed(qp, sge, arrived)
+
+
+def _landed(qp: QP, sge: SGE, arrived: int) -> bool:
+    """*arrived* bytes of the message expected in *sge* are there: is it whole?  A stream
+    receive completes with whatever bytes arrived, so the rest of the message gets a new
+    receive behind them."""
+    if arrived >= sge.length:
+        return True
+    qp.post_recv(RecvWR(1, 1, [SGE(sge.addr + arrived, sge.length - arrived, sge.lkey)]))
+    return False
+
+
+def _check_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise TcpverbsError(errno.ETIMEDOUT, f"no completion within {TIMEOUT} s")
 
 
 def _client_lat(end: _Endpoint, cfg: PerfConfig, size: int, target: tuple[int, int]) -> LatResult:
@@ -791,23 +827,47 @@ def _server_send_lat(end: _Endpoint, size: int) -> None:
     n = max(1, size)
     recv_wr = RecvWR(DATA_RECV, 1, [SGE(mr.buf, n, mr.lkey)])  # built once, as perftest's
     send_wr = SendWR(101, OP.IBV_WR_SEND, 1, 0, [SGE(mr.buf + n, size, mr.lkey)], 0)
+    whole = SGE(mr.buf, size, mr.lkey)
     qp.post_recv(recv_wr)
     end.ctrl.send(READY)
     arrived = 0
-    while True:
-        wc = end.next_wc(watch_ctrl=True)
-        if wc is None:
-            return  # DONE
+    for wc in _server_completions(end):
         if not wc.opcode & RECV:
             continue
         arrived += wc.byte_len
-        if arrived < size:  # stream: part of the message, the rest comes behind it
-            rest = SGE(mr.buf + arrived, n - arrived, mr.lkey)
-            qp.post_recv(RecvWR(DATA_RECV, 1, [rest]))
+        if not _landed(qp, whole, arrived):
             continue
         arrived = 0
         qp.post_recv(recv_wr)
         qp.post_send(send_wr)
+
+
+def _server_completions(end: _Endpoint) -> Iterator[WC]:
+    """The data completions, until the client's DONE.  Busy polling looks at the control
+    QP only now and then: DONE comes after the last message, and looking costs time on
+    the round trip being measured."""
+    if end.events:
+        while (wc := end.next_wc(watch_ctrl=True)) is not None:
+            yield wc
+        return
+    poll, ctrl = end.cq.poll, end.ctrl
+    deadline = time.monotonic() + TIMEOUT
+    spins = 0
+    while True:
+        n, wcs = poll(2)
+        if n:
+            for wc in wcs:
+                if wc.status:
+                    _check_wc(wc)
+                yield wc
+            deadline = time.monotonic() + TIMEOUT  # (once the answer is on its way)
+            continue
+        spins += 1
+        if not spins % CTRL_EVERY:
+            if ctrl.has_message():
+                return
+            if not spins % CLOCK_EVERY:
+                _check_deadline(deadline)
 
 
 def _server_write_lat(end: _Endpoint, size: int, peer_target: tuple[int, int]) -> None:
