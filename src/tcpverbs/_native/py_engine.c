@@ -734,38 +734,40 @@ static void QP_dealloc(QPObject *self) {
 /* Reading WR fields fast: SendWR, RecvWR and SGE are slotted classes, so for objects of
  * exactly those types a field is read at its slot's offset (found once, from the class's
  * member descriptors) instead of through the attribute protocol.  Anything else -- a
- * subclass, a duck-typed WR -- takes PyObject_GetAttr. */
-enum { MAX_FIELDS = 12 };
+ * subclass, a duck-typed WR -- takes PyObject_GetAttr.  Fields are named by number, so
+ * a read is one table lookup (this runs for every field of every WR posted). */
+enum wr_field { F_WR_ID, F_OPCODE, F_NUM_SGE, F_IMM_DATA, F_SG, F_SEND_FLAGS, F_NEXT_WR,
+                F_REMOTE_ADDR, F_RKEY, F_COMPARE_ADD, F_SWAP, F_ADDR, F_LENGTH, F_LKEY,
+                N_FIELDS };
+static PyObject **const field_names[N_FIELDS] = {
+    &s_wr_id, &s_opcode, &s_num_sge, &s_imm_data, &s_sg, &s_send_flags, &s_next_wr,
+    &s_remote_addr, &s_rkey, &s_compare_add, &s_swap, &s_addr, &s_length, &s_lkey};
 typedef struct {
     PyTypeObject *type;
-    int n;
-    PyObject *names[MAX_FIELDS];
-    Py_ssize_t offsets[MAX_FIELDS];
+    Py_ssize_t offsets[N_FIELDS]; /* -1: not a plain slot of this class */
 } slot_layout;
 static slot_layout layouts[3]; /* SendWR, RecvWR, SGE */
 
-static void learn_layout(slot_layout *l, PyObject *module, const char *cls, PyObject **names,
-                         int n) {
+static void learn_layout(slot_layout *l, PyObject *module, const char *cls,
+                         const enum wr_field *fields, int n) {
+    for (int f = 0; f < N_FIELDS; f++)
+        l->offsets[f] = -1;
     PyObject *type = PyObject_GetAttrString(module, cls);
     if (type == NULL || !PyType_Check(type)) {
         Py_XDECREF(type);
         PyErr_Clear(); /* no fast path: every read takes getattr */
         return;
     }
-    for (int i = 0; i < n && i < MAX_FIELDS; i++) {
-        PyObject *d = PyObject_GetAttr(type, names[i]);
-        Py_ssize_t off = -1;
+    for (int i = 0; i < n; i++) {
+        PyObject *d = PyObject_GetAttr(type, *field_names[fields[i]]);
         if (d != NULL && Py_IS_TYPE(d, &PyMemberDescr_Type)) {
             PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
             if (m->type == T_OBJECT_EX && !(m->flags & READONLY))
-                off = m->offset;
+                l->offsets[fields[i]] = m->offset;
         }
         Py_XDECREF(d);
         PyErr_Clear();
-        l->names[i] = names[i];
-        l->offsets[i] = off;
     }
-    l->n = n;
     l->type = (PyTypeObject *)type; /* kept for the process */
 }
 
@@ -773,50 +775,58 @@ static int learn_layouts(void) {
     PyObject *wr = PyImport_ImportModule("tcpverbs.wr");
     if (wr == NULL)
         return -1;
-    PyObject *send[] = {s_wr_id, s_opcode, s_num_sge, s_imm_data, s_sg, s_send_flags,
-                        s_next_wr, s_remote_addr, s_rkey, s_compare_add, s_swap};
-    PyObject *recv[] = {s_wr_id, s_num_sge, s_sg, s_next_wr};
-    PyObject *sge[] = {s_addr, s_length, s_lkey};
-    learn_layout(&layouts[0], wr, "SendWR", send, 11);
-    learn_layout(&layouts[1], wr, "RecvWR", recv, 4);
-    learn_layout(&layouts[2], wr, "SGE", sge, 3);
+    static const enum wr_field send[] = {F_WR_ID, F_OPCODE, F_NUM_SGE, F_IMM_DATA,
+                                         F_SG, F_SEND_FLAGS, F_NEXT_WR, F_REMOTE_ADDR,
+                                         F_RKEY, F_COMPARE_ADD, F_SWAP};
+    static const enum wr_field recv[] = {F_WR_ID, F_NUM_SGE, F_SG, F_NEXT_WR};
+    static const enum wr_field sge[] = {F_ADDR, F_LENGTH, F_LKEY};
+    learn_layout(&layouts[0], wr, "SendWR", send, sizeof send / sizeof send[0]);
+    learn_layout(&layouts[1], wr, "RecvWR", recv, sizeof recv / sizeof recv[0]);
+    learn_layout(&layouts[2], wr, "SGE", sge, sizeof sge / sizeof sge[0]);
     Py_DECREF(wr);
     return 0;
 }
 
-/* obj.name as a new reference (NULL with an exception if it has none). */
-static PyObject *get_field(PyObject *obj, PyObject *name) {
+/* obj.<field> read at its slot, borrowed; NULL when that needs getattr (get_field). */
+static PyObject *peek_field(PyObject *obj, enum wr_field f) {
     PyTypeObject *t = Py_TYPE(obj);
-    for (int k = 0; k < 3; k++) {
-        const slot_layout *l = &layouts[k];
-        if (l->type != t)
-            continue;
-        for (int i = 0; i < l->n; i++)
-            if (l->names[i] == name && l->offsets[i] >= 0) {
-                PyObject *v = *(PyObject **)((char *)obj + l->offsets[i]);
-                if (v != NULL)
-                    return Py_NewRef(v);
-                break; /* unset: getattr raises the usual AttributeError */
-            }
-        break;
-    }
-    return PyObject_GetAttr(obj, name);
+    for (int k = 0; k < 3; k++)
+        if (layouts[k].type == t)
+            return layouts[k].offsets[f] >= 0
+                       ? *(PyObject **)((char *)obj + layouts[k].offsets[f])
+                       : NULL;
+    return NULL;
+}
+
+/* obj.<field> as a new reference (NULL with an exception if it has none). */
+static PyObject *get_field(PyObject *obj, enum wr_field f) {
+    PyObject *v = peek_field(obj, f);
+    /* unset, not a slot, or another class: getattr (which raises the usual error) */
+    return v != NULL ? Py_NewRef(v) : PyObject_GetAttr(obj, *field_names[f]);
 }
 
 /* An unsigned field of `bits` bits: 0, or -1 (not an int, out of range, or missing). */
-static int read_uint(PyObject *obj, PyObject *name, int bits, uint64_t *out) {
-    PyObject *v = get_field(obj, name);
-    if (v == NULL)
+static int read_uint(PyObject *obj, enum wr_field f, int bits, uint64_t *out) {
+    /* borrowed when read at the slot: nothing below runs Python code, so it stays put */
+    PyObject *v = peek_field(obj, f), *owned = NULL;
+    if (v == NULL && (v = owned = get_field(obj, f)) == NULL)
         return -1;
-    if (!PyLong_Check(v)) {
-        Py_DECREF(v);
-        return -1;
+    int bad = !PyLong_Check(v);
+    unsigned long long x = 0;
+    if (!bad) {
+        /* the common case, a non-negative int below 2**63, without the byte-array path
+         * PyLong_AsUnsignedLongLong takes for any int of more than one digit (addresses) */
+        int overflow = 0;
+        long long small = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow == 0 && small >= 0) {
+            x = (unsigned long long)small;
+        } else {
+            x = PyLong_AsUnsignedLongLong(v);
+            bad = x == (unsigned long long)-1 && PyErr_Occurred();
+        }
     }
-    unsigned long long x = PyLong_AsUnsignedLongLong(v);
-    Py_DECREF(v);
-    if (x == (unsigned long long)-1 && PyErr_Occurred())
-        return -1;
-    if (bits < 64 && x >> bits)
+    Py_XDECREF(owned);
+    if (bad || (bits < 64 && x >> bits))
         return -1;
     *out = x;
     return 0;
@@ -831,7 +841,7 @@ typedef struct {
 
 static int read_sges(PyObject *wr, uint64_t num_sge, sge_buf *b, uint32_t *sg_len,
                      size_t *start) {
-    PyObject *sg = get_field(wr, s_sg);
+    PyObject *sg = get_field(wr, F_SG);
     if (sg == NULL)
         return -1;
     *start = b->len;
@@ -865,8 +875,8 @@ static int read_sges(PyObject *wr, uint64_t num_sge, sge_buf *b, uint32_t *sg_le
         PyObject *sge = PySequence_Fast_GET_ITEM(sg, i);
         Py_INCREF(sge); /* the list may change under attribute reads */
         uint64_t addr, length, lkey;
-        int bad = read_uint(sge, s_addr, 64, &addr) || read_uint(sge, s_length, 32, &length) ||
-                  read_uint(sge, s_lkey, 32, &lkey);
+        int bad = read_uint(sge, F_ADDR, 64, &addr) || read_uint(sge, F_LENGTH, 32, &length) ||
+                  read_uint(sge, F_LKEY, 32, &lkey);
         Py_DECREF(sge);
         if (bad) {
             Py_DECREF(sg);
@@ -943,14 +953,14 @@ typedef struct {
 static int read_wr(PyObject *wr, int send, post_item *it, sge_buf *sges) {
     uint64_t wr_id, num_sge, opcode = 0, imm = 0, flags = 0, raddr = 0, rkey = 0, cadd = 0,
                               swap = 0;
-    if (read_uint(wr, s_wr_id, 64, &wr_id) ||
-        (send && (read_uint(wr, s_opcode, 32, &opcode) ||
-                  read_uint(wr, s_send_flags, 32, &flags) ||
-                  read_uint(wr, s_imm_data, 32, &imm) || read_uint(wr, s_rkey, 32, &rkey) ||
-                  read_uint(wr, s_remote_addr, 64, &raddr) ||
-                  read_uint(wr, s_compare_add, 64, &cadd) ||
-                  read_uint(wr, s_swap, 64, &swap))) ||
-        read_uint(wr, s_num_sge, 31, &num_sge))
+    if (read_uint(wr, F_WR_ID, 64, &wr_id) ||
+        (send && (read_uint(wr, F_OPCODE, 32, &opcode) ||
+                  read_uint(wr, F_SEND_FLAGS, 32, &flags) ||
+                  read_uint(wr, F_IMM_DATA, 32, &imm) || read_uint(wr, F_RKEY, 32, &rkey) ||
+                  read_uint(wr, F_REMOTE_ADDR, 64, &raddr) ||
+                  read_uint(wr, F_COMPARE_ADD, 64, &cadd) ||
+                  read_uint(wr, F_SWAP, 64, &swap))) ||
+        read_uint(wr, F_NUM_SGE, 31, &num_sge))
         return -1;
     uint32_t sg_len;
     int r = read_sges(wr, num_sge, sges, &sg_len, &it->sge_start);
@@ -965,7 +975,10 @@ PyObject *tv_py_post_chain(const tv_py_poster *poster, PyObject *first, int send
     uint32_t depth = poster->depth;
     post_item local[16], *items = local;
     size_t cap = 16, n = 0;
-    sge_buf sges = {.v = sges.local, .len = 0, .cap = 64};
+    sge_buf sges; /* (not zeroed: 2 KiB of stores per post for nothing) */
+    sges.v = sges.local;
+    sges.len = 0;
+    sges.cap = sizeof sges.local / sizeof sges.local[0];
     PyObject *bad_wr = NULL, *result = NULL;
     int failed = 0;
     PyObject *wr = first;
@@ -994,7 +1007,7 @@ PyObject *tv_py_post_chain(const tv_py_poster *poster, PyObject *first, int send
             break;
         }
         n++;
-        PyObject *next = get_field(wr, s_next_wr);
+        PyObject *next = get_field(wr, F_NEXT_WR);
         Py_DECREF(wr);
         wr = next;
         if (wr == NULL) {
