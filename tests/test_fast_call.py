@@ -10,6 +10,7 @@ the same answer, or the same exception with the same errno and words.
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -99,7 +100,11 @@ def test_poll_returns_what_arrived_as_the_method_does(ends: tuple[Endpoint, Endp
     send.send_flags = v.ibv_send_flags.IBV_SEND_SIGNALED
     a.qp.post_send(send)
     a.qp.post_send(send)
-    poll_until(b.rcq, 2)  # (both arrived: the next polls only take them)
+    poll_until(b.rcq, 2)
+    deadline = time.monotonic() + 10
+    while len(a.scq) < 2:  # until both completions wait: the polls below only take them
+        assert time.monotonic() < deadline, "the sends never completed"
+        b.rcq.poll(1)  # (an empty poll: b's progress, which sends a held ACK)
     n, wcs = a.scq.poll(1)
     assert n == 1 and isinstance(wcs, list) and wcs[0].wr_id == 9 and wcs[0].status == 0
     n2, wcs2 = CQ.poll(a.scq, 1)
