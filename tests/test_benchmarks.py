@@ -336,3 +336,23 @@ def test_the_io_uring_trial_moves_every_message(
     assert report["messages"] == (2 * count if test == "pingpong" else count)
     # (the receiver may find everything there when it arms its receive: no call to count)
     assert report["sender_calls"] >= 1
+
+
+@pytest.mark.parametrize("mode", ["recv", "ppoll", "epoll"])
+def test_the_sleep_trial_checks_every_reply(tmp_path: pathlib.Path, mode: str) -> None:
+    """The sleep trial's ping-pong runs each way; the client checks each echoed sequence
+    number, so a zero exit means every message went both ways (figures:
+    benchmarks/sleep_trial.sh)."""
+    binary = tmp_path / "sleep_trial"
+    cflags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
+    subprocess.run(["gcc", *cflags, "-o", str(binary), str(BENCH / "sleep_trial.c")], check=True)
+    out = subprocess.run(
+        [str(binary), mode, "300"], check=True, capture_output=True, text=True, timeout=60
+    )
+    report = json.loads(out.stdout)
+    assert report["mode"] == mode and report["iterations"] == 300
+    assert 0 < report["one_way_us"] <= report["p99_us"]
+    bad = subprocess.run(
+        [str(binary), "sideways", "10"], check=False, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "bad mode" in bad.stderr
