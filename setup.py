@@ -33,6 +33,7 @@ setup(
                 f"{NATIVE}/srq.c",
                 f"{NATIVE}/py_srq.c",
                 f"{NATIVE}/py_fast.c",
+                f"{NATIVE}/py_wc.c",
             ],
             depends=[
                 f"{NATIVE}/binding.h",

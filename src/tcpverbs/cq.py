@@ -41,7 +41,13 @@ def check_spin(spin_us: int) -> None:
 
 @dataclass(slots=True)
 class WC:
-    """``struct ibv_wc``."""
+    """``struct ibv_wc``.
+
+    This is the pure twin.  Where the C extension is built, ``tcpverbs.WC`` is its
+    compiled twin (``tcpverbs._native.WC``), which keeps the fields as C integers, as
+    pyverbs does: the same constructor, attributes, ``==``, repr and str, but a field
+    holds an int from 0 to 2**64 - 1 and the ``dataclasses`` functions do not apply.
+    ``PyWC`` names this one either way."""
 
     wr_id: int = 0
     status: int = ibv_wc_status.IBV_WC_SUCCESS
@@ -58,15 +64,28 @@ class WC:
     dlid_path_bits: int = 0
 
     def __str__(self) -> str:
-        status = ibv_wc_status(self.status).name
-        try:
-            opcode = ibv_wc_opcode(self.opcode).name
-        except ValueError:
-            opcode = str(self.opcode)
-        return (
-            f"WC(wr_id={self.wr_id}, {status}, {opcode}, byte_len={self.byte_len}, "
-            f"qp_num={self.qp_num}, imm_data={self.imm_data}, wc_flags={self.wc_flags})"
-        )
+        return describe_wc(self)
+
+
+def describe_wc(wc: WC) -> str:
+    """``str()`` of either twin: status and opcode by name."""
+    status = ibv_wc_status(wc.status).name
+    try:
+        opcode = ibv_wc_opcode(wc.opcode).name
+    except ValueError:
+        opcode = str(wc.opcode)
+    return (
+        f"WC(wr_id={wc.wr_id}, {status}, {opcode}, byte_len={wc.byte_len}, "
+        f"qp_num={wc.qp_num}, imm_data={wc.imm_data}, wc_flags={wc.wc_flags})"
+    )
+
+
+PyWC = WC
+if not TYPE_CHECKING:  # (the type checker sees the pure twin; both have its attributes)
+    try:
+        from ._native import WC  # the compiled twin, when built
+    except ImportError:
+        pass
 
 
 class CompChannel(VerbsObject):

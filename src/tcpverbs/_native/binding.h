@@ -1,5 +1,5 @@
 /* What the CPython binding's files share (module.c, py_frames.c, py_rc.c, py_engine.c,
- * py_srq.c, py_fast.c).
+ * py_srq.c, py_fast.c, py_wc.c).
  *
  * The Python classes the binding builds or raises (Header, Opcode, RnrRetry,
  * RemoteProtocolError) are looked up once, by tv_py_load_classes(), at the first object
@@ -34,6 +34,12 @@ PyObject *tv_py_encode_header(PyObject *module, PyObject *header);
 extern PyTypeObject tv_py_RcProtocolType;
 extern PyTypeObject tv_py_RequesterType;
 PyObject *tv_py_terminate_status(PyObject *module, PyObject *arg);
+
+/* py_wc.c */
+extern PyTypeObject tv_py_WCType;
+int tv_py_wc_ready(PyObject *module); /* readies the type and adds it to the module */
+/* A WC from the first nine fields (the rest 0). */
+PyObject *tv_py_wc_new(const uint64_t values[9]);
 
 /* py_fast.c */
 extern PyTypeObject tv_py_FastCallType;

@@ -113,7 +113,7 @@ PyMODINIT_FUNC PyInit__native(void) {
         add_type(m, "Channel", &tv_py_ChannelType) < 0 ||
         add_type(m, "CQ", &tv_py_CQType) < 0 || add_type(m, "QP", &tv_py_QPType) < 0 ||
         add_type(m, "SRQ", &tv_py_SRQType) < 0 ||
-        add_type(m, "FastCall", &tv_py_FastCallType) < 0 ||
+        add_type(m, "FastCall", &tv_py_FastCallType) < 0 || tv_py_wc_ready(m) < 0 ||
         tv_py_engine_init_names() < 0) {
         Py_DECREF(m);
         return NULL;

@@ -517,6 +517,8 @@ static PyObject *build_wc(const tv_cqe *e) {
                                         e->byte_len, e->qp_num, e->src_qp, e->imm_data,
                                         e->wc_flags, 0,         0,         0,
                                         0};
+    if (WC_type == &tv_py_WCType) /* the compiled twin (py_wc.c): fields are C integers */
+        return tv_py_wc_new(values);
     if (!wc_fast) /* the class changed shape: build it the ordinary way */
         return PyObject_CallFunction((PyObject *)WC_type, "KKKKKKKKK", values[0], values[1],
                                      values[2], values[3], values[4], values[5], values[6],
