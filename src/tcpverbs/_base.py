@@ -8,8 +8,9 @@ newest first, like pyverbs, so resources are never released under a live user.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from .errors import ClosedResourceError
 
@@ -58,6 +59,23 @@ class VerbsObject:
         old._children.pop(id(self), None)
         self._parents = tuple(new if p is old else p for p in self._parents)
         new._children[id(self)] = self
+
+    def _shadow_with_fast_call(
+        self,
+        engine: object,
+        original: Callable[..., Any],
+        call: Callable[..., Any],
+        fail: Callable[..., Any],
+        kind: int,
+    ) -> None:
+        """Where *engine* offers ``fast_call`` (see ContextEngine in engine/api.py), store
+        one in this object's ``__dict__`` under *original*'s name: it does the method's
+        common path without a Python frame and hands the rest to *original*.  A subclass
+        that overrides the method keeps its override."""
+        fast_call = getattr(engine, "fast_call", None)
+        name = original.__name__
+        if fast_call is not None and getattr(type(self), name) is original:
+            self.__dict__[name] = fast_call(self, call, original.__get__(self), fail, kind)
 
     def _release(self) -> None:
         """Free this object's own resources (children are already closed)."""

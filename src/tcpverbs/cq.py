@@ -177,12 +177,10 @@ class CQ(VerbsObject):
             raise
         # an engine that builds WC objects itself (the native one, in C) is asked for them
         self._poll_wc: Callable[[int], list[WC]] | None = getattr(self._cq, "poll_wc", None)
-        fast_call = getattr(ctx._engine, "fast_call", None)
-        if fast_call is not None and self._poll_wc is not None and type(self).poll is _POLL:
-            # an empty poll costs the engine ~2 200 instructions and this method ~1 700
+        if self._poll_wc is not None:
+            # an empty poll costs the engine ~2 200 instructions and this method ~1 000
             # more: the engine does its common path itself, the rest still comes here
-            slow = _POLL.__get__(self)
-            self.__dict__["poll"] = fast_call(self, self._poll_wc, slow, self._overrun, FAST_POLL)
+            self._shadow_with_fast_call(ctx._engine, _POLL, self._poll_wc, self._overrun, FAST_POLL)
 
     @property
     def comp_channel(self) -> CompChannel | None:

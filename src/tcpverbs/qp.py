@@ -416,19 +416,15 @@ class QP(VerbsObject):
             raise self._post_error(failure, wr, "post_recv", bad_wr)
 
     def _bind_fast_posts(self) -> None:
-        """Where the engine can, post without a Python frame (see ContextEngine in
-        engine/api.py): these methods then run only for what is not the common path."""
-        fast_call = getattr(self.ctx._engine, "fast_call", None)
-        if fast_call is None:
-            return
-        if type(self).post_send is _POST_SEND:
-            slow = _POST_SEND.__get__(self)
-            fail = functools.partial(self._refused, "post_send")
-            self.__dict__["post_send"] = fast_call(self, self._post_send, slow, fail, FAST_POST)
-        if type(self).post_recv is _POST_RECV and self.srq is None:
-            slow = _POST_RECV.__get__(self)
-            fail = functools.partial(self._refused, "post_recv")
-            self.__dict__["post_recv"] = fast_call(self, self._post_recv, slow, fail, FAST_POST)
+        """Where the engine can, post without a Python frame: these methods then run only
+        for what is not the common path."""
+        refused = self._refused
+        engine = self.ctx._engine
+        send_fail = functools.partial(refused, "post_send")
+        self._shadow_with_fast_call(engine, _POST_SEND, self._post_send, send_fail, FAST_POST)
+        if self.srq is None:  # (post_recv refuses: the SRQ takes the receives)
+            recv_fail = functools.partial(refused, "post_recv")
+            self._shadow_with_fast_call(engine, _POST_RECV, self._post_recv, recv_fail, FAST_POST)
 
     def _refused(
         self, verb: str, failure: PostFailure, wr: SendWR | RecvWR, bad_wr: SendWR | RecvWR | None
