@@ -17,9 +17,9 @@
  *    None is success, and a failure goes to `fail(failure, wr, bad_wr)`, which raises.
  *  - anything else (keywords, other arguments, a closed object): `slow(*args)`.
  *
- * Ownership: a FastCall holds strong references to its owner (and its __dict__), call,
- * slow and fail; the owner holds the FastCall (a cycle, as the verbs object tree has
- * anyway; the garbage collector sees it through tp_traverse).  Locking: none of its own; it runs with the
+ * Ownership: a FastCall holds strong references to its owner's __dict__, call, slow and
+ * fail (slow is bound to the owner); the owner holds the FastCall (a cycle, as the verbs
+ * object tree has anyway; the garbage collector sees it through tp_traverse).  Locking: none of its own; it runs with the
  * GIL held, and the engine calls release it as they always do.
  */
 #include "binding.h"
@@ -31,8 +31,8 @@ enum { FAST_POLL = 0, FAST_POST = 1 };
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    PyObject *owner, *call, *slow, *fail;
-    PyObject *attrs; /* the owner's __dict__, where its `_closed` is */
+    PyObject *attrs; /* the owner's __dict__, where its `_closed` is (all it needs of it) */
+    PyObject *call, *slow, *fail;
     int kind;
 } FastCall;
 
@@ -154,7 +154,6 @@ static PyObject *fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     }
     self->attrs = attrs;
     self->vectorcall = fast_vectorcall;
-    self->owner = Py_NewRef(owner);
     self->call = Py_NewRef(call);
     self->slow = Py_NewRef(slow);
     self->fail = Py_NewRef(fail);
@@ -163,7 +162,6 @@ static PyObject *fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 }
 
 static int fast_traverse(FastCall *self, visitproc visit, void *arg) {
-    Py_VISIT(self->owner);
     Py_VISIT(self->call);
     Py_VISIT(self->slow);
     Py_VISIT(self->fail);
@@ -172,7 +170,6 @@ static int fast_traverse(FastCall *self, visitproc visit, void *arg) {
 }
 
 static int fast_clear(FastCall *self) {
-    Py_CLEAR(self->owner);
     Py_CLEAR(self->call);
     Py_CLEAR(self->slow);
     Py_CLEAR(self->fail);
