@@ -656,42 +656,19 @@ def _spin_until(end: _Endpoint, view: memoryview, index: int, value: int) -> Non
         cq.poll()
 
 
-def _await_message(end: _Endpoint, qp: QP, sge: SGE, sends: int = 0) -> None:
-    """Wait for *sends* send completions and one message of ``sge.length`` bytes posted
-    into *sge* (see :func:`_landed`)."""
+def _await_message(completions: Iterator[WC], qp: QP, sge: SGE, sends: int = 0) -> None:
+    """Take *sends* send completions and one message of ``sge.length`` bytes posted into
+    *sge* (see :func:`_landed`) from *completions* (:func:`_data_completions`)."""
     arrived = 0
     whole = False
-    if end.events:
-        while sends or not whole:
-            wc = end.next_wc()
-            assert wc is not None
-            if not wc.opcode & RECV:
-                sends -= 1
-                continue
+    for wc in completions:
+        if not wc.opcode & RECV:
+            sends -= 1
+        else:
             arrived += wc.byte_len
             whole = _landed(qp, sge, arrived)
-        return
-    # Busy polling: the loop perftest runs in C, kept as short as Python allows, since
-    # every instruction here is on the round trip being measured (next_wc's generality
-    # cost about 2 us of it)
-    poll = end.cq.poll
-    deadline = time.monotonic() + TIMEOUT
-    spins = 0
-    while sends or not whole:
-        n, wcs = poll(2)
-        if not n:
-            spins += 1
-            if not spins % CLOCK_EVERY:
-                _check_deadline(deadline)
-            continue
-        for wc in wcs:
-            if wc.status:
-                _check_wc(wc)
-            if not wc.opcode & RECV:
-                sends -= 1
-                continue
-            arrived += wc.byte_len
-            whole = _landed(qp, sge, arrived)
+        if whole and not sends:
+            return
 
 
 def _landed(qp: QP, sge: SGE, arrived: int) -> bool:
@@ -724,6 +701,7 @@ def _client_lat(end: _Endpoint, cfg: PerfConfig, size: int, target: tuple[int, i
     # the WRs are built once, as perftest does: post_send copies what it needs out of them
     recv_wr = RecvWR(1, 1, [SGE(mr.buf + n, n, mr.lkey)])
     send_wr = SendWR(2, OP.IBV_WR_SEND, 1, 0, [SGE(mr.buf, size, mr.lkey)], signaled | inline)
+    completions = _data_completions(end)  # one for the run: a batch's rest stays in it
     i = 0
     while (i < iters) if deadline is None else (time.perf_counter() < deadline):
         stamp = (i % 255) + 1
@@ -731,7 +709,7 @@ def _client_lat(end: _Endpoint, cfg: PerfConfig, size: int, target: tuple[int, i
             qp.post_recv(recv_wr)
             t0 = time.perf_counter_ns()
             qp.post_send(send_wr)
-            _await_message(end, qp, reply, sends=1)  # our send and the reply, in either order
+            _await_message(completions, qp, reply, sends=1)  # the send and the reply
             samples.append((time.perf_counter_ns() - t0) / 2000)
         elif test == "write_lat":
             if size:
@@ -831,7 +809,7 @@ def _server_send_lat(end: _Endpoint, size: int) -> None:
     qp.post_recv(recv_wr)
     end.ctrl.send(READY)
     arrived = 0
-    for wc in _server_completions(end):
+    for wc in _data_completions(end, watch_ctrl=True):
         if not wc.opcode & RECV:
             continue
         arrived += wc.byte_len
@@ -842,12 +820,14 @@ def _server_send_lat(end: _Endpoint, size: int) -> None:
         qp.post_send(send_wr)
 
 
-def _server_completions(end: _Endpoint) -> Iterator[WC]:
-    """The data completions, until the client's DONE.  Busy polling looks at the control
-    QP only now and then: DONE comes after the last message, and looking costs time on
-    the round trip being measured."""
+def _data_completions(end: _Endpoint, watch_ctrl: bool = False) -> Iterator[WC]:
+    """The data completions, successful ones (a failure raises), for as long as they are
+    asked for; with *watch_ctrl*, until the peer's DONE is waiting.  Busy polling calls
+    ``poll`` itself, as perftest's C loop does, and looks at the control QP every
+    CTRL_EVERY and at the clock every CLOCK_EVERY empty polls: every instruction here is
+    on the round trip being measured (next_wc's generality cost about 2 us of it)."""
     if end.events:
-        while (wc := end.next_wc(watch_ctrl=True)) is not None:
+        while (wc := end.next_wc(watch_ctrl)) is not None:
             yield wc
         return
     poll, ctrl = end.cq.poll, end.ctrl
@@ -864,7 +844,7 @@ def _server_completions(end: _Endpoint) -> Iterator[WC]:
             continue
         spins += 1
         if not spins % CTRL_EVERY:
-            if ctrl.has_message():
+            if watch_ctrl and ctrl.has_message():
                 return
             if not spins % CLOCK_EVERY:
                 _check_deadline(deadline)
