@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import tcpverbs as v
+from tcpverbs.cq import MAX_SPIN_US
 from tcpverbs.testing import Endpoint, poll_until, qp_pair
 
 OP = v.ibv_wr_opcode
@@ -163,7 +164,7 @@ def test_poll_and_wait_check_num_entries(ctx: v.Context, bad: object) -> None:
         assert err.value.errno == errno.EINVAL
 
 
-@pytest.mark.parametrize("bad", ["1", -1, True, float("nan")])
+@pytest.mark.parametrize("bad", ["1", -1, -0.5, float("-inf"), True, float("nan")])
 def test_every_timeout_is_checked(ctx: v.Context, bad: object) -> None:
     channel = v.CompChannel(ctx)
     cq = v.CQ(ctx, 4, channel=channel)
@@ -176,6 +177,22 @@ def test_every_timeout_is_checked(ctx: v.Context, bad: object) -> None:
         with pytest.raises(v.TcpverbsError, match="timeout must be") as err:
             call()
         assert err.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("bad", ["1", -1, MAX_SPIN_US + 1, 1.5])
+def test_wait_checks_spin_us(ctx: v.Context, bad: object) -> None:
+    cq = v.CQ(ctx, 4)
+    with pytest.raises(v.TcpverbsError, match="spin_us") as err:
+        cq.wait(1, timeout=0, spin_us=bad)  # type: ignore[arg-type]
+    assert err.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, 0.001, 1e-9])
+def test_wait_takes_int_and_float_timeouts(ctx: v.Context, timeout: float) -> None:
+    cq = v.CQ(ctx, 4)
+    with pytest.raises(v.TcpverbsError, match="no completion") as err:
+        cq.wait(1, timeout=timeout, spin_us=0)
+    assert err.value.errno == errno.ETIMEDOUT
 
 
 def test_qp_access_flags_must_be_an_int(ctx: v.Context) -> None:

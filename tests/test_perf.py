@@ -155,6 +155,15 @@ def test_send_lat_over_stream(size: str, tmp_path: pathlib.Path) -> None:
     assert 0 < r["t_min"] <= r["t_typical"] <= r["t_max"]
 
 
+@pytest.mark.parametrize("wire", ["rc", "stream"])
+@pytest.mark.parametrize("size", ["2", "300000"])
+def test_send_lat_sleeping_on_events(wire: str, size: str, tmp_path: pathlib.Path) -> None:
+    """-e: both sides sleep on the channel (the server watching the control CQ too)."""
+    _, rows, (r,) = run_json(tmp_path, "send_lat", "--wire", wire, "-e", "-n", "100", "-s", size)
+    assert rows[0][0] == size and r["iterations"] == 100
+    assert 0 < r["t_min"] <= r["t_typical"] <= r["t_max"]
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

@@ -134,3 +134,6 @@ def test_both_engines_complete_into_the_compiled_twin(engine: str) -> None:
         assert type(wc) is CWC
         assert (wc.wr_id, wc.status, wc.byte_len, wc.qp_num) == (11, 0, 8, b.qp.qp_num)
         assert "IBV_WC_RECV" in str(wc)
+        (sent,) = a.scq.wait(1, timeout=10, spin_us=0)  # wait builds them as poll does
+        assert type(sent) is CWC
+        assert (sent.wr_id, sent.status, sent.opcode) == (12, 0, v.ibv_wc_opcode.IBV_WC_SEND)

@@ -551,14 +551,8 @@ static int take(CQObject *self, tv_cqe *e, long n, uint32_t *lost) {
     return got; /* more than TAKE wanted: the next poll takes the rest */
 }
 
-/* poll() and poll_wc(): completions as WC-layout tuples, or as tcpverbs.WC objects. */
-static PyObject *poll_as(CQObject *self, PyObject *arg, int as_wc) {
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    tv_cqe e[TAKE];
-    uint32_t lost = 0;
-    int got = take(self, e, n, &lost);
+/* What poll() and wait() took: WC-layout tuples, or tcpverbs.WC objects (*as_wc*). */
+static PyObject *completions_as(const tv_cqe *e, int got, uint32_t lost, int as_wc) {
     if (got < 0 || !as_wc)
         return records(e, got, lost); /* (raises the Overrun) */
     PyObject *list = PyList_New(got);
@@ -572,11 +566,23 @@ static PyObject *poll_as(CQObject *self, PyObject *arg, int as_wc) {
     return list;
 }
 
+/* poll() and poll_wc() */
+static PyObject *poll_as(CQObject *self, PyObject *arg, int as_wc) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    tv_cqe e[TAKE];
+    uint32_t lost = 0;
+    int got = take(self, e, n, &lost);
+    return completions_as(e, got, lost, as_wc);
+}
+
 static PyObject *CQ_poll(CQObject *self, PyObject *arg) { return poll_as(self, arg, 0); }
 
 static PyObject *CQ_poll_wc(CQObject *self, PyObject *arg) { return poll_as(self, arg, 1); }
 
-static PyObject *CQ_wait(CQObject *self, PyObject *args) {
+/* wait() and wait_wc() */
+static PyObject *wait_as(CQObject *self, PyObject *args, int as_wc) {
     long n;
     PyObject *timeout;
     long long spin_us;
@@ -595,8 +601,12 @@ static PyObject *CQ_wait(CQObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     got = tv_cq_wait(self->cq, e, want, &lost, spin, deadline);
     Py_END_ALLOW_THREADS
-    return records(e, got, lost);
+    return completions_as(e, got, lost, as_wc);
 }
+
+static PyObject *CQ_wait(CQObject *self, PyObject *args) { return wait_as(self, args, 0); }
+
+static PyObject *CQ_wait_wc(CQObject *self, PyObject *args) { return wait_as(self, args, 1); }
 
 static PyObject *CQ_req_notify(CQObject *self, PyObject *arg) {
     int solicited = PyObject_IsTrue(arg);
@@ -651,6 +661,7 @@ static PyMethodDef CQ_methods[] = {
     {"poll", (PyCFunction)CQ_poll, METH_O, NULL},
     {"poll_wc", (PyCFunction)CQ_poll_wc, METH_O, "poll(), as tcpverbs.WC objects"},
     {"wait", (PyCFunction)CQ_wait, METH_VARARGS, NULL},
+    {"wait_wc", (PyCFunction)CQ_wait_wc, METH_VARARGS, "wait(), as tcpverbs.WC objects"},
     {"req_notify", (PyCFunction)CQ_req_notify, METH_O, NULL},
     {"statistics", (PyCFunction)CQ_statistics, METH_NOARGS, NULL},
     {"destroy", (PyCFunction)CQ_destroy, METH_NOARGS, NULL},

@@ -296,7 +296,10 @@ class CQEngine(Protocol):
 
     def wait(self, num_entries: int, timeout: float | None, spin_us: int) -> list[Completion]:
         """Poll for *spin_us*, then sleep until a completion; [] after *timeout* seconds
-        or once the CQ is destroyed.  Raises :class:`Overrun`."""
+        or once the CQ is destroyed.  Raises :class:`Overrun`.
+
+        An engine may also offer ``wait_wc(num_entries, timeout, spin_us)``, the same
+        returning :class:`tcpverbs.WC` objects, as ``poll_wc`` does for ``poll``."""
         ...
 
     def req_notify(self, solicited_only: bool) -> None: ...
