@@ -822,21 +822,16 @@ def _server_send_lat(end: _Endpoint, size: int) -> None:
 
 def _data_completions(end: _Endpoint, watch_ctrl: bool = False) -> Iterator[WC]:
     """The data completions, successful ones (a failure raises), for as long as they are
-    asked for; with *watch_ctrl*, until the peer's DONE is waiting.  Every instruction
-    here is on the round trip being measured (next_wc's generality cost about 2 us of
-    it), so the loop is perftest's:
-
-    - busy polling calls ``poll`` itself and looks at the control QP every CTRL_EVERY
-      and at the clock every CLOCK_EVERY empty polls;
-    - ``--events``: an empty poll arms the CQ (the control CQ too, with *watch_ctrl*,
-      once per event of its own) and sleeps on the channel; a look at ``len`` after
-      arming catches a completion that came in between.  A sleep of TIMEOUT seconds
-      without an event raises ETIMEDOUT."""
-    cq, ctrl, channel, events = end.cq, end.ctrl, end.channel, end.events
-    poll = cq.poll
+    asked for; with *watch_ctrl*, until the peer's DONE is waiting.  Busy polling calls
+    ``poll`` itself, as perftest's C loop does, and looks at the control QP every
+    CTRL_EVERY and at the clock every CLOCK_EVERY empty polls: every instruction here is
+    on the round trip being measured (next_wc's generality cost about 2 us of it)."""
+    if end.events:
+        yield from _event_completions(end, watch_ctrl)
+        return
+    poll, ctrl = end.cq.poll, end.ctrl
     deadline = time.monotonic() + TIMEOUT
     spins = 0
-    ctrl_armed = False
     while True:
         n, wcs = poll(2)
         if n:
@@ -846,26 +841,44 @@ def _data_completions(end: _Endpoint, watch_ctrl: bool = False) -> Iterator[WC]:
                 yield wc
             deadline = time.monotonic() + TIMEOUT  # (once the answer is on its way)
             continue
-        if events:
-            if watch_ctrl:
-                if ctrl.has_message():
-                    return
-                if not ctrl_armed:
-                    ctrl.cq.req_notify()
-                    ctrl_armed = True
-            cq.req_notify()
-            if len(cq) or (watch_ctrl and len(ctrl.cq)):
-                continue
-            woke = channel.get_cq_event(timeout=TIMEOUT)
-            woke.ack_events(1)
-            ctrl_armed = ctrl_armed and woke is not ctrl.cq
-            continue
         spins += 1
         if not spins % CTRL_EVERY:
             if watch_ctrl and ctrl.has_message():
                 return
             if not spins % CLOCK_EVERY:
                 _check_deadline(deadline)
+
+
+def _event_completions(end: _Endpoint, watch_ctrl: bool) -> Iterator[WC]:
+    """:func:`_data_completions` with ``--events``: perftest's loop.  The CQ is armed
+    before it is polled, so whatever completes after that poll raises an event: the
+    loop goes to sleep on the channel as soon as a poll comes back short, without the
+    empty poll (a system call) before arming that a poll-first loop makes.  With
+    *watch_ctrl* the control CQ is armed too, and looked at when its event comes.  A
+    sleep of TIMEOUT seconds without an event raises ETIMEDOUT."""
+    cq, ctrl, channel = end.cq, end.ctrl, end.channel
+    poll = cq.poll
+    cq.req_notify()
+    if watch_ctrl:
+        ctrl.cq.req_notify()
+        if ctrl.has_message():
+            return
+    while True:
+        n, wcs = poll(POLL_BATCH)
+        for wc in wcs:
+            if wc.status:
+                _check_wc(wc)
+            yield wc
+        if n == POLL_BATCH:
+            continue  # there may be more
+        woke = channel.get_cq_event(timeout=TIMEOUT)
+        woke.ack_events(1)
+        if woke is cq:
+            cq.req_notify()
+        elif watch_ctrl:  # the control CQ's event
+            if ctrl.has_message():
+                return
+            ctrl.cq.req_notify()
 
 
 def _server_write_lat(end: _Endpoint, size: int, peer_target: tuple[int, int]) -> None:
