@@ -9,6 +9,8 @@ import time
 import pytest
 
 import tcpverbs as v
+from tcpverbs.cq import MAX_SPIN_US
+from tcpverbs.engine import available_engines
 from tcpverbs.testing import chain, poll_until
 
 from .conftest import PairFactory
@@ -142,7 +144,7 @@ def test_closing_the_cq_wakes_a_sleeping_wait(ctx: v.Context) -> None:
     assert len(raised) == 1 and isinstance(raised[0], v.ClosedResourceError)
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, 10**9])
+@pytest.mark.parametrize("bad", [-1, 1.5, 10**9, "1"])
 def test_bad_spin_budgets_are_refused(ctx: v.Context, bad: object) -> None:
     for make in (
         lambda: v.Context(name="tcpv_lo", spin_us=bad),  # type: ignore[arg-type]
@@ -154,8 +156,22 @@ def test_bad_spin_budgets_are_refused(ctx: v.Context, bad: object) -> None:
         assert info.value.errno == errno.EINVAL
 
 
-def test_the_spin_budget_comes_from_the_cq_then_the_context() -> None:
-    with v.Context(name="tcpv_lo", spin_us=7) as ctx:
-        assert v.CQ(ctx, 4)._spin_budget(None) == 7
-        assert v.CQ(ctx, 4, spin_us=3)._spin_budget(None) == 3
-        assert v.CQ(ctx, 4, spin_us=3)._spin_budget(0) == 0
+@pytest.mark.parametrize("engine", available_engines())
+def test_the_spin_budget_comes_from_the_call_then_the_cq_then_the_context(engine: str) -> None:
+    """A wait that spins longer than its timeout never sleeps; one that may not spin
+    sleeps at once (the CQ's ``sleeps`` counter tells them apart)."""
+
+    def sleeps(cq: v.CQ, spin_us: int | None = None) -> int:
+        began = time.monotonic()
+        with pytest.raises(v.TcpverbsError) as err:
+            cq.wait(1, timeout=0.05, spin_us=spin_us)
+        assert err.value.errno == errno.ETIMEDOUT
+        # the timeout ends a longer spin (MAX_SPIN_US is 10 s): a bound, not a speed
+        assert time.monotonic() - began < MAX_SPIN_US / 2e6
+        return cq.statistics()["sleeps"]
+
+    with v.Context(name="tcpv_lo", engine=engine, spin_us=MAX_SPIN_US) as ctx:
+        assert sleeps(v.CQ(ctx, 4)) == 0  # the context's: spins past the timeout
+        assert sleeps(v.CQ(ctx, 4, spin_us=0)) > 0  # the CQ's
+        assert sleeps(v.CQ(ctx, 4), spin_us=0) > 0  # the call's
+        assert sleeps(v.CQ(ctx, 4, spin_us=0), spin_us=MAX_SPIN_US) == 0

@@ -201,6 +201,8 @@ static void leave_sleepers(tv_cq *cq) {
 int tv_cq_wait(tv_cq *cq, tv_cqe *out, int n, uint32_t *lost, uint64_t spin_ns,
                uint64_t deadline_ns) {
     uint64_t spin_end = tv_now() + spin_ns;
+    if (deadline_ns != 0 && deadline_ns < spin_end)
+        spin_end = deadline_ns; /* a timeout shorter than the spin budget ends the spin */
     direct_set set = {.n = 0};
     int asleep = 0; /* 1: among the socket sleepers; -1: sleeps on the condition variable */
     int got = 0;

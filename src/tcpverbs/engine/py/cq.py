@@ -211,13 +211,16 @@ class PyCQ:
         return records
 
     def wait(self, num_entries: int, timeout: float | None, spin_us: int) -> list[Completion]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        spin_end = time.perf_counter() + spin_us / 1e6
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        spin_end = now + spin_us / 1e6
+        if deadline is not None and deadline < spin_end:
+            spin_end = deadline  # a timeout shorter than the spin budget ends the spin
         while not self._closed:
             records = self.poll(num_entries)
             if records:
                 return records
-            if time.perf_counter() < spin_end:
+            if time.monotonic() < spin_end:
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
