@@ -220,8 +220,9 @@ class CQ(VerbsObject):
         """Poll for up to *spin_us* microseconds, then sleep until a completion arrives;
         return 1 to *num_entries* completions (a tcpverbs extension, no verbs call).
 
-        Spinning answers fastest but keeps a core busy; sleeping hands the work to the
-        progress thread and costs a thread wake-up (tens of microseconds) per completion.
+        Spinning answers fastest but keeps a core busy; sleeping frees the core and
+        costs a thread wake-up per message (the native engine's sleeper reads its QPs'
+        sockets itself, so that is one wake-up, as for a blocking ``recv``).
         *spin_us* defaults to the CQ's ``spin_us``, else the context's.  *timeout*
         seconds without a completion raise ``ETIMEDOUT``.  The CQ needs no completion
         channel; an armed one still gets its event.
