@@ -54,14 +54,17 @@ int tv_py_engine_init_names(void);
  * then `done` (if not NULL) once some were posted; `depth`: the most WRs it can take. */
 typedef struct tv_py_poster {
     void (*post)(void *target, const tv_send_in *in, int send, tv_post_result *res);
-    void (*done)(void *target, int send);
+    void (*done)(void *target, int send); /* NULL: nothing to do after posting */
     pthread_mutex_t *lock;
     void *target;
     uint32_t depth;
+    int quiet; /* post and done never block (no socket I/O; no wait but for `lock`) */
 } tv_py_poster;
 /* Read the chain from `first` into C -- at most depth + 1 WRs, more cannot be posted
- * anyway -- then post what was read, in order, without the GIL.  None, or the
- * PostFailure of the first WR refused or unreadable; NULL with an exception. */
+ * anyway -- then post what was read, in order, without the GIL (a quiet poster keeps
+ * it when `lock` is free at once: releasing and taking it back would cost more than
+ * the post).  None, or the PostFailure of the first WR refused or unreadable; NULL
+ * with an exception. */
 PyObject *tv_py_post_chain(const tv_py_poster *poster, PyObject *first, int send);
 /* The C engine of an Engine object (its type checked by the caller). */
 tv_engine *tv_py_engine_of(PyObject *engine);

@@ -984,6 +984,25 @@ static int read_wr(PyObject *wr, int send, post_item *it, sge_buf *sges) {
     return 0;
 }
 
+/* Post the items read, in order, until one is refused; how many were posted.  Called
+ * holding poster->lock, which it releases. */
+static size_t post_items(const tv_py_poster *poster, post_item *items, size_t n,
+                         const sge_buf *sges, int send, tv_post_result *res) {
+    size_t posted = 0;
+    for (; posted < n; posted++) {
+        tv_send_in *in = &items[posted].wr;
+        in->sge = sges->v + items[posted].sge_start;
+        poster->post(poster->target, in, send, res);
+        if (res->fault != TV_FAULT_NONE)
+            break;
+    }
+    if (posted && poster->done != NULL) /* WRs before a refused one were posted */
+        poster->done(poster->target, send);
+    if (poster->lock != NULL)
+        pthread_mutex_unlock(poster->lock);
+    return posted;
+}
+
 PyObject *tv_py_post_chain(const tv_py_poster *poster, PyObject *first, int send) {
     uint32_t depth = poster->depth;
     post_item local[16], *items = local;
@@ -1033,22 +1052,16 @@ PyObject *tv_py_post_chain(const tv_py_poster *poster, PyObject *first, int send
         goto out;
     }
     tv_post_result res = {0};
-    size_t posted = 0;
-    Py_BEGIN_ALLOW_THREADS
-    if (poster->lock != NULL)
-        pthread_mutex_lock(poster->lock);
-    for (; posted < n; posted++) {
-        tv_send_in *in = &items[posted].wr;
-        in->sge = sges.v + items[posted].sge_start;
-        poster->post(poster->target, in, send, &res);
-        if (res.fault != TV_FAULT_NONE)
-            break;
+    size_t posted;
+    if (poster->quiet && (poster->lock == NULL || pthread_mutex_trylock(poster->lock) == 0)) {
+        posted = post_items(poster, items, n, &sges, send, &res);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        if (poster->lock != NULL)
+            pthread_mutex_lock(poster->lock);
+        posted = post_items(poster, items, n, &sges, send, &res);
+        Py_END_ALLOW_THREADS
     }
-    if (posted && poster->done != NULL) /* WRs before a refused one were posted */
-        poster->done(poster->target, send);
-    if (poster->lock != NULL)
-        pthread_mutex_unlock(poster->lock);
-    Py_END_ALLOW_THREADS
     if (res.fault != TV_FAULT_NONE)
         result = post_failure((Py_ssize_t)posted, &res);
     else if (bad_wr != NULL)
@@ -1080,8 +1093,11 @@ static void qp_posted(void *target, int send) {
 
 static PyObject *qp_post(QPObject *self, PyObject *first, int send) {
     tv_qp *qp = self->qp;
-    tv_py_poster poster = {qp_post_one, qp_posted, &qp->lock, qp,
-                           send ? qp->max_send_wr : qp->max_recv_wr};
+    /* an rc receive is only queued: no socket I/O, nothing to push after it (a stream
+     * receive may take bytes already waiting, and a send goes out) */
+    int rc_recv = !send && qp->wire == TV_WIRE_RC;
+    tv_py_poster poster = {qp_post_one, rc_recv ? NULL : qp_posted, &qp->lock, qp,
+                           send ? qp->max_send_wr : qp->max_recv_wr, rc_recv};
     return tv_py_post_chain(&poster, first, send);
 }
 
