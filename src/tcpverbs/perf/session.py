@@ -688,9 +688,7 @@ def _client_send_lat_polling(
                 continue
             spins += 1
             if not spins % CLOCK_EVERY:
-                if not stale:
-                    stale = time.monotonic() + TIMEOUT
-                _check_deadline(stale)
+                stale = _overdue_at(stale)
         append((clock() - t0) / 2000)
         i += 1
     return samples
@@ -719,6 +717,15 @@ def _landed(qp: QP, sge: SGE, arrived: int) -> bool:
         return True
     qp.post_recv(RecvWR(1, 1, [SGE(sge.addr + arrived, sge.length - arrived, sge.lkey)]))
     return False
+
+
+def _overdue_at(stale: float) -> float:
+    """A spinning loop's look at the clock: the time TIMEOUT from its first look (0: none
+    yet), by which a completion is overdue; ETIMEDOUT past it."""
+    if not stale:
+        return time.monotonic() + TIMEOUT
+    _check_deadline(stale)
+    return stale
 
 
 def _check_deadline(deadline: float) -> None:
@@ -850,6 +857,9 @@ def _server_send_lat(end: _Endpoint, size: int) -> None:
     whole = SGE(mr.buf, size, mr.lkey)
     qp.post_recv(recv_wr)
     end.ctrl.send(READY)
+    if not end.events and end.data_init.wire == "rc":
+        _server_send_lat_polling(end, recv_wr, send_wr)
+        return
     arrived = 0
     for wc in _data_completions(end, watch_ctrl=True):
         if not wc.opcode & RECV:
@@ -860,6 +870,34 @@ def _server_send_lat(end: _Endpoint, size: int) -> None:
         arrived = 0
         qp.post_recv(recv_wr)
         qp.post_send(send_wr)
+
+
+def _server_send_lat_polling(end: _Endpoint, recv_wr: RecvWR, send_wr: SendWR) -> None:
+    """send_lat's server with busy polling on an rc QP, until the client's DONE: a
+    request arrives whole, and the answer is a receive and a send posted at once (the
+    client's loop, :func:`_client_send_lat_polling`, says why there is no generator)."""
+    qp, ctrl = end.qps[0], end.ctrl
+    poll, post_recv, post_send = end.cq.poll, qp.post_recv, qp.post_send
+    spins = 0
+    stale = 0.0  # TIMEOUT from the first look at the clock after the last completion
+    while True:
+        n, wcs = poll(2)
+        if n:
+            for wc in wcs:
+                if wc.status:
+                    _check_wc(wc)
+                if wc.opcode & RECV:
+                    post_recv(recv_wr)
+                    post_send(send_wr)
+            spins = 0
+            stale = 0.0
+            continue
+        spins += 1
+        if not spins % CTRL_EVERY:
+            if ctrl.has_message():
+                return
+            if not spins % CLOCK_EVERY:
+                stale = _overdue_at(stale)
 
 
 def _data_completions(end: _Endpoint, watch_ctrl: bool = False) -> Iterator[WC]:
