@@ -314,19 +314,41 @@ BW_JOBS = (
     sockets_job("sockets_busy", "sockets busy", "bw", busy=True),
     *([zmq_job("pyzmq", "pyzmq PUSH/PULL")] if HAVE_PYZMQ else []),
 )
+
+
+def pinned(job: Job) -> Job:
+    """*job* with its server on CPU 0 and its client on CPU 1 (``taskset``), as latency
+    benchmarks are usually run: unpinned, this 2-vCPU VM gives every program a bimodal
+    latency from one run to the next (docs/benchmarks.md), and the draw decides a ratio."""
+
+    def server(size: int, count: int) -> list[str]:
+        return ["taskset", "-c", "0", *job.server(size, count)]
+
+    def client(size: int, count: int, port: str, out: pathlib.Path) -> list[str]:
+        return ["taskset", "-c", "1", *job.client(size, count, port, out)]
+
+    return Job(f"{job.key}_pinned", f"{job.label}, pinned", job.kind, server, client, job.read)
+
+
+CAN_PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+_NATIVE_LAT = (
+    [
+        tcpverbs_job("native_poll", "native polling", "send_lat", *NATIVE),
+        tcpverbs_job("native_events", "native -e (events)", "send_lat", *NATIVE, "-e"),
+    ]
+    if HAVE_NATIVE
+    else []
+)
+_SOCKETS_LAT = [
+    sockets_job("sockets_busy", "sockets busy-polling", "lat", busy=True),
+    sockets_job("sockets_blocking", "sockets blocking", "lat", busy=False),
+]
 LAT_JOBS = (
     tcpverbs_job("tcpverbs_poll", "tcpverbs polling", "send_lat", *PYTHON),
     tcpverbs_job("tcpverbs_events", "tcpverbs -e (events)", "send_lat", *PYTHON, "-e"),
-    *(
-        [
-            tcpverbs_job("native_poll", "native polling", "send_lat", *NATIVE),
-            tcpverbs_job("native_events", "native -e (events)", "send_lat", *NATIVE, "-e"),
-        ]
-        if HAVE_NATIVE
-        else []
-    ),
-    sockets_job("sockets_busy", "sockets busy-polling", "lat", busy=True),
-    sockets_job("sockets_blocking", "sockets blocking", "lat", busy=False),
+    *_NATIVE_LAT,
+    *_SOCKETS_LAT,
+    *([pinned(j) for j in (*_NATIVE_LAT, *_SOCKETS_LAT)] if CAN_PIN else []),
 )
 
 
@@ -436,7 +458,32 @@ def targets(rows: dict[int, dict[str, Metrics]], lat: dict[str, Metrics]) -> lis
     if rows.get(64, {}).get("native_send") is not None:
         keys = ("native_send", "native_write", "native_poll", "native_events")
         out += _targets_of(rows, lat, "native ", keys)
+        if lat.get("native_poll_pinned") is not None:
+            out += _latency_targets(lat, "native ", "native_poll", "native_events", "_pinned")
     return out
+
+
+def _latency_targets(
+    lat: dict[str, Metrics], engine: str, poll: str, events: str, variant: str = ""
+) -> list[Target]:
+    def p50(key: str) -> float | None:
+        return lat.get(key + variant, {}).get("p50")
+
+    how = ", pinned" if variant else ""
+    return [
+        Target(
+            f"8 B {engine}latency polling / sockets busy{how}",
+            _ratio(p50(poll), p50("sockets_busy")),
+            1.2,
+            False,
+        ),
+        Target(
+            f"8 B {engine}latency -e / sockets blocking{how}",
+            _ratio(p50(events), p50("sockets_blocking")),
+            1.1,
+            False,
+        ),
+    ]
 
 
 def _targets_of(
@@ -449,9 +496,6 @@ def _targets_of(
 
     def bw(size: int, key: str, metric: str = "gbps") -> float | None:
         return rows.get(size, {}).get(key, {}).get(metric)
-
-    def p50(key: str) -> float | None:
-        return lat.get(key, {}).get("p50")
 
     mib, k64 = 1 << 20, 65536
     out = [
@@ -491,18 +535,7 @@ def _targets_of(
             1.0,
             True,
         ),
-        Target(
-            f"8 B {engine}latency polling / sockets busy",
-            _ratio(p50(poll), p50("sockets_busy")),
-            1.2,
-            False,
-        ),
-        Target(
-            f"8 B {engine}latency -e / sockets blocking",
-            _ratio(p50(events), p50("sockets_blocking")),
-            1.1,
-            False,
-        ),
+        *_latency_targets(lat, engine, poll, events),
         Target(
             f"64 B {engine}rc SEND syscalls/msg, sender",
             bw(64, send, "syscalls_client"),

@@ -129,6 +129,31 @@ def test_every_target_is_computed_from_the_medians() -> None:
     assert got["64 KiB rc SEND syscalls/MiB, receiver"] == (1.6, True)
 
 
+def test_a_pinned_job_puts_each_side_on_its_own_cpu() -> None:
+    job = compare.pinned(compare.sockets_job("sockets_busy", "sockets busy", "lat", busy=True))
+    assert (job.key, job.label, job.kind) == ("sockets_busy_pinned", "sockets busy, pinned", "lat")
+    server = job.server(8, 100)
+    client = job.client(8, 100, "1", pathlib.Path("out.json"))
+    assert server[:3] == ["taskset", "-c", "0"] and "serve" in server
+    assert client[:3] == ["taskset", "-c", "1"] and "--port" in client
+
+
+def test_the_pinned_latencies_get_targets_of_their_own() -> None:
+    rows = {64: {"native_send": {"msg_rate": 1.0}}}
+    lat = {
+        "native_poll": {"p50": 20.0},
+        "sockets_busy": {"p50": 10.0},
+        "native_poll_pinned": {"p50": 6.0},
+        "sockets_busy_pinned": {"p50": 5.0},
+        "native_events_pinned": {"p50": 12.0},
+        "sockets_blocking_pinned": {"p50": 10.0},
+    }
+    got = {t.name: (t.measured, t.met) for t in compare.targets(rows, lat)}
+    assert got["8 B native latency polling / sockets busy"] == (2.0, False)
+    assert got["8 B native latency polling / sockets busy, pinned"] == (pytest.approx(1.2), True)
+    assert got["8 B native latency -e / sockets blocking, pinned"] == (pytest.approx(1.2), False)
+
+
 def test_the_docs_tables_come_from_the_saved_run() -> None:
     """markdown() renders a saved JSON report: every job, size, latency row and verdict."""
     metrics = {"gbps": 2.0, "msg_rate": 3000.0, "cpu_per_gb": 0.5}
