@@ -378,10 +378,8 @@ class Bench:
         s = self._run(job, size, small_count(count))
         m, short = job.read(o), job.read(s)
         extra = m.pop("messages") - short["messages"]
-        cpu = o.cpu - s.cpu
-        if cpu < 0:
-            pass  # the short run used more: below what the difference resolves, no figure
-        elif job.kind == "bw":
+        cpu = o.cpu - s.cpu  # noise may sign it: _fmt_cpu shows a negative one as ~0
+        if job.kind == "bw":
             m["cpu_per_gb"] = cpu / (size * extra / 1e9)
         else:
             m["cpu_per_msg_us"] = cpu / extra * 1e6
@@ -566,6 +564,12 @@ def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _fmt_cpu(value: float | None, spec: str = ".2f") -> str:
+    """A CPU figure is a difference of two runs: a negative one (the short run used more)
+    is below what it resolves, shown as ~0 rather than as a negative time."""
+    return "~0" if value is not None and value < 0 else _fmt(value, spec)
+
+
 def _size(size: int) -> str:
     return (
         f"{size >> 20} MiB"
@@ -621,7 +625,7 @@ def print_tables(
         t.add_column(f"CPU/GB {j.label}", justify="right")
     for size in rows:
         rates = [_fmt(_scaled(get(size, j.key, "msg_rate"), 1e-3), ".0f") for j in BW_JOBS]
-        t.add_row(_size(size), *rates, *(_fmt(get(size, j.key, "cpu_per_gb")) for j in BW_JOBS))
+        t.add_row(_size(size), *rates, *(_fmt_cpu(get(size, j.key, "cpu_per_gb")) for j in BW_JOBS))
     console.print(t)
 
     t = Table(title="System calls per message: sender / receiver (perf stat, set-up subtracted)")
@@ -653,7 +657,7 @@ def print_tables(
             _fmt(m.get("p99")),
             _fmt(m.get("p999")),
             _pair(m),
-            _fmt(m.get("cpu_per_msg_us"), ".1f"),
+            _fmt_cpu(m.get("cpu_per_msg_us"), ".1f"),
         )
     console.print(t)
 
@@ -690,10 +694,11 @@ def markdown(report: dict[str, Any]) -> str:
     labels = [j.label for j in BW_JOBS]
 
     def per_job(metric: str, spec: str, scale: float = 1.0) -> list[list[str]]:
+        fmt = _fmt_cpu if metric.startswith("cpu") else _fmt
         return [
             [
                 _size(int(size)),
-                *(_fmt(_scaled(row.get(j.key, {}).get(metric), scale), spec) for j in BW_JOBS),
+                *(fmt(_scaled(row.get(j.key, {}).get(metric), scale), spec) for j in BW_JOBS),
             ]
             for size, row in bw.items()
         ]
@@ -742,7 +747,7 @@ def markdown(report: dict[str, Any]) -> str:
                 j.label,
                 *(_fmt(lat.get(j.key, {}).get(q)) for q in ("p50", "p99", "p999")),
                 _pair(lat.get(j.key, {})),
-                _fmt(lat.get(j.key, {}).get("cpu_per_msg_us"), ".1f"),
+                _fmt_cpu(lat.get(j.key, {}).get("cpu_per_msg_us"), ".1f"),
             ]
             for j in LAT_JOBS
         ],
