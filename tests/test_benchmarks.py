@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import time
@@ -127,6 +128,32 @@ def test_every_target_is_computed_from_the_medians() -> None:
     assert got["64 B rc SEND syscalls/msg, sender"] == (0.05, True)
     assert got["64 KiB rc SEND syscalls/MiB, sender"] == (8.0, False)
     assert got["64 KiB rc SEND syscalls/MiB, receiver"] == (1.6, True)
+
+
+def test_the_minimal_pingpong_completes_every_round_trip() -> None:
+    script = str(BENCH / "minimal_pingpong.py")
+    with socket.socket() as probe:  # a free port for its listener
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    server = subprocess.Popen([sys.executable, script, "serve", port, "300"], cwd=ROOT)
+    try:
+        for _ in range(100):  # until the listener is up
+            client = subprocess.run(
+                [sys.executable, script, port, "300"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if client.returncode == 0 or "ECONNREFUSED" not in client.stderr + client.stdout:
+                break
+            time.sleep(0.1)
+        assert client.returncode == 0, client.stderr
+        result = json.loads(client.stdout)
+        assert result["round_trips"] == 300 and result["p50_one_way_us"] > 0
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
 
 
 def test_a_pinned_job_puts_each_side_on_its_own_cpu() -> None:
