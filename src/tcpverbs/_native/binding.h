@@ -68,6 +68,9 @@ typedef struct tv_py_poster {
 PyObject *tv_py_post_chain(const tv_py_poster *poster, PyObject *first, int send);
 /* The C engine of an Engine object (its type checked by the caller). */
 tv_engine *tv_py_engine_of(PyObject *engine);
+/* tcpverbs.engine.api.Overrun, looked up once with the binding's other classes
+ * (borrowed, kept for the process); NULL with an exception. */
+PyObject *tv_py_overrun(void);
 /* An engine error as the exception tcpverbs raises (OSError with errno); NULL. */
 PyObject *tv_py_raise_errno(int err, const char *what);
 

@@ -124,6 +124,8 @@ typedef struct {
 
 tv_engine *tv_py_engine_of(PyObject *engine) { return &((EngineObject *)engine)->engine; }
 
+PyObject *tv_py_overrun(void) { return setup() < 0 ? NULL : Overrun; }
+
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"sq_poll_ns", NULL};
     unsigned long long sq_poll_ns = 0;

@@ -36,8 +36,8 @@ typedef struct {
     int kind;
 } FastCall;
 
-/* "_closed", 1 and tcpverbs.engine.api.Overrun: made or looked up once, kept for the
- * process */
+/* "_closed" and 1, made once and kept for the process; tcpverbs.engine.api.Overrun, the
+ * engine binding's own (borrowed, for the process too) */
 static PyObject *str_closed, *one, *Overrun;
 
 /* 1: the owner is open; 0: closed, or no `_closed` in its __dict__ (the method decides);
@@ -137,13 +137,8 @@ static PyObject *fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         return NULL;
     if (one == NULL && (one = PyLong_FromLong(1)) == NULL)
         return NULL;
-    if (Overrun == NULL) {
-        PyObject *api = PyImport_ImportModule("tcpverbs.engine.api");
-        Overrun = api ? PyObject_GetAttrString(api, "Overrun") : NULL;
-        Py_XDECREF(api);
-        if (Overrun == NULL)
-            return NULL;
-    }
+    if (Overrun == NULL && (Overrun = tv_py_overrun()) == NULL)
+        return NULL;
     PyObject *attrs = PyObject_GenericGetDict(owner, NULL);
     if (attrs == NULL)
         return NULL;
