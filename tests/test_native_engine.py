@@ -207,18 +207,23 @@ def test_a_sleeping_thread_reads_its_sockets_itself(how: str) -> None:
         v.Context(name="tcpv_lo", engine="native") as ctx_a,
         v.Context(name="tcpv_lo", engine="native") as ctx_b,
     ):
-        before = [c.statistics()["engine_wakeups"] for c in (ctx_a, ctx_b)]
+        before = [woken_by_io(c) for c in (ctx_a, ctx_b)]
         ping_pong_sleeping((ctx_a, ctx_b), "rc", rounds, how)
-        woke = [
-            c.statistics()["engine_wakeups"] - b
-            for c, b in zip((ctx_a, ctx_b), before, strict=True)
-        ]
+        woke = [woken_by_io(c) - b for c, b in zip((ctx_a, ctx_b), before, strict=True)]
     # before the sleepers read for themselves, each side's engine thread woke for every
-    # message it received (>= rounds); now a few wake-ups are timers and set-up, and a
-    # message that lands more than the 2 ms grace after its sleeper left (a slow run:
-    # under coverage about a quarter of them) is the engine thread's.  (rc: a stream QP's
-    # sends complete on TCP's acknowledgements, which its timers look at.)
-    assert all(w < rounds // 2 for w in woke), woke
+    # message it received (>= rounds).  Now the only messages it reads are those that land
+    # more than the 2 ms grace after their sleeper left (a round the scheduler delayed):
+    # on an idle machine a handful, under coverage on a loaded one half of them, at most
+    # one wake-up each.  The park timers' wake-ups are not counted: a delayed round fires
+    # one whoever reads.  (rc: a stream QP's sends complete on TCP's acknowledgements,
+    # which its timers look at.)
+    assert all(w < rounds * 3 // 4 for w in woke), woke
+
+
+def woken_by_io(ctx: v.Context) -> int:
+    """The engine thread's wake-ups for something other than its own timers."""
+    stats = ctx.statistics()
+    return stats["engine_wakeups"] - stats["engine_timers"]
 
 
 # -- kernels without epoll_pwait2 ---------------------------------------------------------
