@@ -6,6 +6,7 @@ device queries, the walk through the QP states, ``bad_wr``, the attribute spelli
 from __future__ import annotations
 
 import errno
+import ipaddress
 import pickle
 import socket
 
@@ -22,6 +23,7 @@ from tcpverbs.errors import (
     TcpverbsError,
 )
 from tcpverbs.testing import ALL_ACCESS, Endpoint, make_endpoint
+from tcpverbs.wire.ud import build_grh
 
 S = v.ibv_qp_state
 
@@ -325,10 +327,41 @@ def test_address_handles_a_tcpverbs_port_cannot_reach_are_refused(
     assert info.value.errno == err and "Failed to create AH" in str(info.value)
 
 
-def test_an_address_handle_for_ud_replies_is_not_offered(ctx: v.Context) -> None:
-    with pytest.raises(TcpverbsError) as info:
-        v.AH(v.PD(ctx), wc=object(), grh=object())
-    assert info.value.errno == errno.EOPNOTSUPP
+def test_an_address_handle_answers_a_ud_message_from_its_grh(ctx: v.Context) -> None:
+    """``ibv_create_ah_from_wc``: back to the GRH's source, from the GID it came to."""
+    pd = v.PD(ctx)
+    local = ctx.query_gid(1, 0)
+    sender = ipaddress.ip_address("192.0.2.7")
+    mr = v.MR(pd, 128, v.ibv_access_flags.IBV_ACCESS_LOCAL_WRITE)
+    mr.write(build_grh(sender, ipaddress.ip_address(local_ip(local)), 40), 40, 16)
+    wc = v.WC(byte_len=44, wc_flags=v.ibv_wc_flags.IBV_WC_GRH, src_qp=0x1200)
+    for grh in (mr.buf + 16, mr.read(40, 16)):  # an address in an MR, or the bytes
+        ah = v.AH(pd, wc=wc, grh=grh, port_num=1)
+        assert ah.dest == v.GID(str(sender))
+        assert ah.attr.gr is not None and ah.attr.gr.sgid_index == 0 and ah.attr.is_global
+
+
+def local_ip(gid: v.GID) -> str:
+    addr = ipaddress.IPv6Address(gid.raw)
+    return str(addr.ipv4_mapped or addr)
+
+
+@pytest.mark.parametrize(
+    ("flags", "grh", "why"),
+    [
+        (0, b"", "no GRH"),  # a RoCE-like port cannot answer without the sender's address
+        (1, bytes(40), "no IPv6 header"),  # 40 bytes that are not a GRH
+        (1, bytes(12), "40 bytes"),
+        (1, 0x1000, "not inside memory registered"),  # never a read of stray memory
+        (1, 3.5, "address or a buffer"),
+    ],
+)
+def test_an_address_handle_from_a_completion_checks_what_it_reads(
+    ctx: v.Context, flags: int, grh: object, why: str
+) -> None:
+    with pytest.raises(TcpverbsError, match=why) as info:
+        v.AH(v.PD(ctx), wc=v.WC(wc_flags=flags), grh=grh)
+    assert info.value.errno == errno.EINVAL
 
 
 # -- extended CQs ------------------------------------------------------------------------

@@ -3,8 +3,13 @@
 A tcpverbs device is RoCE-like (GIDs are IP addresses), so an address vector is a GID:
 ``AHAttr(is_global=1, gr=GlobalRoute(dgid=...))`` on port 1, its source GID index one of
 the port's.  Without a GRH there is nothing to reach, and creation fails as it does on
-a RoCE port.  An AH made from a received work completion (``AH(pd, wc=..., grh=...)``)
-answers UD traffic, which a tcpverbs device does not carry: ``EOPNOTSUPP``.
+a RoCE port.
+
+``AH(pd, wc=wc, grh=buf)`` (``ibv_create_ah_from_wc``) answers a UD message: the
+completion must say it carries a GRH (``IBV_WC_GRH``), and the 40 bytes at *buf* (the
+start of the receive buffer: an address inside memory registered with *pd*, as pyverbs
+passes ``mr.buf``, or a bytes-like object) are read as :mod:`tcpverbs.wire.ud` writes
+them; the AH goes back to the message's source address, from the local GID it came to.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from typing import TYPE_CHECKING
 
 from ._base import VerbsObject
 from .device import GID, device_gids
+from .enums import ibv_wc_flags
 from .errors import TcpverbsError
-from .qp_attr import AHAttr
+from .mr import MR
+from .qp_attr import AHAttr, GlobalRoute
+from .wire.ud import GRH_SIZE, parse_grh
 
 if TYPE_CHECKING:
     from .pd import PD
@@ -37,13 +45,11 @@ class AH(VerbsObject):
         port_num: int = 1,
     ) -> None:
         if attr is None:
-            if wc is not None:
+            if wc is None:
                 raise TcpverbsError(
-                    errno.EOPNOTSUPP,
-                    "Failed to create AH from a work completion: that answers UD traffic, "
-                    "which a tcpverbs device does not carry",
+                    errno.EINVAL, "Failed to create AH: give attr (an AHAttr), or wc and grh"
                 )
-            raise TcpverbsError(errno.EINVAL, "Failed to create AH: give attr (an AHAttr)")
+            attr = _answer_to(pd, wc, grh, port_num)
         if not isinstance(attr, AHAttr):
             raise TcpverbsError(
                 errno.EINVAL, f"Failed to create AH: attr must be an AHAttr, got {attr!r}"
@@ -70,7 +76,58 @@ class AH(VerbsObject):
         self.pd = pd
         self.attr = replace(attr, gr=replace(route, dgid=dgid))  # a copy: later edits stay out
 
+    @property
+    def dest(self) -> GID:
+        """Where this AH leads: the destination GID (an IP address)."""
+        route = self.attr.gr
+        assert route is not None and isinstance(route.dgid, GID)  # checked at creation
+        return route.dgid
+
     def __repr__(self) -> str:
         route = self.attr.gr
         where = route.dgid if route is not None else "?"
         return f"<AH to {where}{' (closed)' if self._closed else ''}>"
+
+
+def _answer_to(pd: PD, wc: object, grh: object, port_num: int) -> AHAttr:
+    """``ibv_init_ah_from_wc``: the address vector back to where *wc*'s message came from."""
+    flags = getattr(wc, "wc_flags", None)
+    if not isinstance(flags, int):
+        raise TcpverbsError(errno.EINVAL, f"Failed to create AH: wc must be a WC, got {wc!r}")
+    if not flags & ibv_wc_flags.IBV_WC_GRH:
+        raise TcpverbsError(
+            errno.EINVAL,
+            "Failed to create AH: the completion has no GRH (IBV_WC_GRH), and a RoCE-like "
+            "port cannot answer without the sender's address",
+        )
+    try:
+        source, came_to = parse_grh(_grh_bytes(pd, grh))
+    except ValueError as exc:
+        raise TcpverbsError(errno.EINVAL, f"Failed to create AH: {exc}") from None
+    local = GID.from_ip(came_to)
+    sgids = device_gids(pd.ctx.device)
+    sgid_index = sgids.index(local) if local in sgids else 0
+    route = GlobalRoute(dgid=GID.from_ip(source), sgid_index=sgid_index, hop_limit=64)
+    return AHAttr(gr=route, is_global=1, port_num=port_num)
+
+
+def _grh_bytes(pd: PD, grh: object) -> bytes:
+    """The 40 bytes of a GRH given as an address in *pd*'s registered memory, or as a
+    bytes-like object; never a read of memory the library did not register."""
+    if isinstance(grh, int):
+        for child in list(pd._children.values()):
+            if isinstance(child, MR) and child.buf <= grh <= child.buf + child.length - GRH_SIZE:
+                return child.read(GRH_SIZE, grh - child.buf)
+        raise TcpverbsError(
+            errno.EINVAL,
+            f"Failed to create AH: the GRH at 0x{grh:x} is not inside memory registered "
+            "with this PD",
+        )
+    try:
+        view = memoryview(grh)  # type: ignore[arg-type]
+    except TypeError:
+        raise TcpverbsError(
+            errno.EINVAL,
+            f"Failed to create AH: grh must be an address or a buffer, got {type(grh).__name__}",
+        ) from None
+    return view.cast("B")[:GRH_SIZE].tobytes()
