@@ -270,7 +270,7 @@ def test_a_qp_made_from_the_context_with_init_attr_ex_carries_traffic(ctx: v.Con
             errno.EOPNOTSUPP,
         ),
         ({"comp_mask": 1 << 20}, errno.EINVAL),
-        ({"qp_type": v.ibv_qp_type.IBV_QPT_UD}, errno.EOPNOTSUPP),
+        ({"qp_type": v.ibv_qp_type.IBV_QPT_UC}, errno.EOPNOTSUPP),
     ],
 )
 def test_create_qp_ex_refuses_what_a_tcpverbs_qp_cannot_be(

@@ -23,7 +23,8 @@ def qp(ctx: v.Context) -> v.QP:
 @pytest.mark.parametrize(
     ("change", "err"),
     [
-        ({"qp_type": v.ibv_qp_type.IBV_QPT_UD}, errno.EOPNOTSUPP),
+        ({"qp_type": v.ibv_qp_type.IBV_QPT_UC}, errno.EOPNOTSUPP),
+        ({"qp_type": v.ibv_qp_type.IBV_QPT_UD, "wire": "stream"}, errno.EINVAL),
         ({"wire": "iwarp"}, errno.EINVAL),
         ({"scq": None}, errno.EINVAL),
         ({"cap": v.QPCap(max_send_wr=0)}, errno.EINVAL),

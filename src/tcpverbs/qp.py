@@ -22,7 +22,7 @@ import errno
 import functools
 import operator
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ._base import VerbsObject
 from .device import GID, MAX_INLINE_DATA, MAX_QP_RD_ATOM, MAX_QP_WR, MAX_SGE
@@ -37,7 +37,7 @@ from .enums import (
 )
 from .errors import PostError, TcpverbsError, check_flags, check_int
 from .oob import service as oob
-from .oob.sockets import take_socket
+from .oob.sockets import DatagramPort, take_socket
 from .post_errors import post_error
 from .qp_attr import QPAttr, QPCap, QPInitAttr, QPInitAttrEx
 from .srq import SRQ
@@ -63,8 +63,27 @@ _REQUIRED: dict[tuple[S, S], M] = {
     (S.IBV_QPS_RTR, S.IBV_QPS_RTS): M(0),
     (S.IBV_QPS_RTS, S.IBV_QPS_RTS): M(0),
 }
+# ibv_modify_qp(3) for UD: no connection, a Q_Key instead of access flags
+_REQUIRED_UD: dict[tuple[ibv_qp_state, ibv_qp_state], M] = {
+    (S.IBV_QPS_RESET, S.IBV_QPS_INIT): M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_QKEY,
+    (S.IBV_QPS_INIT, S.IBV_QPS_INIT): M(0),
+    (S.IBV_QPS_INIT, S.IBV_QPS_RTR): M(0),
+    (S.IBV_QPS_RTR, S.IBV_QPS_RTS): M.IBV_QP_SQ_PSN,
+    (S.IBV_QPS_RTS, S.IBV_QPS_RTS): M(0),
+}
+# what a UD QP's modify may carry (the path and reliability attributes are RC's)
+_UD_SETTABLE = (
+    M.IBV_QP_STATE
+    | M.IBV_QP_CUR_STATE
+    | M.IBV_QP_PKEY_INDEX
+    | M.IBV_QP_PORT
+    | M.IBV_QP_QKEY
+    | M.IBV_QP_SQ_PSN
+)
+_UD_INIT_MASK = M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_QKEY
 _SETTABLE = (
     M.IBV_QP_STATE
+    | M.IBV_QP_QKEY
     | M.IBV_QP_CUR_STATE
     | M.IBV_QP_ACCESS_FLAGS
     | M.IBV_QP_PKEY_INDEX
@@ -97,6 +116,7 @@ _FIELDS: dict[M, tuple[str, ...]] = {
     M.IBV_QP_SQ_PSN: ("sq_psn",),
     M.IBV_QP_MAX_DEST_RD_ATOMIC: ("max_dest_rd_atomic",),
     M.IBV_QP_DEST_QPN: ("dest_qp_num",),
+    M.IBV_QP_QKEY: ("qkey",),
 }
 _INIT_MASK = M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_ACCESS_FLAGS
 _RTR_MASK = (
@@ -128,6 +148,7 @@ _ATTR_RANGES = (
     (M.IBV_QP_RNR_RETRY, "rnr_retry", 0, 7),
     (M.IBV_QP_MAX_QP_RD_ATOMIC, "max_rd_atomic", 0, MAX_QP_RD_ATOM),
     (M.IBV_QP_MAX_DEST_RD_ATOMIC, "max_dest_rd_atomic", 0, MAX_QP_RD_ATOM),
+    (M.IBV_QP_QKEY, "qkey", 0, 0xFFFFFFFF),
 )
 
 
@@ -157,11 +178,18 @@ class QP(VerbsObject):
         self.ctx = pd.ctx
         self.init_attr = init_attr
         self.cap = QPCap(**{f: getattr(init_attr.cap, f) for f in QPCap.__slots__})
-        self.wire = init_attr.wire
+        self.wire: Literal["rc", "stream", "ud"] = init_attr.wire
         self.scq: CQ = scq
         self.rcq: CQ = rcq
         self.sq_sig_all = bool(init_attr.sq_sig_all)
-        self.qp_num = self.ctx._oob.alloc_qpn()  # it also says where to dial the QP
+        self._qp_type = ibv_qp_type(init_attr.qp_type)
+        self._datagrams: DatagramPort | None = None
+        if self._qp_type is ibv_qp_type.IBV_QPT_UD:  # its number is its UDP port's
+            self.wire = "ud"
+            self._datagrams = DatagramPort()
+            self.qp_num = self._datagrams.qp_num
+        else:
+            self.qp_num = self.ctx._oob.alloc_qpn()  # it also says where to dial the QP
         self.handle = self.ctx._new_handle(self)
         self._attr = QPAttr(qp_state=S.IBV_QPS_RESET, cap=self.cap)
         self._lock = threading.Lock()  # serialises the application's modify() calls
@@ -184,16 +212,17 @@ class QP(VerbsObject):
                     scq._cq,
                     rcq._cq,
                     srq._srq if srq is not None else None,
+                    128 << self.ctx.query_port(1).active_mtu,
                 )
             )
         except BaseException:
-            self.ctx._oob.free_qpn(self.qp_num)
+            self._free_number()
             raise
         try:  # joins the tree only once the engine has it: a failure leaves nothing behind
             super().__init__(*parents)
         except BaseException:
             self._qp.destroy()
-            self.ctx._oob.free_qpn(self.qp_num)
+            self._free_number()
             raise
         # the data path calls the engine directly: one attribute lookup less per WR
         self._post_send = self._qp.post_send
@@ -209,7 +238,13 @@ class QP(VerbsObject):
 
     @property
     def qp_type(self) -> ibv_qp_type:
-        return ibv_qp_type.IBV_QPT_RC
+        return self._qp_type
+
+    def _free_number(self) -> None:
+        if self._datagrams is not None:
+            self._datagrams.close()
+        else:
+            self.ctx._oob.free_qpn(self.qp_num)
 
     @property
     def established(self) -> bool:
@@ -222,9 +257,10 @@ class QP(VerbsObject):
         return self._qp.error
 
     def to_init(self, attr: QPAttr) -> None:
-        """RESET → INIT with the attributes pyverbs' ``to_init`` sets for RC."""
+        """RESET → INIT with the attributes pyverbs' ``to_init`` sets (RC: access
+        flags; UD: the Q_Key)."""
         attr.qp_state = S.IBV_QPS_INIT
-        self.modify(attr, _INIT_MASK)
+        self.modify(attr, _UD_INIT_MASK if self._datagrams is not None else _INIT_MASK)
 
     def to_rtr(self, attr: QPAttr) -> None:
         """INIT → RTR.  ``attr.sock`` hands over the connected TCP socket.  From RESET it
@@ -232,6 +268,9 @@ class QP(VerbsObject):
         if self.qp_state is S.IBV_QPS_RESET:
             self.to_init(attr)
         attr.qp_state = S.IBV_QPS_RTR
+        if self._datagrams is not None:  # nothing to connect
+            self.modify(attr, M.IBV_QP_STATE)
+            return
         mask = _RTR_MASK | (_RTR_AV_MASK if attr.ah_attr.is_global else M(0))
         self.modify(attr, mask)
 
@@ -241,14 +280,20 @@ class QP(VerbsObject):
         if self.qp_state in (S.IBV_QPS_RESET, S.IBV_QPS_INIT):
             self.to_rtr(attr)
         attr.qp_state = S.IBV_QPS_RTS
-        self.modify(attr, _RTS_MASK)
+        ud_mask = M.IBV_QP_STATE | M.IBV_QP_SQ_PSN
+        self.modify(attr, ud_mask if self._datagrams is not None else _RTS_MASK)
 
     def modify(self, attr: QPAttr, attr_mask: int) -> None:
         """``ibv_modify_qp``.  Invalid transitions or attributes raise EINVAL, change nothing."""
         self._check_open()
-        unknown = int(attr_mask) & ~int(_SETTABLE)  # ints: IntFlag's ~ drops unknown bits
+        ud = self._datagrams is not None
+        settable = _UD_SETTABLE if ud else _SETTABLE & ~M.IBV_QP_QKEY
+        unknown = int(attr_mask) & ~int(settable)  # ints: IntFlag's ~ drops unknown bits
         if unknown:
-            raise TcpverbsError(errno.EINVAL, f"unsupported attribute mask bits 0x{unknown:x}")
+            kind = "a UD" if ud else "an RC"
+            raise TcpverbsError(
+                errno.EINVAL, f"unsupported attribute mask bits 0x{unknown:x} for {kind} QP"
+            )
         mask = M(attr_mask)
         with self._lock:
             cur = self._qp.state
@@ -259,15 +304,17 @@ class QP(VerbsObject):
                 )
             new = S(attr.qp_state) if mask & M.IBV_QP_STATE else cur
             if new is S.IBV_QPS_RESET:
-                self.ctx._oob.cancel(self.qp_num)
+                if not ud:
+                    self.ctx._oob.cancel(self.qp_num)
                 self._qp.reset()
                 self._attr = QPAttr(qp_state=S.IBV_QPS_RESET, cap=self.cap)
                 return
             if new is S.IBV_QPS_ERR:
-                self.ctx._oob.cancel(self.qp_num)
+                if not ud:
+                    self.ctx._oob.cancel(self.qp_num)
                 self._qp.fail(TcpverbsError(errno.ECANCELED, "moved to ERR by the application"))
                 return
-            required = _REQUIRED.get((cur, new))
+            required = (_REQUIRED_UD if ud else _REQUIRED).get((cur, new))
             if required is None:
                 raise TcpverbsError(errno.EINVAL, self._bad_transition(cur, new))
             if required & ~mask:
@@ -278,7 +325,12 @@ class QP(VerbsObject):
             self._check_attrs(attr, mask)
             plan: _Plan | None = None
             if (cur, new) == (S.IBV_QPS_INIT, S.IBV_QPS_RTR):
-                plan = self._plan_connection(attr, mask)  # validated before anything changes
+                # validated before anything changes; a UD QP's socket is its own
+                plan = (
+                    _Handoff(self._datagrams.handle())
+                    if self._datagrams is not None
+                    else self._plan_connection(attr, mask)
+                )
             saved = QPAttr(**{f: getattr(self._attr, f) for f in QPAttr.__slots__})
             for bit, names in _FIELDS.items():
                 if mask & bit:
@@ -294,7 +346,7 @@ class QP(VerbsObject):
             if plan is not None:
                 attr.sock = None  # the library owns it now
                 plan.start(self)
-            if (cur, new) == (S.IBV_QPS_RTR, S.IBV_QPS_RTS):
+            if (cur, new) == (S.IBV_QPS_RTR, S.IBV_QPS_RTS) and not ud:
                 self.ctx._oob.rts(self.qp_num, self._attr.sq_psn)  # a waiting QP's proof
 
     def _bad_transition(self, cur: ibv_qp_state, new: ibv_qp_state) -> str:
@@ -317,6 +369,7 @@ class QP(VerbsObject):
             a.dest_qp_num,
             a.rq_psn,
             a.sq_psn,
+            a.qkey,
         )
 
     def _check_attrs(self, attr: QPAttr, mask: M) -> None:
@@ -442,9 +495,10 @@ class QP(VerbsObject):
 
     def _release(self) -> None:
         with self._lock:  # no modify() half-way: a connection plan never outlives the QP
-            self.ctx._oob.cancel(self.qp_num)
+            if self._datagrams is None:
+                self.ctx._oob.cancel(self.qp_num)
             self._qp.destroy()
-        self.ctx._oob.free_qpn(self.qp_num)
+        self._free_number()
 
     def statistics(self) -> dict[str, int]:
         """Counters of this QP's traffic (see the engine's transport for their meaning)."""
@@ -582,12 +636,18 @@ def _creator_and_attr(
 
 
 def _check_init_attr(pd: PD, attr: QPInitAttr) -> tuple[CQ, CQ]:
-    if attr.qp_type != ibv_qp_type.IBV_QPT_RC:
+    if attr.qp_type not in (ibv_qp_type.IBV_QPT_RC, ibv_qp_type.IBV_QPT_UD):
         raise TcpverbsError(
-            errno.EOPNOTSUPP, f"qp_type {attr.qp_type}: only IBV_QPT_RC is supported"
+            errno.EOPNOTSUPP,
+            f"qp_type {attr.qp_type}: a tcpverbs device has RC and UD QPs (no UC, XRC or raw)",
         )
     if attr.wire not in ("rc", "stream"):
         raise TcpverbsError(errno.EINVAL, f"wire must be 'rc' or 'stream', not {attr.wire!r}")
+    ud = attr.qp_type == ibv_qp_type.IBV_QPT_UD
+    if ud and attr.wire != "rc":
+        raise TcpverbsError(errno.EINVAL, "a UD QP sends datagrams: it has no wire mode")
+    if ud and attr.srq is not None:
+        raise TcpverbsError(errno.EOPNOTSUPP, "an SRQ serves rc QPs only, not UD ones")
     if attr.srq is not None:
         if not isinstance(attr.srq, SRQ) or attr.srq.pd is not pd:
             # (verbs lets an SRQ's PD differ from its QPs'; here the WRs a QP takes are

@@ -37,6 +37,9 @@ class SendWR:
     rkey: int = 0
     compare_add: int = 0
     swap: int = 0
+    ah: object = None  # UD: the AH of the destination (wr.wr.ud)
+    remote_qpn: int = 0
+    remote_qkey: int = 0
 
     def set_wr_rdma(self, rkey: int, addr: int) -> None:
         """Target of an RDMA WRITE / READ (``wr.wr.rdma``)."""
@@ -46,6 +49,11 @@ class SendWR:
         """Target and operands of an atomic (``wr.wr.atomic``)."""
         self.rkey, self.remote_addr = rkey, addr
         self.compare_add, self.swap = compare_add, swap
+
+    def set_wr_ud(self, ah: object, rqpn: int, rqkey: int) -> None:
+        """Destination of a SEND on a UD QP (``wr.wr.ud``): an :class:`~tcpverbs.AH`, the
+        remote QP number and its Q_Key (one with bit 31 set means the sending QP's own)."""
+        self.ah, self.remote_qpn, self.remote_qkey = ah, rqpn, rqkey
 
     @property
     def sg_list(self) -> list[SGE]:

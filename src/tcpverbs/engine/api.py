@@ -144,6 +144,8 @@ SEND_WR_FIELDS = {
     "remote_addr": 64,
     "compare_add": 64,
     "swap": 64,
+    "remote_qpn": 32,
+    "remote_qkey": 32,
 }
 RECV_WR_FIELDS = {"wr_id": 64}
 SGE_FIELDS = {"addr": 64, "length": 32, "lkey": 32}
@@ -221,6 +223,7 @@ class QPParams:
     dest_qp_num: int = 0
     rq_psn: int = 0  # rc: sent in the hello, the peer's proof of who it is
     sq_psn: int = 0  # rc: sent in an AUTH frame once in RTS (tcpverbs.oob.service)
+    qkey: int = 0  # ud: datagrams must carry it; a send's remote_qkey with bit 31 uses it
 
 
 @dataclass(slots=True)
@@ -393,10 +396,11 @@ class QPSpec:
     pd: int  # the PD's handle: a QP reaches the memory of its own PD only
     caps: QPCaps
     sq_sig_all: bool
-    wire: str  # "rc" | "stream"
+    wire: str  # "rc" | "stream" | "ud" (a UD QP: attach() gives it its UDP socket)
     scq: CQEngine
     rcq: CQEngine
     srq: SRQEngine | None = None  # where its receives come from (rc only)
+    mtu: int = 4096  # ud: the largest message, the port's active MTU in bytes
 
 
 class ContextEngine(Protocol):

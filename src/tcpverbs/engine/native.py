@@ -149,6 +149,12 @@ class NativeEngine(_native.Engine):
         return cq
 
     def create_qp(self, spec: QPSpec) -> NativeQP:
+        if spec.wire == "ud":
+            raise TcpverbsError(
+                errno.EOPNOTSUPP,
+                "Failed to create QP: UD QPs run on the Python engine for now "
+                "(Context(engine='python') or TCPVERBS_ENGINE=python)",
+            )
         scq, rcq = spec.scq, spec.rcq
         if not isinstance(scq, NativeCQ) or not isinstance(rcq, NativeCQ):
             raise TcpverbsError(errno.EINVAL, "the QP's CQs belong to another engine")

@@ -41,6 +41,7 @@ from ...enums import (
 )
 from ...errors import TcpverbsError
 from ...wire.hello import Hello
+from ...wire.ud import ud_port
 from ...wr import RecvWR, SendWR
 from ..api import (
     RECV_WR_FIELDS,
@@ -56,6 +57,7 @@ from .rc import RcTransport
 from .resolve import BAD_INPUT, MemoryUser, bad_field
 from .srq import PySRQ
 from .stream import StreamTransport
+from .ud import UdTransport
 from .work import RecvWork, Segment, SendWork
 
 if TYPE_CHECKING:
@@ -87,6 +89,9 @@ _FENCE = int(ibv_send_flags.IBV_SEND_FENCE)
 _ATOMICS = frozenset({int(WR.IBV_WR_ATOMIC_CMP_AND_SWP), int(WR.IBV_WR_ATOMIC_FETCH_AND_ADD)})
 _WRITES_LOCAL = _ATOMICS | {int(WR.IBV_WR_RDMA_READ)}  # their local SGEs receive data
 _POSTABLE_SEND = (S.IBV_QPS_RTS, S.IBV_QPS_ERR)
+_UD_OPCODES = frozenset({int(WR.IBV_WR_SEND), int(WR.IBV_WR_SEND_WITH_IMM)})
+_LOC_LEN = ibv_wc_status.IBV_WC_LOC_LEN_ERR
+_LOC_QP_OP = ibv_wc_status.IBV_WC_LOC_QP_OP_ERR
 
 
 class PyQP(MemoryUser):
@@ -98,6 +103,9 @@ class PyQP(MemoryUser):
         self.caps = spec.caps
         self.sq_sig_all = spec.sq_sig_all
         self.wire = spec.wire
+        self.mtu = spec.mtu
+        if spec.wire == "ud":  # its own checks: one opcode, an address per WR
+            self._post_one_send = self._post_one_ud_send  # type: ignore[method-assign]
         scq, rcq = spec.scq, spec.rcq
         assert isinstance(scq, PyCQ) and isinstance(rcq, PyCQ)  # CQs of this engine
         self.scq: PyCQ = scq
@@ -149,7 +157,9 @@ class PyQP(MemoryUser):
             ):
                 return False
             transport: Transport
-            if self.wire == "stream":
+            if self.wire == "ud":  # its datagram socket
+                transport = UdTransport(self, sock, self.mtu)
+            elif self.wire == "stream":
                 transport = StreamTransport(self, sock)
             else:  # the hello: *peer_hello* if the connection service read it already
                 transport = RcTransport(self, sock, peer_hello, hello_timeout)
@@ -317,11 +327,70 @@ class PyQP(MemoryUser):
             0,
             regions,
         )
+        self._queue_send(work, state)
+        return None
+
+    def _queue_send(self, work: SendWork, state: ibv_qp_state) -> None:
+        """A checked send WR takes its slot: queued, or flushed at once in ERR."""
         self.sq_used += 1
         if state is S.IBV_QPS_ERR:
             self.complete_send(work, _FLUSH)
         else:
             self.sq.append(work)
+
+    def _post_one_ud_send(self, wr: SendWR, index: int) -> PostFailure | None:
+        """A UD send: SEND or SEND_WITH_IMM of at most the MTU, to ``wr.ah`` (an AH of
+        this QP's PD) and ``wr.remote_qpn``, which must be a UD QP's number."""
+        state = self.state
+        if state not in _POSTABLE_SEND:
+            return PostFailure(index, PostFault.BAD_STATE, int(state))
+        opcode, flags = index_of(wr.opcode), index_of(wr.send_flags)
+        rqpn, rqkey = wr.remote_qpn, wr.remote_qkey
+        if wr.wr_id >> 64 or (opcode | flags | wr.imm_data | rqpn | rqkey) >> 32:
+            raise ValueError("a field is out of range")
+        if opcode not in _UD_OPCODES:
+            return PostFailure(index, PostFault.BAD_OPCODE, opcode)
+        if rqpn >> 24:
+            return PostFailure(index, PostFault.BAD_FIELD, field="remote_qpn", limit=24)
+        ah = wr.ah
+        raw = getattr(getattr(ah, "dest", None), "raw", None)
+        if getattr(getattr(ah, "pd", None), "handle", None) != self.pd or not (
+            isinstance(raw, bytes) and len(raw) == 16
+        ):
+            return PostFailure(index, PostFault.BAD_FIELD, field="ah")  # not this PD's AH
+        caps, sges, num_sge = self.caps, wr.sg_list, wr.num_sge
+        if num_sge > caps.max_send_sge:
+            return PostFailure(index, PostFault.TOO_MANY_SGE, num_sge, caps.max_send_sge)
+        if num_sge < 0 or num_sge > len(sges):
+            return PostFailure(index, PostFault.SGE_COUNT, num_sge, len(sges))
+        inline = bool(flags & _INLINE)
+        length = sum(sge.length for sge in sges[:num_sge])
+        if inline and length > caps.max_inline_data:
+            return PostFailure(index, PostFault.INLINE_TOO_LONG, length, caps.max_inline_data)
+        if self.sq_used >= caps.max_send_wr:
+            return PostFailure(index, PostFault.QUEUE_FULL, limit=caps.max_send_wr)
+        segments, error, regions = self._resolve(sges[:num_sge], writable=False, inline=inline)
+        if inline and error is None:
+            segments, regions = [b"".join(segments)], ()  # the buffer may be reused at once
+        port = ud_port(rqpn)
+        if error is None and length > self.mtu:
+            error = (_LOC_LEN, f"a UD message of {length} bytes exceeds the MTU ({self.mtu})")
+        elif error is None and port is None:
+            error = (_LOC_QP_OP, f"remote_qpn 0x{rqpn:x} is no UD QP's number")
+        work = SendWork(
+            wr.wr_id,
+            opcode,
+            ibv_wc_opcode.IBV_WC_SEND,
+            self.sq_sig_all or bool(flags & _SIGNALED),
+            bool(flags & _SOLICITED),
+            segments,
+            length,
+            wr.imm_data,
+            error,
+            regions=regions,
+            ud=(raw, rqpn, self.params.qkey if rqkey & 0x80000000 else rqkey),
+        )
+        self._queue_send(work, state)
         return None
 
     def _post_one_recv(self, wr: RecvWR, index: int) -> PostFailure | None:
@@ -386,6 +455,8 @@ class PyQP(MemoryUser):
         solicited: bool = False,
         vendor_err: int = 0,
         opcode: int = ibv_wc_opcode.IBV_WC_RECV,
+        src_qp: int = 0,
+        wc_flags: int = 0,
     ) -> None:
         self.rcq.push(
             (
@@ -396,9 +467,9 @@ class PyQP(MemoryUser):
                     vendor_err,
                     byte_len,
                     self.qp_num,
-                    0,
+                    src_qp,
                     imm or 0,
-                    _WITH_IMM if imm is not None else 0,
+                    wc_flags | (_WITH_IMM if imm is not None else 0),
                 ),
                 self,
                 False,

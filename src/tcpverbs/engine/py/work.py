@@ -38,6 +38,7 @@ class SendWork:
     needs_response: bool = False  # READ / atomic: completes on its response, not an ACK
     rnr_tries: int = 0
     regions: tuple[Region, ...] = ()  # the local memory it uses (deregistration revokes it)
+    ud: tuple[bytes, int, int] | None = None  # ud: (destination GID, QP number, Q_Key)
 
 
 @dataclass(slots=True, eq=False)
