@@ -42,6 +42,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
         ),
         (["examples/stream_client.py", "--loopback"], "server answered: b'GET / HTTP/1.0"),
         (["examples/rdma_write_read.py"], "counter:       42"),
+        (["examples/ud_pingpong.py", "--iters", "50"], "round trips:   50"),
         (["-m", "tcpverbs.cli", "demo", "--size", "1000", "--count", "3"], "demo OK"),
         (  # plain pyverbs, under the face
             ["-m", "tcpverbs.cli", "run", "--", "python", "examples/pyverbs_rc.py"],

@@ -70,7 +70,6 @@ def test_providers_are_made_on_demand_and_refuse(face: Importer) -> None:
     [
         ("pyverbs.srq", "OpsWr", errno.EOPNOTSUPP),
         ("pyverbs.cmid", "JoinMCAttrEx", errno.EOPNOTSUPP),
-        ("pyverbs.cmid", "UDParam", errno.EOPNOTSUPP),
         ("pyverbs.pd", "ParentDomain", errno.EOPNOTSUPP),
         ("pyverbs.mr", "DmaBufMR", errno.EOPNOTSUPP),
         ("pyverbs.wq", "WQ", errno.EOPNOTSUPP),

@@ -19,12 +19,14 @@ from tcpverbs.cm.enums import (
     RDMA_OPTION_ID,
     RDMA_OPTION_ID_ACK_TIMEOUT,
     RDMA_OPTION_ID_TOS,
+    RDMA_UDP_QKEY,
     rdma_cm_event_type,
     rdma_port_space,
 )
 from tcpverbs.cm.messages import CMMessage, MessageType, encode
-from tcpverbs.cm.rdmacm import CMID, AddrInfo, CMEvent, CMEventChannel, ConnParam
+from tcpverbs.cm.rdmacm import CMID, AddrInfo, CMEvent, CMEventChannel, ConnParam, UDParam
 from tcpverbs.errors import TcpverbsError
+from tcpverbs.wire.ud import GRH_SIZE
 
 EV = rdma_cm_event_type
 S = v.ibv_qp_state
@@ -348,7 +350,7 @@ def test_what_is_not_a_cm_peer_is_dropped_and_the_listener_goes_on(
     ("call", "err"),
     [
         (
-            lambda: CMID(creator=CMEventChannel(), port_space=rdma_port_space.RDMA_PS_UDP),
+            lambda: CMID(creator=CMEventChannel(), port_space=rdma_port_space.RDMA_PS_IPOIB),
             errno.EOPNOTSUPP,
         ),
         (lambda: CMID(creator=object()), errno.EINVAL),
@@ -381,13 +383,13 @@ def test_bad_calls_raise_with_an_errno(call: Callable[[], object], err: int) -> 
     assert info.value.errno == err
 
 
-def test_too_much_private_data_and_a_udp_qp_are_refused() -> None:
+def test_too_much_private_data_and_a_ud_qp_on_a_tcp_id_are_refused() -> None:
     channel = CMEventChannel()
     lid = listener(channel)
     cid = resolved(CMEventChannel(), port_of(lid))
-    with pytest.raises(TcpverbsError) as info:
+    with pytest.raises(TcpverbsError, match="RDMA_PS_TCP CM ID") as info:
         cid.create_qp(v.QPInitAttr(qp_type=v.ibv_qp_type.IBV_QPT_UD))
-    assert info.value.errno == errno.EOPNOTSUPP
+    assert info.value.errno == errno.EINVAL
     cid.create_qp(v.QPInitAttr())
     with pytest.raises(TcpverbsError) as big:
         cid.connect(ConnParam(data=bytes(57)))
@@ -556,4 +558,84 @@ def test_a_peer_that_never_answers_is_timed_out(monkeypatch: pytest.MonkeyPatch)
     other.disconnect()  # the peer reads the DREQ and says nothing
     next_event(channel, EV.RDMA_CM_EVENT_DISCONNECTED)
     for thing in (silent, mute, child, other, lid, channel):
+        thing.close()
+
+
+# -- RDMA_PS_UDP: SIDR over the control connection ------------------------------------------
+UDP = rdma_port_space.RDMA_PS_UDP
+UD_QP = v.ibv_qp_type.IBV_QPT_UD
+
+
+def udp_ids(server_channel: CMEventChannel, client_channel: CMEventChannel) -> tuple[CMID, CMID]:
+    """A listening RDMA_PS_UDP CM ID, and one whose route to it is resolved."""
+    lid = CMID(creator=server_channel, port_space=UDP)
+    lid.bind_addr(AddrInfo(src=HOST, src_service="0", flags=RAI_PASSIVE))
+    lid.listen()
+    cid = CMID(creator=client_channel, port_space=UDP)
+    cid.resolve_addr(AddrInfo(src=HOST, dst=HOST, dst_service=str(port_of(lid))))
+    next_event(client_channel, EV.RDMA_CM_EVENT_ADDR_RESOLVED)
+    cid.resolve_route()
+    next_event(client_channel, EV.RDMA_CM_EVENT_ROUTE_RESOLVED)
+    return lid, cid
+
+
+def test_a_udp_id_resolves_the_peer_s_ud_qp_and_datagrams_flow_both_ways() -> None:
+    server_channel, client_channel = CMEventChannel(), CMEventChannel()
+    lid, cid = udp_ids(server_channel, client_channel)
+    cid.create_qp(v.QPInitAttr(qp_type=UD_QP, cap=v.QPCap(max_recv_wr=2)))
+    assert cid.qp is not None and cid.qp.qp_state is S.IBV_QPS_RTS  # ready at once
+    cid.connect(ConnParam(data=b"sidr"))
+    request = next_event(server_channel, EV.RDMA_CM_EVENT_CONNECT_REQUEST)
+    assert request.private_data == b"sidr" and UDParam(request).qp_num == cid.qpn
+    child = CMID(creator=request, listen_id=lid)
+    child.create_qp(v.QPInitAttr(qp_type=UD_QP, cap=v.QPCap(max_recv_wr=2)))
+    child.accept(ConnParam(data=b"here"))
+    established = next_event(client_channel, EV.RDMA_CM_EVENT_ESTABLISHED)
+    ud = UDParam(established)
+    assert established.private_data == b"here" and ud.qp_num == child.qpn
+    assert ud.qkey == RDMA_UDP_QKEY and ud.ah_attr.is_global == 1
+    attr, _ = child.query_qp(v.ibv_qp_attr_mask.IBV_QP_QKEY)
+    assert attr.qkey == RDMA_UDP_QKEY
+    with pytest.raises(TcpverbsError) as info:  # nothing to disconnect
+        cid.disconnect()
+    assert info.value.errno == errno.EINVAL
+
+    size = 16 + GRH_SIZE
+    inbox, outbox = child.reg_msgs(size), cid.reg_msgs(size)
+    child.post_recv(inbox)
+    outbox.write(b"to the server...", 16)
+    assert cid.pd is not None
+    cid.post_ud_send(outbox, v.AH(cid.pd, attr=ud.ah_attr), rqpn=ud.qp_num, length=16)
+    assert cid.get_send_comp().status == OK
+    got = child.get_recv_comp()
+    assert got.status == OK and got.src_qp == cid.qpn
+    assert inbox.read(16, GRH_SIZE) == b"to the server..."
+    assert child.pd is not None
+    back = v.AH(child.pd, wc=got, grh=inbox.buf)  # the answer goes where it came from
+    reply = cid.reg_msgs(size)
+    cid.post_recv(reply)
+    outbox2 = child.reg_msgs(16)
+    outbox2.write(b"...and back, ok!", 16)
+    child.post_ud_send(outbox2, back, rqpn=got.src_qp, length=16)
+    assert child.get_send_comp().status == OK
+    assert cid.get_recv_comp().status == OK
+    assert reply.read(16, GRH_SIZE) == b"...and back, ok!"
+    for thing in (cid, child, lid, server_channel, client_channel):
+        thing.close()
+
+
+def test_a_udp_request_can_be_rejected_and_an_rc_qp_is_refused() -> None:
+    server_channel, client_channel = CMEventChannel(), CMEventChannel()
+    lid, cid = udp_ids(server_channel, client_channel)
+    with pytest.raises(TcpverbsError, match="RDMA_PS_UDP CM ID") as info:
+        cid.create_qp(v.QPInitAttr())  # RC on a UDP id
+    assert info.value.errno == errno.EINVAL
+    cid.create_qp(v.QPInitAttr(qp_type=UD_QP))
+    cid.connect()
+    child = CMID(
+        creator=next_event(server_channel, EV.RDMA_CM_EVENT_CONNECT_REQUEST), listen_id=lid
+    )
+    child.reject(b"not you")
+    assert next_event(client_channel, EV.RDMA_CM_EVENT_REJECTED).private_data == b"not you"
+    for thing in (cid, child, lid, server_channel, client_channel):
         thing.close()

@@ -60,6 +60,8 @@ class rdma_port_space(IntEnum):
     RDMA_PS_IB = 319
 
 
+RDMA_UDP_QKEY = 0x01234567  # the Q_Key of rdma_cm's UD QPs (<rdma/rdma_cma.h>)
+
 # rdma_getaddrinfo's hint flags (``<rdma/rdma_cma.h>``, #defines rather than an enum)
 RAI_PASSIVE = 1
 RAI_NUMERICHOST = 2

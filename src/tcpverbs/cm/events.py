@@ -18,15 +18,17 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import TcpverbsError
+from ..qp_attr import AHAttr
 from .enums import rdma_cm_event_type
 
 if TYPE_CHECKING:
     from .rdmacm import CMID
 
-__all__ = ["CMEvent", "CMEventChannel", "rdma_event_str"]
+__all__ = ["CMEvent", "CMEventChannel", "UDInfo", "UDParam", "rdma_event_str"]
 
 EV = rdma_cm_event_type
 _SLICE = 0.05  # seconds one waiter polls before it looks at deadlines again
@@ -42,10 +44,11 @@ class CMEvent:
     status: int  # 0, or a negative errno (librdmacm's)
     private_data: bytes
     acked: bool
+    ud: UDInfo | None  # RDMA_PS_UDP: how to reach the peer's UD QP (``param.ud``)
 
     def __init__(self, channel: CMEventChannel, timeout: float | None = None) -> None:
         event = channel._next(lambda e: True, timeout)
-        for name in ("event_type", "id", "listen_id", "status", "private_data", "acked"):
+        for name in ("event_type", "id", "listen_id", "status", "private_data", "acked", "ud"):
             setattr(self, name, getattr(event, name))
 
     @classmethod
@@ -56,12 +59,14 @@ class CMEvent:
         listen_id: CMID | None = None,
         private_data: bytes = b"",
         status: int = 0,
+        ud: UDInfo | None = None,
     ) -> CMEvent:
         event = cls.__new__(cls)
         event.event_type = event_type
         event.id, event.listen_id = cmid, listen_id
         event.private_data, event.status = private_data, status
         event.acked = False
+        event.ud = ud
         return event
 
     def ack_cm_event(self) -> None:
@@ -76,6 +81,31 @@ class CMEvent:
 
     def __repr__(self) -> str:
         return f"<CMEvent {self.event_str()} status={self.status}>"
+
+
+@dataclass(frozen=True)
+class UDInfo:
+    """``struct rdma_ud_param`` without the private data (the event has it): the address
+    vector and QP number of the peer's UD QP and the Q_Key its datagrams need."""
+
+    ah_attr: AHAttr
+    qp_num: int
+    qkey: int
+
+
+class UDParam:
+    """pyverbs' ``UDParam(event)``: the UD parameters of an ``RDMA_PS_UDP`` event
+    (``RDMA_CM_EVENT_ESTABLISHED``: the peer's QP; ``..._CONNECT_REQUEST``: the
+    requester's)."""
+
+    def __init__(self, event: CMEvent) -> None:
+        info = getattr(event, "ud", None)
+        if info is None:
+            raise TcpverbsError(errno.EINVAL, "the event carries no UD parameters")
+        self.ah_attr: AHAttr = info.ah_attr
+        self.qp_num: int = info.qp_num
+        self.qkey: int = info.qkey
+        self.private_data: bytes = event.private_data
 
 
 def rdma_event_str(event_type: int) -> str:

@@ -1,5 +1,6 @@
 """rdma_cm over TCP: ``CMID``, ``AddrInfo``, ``CMEventChannel``, ``CMEvent``, ``ConnParam``
-with librdmacm's semantics for RC (``RDMA_PS_TCP``), as pyverbs spells them.
+with librdmacm's semantics for RC (``RDMA_PS_TCP``) and UD (``RDMA_PS_UDP``), as
+pyverbs spells them.
 
 A connection is made the way InfiniBand's CM makes it, over a TCP *control connection*
 instead of management datagrams (:mod:`.messages`): the active side's ``connect`` sends
@@ -18,8 +19,17 @@ Progress is made by whoever waits for an event (``CMEvent(channel)``, ``get_requ
 a synchronous ``connect`` / ``accept``), as librdmacm delivers events only through
 ``rdma_get_cm_event``: no thread runs behind the program's back.  A ``CMID`` made from an
 ``AddrInfo`` is *synchronous* (``rdma_create_ep``): it has a private channel and its
-calls wait for their outcome.  What a TCP device does not have -- UD and multicast port
-spaces, ECE, IB path records -- says ``EOPNOTSUPP``.
+calls wait for their outcome.
+
+``RDMA_PS_UDP`` resolves a UD QP the way IB's SIDR does, over the same control
+connection: ``connect`` sends a REQ naming the active side's UD QP, ``accept`` answers
+with a REP naming the passive side's, and the control connection closes; the active
+side sees ``RDMA_CM_EVENT_ESTABLISHED`` with the peer's address vector, QP number and
+Q_Key (``UDParam(event)``), the passive side no event, as librdmacm has it.  A UD QP
+made by ``create_qp`` is in RTS at once with ``RDMA_UDP_QKEY``.  Its CMIDs use a
+Python-engine context until the native engine has UD QPs (issue #11).  What a TCP
+device does not have -- IPoIB and multicast, ECE, IB path records -- says
+``EOPNOTSUPP``.
 
 Bounds: a listener holds at most ``backlog`` (at most ``MAX_BACKLOG``) connections that
 have not sent their REQ, each for ``REQ_DEADLINE`` seconds at most; a control connection
@@ -60,10 +70,11 @@ from .enums import (
     RDMA_OPTION_ID,
     RDMA_OPTION_ID_ACK_TIMEOUT,
     RDMA_OPTION_ID_REUSEADDR,
+    RDMA_UDP_QKEY,
     rdma_cm_event_type,
     rdma_port_space,
 )
-from .events import CMEvent, CMEventChannel
+from .events import CMEvent, CMEventChannel, UDInfo, UDParam
 from .messages import PRIVATE_DATA_MAX, CMDecoder, CMMessage, MessageType, encode
 
 if TYPE_CHECKING:
@@ -79,6 +90,7 @@ __all__ = [
     "CMEvent",
     "CMEventChannel",
     "ConnParam",
+    "UDParam",
 ]
 
 EV = rdma_cm_event_type
@@ -94,6 +106,7 @@ CONNECT_GRACE = 0.05  # seconds connect() waits for the TCP handshake before ret
 _QP_ACCESS = A.IBV_ACCESS_LOCAL_WRITE | A.IBV_ACCESS_REMOTE_WRITE | A.IBV_ACCESS_REMOTE_READ
 _DEFAULT_TIMEOUT = 14  # 4.096 us * 2^14: about 67 ms per try
 _MIN_RNR_TIMER = 12
+_PORT_SPACES = (rdma_port_space.RDMA_PS_TCP, rdma_port_space.RDMA_PS_UDP)
 
 
 def _check_private_data(what: str, kind: MessageType, param: ConnParam) -> None:
@@ -157,13 +170,14 @@ class CMID:
             raise TcpverbsError(errno.EINVAL, f"Cannot create CM ID from {type(creator).__name__}")
 
     def _setup(self, port_space: int) -> None:
-        if port_space != rdma_port_space.RDMA_PS_TCP:
+        if port_space not in _PORT_SPACES:
             raise TcpverbsError(
                 errno.EOPNOTSUPP,
                 f"Failed to create CM ID: port space {port_space} -- a tcpverbs device "
-                "has RC only (RDMA_PS_TCP), no UD or multicast",
+                "has RDMA_PS_TCP and RDMA_PS_UDP, no IPoIB or multicast",
             )
         self.port_space = port_space
+        self._ud = port_space == rdma_port_space.RDMA_PS_UDP
         self.event_channel = None
         self._channel: CMEventChannel | None = None  # a synchronous CMID's own channel
         self._owns_channel = False
@@ -194,7 +208,7 @@ class CMID:
 
     def _init_endpoint(self, ai: AddrInfo, init: QPInitAttr | None, pd: PD | None) -> None:
         """rdma_create_ep: bound (passive) or resolved (active), with a private channel."""
-        if ai.port_space != rdma_port_space.RDMA_PS_TCP:
+        if ai.port_space not in _PORT_SPACES:
             self._setup(ai.port_space)  # refuses
         self._channel = CMEventChannel()
         self._owns_channel = True
@@ -255,8 +269,22 @@ class CMID:
             raise TcpverbsError(errno.EBADF, "the CM ID's event channel is closed")
         return channel
 
-    def _event(self, event_type: rdma_cm_event_type, data: bytes = b"", status: int = 0) -> None:
-        self._events()._push(CMEvent._make(event_type, self, self._listen_id, data, status))
+    def _event(
+        self,
+        event_type: rdma_cm_event_type,
+        data: bytes = b"",
+        status: int = 0,
+        ud: UDInfo | None = None,
+    ) -> None:
+        event = CMEvent._make(event_type, self, self._listen_id, data, status, ud)
+        self._events()._push(event)
+
+    def _ud_info(self) -> UDInfo:
+        """The peer's UD QP, as an event's ``param.ud`` gives it."""
+        assert self._peer is not None
+        route = GlobalRoute(dgid=self._peer.gid, sgid_index=self._sgid_index, hop_limit=64)
+        ah_attr = AHAttr(is_global=1, gr=route, port_num=1)
+        return UDInfo(ah_attr, self._peer.qp_num, RDMA_UDP_QKEY)
 
     def _wait(self, *types: rdma_cm_event_type, timeout: float | None = None) -> CMEvent:
         """A synchronous call's outcome: this CMID's next event (one of *types*, else an
@@ -272,8 +300,9 @@ class CMID:
 
     # -- addresses -----------------------------------------------------------------------
     def _open_device(self, address: str) -> None:
-        if self.ctx is None:
-            self.ctx, _, self._sgid_index = context_for(address)
+        if self.ctx is None:  # (UD QPs: on the Python engine for now)
+            engine = "python" if self._ud else None
+            self.ctx, _, self._sgid_index = context_for(address, engine)
         if self.pd is None:
             self.pd = pd_for(self.ctx)
 
@@ -318,15 +347,19 @@ class CMID:
 
     # -- the QP --------------------------------------------------------------------------
     def create_qp(self, qp_init: QPInitAttr) -> None:
-        """``rdma_create_qp``: an RC QP on this CMID's PD, in INIT; CQs are made for it
-        when *qp_init* has none."""
+        """``rdma_create_qp``: a QP on this CMID's PD -- RC (``RDMA_PS_TCP``), in INIT,
+        or UD (``RDMA_PS_UDP``), in RTS with ``RDMA_UDP_QKEY``; CQs are made for it when
+        *qp_init* has none."""
         if self.pd is None or self.ctx is None:
             raise TcpverbsError(errno.EINVAL, "Failed to Create QP: the CM ID has no device yet")
         if self.qp is not None:
             raise TcpverbsError(errno.EINVAL, "Failed to Create QP: the CM ID has one")
-        if qp_init.qp_type != ibv_qp_type.IBV_QPT_RC:
+        wanted = ibv_qp_type.IBV_QPT_UD if self._ud else ibv_qp_type.IBV_QPT_RC
+        if qp_init.qp_type != wanted:
             raise TcpverbsError(
-                errno.EOPNOTSUPP, f"Failed to Create QP: type {qp_init.qp_type} (RC only)"
+                errno.EINVAL,
+                f"Failed to Create QP: type {qp_init.qp_type} on a {self._space_name} "
+                f"CM ID (it takes {wanted.name})",
             )
         cap = qp_init.cap if qp_init.cap is not None else QPCap()
         init = QPInitAttr(
@@ -340,7 +373,15 @@ class CMID:
             init.scq = self._cq(cap.max_send_wr)
         if init.rcq is None:
             init.rcq = self._cq(cap.max_recv_wr)
-        self.qp = QP(self.pd, init, QPAttr(qp_access_flags=_QP_ACCESS))
+        if self._ud:  # ready at once, as librdmacm's UD QPs are
+            self.qp = QP(self.pd, init)
+            self._connect_qp()
+        else:
+            self.qp = QP(self.pd, init, QPAttr(qp_access_flags=_QP_ACCESS))
+
+    @property
+    def _space_name(self) -> str:
+        return rdma_port_space(self.port_space).name
 
     def _cq(self, depth: int) -> CQ:
         assert self.ctx is not None
@@ -352,6 +393,8 @@ class CMID:
         """``rdma_init_qp_attr``: what a QP the program made itself needs to reach
         *qp_state* on this connection, and the mask of what is set."""
         state = S(qp_state)
+        if self._ud:
+            return _ud_qp_attr(state)
         if state == S.IBV_QPS_INIT:
             attr = QPAttr(qp_state=state, pkey_index=0, port_num=1, qp_access_flags=_QP_ACCESS)
             return attr, int(
@@ -406,9 +449,12 @@ class CMID:
         return attr, int(mask)
 
     def _connect_qp(self) -> None:
-        """This CMID's own QP to RTS towards the peer (the QPs connect by GID)."""
+        """This CMID's own QP to RTS towards the peer (the QPs connect by GID; a UD QP
+        needs no peer)."""
         qp = self.qp
         assert qp is not None
+        if self._ud and qp.qp_state == S.IBV_QPS_RTS:
+            return
         if qp.qp_state == S.IBV_QPS_RESET:
             qp.modify(*self.init_qp_attr(S.IBV_QPS_INIT))
         qp.modify(*self.init_qp_attr(S.IBV_QPS_RTR))
@@ -576,7 +622,8 @@ class CMID:
         except OSError:  # no device for that address, or the peer left (ENOTCONN)
             sock.close()  # the peer, if any, sees its end
             return
-        child._event(EV.RDMA_CM_EVENT_CONNECT_REQUEST, request.private_data)
+        ud = child._ud_info() if child._ud else None  # the requester's UD QP
+        child._event(EV.RDMA_CM_EVENT_CONNECT_REQUEST, request.private_data, ud=ud)
 
     def _child(self, sock: socket.socket, request: CMMessage) -> CMID:
         child = object.__new__(CMID)
@@ -608,6 +655,10 @@ class CMID:
                 self._connect_qp()
                 qp_num = self.qp.qp_num
             self._send(MessageType.REP, param.private_data, qp_num, "Failed to Accept Connection")
+            if self._ud:  # SIDR: the answer is all; no ESTABLISHED on this side
+                self._close_control()
+                self._state = "established"
+                return
             self._state = "accepted"
             self._deadline = time.monotonic() + RESPONSE_TIMEOUT
         if self._channel is not None:  # synchronous
@@ -692,6 +743,8 @@ class CMID:
     def disconnect(self) -> None:
         """``rdma_disconnect``: the QP goes to ERR and the peer is told (DREQ); both
         sides see ``RDMA_CM_EVENT_DISCONNECTED``.  Idempotent once disconnected."""
+        if self._ud:
+            raise TcpverbsError(errno.EINVAL, "Failed to Disconnect: a UD CM ID has no connection")
         with self._guard():
             if self._state in ("disconnecting", "disconnected"):
                 return
@@ -777,6 +830,11 @@ class CMID:
             assert self._sock is not None
             self._peer = _Peer(message, self._sock.getpeername()[0])
             self._deadline = None
+            if self._ud:  # SIDR: the peer's UD QP is known; nothing more to say
+                self._close_control()
+                self._state = "established"
+                self._event(EV.RDMA_CM_EVENT_ESTABLISHED, message.private_data, ud=self._ud_info())
+                return
             if self.qp is None:
                 self._state = "responded"
                 self._event(EV.RDMA_CM_EVENT_CONNECT_RESPONSE, message.private_data)
@@ -875,6 +933,24 @@ class CMID:
         )
         qp.post_send(wr)
 
+    def post_ud_send(
+        self,
+        mr: MR,
+        ah: object,
+        rqpn: int = 0,
+        flags: int = ibv_send_flags.IBV_SEND_SIGNALED,
+        length: int | None = None,
+    ) -> None:
+        """``rdma_post_ud_send``: SEND *mr* (its first *length* bytes) to UD QP *rqpn*
+        by address handle *ah*, with ``RDMA_UDP_QKEY``."""
+        qp = self._the_qp("Failed to Post UD Send")
+        n = mr.length if length is None else length
+        wr = SendWR(
+            opcode=_WR.IBV_WR_SEND, num_sge=1, sg=[SGE(mr.buf, n, mr.lkey)], send_flags=flags
+        )
+        wr.set_wr_ud(ah, rqpn, RDMA_UDP_QKEY)
+        qp.post_send(wr)
+
     def _post_rdma(
         self, opcode: int, mr: MR, size: int, remote_addr: int, rkey: int, flags: int
     ) -> None:
@@ -929,3 +1005,15 @@ class CMID:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ud_qp_attr(state: ibv_qp_state) -> tuple[QPAttr, int]:
+    """``rdma_init_qp_attr`` for a UD QP: the Q_Key at INIT, the SQ PSN at RTS."""
+    if state == S.IBV_QPS_INIT:
+        attr = QPAttr(qp_state=state, pkey_index=0, port_num=1, qkey=RDMA_UDP_QKEY)
+        return attr, int(M.IBV_QP_STATE | M.IBV_QP_PKEY_INDEX | M.IBV_QP_PORT | M.IBV_QP_QKEY)
+    if state == S.IBV_QPS_RTR:
+        return QPAttr(qp_state=state), int(M.IBV_QP_STATE)
+    if state == S.IBV_QPS_RTS:
+        return QPAttr(qp_state=state, sq_psn=0), int(M.IBV_QP_STATE | M.IBV_QP_SQ_PSN)
+    raise TcpverbsError(errno.EINVAL, f"Failed to get QP attributes for {state.name}")
