@@ -619,24 +619,42 @@ def test_polling_many_completions_at_once_frees_every_slot(ctx: v.Context) -> No
         fill(receiver)  # eight fit again, a ninth does not
 
 
+def sq_pushes(ctx: v.Context) -> int:
+    """How many times an SQ-polling engine thread pushed a QP's posted sends: each is
+    counted once the thread has let go of the QP (0 without SQ polling)."""
+    return int(ctx.statistics()["engine_sq_pushes"]) if ctx.sq_poll_us else 0
+
+
 def test_an_ack_held_for_a_reply_goes_when_the_application_polls_another_cq(
-    pair: PairFactory,
+    ctx: v.Context, pair: PairFactory
 ) -> None:
     """A spinning receiver may hold its ACK for the application's next move (a reply
     would carry it).  When that move is a poll of another CQ -- here the sender's, waiting
     for the very send the ACK completes -- the ACK goes then, not at the engine's parked-
     reads check milliseconds later.  Counted in polls, not time: each send completes
-    within a few polls of the sender's CQ (a held ACK used to cost a thousand or more)."""
+    within a few polls of the sender's CQ (a held ACK used to cost a thousand or more).
+
+    With SQ polling the engine thread writes the send, holding the sender's QP until its
+    sendmsg returns -- over loopback, after the receiver already has the message.  A poll
+    never waits for the engine thread (it only tries the QP's lock), so until that thread
+    is through, the sender's polls can neither read the ACK nor complete the send; without
+    a core to spare for it, the thread may be descheduled there for milliseconds.  That is
+    what SQ polling costs, not the held ACK: the polls count from the end of the push."""
     a, b = pair("rc")
     src, dst = v.MR(a.pd, 8, LOCAL_WRITE), v.MR(b.pd, 8, LOCAL_WRITE)
     send = v.SendWR(2, num_sge=1, sg=[v.SGE(src.buf, 8, src.lkey)])
     recv = v.RecvWR(1, 1, [v.SGE(dst.buf, 8, dst.lkey)])
+    pushes = sq_pushes(ctx)
     worst = 0
     for _ in range(1000):
         b.qp.post_recv(recv)
         a.qp.post_send(send)
         while b.rcq.poll()[0] == 0:  # the receiver's application spins
             pass
+        if ctx.sq_poll_us:  # the engine thread pushed the send: wait until it is through
+            pushes += 1
+            while sq_pushes(ctx) < pushes:  # no CQ is polled meanwhile: the ACK is still held
+                pass
         polls = 1
         while a.scq.poll()[0] == 0:  # then the sender's: the ACK completes the send
             polls += 1
