@@ -15,6 +15,8 @@ setup(
             sources=[
                 f"{NATIVE}/module.c",
                 f"{NATIVE}/py_frames.c",
+                f"{NATIVE}/py_ud.c",
+                f"{NATIVE}/ud.c",
                 f"{NATIVE}/py_rc.c",
                 f"{NATIVE}/frames.c",
                 f"{NATIVE}/ring.c",
@@ -38,6 +40,7 @@ setup(
             depends=[
                 f"{NATIVE}/binding.h",
                 f"{NATIVE}/frames.h",
+                f"{NATIVE}/ud.h",
                 f"{NATIVE}/ring.h",
                 f"{NATIVE}/memtable.h",
                 f"{NATIVE}/rcproto.h",

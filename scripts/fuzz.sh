@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz the native engine's C code that a peer's (or the kernel's) bytes reach (the frame
-# decoder, the rc requester's window, the whole rc connection, the zerocopy bookkeeping)
+# decoder, the rc requester's window, the whole rc connection, the zerocopy bookkeeping,
+# the UD datagram codec)
 # with libFuzzer under AddressSanitizer and
 # UndefinedBehaviorSanitizer:  scripts/fuzz.sh [seconds per harness, default 60]
 # Needs clang (Debian: apt-get install clang).  Finds a crash -> non-zero exit, with the
@@ -20,6 +21,7 @@ FLAGS=(-std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/requester_fuzz.c" "$NATIVE/requester.c" "$NATIVE/rcproto.c" \
     -o "$OUT/requester_fuzz"
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/zerocopy_fuzz.c" "$NATIVE/zerocopy.c" -o "$OUT/zerocopy_fuzz"
+"$CC" "${FLAGS[@]}" "$ROOT/fuzz/ud_fuzz.c" "$NATIVE/ud.c" -o "$OUT/ud_fuzz"
 ENGINE_C=(engine.c cq.c qp.c srq.c conn.c stream.c rcconn.c zerocopy.c frames.c rcproto.c requester.c ring.c
           memtable.c)
 "$CC" "${FLAGS[@]}" -pthread "$ROOT/fuzz/responder_fuzz.c" "${ENGINE_C[@]/#/$NATIVE/}" \
@@ -48,3 +50,12 @@ mkdir -p "$OUT/responder_corpus"
 cp "$corpus"/* "$OUT/responder_corpus/" 2>/dev/null || true # frames make good seeds
 fuzz responder_fuzz "the rc connection" 4096 "$OUT/responder_corpus"
 fuzz zerocopy_fuzz "the zerocopy bookkeeping" 1024 "$OUT/zerocopy_corpus"
+mkdir -p "$OUT/ud_corpus"
+python3 - "$ROOT/tests/golden/ud.json" "$OUT/ud_corpus" <<'PY'
+import json, pathlib, sys
+golden, corpus = json.loads(pathlib.Path(sys.argv[1]).read_text()), pathlib.Path(sys.argv[2])
+for kind in ("valid", "invalid"):
+    for i, vec in enumerate(golden[kind]):
+        (corpus / f"{kind}-{i}").write_bytes(bytes.fromhex(vec["hex"]))
+PY
+fuzz ud_fuzz "the UD datagram codec" 2048 "$OUT/ud_corpus"

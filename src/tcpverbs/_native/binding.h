@@ -30,6 +30,11 @@ int tv_py_msn_arg(PyObject *arg, uint32_t *msn);
 extern PyTypeObject tv_py_FrameDecoderType;
 PyObject *tv_py_encode_header(PyObject *module, PyObject *header);
 
+/* py_ud.c */
+PyObject *tv_py_decode_ud(PyObject *module, PyObject *arg);
+PyObject *tv_py_encode_ud(PyObject *module, PyObject *args);
+PyObject *tv_py_ud_grh(PyObject *module, PyObject *args);
+
 /* py_rc.c */
 extern PyTypeObject tv_py_RcProtocolType;
 extern PyTypeObject tv_py_RequesterType;

@@ -24,6 +24,7 @@ enum {
     TV_MAX_HEADER = 36,   /* the base and the largest extension (the atomics') */
     TV_MAX_REASON = 1024, /* a TERMINATE's reason */
     TV_ERROR_LEN = 160,   /* room for any error message */
+    TV_FLAG_SOLICITED = 0x01,
 };
 
 enum tv_opcode {

@@ -3,7 +3,8 @@
  *
  * For now the sans-IO pieces, each with the interface of its Python reference so that
  * the differential tests and the golden vectors can hold the C code to it: the frame
- * codec (py_frames.c: FrameDecoder, encode_header) and the rc protocol state and
+ * codec (py_frames.c: FrameDecoder, encode_header), the UD datagram codec (py_ud.c)
+ * and the rc protocol state and
  * requester's window (py_rc.c: RcProtocol, Requester, terminate_status).
  *
  * Ownership: the class references below are taken once and kept for the process.
@@ -76,6 +77,13 @@ int tv_py_msn_arg(PyObject *arg, uint32_t *msn) {
 }
 
 static PyMethodDef module_methods[] = {
+    {"decode_ud", (PyCFunction)tv_py_decode_ud, METH_O,
+     "decode_ud(datagram) -> (opcode, dest_qpn, src_qpn, qkey, imm, flags), as "
+     "tcpverbs.wire.ud.decode_ud."},
+    {"encode_ud", (PyCFunction)tv_py_encode_ud, METH_VARARGS,
+     "encode_ud(opcode, dest_qpn, src_qpn, qkey, imm, flags) -> the 24 header bytes."},
+    {"ud_grh", (PyCFunction)tv_py_ud_grh, METH_VARARGS,
+     "ud_grh(src16, dst16, datagram_len) -> the 40-byte GRH, as tcpverbs.wire.ud.build_grh."},
     {"terminate_status", (PyCFunction)tv_py_terminate_status, METH_O,
      "terminate_status(status) -> int: as tcpverbs.wire.rc.terminate_status."},
     {"encode_header", (PyCFunction)tv_py_encode_header, METH_O,
