@@ -29,6 +29,7 @@ setup(
                 f"{NATIVE}/wait.c",
                 f"{NATIVE}/qp.c",
                 f"{NATIVE}/stream.c",
+                f"{NATIVE}/udconn.c",
                 f"{NATIVE}/conn.c",
                 f"{NATIVE}/rcconn.c",
                 f"{NATIVE}/zerocopy.c",

@@ -20,6 +20,7 @@
 
 #include "check.h"
 #include "engine.h"
+#include "harness.h"
 
 enum { MR_SIZE = 4096, GUARD = 64, POSTED = 5, ALL_ACCESS = 15 };
 
@@ -32,11 +33,7 @@ static alignas(64) uint8_t memory[GUARD + MR_SIZE + GUARD];
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    CHECK(tv_engine_init(&engine, 0) == 0);
-    CHECK(tv_mem_reg(&engine.mem, 1, 1, (uint64_t)(uintptr_t)MR, MR_SIZE, ALL_ACCESS, NULL) ==
-          TV_MEM_OK);
-    cq = tv_cq_new(&engine, 1, 64, NULL);
-    CHECK(cq != NULL);
+    cq = start_engine(&engine, MR, MR_SIZE, ALL_ACCESS);
     tv_qp_spec spec = {.handle = 2, .pd = 1, .qp_num = 7, .max_send_wr = 8, .max_recv_wr = 8,
                        .max_send_sge = 2, .max_recv_sge = 2, .max_inline = 64,
                        .sq_sig_all = 1, .wire = TV_WIRE_RC};
@@ -112,21 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         pthread_mutex_unlock(&qp->lock);
     }
     tv_qp_fail(qp, TV_ERR_PLAIN, ECANCELED, "the input ended");
-    int seen[POSTED + 1] = {0};
-    tv_cqe e[16];
-    uint32_t lost = 0;
-    int got;
-    while ((got = tv_cq_take(cq, e, 16, &lost)) != 0) {
-        CHECK(got > 0); /* no overrun: the CQ has room for all */
-        for (int i = 0; i < got; i++) {
-            CHECK(e[i].wr_id >= 1 && e[i].wr_id <= POSTED);
-            seen[e[i].wr_id]++;
-        }
-    }
-    for (int id = 1; id <= POSTED; id++)
-        CHECK(seen[id] == 1); /* every WR: exactly one outcome */
-    for (int i = 0; i < GUARD; i++) /* nothing landed outside the MR */
-        CHECK(memory[i] == 0xA5 && memory[GUARD + MR_SIZE + i] == 0xA5);
+    check_outcomes(cq, POSTED, memory, GUARD, MR_SIZE, NULL);
     close(fds[1]);
     return 0;
 }

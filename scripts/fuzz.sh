@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz the native engine's C code that a peer's (or the kernel's) bytes reach (the frame
 # decoder, the rc requester's window, the whole rc connection, the zerocopy bookkeeping,
-# the UD datagram codec)
+# the UD datagram codec, a UD QP's receive path)
 # with libFuzzer under AddressSanitizer and
 # UndefinedBehaviorSanitizer:  scripts/fuzz.sh [seconds per harness, default 60]
 # Needs clang (Debian: apt-get install clang).  Finds a crash -> non-zero exit, with the
@@ -22,10 +22,12 @@ FLAGS=(-std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer
     -o "$OUT/requester_fuzz"
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/zerocopy_fuzz.c" "$NATIVE/zerocopy.c" -o "$OUT/zerocopy_fuzz"
 "$CC" "${FLAGS[@]}" "$ROOT/fuzz/ud_fuzz.c" "$NATIVE/ud.c" -o "$OUT/ud_fuzz"
-ENGINE_C=(engine.c cq.c qp.c srq.c conn.c stream.c rcconn.c zerocopy.c frames.c rcproto.c requester.c ring.c
-          memtable.c)
+ENGINE_C=(engine.c cq.c qp.c srq.c conn.c stream.c udconn.c ud.c rcconn.c zerocopy.c frames.c
+          rcproto.c requester.c ring.c memtable.c)
 "$CC" "${FLAGS[@]}" -pthread "$ROOT/fuzz/responder_fuzz.c" "${ENGINE_C[@]/#/$NATIVE/}" \
     -o "$OUT/responder_fuzz"
+"$CC" "${FLAGS[@]}" -pthread "$ROOT/fuzz/ud_receive_fuzz.c" "${ENGINE_C[@]/#/$NATIVE/}" \
+    -o "$OUT/ud_receive_fuzz"
 corpus="$OUT/frames_corpus"
 mkdir -p "$corpus"
 # seed the corpus with the golden vectors' streams (2 leading bytes: limit, read size)
@@ -59,3 +61,12 @@ for kind in ("valid", "invalid"):
         (corpus / f"{kind}-{i}").write_bytes(bytes.fromhex(vec["hex"]))
 PY
 fuzz ud_fuzz "the UD datagram codec" 2048 "$OUT/ud_corpus"
+mkdir -p "$OUT/ud_receive_corpus"
+python3 - "$ROOT/tests/golden/ud.json" "$OUT/ud_receive_corpus" <<'PY'
+import json, pathlib, sys
+golden, corpus = json.loads(pathlib.Path(sys.argv[1]).read_text()), pathlib.Path(sys.argv[2])
+for i, vec in enumerate(golden["valid"]):  # as records: flags (patch QP and Q_Key), length
+    data = bytes.fromhex(vec["hex"])
+    (corpus / f"valid-{i}").write_bytes(b"\x03" + len(data).to_bytes(2, "big") + data)
+PY
+fuzz ud_receive_fuzz "a UD QP's receive path" 8192 "$OUT/ud_receive_corpus"

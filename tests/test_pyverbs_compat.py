@@ -528,10 +528,12 @@ def test_an_aborted_batch_posts_nothing_and_misuse_is_refused(ctx: v.Context) ->
     with pytest.raises(TcpverbsError, match="wr_start first"):
         qp.wr_complete()
     assert qp.statistics()["sq_outstanding"] == 0
+    with pytest.raises(TcpverbsError, match="wr_start first") as no_batch:
+        qp.wr_set_ud_addr(None, 1, 1)  # (offered: UD QPs take it)
+    assert no_batch.value.errno == errno.EINVAL
     for call in (
         lambda: qp.wr_bind_mw(None, 0, None),
         lambda: qp.wr_local_inv(0),
-        lambda: qp.wr_set_ud_addr(None, 1, 1),
         lambda: qp.wr_set_xrc_srqn(1),
     ):
         with pytest.raises(TcpverbsError) as info:

@@ -195,6 +195,17 @@ class CQ(VerbsObject):
         """pyverbs' name for :attr:`channel`."""
         return self.channel
 
+    def resize(self, cqe: int) -> None:
+        """``ibv_resize_cq``: not offered (``EOPNOTSUPP``), as by siw, the kernel's
+        software RDMA device: a CQ keeps the size it was made with.  Programs and
+        rdma-core's tests take ``EOPNOTSUPP`` as "not supported"."""
+        self._check_open()
+        check_int("cqe", cqe, 1, MAX_CQE)
+        raise TcpverbsError(
+            errno.EOPNOTSUPP,
+            f"Failed to resize CQ: a tcpverbs CQ keeps its size ({self.cqe} entries)",
+        )
+
     # -- application side --------------------------------------------------------
     def poll(self, num_entries: int = 1) -> tuple[int, list[WC]]:
         """``ibv_poll_cq``: up to *num_entries* completions, oldest first.

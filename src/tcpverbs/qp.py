@@ -156,7 +156,8 @@ class QP(VerbsObject):
     """``ibv_create_qp``: ``QP(pd, QPInitAttr(...), qp_attr=None)``; ``ibv_create_qp_ex``:
     ``QP(ctx, QPInitAttrEx(pd=..., comp_mask=IBV_QP_INIT_ATTR_PD, ...), qp_attr=None)``.
 
-    With *qp_attr* the new QP is moved to INIT right away (as pyverbs does).
+    With *qp_attr* the new QP is moved right away (as pyverbs does): an RC QP to INIT, a
+    UD QP, which needs nothing from a peer, to RTS.
     """
 
     def __init__(
@@ -228,8 +229,11 @@ class QP(VerbsObject):
         self._post_send = self._qp.post_send
         self._post_recv = self._qp.post_recv
         self._bind_fast_posts()
-        if qp_attr is not None:
-            self.to_init(qp_attr)
+        if qp_attr is not None:  # as pyverbs: a UD QP is ready at once, an RC one in INIT
+            if self._datagrams is not None:
+                self.to_rts(qp_attr)
+            else:
+                self.to_init(qp_attr)
 
     # -- state ------------------------------------------------------------------
     @property
@@ -424,6 +428,15 @@ class QP(VerbsObject):
         if (local.raw, self.qp_num) > (dgid.raw, dest):  # the larger side dials
             return _Dial(oob.connect_socket(dgid, dest, local), dest, host)
         return _Wait(dest, host)
+
+    def query_data_in_order(self, op: int, flags: int = 0) -> int:
+        """``ibv_query_qp_data_in_order``: 1 (``IBV_QUERY_QP_DATA_IN_ORDER_WHOLE_MSG``):
+        a message's bytes land in order, an rc message from a TCP stream and a UD one
+        copied whole, and the completion comes after all of them."""
+        self._check_open()
+        check_int("op", op, 0, 0xFFFFFFFF)
+        check_int("flags", flags, 0, 0xFFFFFFFF)
+        return 1
 
     def query_ece(self) -> object:
         """``ibv_query_ece``: a tcpverbs device has no enhanced connection establishment

@@ -201,7 +201,8 @@ class QPEx(QP):
         wr.num_sge = len(wr.sg)
 
     def wr_set_ud_addr(self, ah: object, remote_qpn: int, remote_qkey: int) -> None:
-        _not_offered("wr_set_ud_addr (UD)")
+        """``ibv_wr_set_ud_addr``: the last WR goes to UD QP *remote_qpn* by *ah*."""
+        self._last().set_wr_ud(ah, remote_qpn, remote_qkey)
 
     def wr_set_xrc_srqn(self, remote_srqn: int) -> None:
         _not_offered("wr_set_xrc_srqn (XRC)")

@@ -64,6 +64,7 @@ typedef struct tv_py_poster {
     void *target;
     uint32_t depth;
     int quiet; /* post and done never block (no socket I/O; no wait but for `lock`) */
+    int ud;    /* sends carry a UD destination (wr.ah, remote_qpn, remote_qkey) */
 } tv_py_poster;
 /* Read the chain from `first` into C -- at most depth + 1 WRs, more cannot be posted
  * anyway -- then post what was read, in order, without the GIL (a quiet poster keeps

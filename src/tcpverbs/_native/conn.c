@@ -105,7 +105,7 @@ void tv_conn_close(tv_qp *qp) {
 }
 
 int tv_conn_established(const tv_qp *qp) {
-    return qp->wire == TV_WIRE_STREAM || (qp->conn.rc != NULL && tv_rcconn_established(qp));
+    return qp->wire != TV_WIRE_RC || (qp->conn.rc != NULL && tv_rcconn_established(qp));
 }
 
 /* -- the requester timeout ------------------------------------------------------------ */

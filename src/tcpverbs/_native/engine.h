@@ -47,8 +47,9 @@
 /* -- the verbs numbers the engine uses (libibverbs' enums) ----------------------------- */
 enum tv_qp_state { TV_QPS_RESET = 0, TV_QPS_INIT = 1, TV_QPS_RTR = 2, TV_QPS_RTS = 3,
                    TV_QPS_ERR = 6 };
-enum tv_wc_status { TV_WC_SUCCESS = 0, TV_WC_LOC_LEN_ERR = 1, TV_WC_LOC_PROT_ERR = 4,
-                    TV_WC_WR_FLUSH_ERR = 5, TV_WC_RETRY_EXC_ERR = 12 };
+enum tv_wc_status { TV_WC_SUCCESS = 0, TV_WC_LOC_LEN_ERR = 1, TV_WC_LOC_QP_OP_ERR = 2,
+                    TV_WC_LOC_PROT_ERR = 4, TV_WC_WR_FLUSH_ERR = 5, TV_WC_RETRY_EXC_ERR = 12,
+                    TV_WC_GENERAL_ERR = 21 };
 enum tv_wc_opcode { TV_WC_SEND = 0, TV_WC_RDMA_WRITE = 1, TV_WC_RDMA_READ = 2,
                     TV_WC_COMP_SWAP = 3, TV_WC_FETCH_ADD = 4, TV_WC_RECV = 128 };
 enum tv_wr_opcode { TV_WR_RDMA_WRITE = 0, TV_WR_RDMA_WRITE_WITH_IMM = 1, TV_WR_SEND = 2,
@@ -64,12 +65,14 @@ enum tv_post_fault { TV_FAULT_NONE = 0, TV_FAULT_SETUP_FAILED = 1, TV_FAULT_BAD_
                      TV_FAULT_BAD_OPCODE = 3, TV_FAULT_TOO_MANY_SGE = 4,
                      TV_FAULT_SGE_COUNT = 5, TV_FAULT_INLINE_TOO_LONG = 6,
                      TV_FAULT_NOT_INLINABLE = 7, TV_FAULT_ATOMIC_SHAPE = 8,
-                     TV_FAULT_QUEUE_FULL = 9 };
+                     TV_FAULT_QUEUE_FULL = 9, TV_FAULT_BAD_FIELD = 10 };
+/* TV_FAULT_BAD_FIELD's value: which field of a UD send (its limit: the field's bits) */
+enum tv_bad_field { TV_FIELD_AH = 1, TV_FIELD_REMOTE_QPN = 2 };
 
 /* Which Python exception a QP's error is (tcpverbs.errors). */
 enum tv_error_kind { TV_ERR_PLAIN = 0, TV_ERR_BROKEN = 1, TV_ERR_PROTOCOL = 2 };
 
-enum tv_wire { TV_WIRE_STREAM = 1, TV_WIRE_RC = 2 };
+enum tv_wire { TV_WIRE_STREAM = 1, TV_WIRE_RC = 2, TV_WIRE_UD = 3 };
 
 enum { TV_MAX_SGE = 32, TV_MSG_LEN = 256, TV_MAX_MSG_SZ = 1u << 31, TV_CHANNEL_CQS = 4 };
 
@@ -81,7 +84,8 @@ enum tv_qp_stat { TV_QP_WRS_SENT, TV_QP_WRS_RECEIVED, TV_QP_BYTES_SENT,
                   TV_QP_RECV_EMPTY, TV_QP_ACK_CHECKS, TV_QP_FRAMES_SENT,
                   TV_QP_FRAMES_RECEIVED, TV_QP_RNR_NAKS_SENT, TV_QP_RNR_NAKS_RECEIVED,
                   TV_QP_REMOTE_OPS, TV_QP_ZC_SENDS, TV_QP_ZC_RELEASED, TV_QP_ZC_COPIED,
-                  TV_QP_ZC_DISABLED, TV_QP_NSTATS };
+                  TV_QP_ZC_DISABLED, TV_QP_UD_DROPPED, TV_QP_QKEY_VIOLATIONS,
+                  TV_QP_UD_SEND_ERRORS, TV_QP_NSTATS };
 enum tv_engine_stat { TV_ENG_WAKEUPS, TV_ENG_EPOLL_CTL, TV_ENG_WAKE_WRITES, TV_ENG_TIMERS,
                       TV_ENG_SQ_PUSHES, TV_ENG_NSTATS };
 
@@ -137,6 +141,8 @@ typedef struct tv_work {
     uint32_t override;       /* rc: the status a peer's TERMINATE gave it (flushes use it) */
     uint32_t hdr_len;        /* rc: its request header, encoded when it is issued */
     uint8_t hdr[40];
+    uint8_t ud_gid[16];      /* ud: the destination (an IPv6 or IPv4-mapped address) */
+    uint32_t ud_qpn, ud_qkey;
     tv_work_fault fault;
     tv_seg seg[];
 } tv_work;
@@ -202,6 +208,7 @@ extern const char *const tv_cq_stat_names[TV_CQ_NSTATS];
 typedef struct tv_params { /* tcpverbs.engine.api.QPParams: what an engine uses */
     uint32_t access_flags, max_rd_atomic, max_dest_rd_atomic, rnr_retry, min_rnr_timer;
     uint32_t timeout, retry_cnt, dest_qp_num, rq_psn, sq_psn;
+    uint32_t qkey; /* ud */
 } tv_params;
 
 /* A QP's connection (stream wire mode), alive from attach until ERR or RESET. */
@@ -223,6 +230,7 @@ typedef struct tv_conn {
     uint64_t ack_at, ack_delay, watch_at, busy_since, park_at, park_wait; /* ns */
     uint64_t rc_at;         /* rc: its next timer (hello, RNR wait, resume, drain) */
     struct tv_rcconn *rc;       /* rc: the protocol's state (rc.c); NULL for stream */
+    uint8_t *ud_scratch;        /* ud: one datagram, header and MTU (udconn.c) */
 } tv_conn;
 
 struct tv_qp {
@@ -235,6 +243,7 @@ struct tv_qp {
     uint32_t max_send_wr, max_recv_wr, max_send_sge, max_recv_sge, max_inline;
     int sq_sig_all;
     int wire;
+    uint32_t mtu; /* ud: the largest message */
     tv_cq *scq, *rcq;
     tv_srq *srq;                 /* where its receives come from (a reference), or NULL */
     _Atomic int state;
@@ -382,6 +391,7 @@ typedef struct tv_qp_spec {
     uint64_t handle, pd;
     uint32_t qp_num, max_send_wr, max_recv_wr, max_send_sge, max_recv_sge, max_inline;
     int sq_sig_all, wire;
+    uint32_t mtu; /* ud */
     tv_srq *srq; /* NULL, or its receives' SRQ (then max_recv_wr/_sge are not used) */
 } tv_qp_spec;
 
@@ -394,6 +404,12 @@ typedef struct tv_send_in {
     uint64_t wr_id, remote_addr, compare_add, swap;
     uint32_t opcode, send_flags, imm, rkey, num_sge, sg_len;
     const tv_sge_in *sge;
+    /* ud: the AH's destination and PD (ah_ok 0: no AH of a PD), remote QPN and Q_Key */
+    int ah_ok;
+    uint64_t ah_pd;
+    uint8_t ah_gid[16];
+    uint64_t remote_qpn;
+    uint32_t remote_qkey;
 } tv_send_in;
 typedef struct tv_post_result {
     uint32_t fault; /* enum tv_post_fault */
@@ -561,6 +577,15 @@ void tv_stream_progress(tv_qp *qp);        /* receive, and look at acknowledgeme
 void tv_stream_on_events(tv_qp *qp, uint32_t events);
 void tv_stream_on_timer(tv_qp *qp, uint64_t now);
 void tv_stream_settle(tv_qp *qp);          /* before a flush: complete what TCP acked */
+
+/* udconn.c: UD QPs, one UDP datagram per message (QP lock held, as for stream.c) */
+int tv_ud_start(tv_qp *qp);                /* -1: no memory (the QP failed) */
+void tv_ud_pump(tv_qp *qp);                /* new sends posted (in RTS) */
+void tv_ud_receive(tv_qp *qp);             /* readable, or the application polls */
+void tv_ud_progress(tv_qp *qp);
+void tv_ud_on_events(tv_qp *qp, uint32_t events);
+void tv_ud_on_timer(tv_qp *qp, uint64_t now);
+void tv_ud_close(tv_qp *qp);
 
 /* rcconn.c: the rc wire mode on a connection (QP lock held for all). */
 int tv_rcconn_start(tv_qp *qp, const uint8_t *peer_hello, uint64_t hello_timeout_ns,

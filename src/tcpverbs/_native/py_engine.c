@@ -704,12 +704,17 @@ static int QP_init(QPObject *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_RuntimeError, "QP initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "O!KIKIIIIIpiO!O!|O", &tv_py_EngineType, &engine, &handle,
+    spec.mtu = 4096;
+    if (!PyArg_ParseTuple(args, "O!KIKIIIIIpiO!O!|OI", &tv_py_EngineType, &engine, &handle,
                           &spec.qp_num, &pd, &spec.max_send_wr, &spec.max_recv_wr,
                           &spec.max_send_sge, &spec.max_recv_sge, &spec.max_inline,
                           &spec.sq_sig_all, &spec.wire, &tv_py_CQType, &scq, &tv_py_CQType,
-                          &rcq, &srq))
+                          &rcq, &srq, &spec.mtu))
         return -1;
+    if (spec.mtu == 0 || spec.mtu > 65507) { /* a UDP datagram's payload at most */
+        PyErr_Format(PyExc_ValueError, "mtu %u is not 1..65507", spec.mtu);
+        return -1;
+    }
     if (srq != Py_None) {
         spec.srq = tv_py_srq_of(srq);
         if (spec.srq == NULL)
@@ -907,16 +912,67 @@ static int read_sges(PyObject *wr, uint64_t num_sge, sge_buf *b, uint32_t *sg_le
     return 0;
 }
 
-/* The failure of WR `index` as a PostFailure. */
+/* The failure of WR `index` as a PostFailure (a UD send's bad field by its name). */
 static PyObject *post_failure(Py_ssize_t index, const tv_post_result *res) {
     PyObject *fault = PyObject_CallFunction(PostFault, "I", res->fault);
     if (fault == NULL)
         return NULL;
-    PyObject *out = PyObject_CallFunction(PostFailure, "nOKK", index, fault,
-                                          (unsigned long long)res->value,
-                                          (unsigned long long)res->limit);
+    PyObject *out;
+    if (res->fault == TV_FAULT_BAD_FIELD) {
+        const char *field = res->value == TV_FIELD_AH ? "ah" : "remote_qpn";
+        PyObject *kw = Py_BuildValue("{s:K,s:s}", "limit", (unsigned long long)res->limit,
+                                     "field", field);
+        PyObject *pos = Py_BuildValue("(nO)", index, fault);
+        out = kw != NULL && pos != NULL ? PyObject_Call(PostFailure, pos, kw) : NULL;
+        Py_XDECREF(kw);
+        Py_XDECREF(pos);
+    } else {
+        out = PyObject_CallFunction(PostFailure, "nOKK", index, fault,
+                                    (unsigned long long)res->value,
+                                    (unsigned long long)res->limit);
+    }
     Py_DECREF(fault);
     return out;
+}
+
+/* A UD send's destination: wr.ah (an AH: its .dest.raw, 16 bytes, and .pd.handle),
+ * wr.remote_qpn and wr.remote_qkey.  0, -1 (a field is not what it must be) or -2.
+ * An object that is no AH leaves in->ah_ok 0 (the post refuses it, naming "ah"). */
+static int read_ud(PyObject *wr, tv_send_in *in) {
+    PyObject *qpn = PyObject_GetAttrString(wr, "remote_qpn");
+    PyObject *qkey = qpn != NULL ? PyObject_GetAttrString(wr, "remote_qkey") : NULL;
+    int bad = qkey == NULL;
+    if (!bad) {
+        in->remote_qpn = PyLong_Check(qpn) ? PyLong_AsUnsignedLongLong(qpn) : (uint64_t)-1;
+        unsigned long long k = PyLong_Check(qkey) ? PyLong_AsUnsignedLongLong(qkey) : ~0ull;
+        bad = PyErr_Occurred() != NULL || in->remote_qpn > UINT32_MAX || k > UINT32_MAX;
+        in->remote_qkey = (uint32_t)k;
+    }
+    Py_XDECREF(qpn);
+    Py_XDECREF(qkey);
+    if (bad) {
+        PyErr_Clear();
+        return -1; /* find_bad_field names it */
+    }
+    in->ah_ok = 0;
+    PyObject *ah = PyObject_GetAttrString(wr, "ah");
+    PyObject *dest = ah != NULL ? PyObject_GetAttrString(ah, "dest") : NULL;
+    PyObject *raw = dest != NULL ? PyObject_GetAttrString(dest, "raw") : NULL;
+    PyObject *pd = raw != NULL ? PyObject_GetAttrString(ah, "pd") : NULL;
+    PyObject *handle = pd != NULL ? PyObject_GetAttrString(pd, "handle") : NULL;
+    if (handle != NULL && PyBytes_Check(raw) && PyBytes_GET_SIZE(raw) == 16 &&
+        PyLong_Check(handle)) {
+        in->ah_pd = PyLong_AsUnsignedLongLong(handle);
+        memcpy(in->ah_gid, PyBytes_AS_STRING(raw), 16);
+        in->ah_ok = !PyErr_Occurred();
+    }
+    PyErr_Clear(); /* no AH: refused by the post, with its name */
+    Py_XDECREF(ah);
+    Py_XDECREF(dest);
+    Py_XDECREF(raw);
+    Py_XDECREF(pd);
+    Py_XDECREF(handle);
+    return 0;
 }
 
 /* WR `index` could not be read: name the culprit (find_bad_field), or re-raise. */
@@ -965,7 +1021,7 @@ typedef struct {
 } post_item;
 
 /* Read WR `wr` into *it: 0, -1 (a field is not what it must be) or -2 (an error). */
-static int read_wr(PyObject *wr, int send, post_item *it, sge_buf *sges) {
+static int read_wr(PyObject *wr, int send, int ud, post_item *it, sge_buf *sges) {
     uint64_t wr_id, num_sge, opcode = 0, imm = 0, flags = 0, raddr = 0, rkey = 0, cadd = 0,
                               swap = 0;
     if (read_uint(wr, F_WR_ID, 64, &wr_id) ||
@@ -981,9 +1037,12 @@ static int read_wr(PyObject *wr, int send, post_item *it, sge_buf *sges) {
     int r = read_sges(wr, num_sge, sges, &sg_len, &it->sge_start);
     if (r < 0)
         return r;
-    it->wr = (tv_send_in){wr_id, raddr, cadd, swap, (uint32_t)opcode, (uint32_t)flags,
-                          (uint32_t)imm, (uint32_t)rkey, (uint32_t)num_sge, sg_len, NULL};
-    return 0;
+    it->wr = (tv_send_in){.wr_id = wr_id, .remote_addr = raddr, .compare_add = cadd,
+                          .swap = swap, .opcode = (uint32_t)opcode,
+                          .send_flags = (uint32_t)flags, .imm = (uint32_t)imm,
+                          .rkey = (uint32_t)rkey, .num_sge = (uint32_t)num_sge,
+                          .sg_len = sg_len};
+    return send && ud ? read_ud(wr, &it->wr) : 0;
 }
 
 /* Post the items read, in order, until one is refused; how many were posted.  Called
@@ -1031,7 +1090,7 @@ PyObject *tv_py_post_chain(const tv_py_poster *poster, PyObject *first, int send
             items = grown;
             cap *= 2;
         }
-        int r = read_wr(wr, send, &items[n], &sges);
+        int r = read_wr(wr, send, poster->ud, &items[n], &sges);
         if (r == -2) {
             failed = 1;
             break;
@@ -1095,11 +1154,12 @@ static void qp_posted(void *target, int send) {
 
 static PyObject *qp_post(QPObject *self, PyObject *first, int send) {
     tv_qp *qp = self->qp;
-    /* an rc receive is only queued: no socket I/O, nothing to push after it (a stream
-     * receive may take bytes already waiting, and a send goes out) */
-    int rc_recv = !send && qp->wire == TV_WIRE_RC;
-    tv_py_poster poster = {qp_post_one, rc_recv ? NULL : qp_posted, &qp->lock, qp,
-                           send ? qp->max_send_wr : qp->max_recv_wr, rc_recv};
+    /* an rc or UD receive is only queued: no socket I/O, nothing to push after it (a
+     * stream receive may take bytes already waiting, and a send goes out) */
+    int quiet_recv = !send && qp->wire != TV_WIRE_STREAM;
+    tv_py_poster poster = {qp_post_one, quiet_recv ? NULL : qp_posted, &qp->lock, qp,
+                           send ? qp->max_send_wr : qp->max_recv_wr, quiet_recv,
+                           qp->wire == TV_WIRE_UD};
     return tv_py_post_chain(&poster, first, send);
 }
 
@@ -1110,10 +1170,11 @@ static PyObject *QP_post_recv(QPObject *self, PyObject *first) { return qp_post(
 static int read_params(PyObject *p, tv_params *out) {
     static const char *const names[] = {"access_flags", "max_rd_atomic", "max_dest_rd_atomic",
                                         "rnr_retry", "min_rnr_timer", "timeout", "retry_cnt",
-                                        "dest_qp_num", "rq_psn", "sq_psn"};
+                                        "dest_qp_num", "rq_psn", "sq_psn", "qkey"};
     uint32_t *fields[] = {&out->access_flags, &out->max_rd_atomic, &out->max_dest_rd_atomic,
                           &out->rnr_retry, &out->min_rnr_timer, &out->timeout,
-                          &out->retry_cnt, &out->dest_qp_num, &out->rq_psn, &out->sq_psn};
+                          &out->retry_cnt, &out->dest_qp_num, &out->rq_psn, &out->sq_psn,
+                          &out->qkey};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         PyObject *v = PyObject_GetAttrString(p, names[i]);
         if (v == NULL)
@@ -1217,8 +1278,9 @@ static PyObject *QP_statistics(QPObject *self, PyObject *unused) {
     v[1] = tv_qp_slots_used(qp, 0);
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&qp->lock);
-    v[2] = qp->wire == TV_WIRE_RC ? tv_rcconn_tx_queued(qp)
-                                  : qp->conn.wire_count - qp->conn.tx_index;
+    v[2] = qp->wire == TV_WIRE_RC   ? tv_rcconn_tx_queued(qp)
+           : qp->wire == TV_WIRE_UD ? 0 /* a datagram goes whole, or waits in the SQ */
+                                    : qp->conn.wire_count - qp->conn.tx_index;
     memcpy(v + 3, qp->stats, sizeof qp->stats);
     pthread_mutex_unlock(&qp->lock);
     Py_END_ALLOW_THREADS

@@ -65,7 +65,7 @@ static void srq_post_one(void *target, const tv_send_in *in, int send, tv_post_r
 
 static PyObject *SRQ_post_recv(SRQObject *self, PyObject *first) {
     tv_srq *srq = self->srq;
-    tv_py_poster poster = {srq_post_one, NULL, NULL, srq, srq->max_wr, 0};
+    tv_py_poster poster = {srq_post_one, NULL, NULL, srq, srq->max_wr, 0, 0};
     return tv_py_post_chain(&poster, first, 0);
 }
 

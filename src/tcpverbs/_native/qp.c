@@ -26,7 +26,8 @@ const char *const tv_qp_stat_names[TV_QP_NSTATS] = {
     "wrs_sent", "wrs_received", "bytes_sent", "bytes_received", "sendmsg_calls",
     "recv_calls", "recv_empty", "ack_checks", "frames_sent", "frames_received",
     "rnr_naks_sent", "rnr_naks_received", "remote_ops", "zerocopy_sends",
-    "zerocopy_released", "zerocopy_copied", "zerocopy_disabled"};
+    "zerocopy_released", "zerocopy_copied", "zerocopy_disabled", "ud_dropped",
+    "qkey_violations", "ud_send_errors"};
 
 static uint32_t send_slot_size(uint32_t max_sge, uint32_t max_inline) {
     size_t size = sizeof(tv_work) + (max_sge ? max_sge : 1) * sizeof(tv_seg);
@@ -92,6 +93,7 @@ tv_qp *tv_qp_new(tv_engine *e, const tv_qp_spec *spec, tv_cq *scq, tv_cq *rcq) {
     qp->max_inline = spec->max_inline;
     qp->sq_sig_all = spec->sq_sig_all;
     qp->wire = spec->wire;
+    qp->mtu = spec->mtu;
     qp->conn.fd = -1;
     atomic_init(&qp->state, TV_QPS_RESET);
     atomic_init(&qp->sq_slots, 0);
@@ -258,8 +260,18 @@ void tv_qp_post_send(tv_qp *qp, const tv_send_in *wr, tv_post_result *res) {
         return;
     }
     uint32_t wc_opcode = wc_opcode_of(wr->opcode);
-    if (wc_opcode == UINT32_MAX || (qp->wire == TV_WIRE_STREAM && wr->opcode != TV_WR_SEND)) {
+    int ud = qp->wire == TV_WIRE_UD;
+    if (wc_opcode == UINT32_MAX || (qp->wire == TV_WIRE_STREAM && wr->opcode != TV_WR_SEND) ||
+        (ud && wr->opcode != TV_WR_SEND && wr->opcode != TV_WR_SEND_WITH_IMM)) {
         *res = (tv_post_result){TV_FAULT_BAD_OPCODE, wr->opcode, 0};
+        return;
+    }
+    if (ud && wr->remote_qpn >> 24) {
+        *res = (tv_post_result){TV_FAULT_BAD_FIELD, TV_FIELD_REMOTE_QPN, 24};
+        return;
+    }
+    if (ud && (!wr->ah_ok || wr->ah_pd != qp->pd)) { /* an AH of this QP's PD */
+        *res = (tv_post_result){TV_FAULT_BAD_FIELD, TV_FIELD_AH, 0};
         return;
     }
     if (wr->num_sge > qp->max_send_sge) {
@@ -318,6 +330,19 @@ void tv_qp_post_send(tv_qp *qp, const tv_send_in *wr, tv_post_result *res) {
         tv_work_unpin(qp, w);
         w->fault.status = TV_WC_LOC_LEN_ERR;
     }
+    if (ud) {
+        memcpy(w->ud_gid, wr->ah_gid, sizeof w->ud_gid);
+        w->ud_qpn = (uint32_t)wr->remote_qpn;
+        w->ud_qkey = wr->remote_qkey & 0x80000000u ? qp->params.qkey : wr->remote_qkey;
+        uint32_t bad = length > qp->mtu ? TV_WC_LOC_LEN_ERR /* over the MTU */
+                       : (w->ud_qpn == 0 || (w->ud_qpn & 0xff) != 0)
+                           ? TV_WC_LOC_QP_OP_ERR /* no UD QP's number: no port to go to */
+                           : 0;
+        if (w->fault.status == 0 && bad != 0) {
+            tv_work_unpin(qp, w);
+            w->fault.status = bad;
+        }
+    }
     atomic_fetch_add(&qp->sq_slots, 1);
     if (state == TV_QPS_ERR) {
         tv_qp_complete_send(qp, w, TV_WC_WR_FLUSH_ERR); /* the slot is never published */
@@ -370,6 +395,8 @@ static void push_sends(tv_qp *qp) {
         return;
     if (qp->wire == TV_WIRE_RC)
         tv_rcconn_pump(qp);
+    else if (qp->wire == TV_WIRE_UD)
+        tv_ud_pump(qp);
     else if (atomic_load(&qp->state) == TV_QPS_RTS)
         tv_stream_pump(qp);
 }
@@ -466,6 +493,8 @@ static void close_conn(tv_qp *qp, int goodbye, const char *why) {
         return;
     if (qp->wire == TV_WIRE_RC)
         tv_rcconn_close(qp, goodbye, why);
+    else if (qp->wire == TV_WIRE_UD)
+        tv_ud_close(qp);
     else
         tv_conn_close(qp);
 }
@@ -617,6 +646,8 @@ int tv_qp_modify(tv_qp *qp, int expect, int state, const tv_params *params) {
             if (qp->wire == TV_WIRE_RC) {
                 tv_rcconn_entered_rts(qp);
                 tv_rcconn_pump(qp);
+            } else if (qp->wire == TV_WIRE_UD) {
+                tv_ud_pump(qp);
             } else {
                 tv_stream_pump(qp);
             }
@@ -640,6 +671,9 @@ int tv_qp_attach(tv_qp *qp, int fd, const uint8_t *peer_hello, uint64_t hello_ti
             if (tv_rcconn_start(qp, peer_hello, hello_timeout_ns, tx_backlog, zerocopy_min) !=
                 0)
                 ok = -1; /* no memory for it: the QP failed, the socket is closed */
+        } else if (qp->wire == TV_WIRE_UD) {
+            if (tv_ud_start(qp) != 0)
+                ok = -1; /* the QP failed, the socket is closed */
         } else {
             tv_stream_start(qp);
         }
@@ -704,6 +738,8 @@ static void app_progress(tv_qp *qp) {
     if (qp->conn.fd >= 0 && !qp->conn.closed) {
         if (qp->wire == TV_WIRE_RC)
             tv_rcconn_progress(qp);
+        else if (qp->wire == TV_WIRE_UD)
+            tv_ud_progress(qp);
         else
             tv_stream_progress(qp);
     }
@@ -725,6 +761,8 @@ void tv_qp_app_blocking(tv_qp *qp, int lazy) {
     } else if (qp->conn.fd >= 0 && !qp->conn.closed && tv_conn_unpark(qp)) {
         if (qp->wire == TV_WIRE_RC) /* whatever arrived meanwhile */
             tv_rcconn_receive(qp);
+        else if (qp->wire == TV_WIRE_UD)
+            tv_ud_receive(qp);
         else
             tv_stream_receive(qp);
     }
@@ -770,6 +808,8 @@ void tv_qp_on_events(tv_qp *qp, uint32_t events) {
     if (qp->conn.fd >= 0 && !qp->conn.closed && qp->conn.watched) {
         if (qp->wire == TV_WIRE_RC)
             tv_rcconn_on_events(qp, events);
+        else if (qp->wire == TV_WIRE_UD)
+            tv_ud_on_events(qp, events);
         else
             tv_stream_on_events(qp, events);
     }
@@ -780,6 +820,8 @@ void tv_qp_on_timer(tv_qp *qp, uint64_t now) {
     pthread_mutex_lock(&qp->lock);
     if (qp->conn.fd >= 0 && !qp->conn.closed && qp->wire == TV_WIRE_RC)
         tv_rcconn_on_timer(qp, now);
+    else if (qp->conn.fd >= 0 && !qp->conn.closed && qp->wire == TV_WIRE_UD)
+        tv_ud_on_timer(qp, now);
     else if (qp->conn.fd >= 0 && !qp->conn.closed)
         tv_stream_on_timer(qp, now);
     else

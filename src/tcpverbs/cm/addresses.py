@@ -101,7 +101,7 @@ class ConnParam:
         self.qp_num = value
 
 
-_contexts: dict[tuple[bytes, str | None], Context] = {}
+_contexts: dict[bytes, Context] = {}
 _contexts_lock = threading.Lock()
 
 
@@ -118,17 +118,15 @@ def pd_for(ctx: Context) -> PD:
         return pd
 
 
-def context_for(address: str, engine: str | None = None) -> tuple[Context, GID, int]:
-    """The context of the device that has *address* (on *engine*, else the default),
-    the GID it is and its index in the port's table.  Contexts are opened once per
-    process and engine and kept, as librdmacm does."""
+def context_for(address: str) -> tuple[Context, GID, int]:
+    """The context of the device that has *address*, the GID it is and its index in the
+    port's table.  Contexts are opened once per process and kept, as librdmacm does."""
     gid = GID.from_ip(address)
     device = device_for_gid(gid)
-    key = (device.name, engine)
     with _contexts_lock:
-        ctx = _contexts.get(key)
+        ctx = _contexts.get(device.name)
         if ctx is None or ctx.closed:
-            ctx = _contexts[key] = Context(name=device.name, engine=engine)
+            ctx = _contexts[device.name] = Context(name=device.name)
     return ctx, gid, device_gids(device).index(gid)
 
 

@@ -26,8 +26,7 @@ connection: ``connect`` sends a REQ naming the active side's UD QP, ``accept`` a
 with a REP naming the passive side's, and the control connection closes; the active
 side sees ``RDMA_CM_EVENT_ESTABLISHED`` with the peer's address vector, QP number and
 Q_Key (``UDParam(event)``), the passive side no event, as librdmacm has it.  A UD QP
-made by ``create_qp`` is in RTS at once with ``RDMA_UDP_QKEY``.  Its CMIDs use a
-Python-engine context until the native engine has UD QPs (issue #11).  What a TCP
+made by ``create_qp`` is in RTS at once with ``RDMA_UDP_QKEY``.  What a TCP
 device does not have -- IPoIB and multicast, ECE, IB path records -- says
 ``EOPNOTSUPP``.
 
@@ -300,9 +299,8 @@ class CMID:
 
     # -- addresses -----------------------------------------------------------------------
     def _open_device(self, address: str) -> None:
-        if self.ctx is None:  # (UD QPs: on the Python engine for now)
-            engine = "python" if self._ud else None
-            self.ctx, _, self._sgid_index = context_for(address, engine)
+        if self.ctx is None:
+            self.ctx, _, self._sgid_index = context_for(address)
         if self.pd is None:
             self.pd = pd_for(self.ctx)
 

@@ -30,7 +30,7 @@ from .zerocopy import zerocopy_threshold
 
 __all__ = ["NativeEngine"]
 
-_WIRES = {"stream": 1, "rc": 2}  # enum tv_wire
+_WIRES = {"stream": 1, "rc": 2, "ud": 3}  # enum tv_wire
 _PLAIN, _BROKEN, _PROTOCOL = 0, 1, 2  # enum tv_error_kind
 
 
@@ -75,6 +75,7 @@ class NativeQP(_native.QP):
             scq,
             rcq,
             srq,
+            spec.mtu,
         )
         self._owner = engine
         self._rc = spec.wire == "rc"
@@ -149,12 +150,6 @@ class NativeEngine(_native.Engine):
         return cq
 
     def create_qp(self, spec: QPSpec) -> NativeQP:
-        if spec.wire == "ud":
-            raise TcpverbsError(
-                errno.EOPNOTSUPP,
-                "Failed to create QP: UD QPs run on the Python engine for now "
-                "(Context(engine='python') or TCPVERBS_ENGINE=python)",
-            )
         scq, rcq = spec.scq, spec.rcq
         if not isinstance(scq, NativeCQ) or not isinstance(rcq, NativeCQ):
             raise TcpverbsError(errno.EINVAL, "the QP's CQs belong to another engine")
