@@ -10,6 +10,11 @@ Run as ``python tests/peer_proc.py ROLE [options]``:
   ``count * size`` bytes), print ``stalled``, post no more receives and wait to be killed.
 * ``rc-client`` / ``stream-client HOST PORT``: send ``--count`` messages of ``--size``
   bytes with a verifiable pattern, receive the echo, verify it, exit 0.
+* ``ud-echo``: print its UD QP's number as the first line, then answer ``--count``
+  datagrams (of at most ``--size`` bytes) each to where it came from (the AH of its
+  completion and GRH), and exit 0.
+* ``ud-client HOST QPN``: send ``--count`` datagrams of ``--size`` bytes with a
+  verifiable pattern to that UD QP, receive each echo, verify it, exit 0.
 * ``rc-probe`` / ``stream-probe HOST PORT``: connect with ``--qp-timeout`` and
   ``--retry-cnt``, exchange one message with an echo server, print ``ready``, wait for a
   line on stdin, then post ``--count`` receives and SENDs of ``--size`` bytes and print
@@ -233,6 +238,50 @@ def probe(wire: str, host: str, port: int, count: int, size: int, attr: v.QPAttr
     )
 
 
+UD_QKEY = 0x0BADCAFE
+GRH = 40
+
+
+def ud_setup(size: int) -> tuple[v.PD, v.QP, v.CQ, v.MR]:
+    ctx = v.Context(**CONTEXT_OPTIONS)
+    pd, cq = v.PD(ctx), v.CQ(ctx, 64)
+    init = v.QPInitAttr(
+        qp_type=v.ibv_qp_type.IBV_QPT_UD, scq=cq, rcq=cq, cap=v.QPCap(8, 8, 1, 1), sq_sig_all=0
+    )
+    qp = v.QP(pd, init, v.QPAttr(qkey=UD_QKEY))  # ready (RTS) at once
+    return pd, qp, cq, v.MR(pd, 2 * (GRH + size), LOCAL_WRITE)
+
+
+def ud_send(qp: v.QP, mr: v.MR, ah: v.AH, qpn: int, off: int, length: int) -> None:
+    wr = v.SendWR(0, num_sge=1, sg=[v.SGE(mr.buf + off, length, mr.lkey)], send_flags=0)
+    wr.set_wr_ud(ah, qpn, UD_QKEY)
+    qp.post_send(wr)
+
+
+def ud_echo(count: int, size: int) -> None:
+    pd, qp, cq, mr = ud_setup(size)
+    print(qp.qp_num, flush=True)
+    for i in range(count):
+        post_recv(qp, mr, i, 0, GRH + size)
+        wc = one(cq)
+        back = v.AH(pd, wc=wc, grh=mr.buf)  # to where it came from
+        ud_send(qp, mr, back, wc.src_qp, GRH, wc.byte_len - GRH)
+
+
+def ud_client(host: str, qpn: int, count: int, size: int) -> None:
+    pd, qp, cq, mr = ud_setup(size)
+    data = pattern(count, size)
+    to = v.AH(pd, attr=v.AHAttr(is_global=1, gr=v.GlobalRoute(dgid=v.GID(host))))
+    for i in range(count):
+        chunk = data[i * size : (i + 1) * size]
+        post_recv(qp, mr, i, size, GRH + size)
+        mr.write(chunk, size, 0)
+        ud_send(qp, mr, to, qpn, 0, size)
+        wc = one(cq)
+        if wc.byte_len != GRH + size or mr.read(size, size + GRH) != chunk:
+            raise AssertionError(f"echo {i} differs: {wc}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("role")
@@ -248,7 +297,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     CONTEXT_OPTIONS["zerocopy_min"] = args.zerocopy_min
     signal.alarm(args.timeout)  # watchdog: SIGALRM ends the process
     wire, _, kind = args.role.partition("-")
-    if kind == "echo":
+    if args.role == "ud-echo":
+        ud_echo(args.count, args.size)
+    elif args.role == "ud-client":
+        host, qpn = args.address
+        ud_client(host, int(qpn), args.count, args.size)
+    elif kind == "echo":
         echo(wire, args.host, args.count, args.size)
     elif kind.startswith("sink-then-"):
         sink(wire, args.host, args.count, args.size, kind.removeprefix("sink-then-"))

@@ -238,6 +238,14 @@ def test_echo_between_namespaces_ipv6(net: Net, wire: str) -> None:
     echo_between_namespaces(wire, ADDR6_A, 8, 64 * KIB)
 
 
+def test_ud_datagrams_between_namespaces(net: Net) -> None:
+    """UD across a veth pair, IPv4 and IPv6: each echo goes back by the AH made from its
+    completion's GRH (the answering side never learns the client's address otherwise).
+    1000 bytes a message: one veth frame each."""
+    for host in (ADDR_A, ADDR6_A) if net.ipv6 else (ADDR_A,):
+        echo_between_namespaces("ud", host, 16, 1000)
+
+
 def test_echo_with_zerocopy_forced_on(net: Net) -> None:
     """veth delivers later than loopback, so a zerocopy write's buffers (its small frame
     headers included) must stay alive until the kernel's notification: data intact."""
