@@ -44,12 +44,13 @@ class AH(VerbsObject):
         grh: object = None,
         port_num: int = 1,
     ) -> None:
+        sgids = device_gids(pd.ctx.device)  # (read once: it asks the kernel)
         if attr is None:
             if wc is None:
                 raise TcpverbsError(
                     errno.EINVAL, "Failed to create AH: give attr (an AHAttr), or wc and grh"
                 )
-            attr = _answer_to(pd, wc, grh, port_num)
+            attr = _answer_to(pd, wc, grh, port_num, sgids)
         if not isinstance(attr, AHAttr):
             raise TcpverbsError(
                 errno.EINVAL, f"Failed to create AH: attr must be an AHAttr, got {attr!r}"
@@ -65,7 +66,6 @@ class AH(VerbsObject):
                 "Failed to create AH: a RoCE-like port needs a GRH (is_global=1, gr.dgid)",
             )
         dgid = route.dgid if isinstance(route.dgid, GID) else GID(route.dgid)
-        sgids = device_gids(pd.ctx.device)
         if not 0 <= route.sgid_index < len(sgids):
             raise TcpverbsError(
                 errno.EINVAL,
@@ -89,7 +89,7 @@ class AH(VerbsObject):
         return f"<AH to {where}{' (closed)' if self._closed else ''}>"
 
 
-def _answer_to(pd: PD, wc: object, grh: object, port_num: int) -> AHAttr:
+def _answer_to(pd: PD, wc: object, grh: object, port_num: int, sgids: list[GID]) -> AHAttr:
     """``ibv_init_ah_from_wc``: the address vector back to where *wc*'s message came from."""
     flags = getattr(wc, "wc_flags", None)
     if not isinstance(flags, int):
@@ -105,7 +105,6 @@ def _answer_to(pd: PD, wc: object, grh: object, port_num: int) -> AHAttr:
     except ValueError as exc:
         raise TcpverbsError(errno.EINVAL, f"Failed to create AH: {exc}") from None
     local = GID.from_ip(came_to)
-    sgids = device_gids(pd.ctx.device)
     sgid_index = sgids.index(local) if local in sgids else 0
     route = GlobalRoute(dgid=GID.from_ip(source), sgid_index=sgid_index, hop_limit=64)
     return AHAttr(gr=route, is_global=1, port_num=port_num)
