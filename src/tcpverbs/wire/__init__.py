@@ -3,7 +3,8 @@
 Nothing in this package imports :mod:`socket` or touches the network (a test enforces
 it).  :mod:`.frames` encodes and incrementally decodes the ``rc`` framing,
 :mod:`.hello` the connection hello, :mod:`.rc` the per-connection protocol state
-(request sequence numbers and acknowledgements).
+(request sequence numbers and acknowledgements), :mod:`.ud` the UD datagram and the
+GRH a UD receive reports.
 """
 
 from .frames import FLAG_SOLICITED, FrameDecoder, Header, Opcode, encode_header

@@ -3,14 +3,15 @@
 One :class:`PyEngine` per opened context.  It runs one reactor thread (epoll and timers,
 :mod:`tcpverbs.reactor`), started when the first connection is attached, plus one
 *transport* per connected QP that speaks the QP's wire mode (:mod:`.rc`,
-:mod:`.stream`).  Transports also run inside the application's own calls
-(``post_send`` sends at once; an empty ``poll`` receives), so the thread is needed only
-while the application is busy elsewhere.
+:mod:`.stream`; a UD QP's datagrams: :mod:`.ud`).  Transports also run inside the
+application's own calls (``post_send`` sends at once; an empty ``poll`` receives), so
+the thread is needed only while the application is busy elsewhere.
 
 Modules: :mod:`.memory` (the memory table), :mod:`.qp` (queues, post-time checks,
 outcomes, error flush), :mod:`.cq` (completions, channels, the waiting policy),
-:mod:`.transport` (the socket, transmit queue, read parking), :mod:`.rc` and
-:mod:`.stream` (the wire modes), :mod:`.zerocopy` (``MSG_ZEROCOPY``).
+:mod:`.transport` (the socket, transmit queue, read parking), :mod:`.rc`,
+:mod:`.stream` (the wire modes) and :mod:`.ud` (UD QPs), :mod:`.zerocopy`
+(``MSG_ZEROCOPY``).
 """
 
 from __future__ import annotations
