@@ -368,8 +368,10 @@ class QPEngine(Protocol):
     def attach(
         self, sock: socket.socket, peer_hello: Hello | None, hello_timeout: float | None
     ) -> bool:
-        """Take *sock* (connected, or connecting) as the QP's connection; False, leaving
-        *sock* to the caller, when the QP is not in RTR or RTS or already has one."""
+        """Take *sock* (connected, or connecting; a UD QP's: its bound datagram socket, a
+        duplicate of the verbs layer's, given at each INIT -> RTR) as the QP's connection;
+        False, leaving *sock* to the caller, when the QP is not in RTR or RTS or already
+        has one."""
         ...
 
     def fail(self, error: TcpverbsError, *, setup: bool = False) -> None:
