@@ -141,9 +141,11 @@ typedef struct tv_work {
     uint32_t override;       /* rc: the status a peer's TERMINATE gave it (flushes use it) */
     uint32_t hdr_len;        /* rc: its request header, encoded when it is issued */
     uint8_t hdr[40];
-    uint8_t ud_gid[16];      /* ud: the destination (an IPv6 or IPv4-mapped address) */
-    uint32_t ud_qpn, ud_qkey;
     tv_work_fault fault;
+    /* ud: the destination (an IPv6 or IPv4-mapped address), QP number and Q_Key; set by a
+     * UD send's post and read by udconn.c only (posts clear the slot up to here) */
+    uint8_t ud_gid[16];
+    uint32_t ud_qpn, ud_qkey;
     tv_seg seg[];
 } tv_work;
 

@@ -1037,12 +1037,21 @@ static int read_wr(PyObject *wr, int send, int ud, post_item *it, sge_buf *sges)
     int r = read_sges(wr, num_sge, sges, &sg_len, &it->sge_start);
     if (r < 0)
         return r;
-    it->wr = (tv_send_in){.wr_id = wr_id, .remote_addr = raddr, .compare_add = cadd,
-                          .swap = swap, .opcode = (uint32_t)opcode,
-                          .send_flags = (uint32_t)flags, .imm = (uint32_t)imm,
-                          .rkey = (uint32_t)rkey, .num_sge = (uint32_t)num_sge,
-                          .sg_len = sg_len};
-    return send && ud ? read_ud(wr, &it->wr) : 0;
+    /* field by field: the UD destination is written (read_ud) and read only for a UD
+     * send, so the common post does not clear it (a WR is read on every post) */
+    tv_send_in *in = &it->wr;
+    in->wr_id = wr_id;
+    in->remote_addr = raddr;
+    in->compare_add = cadd;
+    in->swap = swap;
+    in->opcode = (uint32_t)opcode;
+    in->send_flags = (uint32_t)flags;
+    in->imm = (uint32_t)imm;
+    in->rkey = (uint32_t)rkey;
+    in->num_sge = (uint32_t)num_sge;
+    in->sg_len = sg_len;
+    in->sge = NULL;
+    return send && ud ? read_ud(wr, in) : 0;
 }
 
 /* Post the items read, in order, until one is refused; how many were posted.  Called

@@ -221,7 +221,7 @@ void tv_work_resolve(tv_memtable *mem, uint64_t pd, tv_work *w, const tv_sge_in 
 
 void tv_work_init_recv(tv_memtable *mem, uint64_t pd, tv_work *w, uint64_t wr_id,
                        const tv_sge_in *sge, uint32_t num_sge) {
-    memset(w, 0, sizeof *w);
+    memset(w, 0, offsetof(tv_work, ud_gid)); /* (the UD fields: a UD send's own) */
     w->wr_id = wr_id;
     w->wc_opcode = TV_WC_RECV;
     tv_work_resolve(mem, pd, w, sge, num_sge, TV_LOCAL_WRITE, NULL);
@@ -308,7 +308,7 @@ void tv_qp_post_send(tv_qp *qp, const tv_send_in *wr, tv_post_result *res) {
         *res = (tv_post_result){TV_FAULT_QUEUE_FULL, 0, qp->max_send_wr};
         return;
     }
-    memset(w, 0, sizeof *w);
+    memset(w, 0, offsetof(tv_work, ud_gid)); /* (the UD fields: a UD send's own) */
     w->wr_id = wr->wr_id;
     w->length = length;
     w->opcode = wr->opcode;
