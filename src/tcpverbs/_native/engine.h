@@ -233,6 +233,7 @@ typedef struct tv_conn {
     uint64_t rc_at;         /* rc: its next timer (hello, RNR wait, resume, drain) */
     struct tv_rcconn *rc;       /* rc: the protocol's state (rc.c); NULL for stream */
     uint8_t *ud_scratch;        /* ud: one datagram, header and MTU (udconn.c) */
+    int ud_family;              /* ud: the socket's address family */
 } tv_conn;
 
 struct tv_qp {
@@ -467,9 +468,13 @@ void tv_qp_on_events(tv_qp *qp, uint32_t events); /* engine thread */
 void tv_qp_on_timer(tv_qp *qp, uint64_t now);     /* engine thread */
 /* Outcomes, QP lock held (the transports report through these). */
 void tv_qp_complete_send(tv_qp *qp, tv_work *w, uint32_t status);
+/* ... with a vendor_err (ud: the errno of a send the kernel refused) */
+void tv_qp_complete_send_vendor(tv_qp *qp, tv_work *w, uint32_t status, uint32_t vendor_err);
 void tv_qp_complete_recv(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_len);
+/* src_qp: ud, the sender's QP number (0 for a connected QP's receive) */
 void tv_qp_complete_recv_full(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_len,
-                              uint32_t opcode, uint32_t imm, uint32_t wc_flags, int solicited);
+                              uint32_t opcode, uint32_t imm, uint32_t wc_flags, int solicited,
+                              uint32_t src_qp);
 void tv_qp_set_timer(tv_qp *qp); /* recompute `deadline` from the conn's timers */
 void tv_work_unpin(tv_qp *qp, tv_work *w);
 void tv_work_unpin_in(tv_memtable *mem, tv_work *w);

@@ -436,12 +436,17 @@ void tv_qp_push_kicked(tv_qp *qp) {
 /* -- outcomes ------------------------------------------------------------------------ */
 
 void tv_qp_complete_send(tv_qp *qp, tv_work *w, uint32_t status) {
+    tv_qp_complete_send_vendor(qp, w, status, 0);
+}
+
+void tv_qp_complete_send_vendor(tv_qp *qp, tv_work *w, uint32_t status, uint32_t vendor_err) {
     tv_work_unpin(qp, w);
     if (status == TV_WC_SUCCESS && !w->signaled) {
         tv_qp_slot_freed(qp, 1, qp->generation, 1);
         return;
     }
     tv_cqe e = {.wr_id = w->wr_id, .status = status, .opcode = w->wc_opcode,
+                .vendor_err = vendor_err,
                 .byte_len = status == TV_WC_SUCCESS ? (uint32_t)w->length : 0,
                 .qp_num = qp->qp_num, .qp = qp, .generation = qp->generation, .is_send = 1};
     if (tv_cq_push(qp->scq, &e, 0))
@@ -449,15 +454,16 @@ void tv_qp_complete_send(tv_qp *qp, tv_work *w, uint32_t status) {
 }
 
 void tv_qp_complete_recv(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_len) {
-    tv_qp_complete_recv_full(qp, w, status, byte_len, TV_WC_RECV, 0, 0, 0);
+    tv_qp_complete_recv_full(qp, w, status, byte_len, TV_WC_RECV, 0, 0, 0, 0);
 }
 
 void tv_qp_complete_recv_full(tv_qp *qp, tv_work *w, uint32_t status, uint32_t byte_len,
-                              uint32_t opcode, uint32_t imm, uint32_t wc_flags, int solicited) {
+                              uint32_t opcode, uint32_t imm, uint32_t wc_flags, int solicited,
+                              uint32_t src_qp) {
     tv_work_unpin(qp, w);
     tv_cqe e = {.wr_id = w->wr_id, .status = status, .opcode = opcode, .byte_len = byte_len,
-                .qp_num = qp->qp_num, .imm_data = imm, .wc_flags = wc_flags, .qp = qp,
-                .generation = qp->generation, .is_send = 0};
+                .qp_num = qp->qp_num, .src_qp = src_qp, .imm_data = imm,
+                .wc_flags = wc_flags, .qp = qp, .generation = qp->generation, .is_send = 0};
     if (tv_cq_push(qp->rcq, &e, solicited))
         tv_qp_slot_freed(qp, 0, qp->generation, 1);
 }

@@ -1001,7 +1001,7 @@ static void finish_payload(tv_qp *qp) {
                                  rc->placed_op == TV_WRITE_IMM ? WC_RECV_RDMA_WITH_IMM
                                                                : TV_WC_RECV,
                                  with_imm ? rc->placed_imm : 0, with_imm ? WC_WITH_IMM : 0,
-                                 (rc->placed_flags & FLAG_SOLICITED) != 0);
+                                 (rc->placed_flags & FLAG_SOLICITED) != 0, 0);
         tv_ring_consume(qp->rq);
         return;
     }

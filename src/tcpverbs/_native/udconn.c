@@ -71,6 +71,7 @@ int tv_ud_start(tv_qp *qp) {
         tv_conn_fail_errno(qp, errno, "setting up a UD QP's socket");
         return -1;
     }
+    c->ud_family = family; /* where each send's address is made for */
     drop_waiting(qp);
     c->want_read = 1;
     if (tv_conn_watch(qp) != 0)
@@ -98,13 +99,10 @@ void tv_ud_close(tv_qp *qp) {
 
 /* Where a datagram for (gid, port) goes, for the socket's family; 0, or -1 when an IPv6
  * destination meets an IPv4-only socket. */
-static int address_of(tv_qp *qp, const uint8_t gid[16], uint16_t port,
+static int address_of(const tv_qp *qp, const uint8_t gid[16], uint16_t port,
                       struct sockaddr_storage *to, socklen_t *len) {
-    int family = AF_INET6;
-    socklen_t flen = sizeof family;
-    (void)getsockopt(qp->conn.fd, SOL_SOCKET, SO_DOMAIN, &family, &flen);
     memset(to, 0, sizeof *to);
-    if (family == AF_INET6) {
+    if (qp->conn.ud_family == AF_INET6) {
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)to;
         a->sin6_family = AF_INET6;
         a->sin6_port = htons(port);
@@ -157,12 +155,7 @@ static int send_one(tv_qp *qp, tv_work *w) {
     }
     if (err != 0) {
         qp->stats[TV_QP_UD_SEND_ERRORS]++;
-        tv_work_unpin(qp, w);
-        tv_cqe e = {.wr_id = w->wr_id, .status = TV_WC_GENERAL_ERR, .opcode = w->wc_opcode,
-                    .vendor_err = (uint32_t)err, .qp_num = qp->qp_num, .qp = qp,
-                    .generation = qp->generation, .is_send = 1};
-        if (tv_cq_push(qp->scq, &e, 0))
-            tv_qp_slot_freed(qp, 1, qp->generation, 1);
+        tv_qp_complete_send_vendor(qp, w, TV_WC_GENERAL_ERR, (uint32_t)err);
         return 1;
     }
     qp->stats[TV_QP_SENDMSG_CALLS]++;
@@ -274,15 +267,10 @@ static void deliver(tv_qp *qp, size_t n, struct msghdr *msg,
     place(w, TV_GRH, data + TV_UD_HEADER, payload);
     qp->stats[TV_QP_WRS_RECEIVED]++;
     int imm = h.opcode == TV_SEND_IMM;
-    tv_work_unpin(qp, w);
-    tv_cqe e = {.wr_id = w->wr_id, .status = TV_WC_SUCCESS, .opcode = TV_WC_RECV,
-                .byte_len = (uint32_t)(TV_GRH + payload), .qp_num = qp->qp_num,
-                .src_qp = h.src_qpn, .imm_data = imm ? h.imm : 0,
-                .wc_flags = WC_GRH | (imm ? WC_WITH_IMM : 0), .qp = qp,
-                .generation = qp->generation, .is_send = 0};
+    tv_qp_complete_recv_full(qp, w, TV_WC_SUCCESS, (uint32_t)(TV_GRH + payload), TV_WC_RECV,
+                             imm ? h.imm : 0, WC_GRH | (imm ? WC_WITH_IMM : 0),
+                             (h.flags & TV_FLAG_SOLICITED) != 0, h.src_qpn);
     tv_ring_consume(qp->rq);
-    if (tv_cq_push(qp->rcq, &e, (h.flags & TV_FLAG_SOLICITED) != 0))
-        tv_qp_slot_freed(qp, 0, qp->generation, 1);
 }
 
 void tv_ud_receive(tv_qp *qp) {
