@@ -161,20 +161,29 @@ class Transport:
         with self.qp.lock:
             if self._closed:
                 return
-            if events & select.EPOLLERR:
-                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:  # 0: stale, or zerocopy notifications; the reads below tell
-                    self._socket_failed(OSError(err, os.strerror(err)))
-                    return
-                if self._zerocopy is not None:  # zerocopy notifications are queued
-                    self._reap_zerocopy()
+            if events & select.EPOLLERR and self._on_error_event():
+                return
             if events & select.EPOLLOUT:
-                self._flush()
+                self._writable()
             if events & (select.EPOLLIN | select.EPOLLHUP) and not self._closed:
                 if self._app_spinning():
                     self._park_reads()  # the application is spinning on poll(): let it
                 else:
                     self.on_readable()
+
+    def _on_error_event(self) -> bool:
+        """EPOLLERR: True when the connection failed (the event is handled then)."""
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:  # 0: stale, or zerocopy notifications; the reads after this tell
+            self._socket_failed(OSError(err, os.strerror(err)))
+            return True
+        if self._zerocopy is not None:  # zerocopy notifications are queued
+            self._reap_zerocopy()
+        return False
+
+    def _writable(self) -> None:
+        """EPOLLOUT: the socket has room for what waits."""
+        self._flush()
 
     # -- sharing the work with a polling application -------------------------------------
     def app_polling(self) -> None:

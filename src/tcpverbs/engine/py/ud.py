@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import select
 import socket
 import struct
 from typing import TYPE_CHECKING
@@ -130,20 +129,14 @@ class UdTransport(Transport):
     def close(self, reason: TcpverbsError | None) -> None:
         super().close(None)  # no goodbye: there is no connection to end
 
-    def on_events(self, events: int) -> None:
-        with self.qp.lock:
-            if self._closed:
-                return
-            if events & select.EPOLLERR:  # an ICMP error for an earlier datagram
-                self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if events & select.EPOLLOUT:
-                self._set_interest(write=False)
-                self.send_posted()
-            if events & (select.EPOLLIN | select.EPOLLHUP) and not self._closed:
-                if self._app_spinning():
-                    self._park_reads()
-                else:
-                    self.on_readable()
+    def _on_error_event(self) -> bool:
+        """An ICMP error for an earlier datagram: read (and so cleared), not this QP's end."""
+        self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return False
+
+    def _writable(self) -> None:
+        self._set_interest(write=False)
+        self.send_posted()
 
     def on_readable(self) -> None:
         for _ in range(DATAGRAMS_PER_CALL):
